@@ -1,0 +1,78 @@
+"""cra-agents: governed, provable tool calls for AI agents.
+
+Resolve an agent's tool calls (CARP/1.0) against loaded atlases (Atlas/1.0) before they run, and
+record every step in a SHA-256 hash-chained audit log (TRACE/1.0)::
+
+    import cra_agents as cra
+
+    runtime = cra.Runtime(atlases=["examples/atlases/github-ops"])
+    session = runtime.create_session("triage-bot", "Triage new issues")
+    resolution = runtime.resolve(cra.resolve_request(session, "Triage new issues"))
+    assert cra.verify_chain(runtime.trace_events(session.session_id)).valid
+"""
+
+from __future__ import annotations
+
+from cra_agents._exceptions import (
+    ActionDeniedError,
+    ActionNotFoundError,
+    ApprovalRequiredError,
+    AtlasConflictError,
+    AtlasError,
+    AtlasNotFoundError,
+    CRAError,
+    IdempotencyConflictError,
+    InternalError,
+    InvalidParametersError,
+    InvalidRequestError,
+    RateLimitExceededError,
+    ResolutionExpiredError,
+    ResolutionNotFoundError,
+    SessionEndedError,
+    SessionNotFoundError,
+    TraceError,
+)
+from cra_agents._requests import execute_request, resolve_request
+from cra_agents._version import __version__
+from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
+from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
+from cra_agents.runtime import Runtime, SessionInfo
+from cra_agents.trace import ChainVerification, MemoryStore, TraceStore, verify_chain
+
+__all__ = [
+    "ActionDeniedError",
+    "ActionNotFoundError",
+    "ApprovalRequiredError",
+    "Atlas",
+    "AtlasConflictError",
+    "AtlasError",
+    "AtlasNotFoundError",
+    "CARPRequest",
+    "CARPResolution",
+    "CRAError",
+    "ChainVerification",
+    "ExecuteResponse",
+    "Finding",
+    "IdempotencyConflictError",
+    "InternalError",
+    "InvalidParametersError",
+    "InvalidRequestError",
+    "MemoryStore",
+    "RateLimitExceededError",
+    "ResolutionExpiredError",
+    "ResolutionNotFoundError",
+    "Runtime",
+    "SessionEndedError",
+    "SessionInfo",
+    "SessionNotFoundError",
+    "TraceError",
+    "TraceEvent",
+    "TraceStore",
+    "ValidationReport",
+    "__version__",
+    "execute_request",
+    "load_atlas",
+    "resolve_request",
+    "validate_atlas",
+    "verify_chain",
+]

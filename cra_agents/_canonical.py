@@ -1,0 +1,114 @@
+"""Canonical JSON and digests, byte-identical to the upstream Rust core.
+
+The TRACE hash rule (PROTOCOL_NOTES §3) hashes ``canonical_json(payload)``: keys sorted by code
+point, no whitespace, raw UTF-8 (only ``"``, ``\\`` and control characters escaped, as
+serde_json does) and floats laid out the way ryu does (``1e16``, ``1e-7``, ``0.00001``).
+orjson produces exactly that except for one detail, the ``+`` of positive exponents, so the fast
+path is a single ``orjson.dumps`` and a rare slow path re-walks the value.
+
+Values that cannot be written identically by every verifier are refused with
+:class:`~cra_agents.TraceError` rather than written differently: NaN and infinities (serde_json
+has no such numbers), integers outside the 64-bit range, lone surrogates, non-string keys and
+keys that would need escaping (Rust writes keys verbatim).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from cra_agents._exceptions import TraceError
+
+__all__ = ["canonical_json", "digest", "sha256_hex"]
+
+_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_SUSPECT = (b"e+", b"null", b"\\")
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Serialise ``value`` as canonical JSON (UTF-8 bytes).
+
+    Raises:
+        TraceError: ``value`` holds something canonical JSON cannot carry exactly.
+    """
+    try:
+        out = orjson.dumps(value, option=_OPTIONS, default=_refuse)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise TraceError(f"value is not canonical JSON: {exc}", details={"reason": "not_json"}) from exc
+    for marker in _SUSPECT:
+        if marker in out:
+            return _slow(value)
+    return out
+
+
+def _slow(value: Any) -> bytes:
+    parts: list[bytes] = []
+    _write(value, parts, "")
+    return b"".join(parts)
+
+
+def _write(value: Any, out: list[bytes], path: str) -> None:  # noqa: C901 - one branch per JSON type
+    if isinstance(value, str):
+        out.append(orjson.dumps(value))
+    elif value is None or value is True or value is False:
+        out.append(orjson.dumps(value))
+    elif isinstance(value, int):
+        out.append(orjson.dumps(value))
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise TraceError(
+                f"{value!r} at {path or '/'} has no JSON form; send it as a string",
+                details={"reason": "non_finite_float", "path": path},
+            )
+        out.append(orjson.dumps(value).replace(b"e+", b"e"))
+    elif isinstance(value, Mapping):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TraceError(
+                    f"key {key!r} at {path or '/'} is not a string",
+                    details={"reason": "non_string_key", "path": path},
+                )
+            if '"' in key or "\\" in key or any(ord(c) < 0x20 for c in key):
+                raise TraceError(
+                    f"key {key!r} at {path or '/'} needs escaping, which verifiers disagree on",
+                    details={"reason": "unsafe_key", "path": path},
+                )
+            items.append((key, item))
+        items.sort(key=lambda kv: kv[0])
+        out.append(b"{")
+        for index, (key, item) in enumerate(items):
+            if index:
+                out.append(b",")
+            out.append(orjson.dumps(key))
+            out.append(b":")
+            _write(item, out, f"{path}/{key}")
+        out.append(b"}")
+    elif isinstance(value, list | tuple):
+        out.append(b"[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(b",")
+            _write(item, out, f"{path}/{index}")
+        out.append(b"]")
+    else:
+        # UUIDs, enums and the like: whatever orjson makes of them (validated by the fast path).
+        out.append(orjson.dumps(value, option=_OPTIONS, default=_refuse))
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest(value: Any) -> str:
+    """SHA-256 hex of the canonical JSON of ``value`` (``parameters_hash``, ``result_hash``)."""
+    return hashlib.sha256(canonical_json(value)).hexdigest()

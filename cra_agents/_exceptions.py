@@ -1,0 +1,294 @@
+"""Errors raised by cra-agents.
+
+Every error carries a stable ``code`` (the upstream CRA error code where upstream has one), the
+HTTP status and category the upstream reference core maps it to, and keyword-only context::
+
+    CRAError(Exception)                                 .code .status .category .recoverable .details
+    ├── AtlasError(CRAError, ValueError)                .path .reason   INVALID_ATLAS_MANIFEST,
+    │                                                                   ATLAS_LOAD_ERROR, ...
+    ├── AtlasNotFoundError(CRAError, LookupError)       ATLAS_NOT_FOUND
+    ├── AtlasConflictError(CRAError)                    ATLAS_ALREADY_LOADED
+    ├── InvalidRequestError(CRAError, ValueError)       INVALID_CARP_REQUEST   .reason
+    ├── InvalidParametersError(CRAError, ValueError)    INVALID_PARAMETERS     .action_id .errors
+    ├── SessionNotFoundError(CRAError, LookupError)     SESSION_NOT_FOUND
+    ├── SessionEndedError(CRAError)                     SESSION_ALREADY_ENDED
+    ├── ResolutionNotFoundError(CRAError, LookupError)  RESOLUTION_NOT_FOUND
+    ├── ResolutionExpiredError(CRAError)                RESOLUTION_EXPIRED
+    ├── ActionNotFoundError(CRAError, LookupError)      ACTION_NOT_FOUND
+    ├── ActionDeniedError(CRAError, PermissionError)    ACTION_DENIED          .action_id .policy_id
+    ├── ApprovalRequiredError(CRAError)                 ACTION_REQUIRES_APPROVAL
+    ├── RateLimitExceededError(ActionDeniedError)       RATE_LIMIT_EXCEEDED    .retry_after
+    ├── IdempotencyConflictError(CRAError)              IDEMPOTENCY_CONFLICT
+    ├── TraceError(CRAError, ValueError)                INVALID_TRACE_EVENT
+    └── InternalError(CRAError)                         INTERNAL_ERROR
+
+Callers may catch either our class or the builtin it also derives from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "ActionDeniedError",
+    "ActionNotFoundError",
+    "ApprovalRequiredError",
+    "AtlasConflictError",
+    "AtlasError",
+    "AtlasNotFoundError",
+    "CRAError",
+    "IdempotencyConflictError",
+    "InternalError",
+    "InvalidParametersError",
+    "InvalidRequestError",
+    "RateLimitExceededError",
+    "ResolutionExpiredError",
+    "ResolutionNotFoundError",
+    "SessionEndedError",
+    "SessionNotFoundError",
+    "TraceError",
+]
+
+
+class CRAError(Exception):
+    """Base class of every error cra-agents raises on purpose.
+
+    Attributes:
+        code: Stable machine-readable code, e.g. ``"SESSION_NOT_FOUND"``.
+        status: The HTTP status the upstream API maps the code to.
+        category: One of ``not_found``, ``validation``, ``authorization``, ``conflict``,
+            ``rate_limit``, ``integrity``, ``internal``, ``external``.
+        recoverable: Whether retrying later (or after approval) can succeed.
+        details: Extra structured context; always JSON-serialisable.
+    """
+
+    default_code: ClassVar[str] = "INTERNAL_ERROR"
+    status: ClassVar[int] = 500
+    category: ClassVar[str] = "internal"
+    recoverable: ClassVar[bool] = False
+
+    def __init__(
+        self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.details: dict[str, Any] = dict(details or {})
+
+    def to_error_response(self, request_id: str | None = None) -> dict[str, Any]:
+        """Return the HTTP error body: upstream's ``Error`` object plus category/recoverable."""
+        error: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "category": self.category,
+            "recoverable": self.recoverable,
+        }
+        if self.details:
+            error["details"] = self.details
+        if request_id is not None:
+            error["request_id"] = request_id
+        return {"error": error}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only context must survive pickling (multiprocessing, logging handlers).
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[CRAError], state: dict[str, Any]) -> CRAError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message", ""))
+    err.__dict__.update(state)
+    return err
+
+
+class AtlasError(CRAError, ValueError):
+    """An atlas could not be loaded or is invalid. Nothing of it was loaded.
+
+    Attributes:
+        path: JSON pointer of the offending field (``""`` for the whole document).
+        reason: Short slug such as ``invalid_json``, ``duplicate_key``, ``too_deep``,
+            ``too_large``, ``schema``, ``digest_mismatch``, ``fetch_failed``.
+        source: Where the atlas came from (path, URL or ``"<dict>"``).
+    """
+
+    default_code = "INVALID_ATLAS_MANIFEST"
+    status = 400
+    category = "validation"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        path: str = "",
+        source: str | None = None,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        location = f" at {path}" if path else ""
+        origin = f" ({source})" if source else ""
+        super().__init__(f"{message}{location}{origin}", code=code, details=details)
+        self.reason = reason
+        self.path = path
+        self.source = source
+        self.details.setdefault("reason", reason)
+        if path:
+            self.details.setdefault("path", path)
+
+
+class AtlasNotFoundError(CRAError, LookupError):
+    """A request named an atlas that is not loaded."""
+
+    default_code = "ATLAS_NOT_FOUND"
+    status = 404
+    category = "not_found"
+
+
+class AtlasConflictError(CRAError):
+    """An atlas (or an action id it declares) is already loaded."""
+
+    default_code = "ATLAS_ALREADY_LOADED"
+    status = 409
+    category = "conflict"
+
+
+class InvalidRequestError(CRAError, ValueError):
+    """A CARP request is malformed or breaks a runtime rule (duplicate id, clock skew...)."""
+
+    default_code = "INVALID_CARP_REQUEST"
+    status = 400
+    category = "validation"
+
+
+class InvalidParametersError(CRAError, ValueError):
+    """Execution parameters do not validate against the action's ``parameters_schema``."""
+
+    default_code = "INVALID_PARAMETERS"
+    status = 400
+    category = "validation"
+
+
+class SessionNotFoundError(CRAError, LookupError):
+    """No session with that id exists in this runtime."""
+
+    default_code = "SESSION_NOT_FOUND"
+    status = 404
+    category = "not_found"
+
+
+class SessionEndedError(CRAError):
+    """The session has ended; it accepts no further requests."""
+
+    default_code = "SESSION_ALREADY_ENDED"
+    status = 409
+    category = "conflict"
+
+
+class ResolutionNotFoundError(CRAError, LookupError):
+    """An execute request names a resolution this session never produced."""
+
+    default_code = "RESOLUTION_NOT_FOUND"
+    status = 404
+    category = "not_found"
+
+
+class ResolutionExpiredError(CRAError):
+    """The resolution's ``ttl_seconds`` has passed; resolve again."""
+
+    default_code = "RESOLUTION_EXPIRED"
+    status = 410
+    category = "conflict"
+    recoverable = True
+
+
+class ActionNotFoundError(CRAError, LookupError):
+    """No loaded atlas declares the action."""
+
+    default_code = "ACTION_NOT_FOUND"
+    status = 404
+    category = "not_found"
+
+
+class ActionDeniedError(CRAError, PermissionError):
+    """The action is not permitted.
+
+    Attributes:
+        action_id: The action that was denied.
+        policy_id: The policy (or built-in rule such as ``undeclared-action``) that denied it.
+        reason: Human-readable reason, from the policy where it gives one.
+    """
+
+    default_code = "ACTION_DENIED"
+    status = 403
+    category = "authorization"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        action_id: str,
+        policy_id: str,
+        reason: str,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        merged = {"action_id": action_id, "policy_id": policy_id, "reason": reason}
+        merged.update(details or {})
+        super().__init__(message, code=code, details=merged)
+        self.action_id = action_id
+        self.policy_id = policy_id
+        self.reason = reason
+
+
+class RateLimitExceededError(ActionDeniedError):
+    """A rate-limit policy has no slot left; retry after ``retry_after`` seconds."""
+
+    default_code = "RATE_LIMIT_EXCEEDED"
+    status = 429
+    category = "rate_limit"
+    recoverable = True
+
+    def __init__(
+        self, message: str, *, action_id: str, policy_id: str, retry_after: float
+    ) -> None:
+        super().__init__(
+            message,
+            action_id=action_id,
+            policy_id=policy_id,
+            reason="rate_limit_exceeded",
+            details={"retry_after": retry_after},
+        )
+        self.retry_after = retry_after
+
+
+class ApprovalRequiredError(CRAError):
+    """The action needs a human approval that has not been given."""
+
+    default_code = "ACTION_REQUIRES_APPROVAL"
+    status = 423
+    category = "authorization"
+    recoverable = True
+
+
+class IdempotencyConflictError(CRAError):
+    """An idempotency key was reused with different parameters or another action."""
+
+    default_code = "IDEMPOTENCY_CONFLICT"
+    status = 409
+    category = "conflict"
+
+
+class TraceError(CRAError, ValueError):
+    """A TRACE event could not be built or recorded (e.g. a payload that is not canonical JSON)."""
+
+    default_code = "INVALID_TRACE_EVENT"
+    status = 400
+    category = "validation"
+
+
+class InternalError(CRAError):
+    """An unexpected failure inside cra-agents; the operation was refused (fail closed)."""
+
+    default_code = "INTERNAL_ERROR"
+    status = 500
+    category = "internal"

@@ -1,0 +1,254 @@
+"""Loading atlases from a directory, a JSON file, a dict or an HTTP(S) URL."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeAlias
+
+from pydantic import ValidationError
+
+from cra_agents._canonical import canonical_json
+from cra_agents._exceptions import AtlasError, TraceError
+from cra_agents._safejson import JSONInputError, loads_strict
+from cra_agents.atlas._model import Atlas
+from cra_agents.protocol import AtlasManifest
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "AtlasSource",
+    "load_atlas",
+    "pointer",
+    "read_document",
+]
+
+#: Largest manifest (and largest single context file) accepted, in bytes.
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+#: Largest total of context files read for one atlas, in bytes.
+MAX_CONTEXT_BYTES = 16 * 1024 * 1024
+DEFAULT_TIMEOUT = 10.0
+
+AtlasSource: TypeAlias = "Atlas | AtlasManifest | Mapping[str, Any] | str | os.PathLike[str]"
+
+
+def pointer(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a JSON pointer (``/policies/0/type``)."""
+    return "".join(
+        "/" + str(part).replace("~", "~0").replace("/", "~1") for part in loc
+    )
+
+
+def _is_url(source: object) -> bool:
+    return isinstance(source, str) and source.startswith(("http://", "https://"))
+
+
+def _parse(data: bytes, *, label: str, max_bytes: int) -> dict[str, Any]:
+    try:
+        value = loads_strict(data, max_bytes=max_bytes)
+    except JSONInputError as exc:
+        raise AtlasError(str(exc), reason=exc.reason, path=exc.path, source=label) from exc
+    if not isinstance(value, dict):
+        raise AtlasError(
+            f"an atlas is a JSON object, not {type(value).__name__}",
+            reason="not_an_object", source=label,
+        )
+    return value
+
+
+def _check_pin(expected: str, actual_hex: str, label: str) -> None:
+    wanted = expected.removeprefix("sha256:").lower()
+    if not hmac.compare_digest(wanted, actual_hex):
+        raise AtlasError(
+            f"content digest sha256:{actual_hex} does not match the pinned sha256:{wanted}",
+            reason="digest_mismatch", source=label,
+        )
+
+
+def read_document(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    sha256: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[dict[str, Any], str, Path | None]:
+    """Read the raw manifest document: ``(document, source label, base directory)``.
+
+    Raises:
+        AtlasError: unreadable, refused, or the digest pin does not match.
+    """
+    if isinstance(source, Mapping):
+        document = dict(source)
+        if sha256 is not None:
+            try:
+                actual = hashlib.sha256(canonical_json(document)).hexdigest()
+            except TraceError as exc:
+                raise AtlasError(str(exc), reason="invalid_json", source="<dict>") from exc
+            _check_pin(sha256, actual, "<dict>")
+        return document, "<dict>", None
+    if _is_url(source):
+        from cra_agents.atlas._fetch import fetch_bytes  # noqa: PLC0415 - httpx only for URLs
+
+        url = str(source)
+        data = fetch_bytes(url, max_bytes=max_bytes, timeout=timeout)
+        if sha256 is not None:
+            _check_pin(sha256, hashlib.sha256(data).hexdigest(), url)
+        return _parse(data, label=url, max_bytes=max_bytes), url, None
+    path = Path(source)
+    label = str(path)
+    if path.is_dir():
+        base = path
+        path = path / "atlas.json"
+        if not path.is_file():
+            raise AtlasError(
+                "directory has no atlas.json", reason="not_found", source=label,
+                code="ATLAS_LOAD_ERROR",
+            )
+    else:
+        base = path.parent
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except FileNotFoundError as exc:
+        raise AtlasError(
+            "no such file or directory", reason="not_found", source=label,
+            code="ATLAS_LOAD_ERROR",
+        ) from exc
+    except OSError as exc:
+        raise AtlasError(
+            f"cannot read: {exc.strerror}", reason="io_error", source=label,
+            code="ATLAS_LOAD_ERROR",
+        ) from exc
+    if sha256 is not None:
+        _check_pin(sha256, hashlib.sha256(data).hexdigest(), label)
+    return _parse(data, label=label, max_bytes=max_bytes), label, base
+
+
+def _validate(document: Mapping[str, Any], label: str) -> AtlasManifest:
+    version = document.get("atlas_version")
+    if version != "1.0":
+        hint = (
+            "; it is the legacy 0.1 format: convert it with `cra atlas convert PATH`"
+            if version == "0.1" else ""
+        )
+        raise AtlasError(
+            f"atlas_version {version!r} is not supported (expected '1.0'){hint}",
+            reason="unsupported_version", path="/atlas_version", source=label,
+            code="ATLAS_VERSION_MISMATCH",
+        )
+    try:
+        return AtlasManifest.model_validate(document)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        first = errors[0]
+        summary = [{"path": pointer(e["loc"]), "message": e["msg"]} for e in errors[:20]]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise AtlasError(
+            f"{first['msg']}{more}", reason="schema", path=pointer(first["loc"]), source=label,
+            details={"errors": summary},
+        ) from exc
+
+
+def _read_context(
+    manifest: AtlasManifest, base: Path | None, label: str, max_bytes: int
+) -> tuple[dict[str, str], list[str]]:
+    files: dict[str, str] = {}
+    missing: list[str] = []
+    if base is None:
+        missing.extend(f for pack in manifest.context_packs for f in pack.files)
+        return files, missing
+    root = base.resolve()
+    total = 0
+    for p_index, pack in enumerate(manifest.context_packs):
+        for f_index, name in enumerate(pack.files):
+            where = f"/context_packs/{p_index}/files/{f_index}"
+            target = (root / name).resolve()
+            if Path(name).is_absolute() or not target.is_relative_to(root):
+                raise AtlasError(
+                    f"context file {name!r} lies outside the atlas directory",
+                    reason="path_escape", path=where, source=label,
+                )
+            if name in files:
+                continue
+            try:
+                with target.open("rb") as handle:
+                    data = handle.read(max_bytes + 1)
+            except FileNotFoundError:
+                missing.append(name)
+                continue
+            except OSError as exc:
+                raise AtlasError(
+                    f"cannot read context file {name!r}: {exc.strerror}",
+                    reason="io_error", path=where, source=label, code="ATLAS_LOAD_ERROR",
+                ) from exc
+            total += len(data)
+            if len(data) > max_bytes or total > MAX_CONTEXT_BYTES:
+                raise AtlasError(
+                    f"context file {name!r} takes the atlas over its size limit",
+                    reason="too_large", path=where, source=label,
+                )
+            try:
+                files[name] = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise AtlasError(
+                    f"context file {name!r} is not valid UTF-8",
+                    reason="invalid_encoding", path=where, source=label,
+                ) from exc
+    return files, missing
+
+
+def load_atlas(
+    source: AtlasSource,
+    *,
+    sha256: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Atlas:
+    """Load an atlas leniently and completely, or not at all.
+
+    Args:
+        source: A directory holding ``atlas.json`` (and the ``context/`` files its packs name),
+            a JSON file, a manifest as a dict or :class:`AtlasManifest`, an ``http(s)://`` URL,
+            or an already loaded :class:`Atlas` (returned as is).
+        sha256: Optional pin (hex, ``sha256:`` prefix allowed) of the exact manifest bytes read
+            from the file or URL, or of the canonical JSON of a dict. Checked before parsing.
+        max_bytes: Size cap of the manifest and of each context file.
+        timeout: Total time budget of a URL fetch, in seconds.
+
+    Returns:
+        The loaded :class:`Atlas`. Real upstream atlases load: inline ``context_blocks``, a
+        policy's top-level ``reason``, ``requires_approval`` and ``_`` in ids are accepted.
+
+    Raises:
+        AtlasError: with a ``code``, a ``reason`` slug and the JSON pointer ``path`` of the
+            offending field. No partially loaded atlas is ever returned.
+
+    Example:
+        >>> atlas = load_atlas("examples/atlases/github-ops")  # doctest: +SKIP
+        >>> atlas.atlas_id  # doctest: +SKIP
+        'com.example.github-ops'
+    """
+    if isinstance(source, Atlas):
+        return source
+    if isinstance(source, AtlasManifest):
+        source = source.model_dump(mode="json", exclude_none=True)
+    document, label, base = read_document(
+        source, sha256=sha256, max_bytes=max_bytes, timeout=timeout
+    )
+    manifest = _validate(document, label)
+    files, missing = _read_context(manifest, base, label, max_bytes)
+    try:
+        material = canonical_json({"manifest": document, "context_files": files})
+    except TraceError as exc:
+        raise AtlasError(str(exc), reason="invalid_json", source=label) from exc
+    return Atlas(
+        manifest=manifest,
+        digest="sha256:" + hashlib.sha256(material).hexdigest(),
+        source=label,
+        base_dir=base,
+        context_files=MappingProxyType(files),
+        missing_files=tuple(missing),
+    )

@@ -1,0 +1,32 @@
+"""The policy engine: compiled phases, globs, conditions and rate limits."""
+
+from __future__ import annotations
+
+from cra_agents.policy._conditions import ConditionContext
+from cra_agents.policy._engine import (
+    DEFAULT_ALLOW,
+    DEFAULT_DENY,
+    UNDECLARED_ACTION,
+    CompiledPolicy,
+    Effect,
+    PolicyDecision,
+    PolicyEngine,
+    compile_atlas_policies,
+    compile_policy,
+)
+from cra_agents.policy._ratelimit import RateLimiter, RateRule
+
+__all__ = [
+    "DEFAULT_ALLOW",
+    "DEFAULT_DENY",
+    "UNDECLARED_ACTION",
+    "CompiledPolicy",
+    "ConditionContext",
+    "Effect",
+    "PolicyDecision",
+    "PolicyEngine",
+    "RateLimiter",
+    "RateRule",
+    "compile_atlas_policies",
+    "compile_policy",
+]

@@ -1,0 +1,80 @@
+"""CARP/1.0, TRACE/1.0 and Atlas/1.0 wire models (pydantic v2) and their JSON Schemas."""
+
+from __future__ import annotations
+
+from cra_agents.protocol._atlas import (
+    Action,
+    ActionExample,
+    ActionRateLimit,
+    AdapterConfig,
+    AtlasManifest,
+    Capability,
+    Conditions,
+    ContextPack,
+    InlineContextBlock,
+    Policy,
+    PolicyType,
+    TimeWindow,
+)
+from cra_agents.protocol._carp import (
+    AllowedAction,
+    CARPRequest,
+    CARPResolution,
+    Constraint,
+    ContextBlock,
+    Decision,
+    DecisionType,
+    DeniedAction,
+    ExecuteError,
+    ExecuteResponse,
+    Execution,
+    RateLimit,
+    Requester,
+    Task,
+)
+from cra_agents.protocol._common import RiskTier
+from cra_agents.protocol._schemas import bundled_schema, generate_schemas
+from cra_agents.protocol._trace import (
+    EVENT_TYPES,
+    GENESIS_HASH,
+    TRACE_VERSION,
+    EventType,
+    TraceEvent,
+)
+
+__all__ = [
+    "EVENT_TYPES",
+    "GENESIS_HASH",
+    "TRACE_VERSION",
+    "Action",
+    "ActionExample",
+    "ActionRateLimit",
+    "AdapterConfig",
+    "AllowedAction",
+    "AtlasManifest",
+    "CARPRequest",
+    "CARPResolution",
+    "Capability",
+    "Conditions",
+    "Constraint",
+    "ContextBlock",
+    "ContextPack",
+    "Decision",
+    "DecisionType",
+    "DeniedAction",
+    "EventType",
+    "ExecuteError",
+    "ExecuteResponse",
+    "Execution",
+    "InlineContextBlock",
+    "Policy",
+    "PolicyType",
+    "RateLimit",
+    "Requester",
+    "RiskTier",
+    "Task",
+    "TimeWindow",
+    "TraceEvent",
+    "bundled_schema",
+    "generate_schemas",
+]

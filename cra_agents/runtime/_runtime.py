@@ -1,0 +1,694 @@
+"""The runtime: sessions, CARP resolution and the execution gate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from cra_agents._canonical import digest
+from cra_agents._clock import format_timestamp, parse_timestamp_ns
+from cra_agents._exceptions import (
+    ActionDeniedError,
+    ApprovalRequiredError,
+    AtlasConflictError,
+    AtlasNotFoundError,
+    CRAError,
+    IdempotencyConflictError,
+    InvalidParametersError,
+    InvalidRequestError,
+    RateLimitExceededError,
+    ResolutionExpiredError,
+    ResolutionNotFoundError,
+    SessionEndedError,
+    SessionNotFoundError,
+)
+from cra_agents._ids import new_id
+from cra_agents.atlas import Atlas, AtlasSource, load_atlas
+from cra_agents.atlas._load import pointer
+from cra_agents.policy import ConditionContext, Effect, PolicyEngine, RateRule
+from cra_agents.protocol import (
+    Action,
+    AllowedAction,
+    CARPRequest,
+    CARPResolution,
+    Constraint,
+    ContextBlock,
+    Decision,
+    DeniedAction,
+    ExecuteResponse,
+    RateLimit,
+    TraceEvent,
+)
+from cra_agents.protocol._common import trusted
+from cra_agents.runtime._context import ContextCandidate, compile_context, select_context
+from cra_agents.trace import ChainVerification, MemoryStore, SessionChain, TraceStore, verify_chain
+
+__all__ = ["DEFAULT_TTL_SECONDS", "Runtime", "SessionInfo"]
+
+DEFAULT_TTL_SECONDS = 3600
+DEFAULT_CLOCK_SKEW_SECONDS = 300
+RUNTIME_POLICY = "carp-runtime"
+EndReason = Literal["completed", "timeout", "error", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A session as the caller sees it."""
+
+    session_id: str
+    agent_id: str
+    goal: str
+    trace_id: str
+    parent_session_id: str | None
+    created_at: str
+    active: bool
+    ended_at: str | None = None
+    resolution_count: int = 0
+    action_count: int = 0
+
+
+@dataclass(slots=True)
+class _Resolution:
+    resolution: CARPResolution
+    expires: float
+    allowed: dict[str, AllowedAction]
+    ctx: ConditionContext
+
+
+@dataclass(slots=True)
+class _Session:
+    session_id: str
+    agent_id: str
+    goal: str
+    trace_id: str
+    parent_session_id: str | None
+    created_ns: int
+    chain: SessionChain
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ended_ns: int | None = None
+    request_ids: set[str] = field(default_factory=set)
+    resolutions: dict[str, _Resolution] = field(default_factory=dict)
+    idempotency: dict[str, tuple[str, str, ExecuteResponse]] = field(default_factory=dict)
+    resolution_count: int = 0
+    action_count: int = 0
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            session_id=self.session_id,
+            agent_id=self.agent_id,
+            goal=self.goal,
+            trace_id=self.trace_id,
+            parent_session_id=self.parent_session_id,
+            created_at=format_timestamp(self.created_ns),
+            active=self.ended_ns is None,
+            ended_at=None if self.ended_ns is None else format_timestamp(self.ended_ns),
+            resolution_count=self.resolution_count,
+            action_count=self.action_count,
+        )
+
+
+class _AtlasView:
+    """What resolve needs of one atlas, prepared once."""
+
+    __slots__ = ("actions", "atlas", "capabilities", "context", "position")
+
+    def __init__(self, atlas: Atlas, position: int) -> None:
+        self.atlas = atlas
+        self.position = position
+        self.actions: tuple[tuple[Action, AllowedAction], ...] = tuple(
+            (action, _allowed_template(action)) for action in atlas.manifest.actions
+        )
+        self.capabilities: dict[str, frozenset[str]] = {}
+        for capability in atlas.manifest.capabilities:
+            self.capabilities[capability.capability_id] = frozenset(capability.actions)
+        self.context: tuple[ContextCandidate, ...] = compile_context(atlas)
+
+
+def _allowed_template(action: Action) -> AllowedAction:
+    return trusted(AllowedAction, {
+        "action_id": action.action_id,
+        "name": action.name,
+        "description": action.description,
+        "parameters_schema": action.parameters_schema,
+        "returns_schema": action.returns_schema,
+        "risk_tier": action.risk_tier,
+        "requires_confirmation": action.requires_confirmation,
+        "idempotent": action.idempotent,
+        "rate_limit": None,
+    })
+
+
+class Runtime:
+    """Resolves CARP requests against loaded atlases and gates executions.
+
+    Every step is appended to the session's TRACE hash chain.
+
+    Args:
+        atlases: Atlases to load, in order (anything :func:`load_atlas` accepts).
+        store: Where finalised TRACE events go (default: in memory).
+        default_deny: Deny declared actions no policy matches (default: allow them).
+        ttl_seconds: Lifetime of a resolution.
+        clock_skew_seconds: How far a request's timestamp may be from now.
+        approval_ttl_seconds: Lifetime of an approval request (``decision.expires_at``).
+
+    Example:
+        >>> rt = Runtime(atlases=["examples/atlases/github-ops"])  # doctest: +SKIP
+        >>> s = rt.create_session("triage-bot", "Triage new issues")  # doctest: +SKIP
+        >>> rt.resolve({"session_id": s.session_id, ...})  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        atlases: Iterable[AtlasSource] = (),
+        *,
+        store: TraceStore | None = None,
+        default_deny: bool = False,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS,
+        approval_ttl_seconds: int = 900,
+    ) -> None:
+        loaded = [load_atlas(source) for source in atlases]
+        self._check_conflicts(loaded)
+        self._atlases: tuple[Atlas, ...] = tuple(loaded)
+        self._views = tuple(_AtlasView(atlas, i) for i, atlas in enumerate(loaded))
+        self._by_id = {view.atlas.atlas_id: view for view in self._views}
+        self.engine = PolicyEngine(loaded, default_deny=default_deny)
+        self.store: TraceStore = store if store is not None else MemoryStore()
+        self.ttl_seconds = ttl_seconds
+        self.clock_skew_seconds = clock_skew_seconds
+        self.approval_ttl_seconds = approval_ttl_seconds
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+        self._all_atlas_ids = [atlas.atlas_id for atlas in loaded]
+        self._variants: _Variants = {}
+
+    @staticmethod
+    def _check_conflicts(atlases: list[Atlas]) -> None:
+        seen: dict[str, str] = {}
+        action_owner: dict[str, str] = {}
+        for atlas in atlases:
+            if atlas.atlas_id in seen:
+                raise AtlasConflictError(
+                    f"atlas {atlas.atlas_id!r} is loaded twice ({seen[atlas.atlas_id]} and "
+                    f"{atlas.source})"
+                )
+            seen[atlas.atlas_id] = atlas.source
+            for action in atlas.actions:
+                owner = action_owner.get(action.action_id)
+                if owner is not None:
+                    raise AtlasConflictError(
+                        f"action {action.action_id!r} is declared by both {owner!r} and "
+                        f"{atlas.atlas_id!r}; an action must have one owner",
+                        details={"action_id": action.action_id},
+                    )
+                action_owner[action.action_id] = atlas.atlas_id
+
+    # -- atlases --------------------------------------------------------------------------
+
+    @property
+    def atlases(self) -> tuple[Atlas, ...]:
+        """The loaded atlases, in load order."""
+        return self._atlases
+
+    def atlas(self, atlas_id: str) -> Atlas:
+        """The loaded atlas ``atlas_id``.
+
+        Raises:
+            AtlasNotFoundError: it is not loaded.
+        """
+        view = self._by_id.get(atlas_id)
+        if view is None:
+            raise AtlasNotFoundError(f"atlas {atlas_id!r} is not loaded")
+        return view.atlas
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def create_session(
+        self,
+        agent_id: str,
+        goal: str,
+        *,
+        session_id: str | None = None,
+        parent_session_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> SessionInfo:
+        """Start a session; its chain begins with ``session.started``."""
+        if not agent_id or len(agent_id) > 255:  # noqa: PLR2004
+            raise InvalidRequestError("agent_id must be 1 to 255 characters")
+        if not goal:
+            raise InvalidRequestError("goal must not be empty")
+        session_id = session_id or new_id()
+        trace_id = new_id()
+        chain = SessionChain(session_id, trace_id, self.store.append)
+        session = _Session(session_id, agent_id, goal, trace_id, parent_session_id,
+                           time.time_ns(), chain)
+        with self._lock:
+            if session_id in self._sessions:
+                raise CRAError(f"session {session_id} already exists",
+                               code="SESSION_ALREADY_EXISTS")
+            self._sessions[session_id] = session
+        payload: dict[str, Any] = {"agent_id": agent_id, "goal": goal}
+        if parent_session_id is not None:
+            payload["parent_session_id"] = parent_session_id
+        if metadata:
+            payload["metadata"] = dict(metadata)
+        chain.append("session.started", payload)
+        return session.info()
+
+    def session(self, session_id: str) -> SessionInfo:
+        """The current state of a session."""
+        return self._session(session_id).info()
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every session this runtime knows, oldest first."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return [s.info() for s in sessions]
+
+    def _session(self, session_id: str) -> _Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFoundError(f"no session {session_id}")
+        return session
+
+    def _active(self, session_id: str) -> _Session:
+        session = self._session(session_id)
+        if session.ended_ns is not None:
+            raise SessionEndedError(f"session {session_id} has ended")
+        return session
+
+    def end_session(self, session_id: str, reason: EndReason = "completed",
+                    *, error: str | None = None) -> SessionInfo:
+        """End a session with ``session.ended``; later requests on it fail."""
+        session = self._session(session_id)
+        with session.lock:
+            if session.ended_ns is not None:
+                raise SessionEndedError(f"session {session_id} has already ended")
+            session.ended_ns = time.time_ns()
+        payload: dict[str, Any] = {
+            "reason": reason,
+            "duration_ms": (session.ended_ns - session.created_ns) // 1_000_000,
+            "resolution_count": session.resolution_count,
+            "action_count": session.action_count,
+        }
+        if error is not None:
+            payload["error"] = error
+        session.chain.append("session.ended", payload)
+        session.chain.flush()
+        return session.info()
+
+    # -- trace ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Hash and store every queued event of every session."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.chain.flush()
+
+    def trace_events(self, session_id: str, *, event_type: str | None = None,
+                     since_sequence: int | None = None,
+                     limit: int | None = None) -> list[TraceEvent]:
+        """The session's events in sequence order (queued events are flushed first)."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.chain.flush()
+        elif session_id not in self.store.sessions():
+            raise SessionNotFoundError(f"no session {session_id}")
+        return self.store.read(session_id, event_type=event_type,
+                               since_sequence=since_sequence, limit=limit)
+
+    def verify(self, session_id: str) -> ChainVerification:
+        """Verify the session's chain as stored."""
+        return verify_chain(self.trace_events(session_id))
+
+    # -- requests -------------------------------------------------------------------------
+
+    @staticmethod
+    def _parse(request: CARPRequest | Mapping[str, Any]) -> CARPRequest:
+        if isinstance(request, CARPRequest):
+            return request
+        try:
+            return CARPRequest.model_validate(request)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[0]
+            raise InvalidRequestError(
+                f"invalid CARP request: {first['msg']} at {pointer(first['loc']) or '/'}",
+                details={"path": pointer(first["loc"]), "reason": "schema"},
+            ) from exc
+
+    def _admit(self, session: _Session, request: CARPRequest) -> None:
+        """Runtime rules 1 and 2, and the requester check."""
+        if request.requester.agent_id != session.agent_id:
+            raise InvalidRequestError(
+                f"agent {request.requester.agent_id!r} does not own session "
+                f"{session.session_id}", details={"reason": "agent_mismatch"},
+            )
+        skew = abs(time.time_ns() - parse_timestamp_ns(request.timestamp)) / 1e9
+        if skew > self.clock_skew_seconds:
+            raise InvalidRequestError(
+                f"request timestamp is {skew:.0f}s away from the runtime's clock "
+                f"(limit {self.clock_skew_seconds:g}s)", details={"reason": "clock_skew"},
+            )
+        with session.lock:
+            if request.request_id in session.request_ids:
+                raise InvalidRequestError(
+                    f"request_id {request.request_id} was already used in this session",
+                    details={"reason": "duplicate_request_id"},
+                )
+            session.request_ids.add(request.request_id)
+
+    def resolve(self, request: CARPRequest | Mapping[str, Any]) -> CARPResolution:
+        """Resolve a CARP request: which actions are allowed, denied, need approval, and which
+        context to inject.
+
+        Events: ``carp.request.received``, one ``policy.evaluated`` per considered action,
+        one ``context.injected`` per block, ``carp.resolution.completed``.
+
+        Raises:
+            InvalidRequestError: malformed request, agent mismatch, clock skew, reused id.
+            SessionNotFoundError, SessionEndedError: the session is unknown or over.
+            AtlasNotFoundError: ``atlas_ids`` names an atlas that is not loaded.
+        """
+        req = self._parse(request)
+        if req.operation == "execute":
+            raise InvalidRequestError("use execute() for operation 'execute'",
+                                      details={"reason": "wrong_operation"})
+        session = self._active(req.requester.session_id)
+        if req.atlas_ids:
+            views = []
+            for atlas_id in req.atlas_ids:
+                view = self._by_id.get(atlas_id)
+                if view is None:
+                    raise AtlasNotFoundError(f"atlas {atlas_id!r} is not loaded",
+                                             details={"atlas_id": atlas_id})
+                views.append(view)
+            atlas_ids = list(req.atlas_ids)
+        else:
+            views = list(self._views)
+            atlas_ids = self._all_atlas_ids
+        self._admit(session, req)
+        task = req.task
+        chain = session.chain
+        chain.append("carp.request.received", {
+            "request_id": req.request_id,
+            "operation": req.operation,
+            "goal": task.goal,
+            "atlas_ids": list(atlas_ids),
+        })
+        required = frozenset(task.required_capabilities)
+        ctx = ConditionContext(
+            agent_id=req.requester.agent_id,
+            risk_tier=task.risk_tier,
+            capabilities=required,
+            context=req.context,
+        )
+        allowed: list[AllowedAction] = []
+        denied: list[DeniedAction] = []
+        constraints: dict[str, Constraint] = {}
+        approvals: list[str] = []
+        decide = self.engine.decide
+        append = chain.append
+        for view in views:
+            members: frozenset[str] | None = None
+            if required:
+                members = frozenset().union(
+                    *(view.capabilities.get(c, frozenset()) for c in required)
+                )
+            for action, template in view.actions:
+                action_id = action.action_id
+                if members is not None and action_id not in members:
+                    continue
+                decision = decide(action_id, ctx)
+                append("policy.evaluated", {
+                    "policy_id": decision.policy_id,
+                    "result": decision.result,
+                    "action_id": action_id,
+                })
+                effect = decision.effect
+                if effect is Effect.DENY:
+                    denied.append(trusted(DeniedAction, {
+                        "action_id": action_id,
+                        "reason": decision.reason or "Denied by policy",
+                        "policy_id": decision.policy_id,
+                    }))
+                    continue
+                if effect is Effect.REQUIRE_APPROVAL:
+                    approvals.append(action_id)
+                    _add_constraint(constraints, decision.policy_id, "require_approval",
+                                    action_id, {"reason": decision.reason})
+                    template = _variant(self._variants, template, confirm=True, rate=None)
+                elif decision.rate_limits:
+                    for rule in decision.rate_limits:
+                        _add_constraint(constraints, rule.policy_id, "rate_limit", action_id, {
+                            "max_calls": rule.max_calls,
+                            "window_seconds": rule.window_seconds,
+                        })
+                    template = _variant(self._variants, template, confirm=template.requires_confirmation,
+                                        rate=min(decision.rate_limits,
+                                                 key=lambda r: r.max_calls / r.window_seconds))
+                allowed.append(template)
+        candidates = [(v.position, c) for v in views for c in v.context]
+        blocks = select_context(candidates, task.goal, task.context_hints, ctx)
+        for block in blocks:
+            append("context.injected", _injected_payload(block))
+        now_ns = time.time_ns()
+        expires_at = None
+        approval_id = None
+        if approvals:
+            kind, reason = "requires_approval", "Approval required for: " + ", ".join(approvals)
+            approval_id = new_id()
+            expires_at = format_timestamp(now_ns + self.approval_ttl_seconds * 1_000_000_000)
+        elif allowed and denied:
+            kind, reason = "partial", "Some actions are denied by policy"
+        elif denied:
+            kind, reason = "deny", "All actions are denied by policy"
+        else:
+            kind, reason = "allow", None
+        resolution = trusted(CARPResolution, {
+            "carp_version": "1.0",
+            "resolution_id": new_id(),
+            "request_id": req.request_id,
+            "timestamp": format_timestamp(now_ns),
+            "decision": trusted(Decision, {
+                "type": kind, "reason": reason, "approval_id": approval_id,
+                "expires_at": expires_at,
+            }),
+            "context_blocks": blocks,
+            "allowed_actions": allowed,
+            "denied_actions": denied,
+            "constraints": list(constraints.values()),
+            "ttl_seconds": self.ttl_seconds,
+            "trace_id": session.trace_id,
+        })
+        append("carp.resolution.completed", {
+            "resolution_id": resolution.resolution_id,
+            "request_id": req.request_id,
+            "decision_type": kind,
+            "allowed_count": len(allowed),
+            "denied_count": len(denied),
+            "context_block_count": len(blocks),
+            "ttl_seconds": self.ttl_seconds,
+        })
+        stored = _Resolution(resolution, time.monotonic() + self.ttl_seconds,
+                             {a.action_id: a for a in allowed}, ctx)
+        with session.lock:
+            session.resolutions[resolution.resolution_id] = stored
+            session.resolution_count += 1
+        return resolution
+
+    def execute(self, request: CARPRequest | Mapping[str, Any]) -> ExecuteResponse:
+        """Gate an execution: enforce the runtime rules and re-decide the action's policy.
+
+        Appends ``action.requested``, then ``action.approved`` (the call may proceed) or
+        ``action.denied`` (and raises). A repeated ``idempotency_key`` with the same action and
+        parameters returns the first response and records nothing new.
+
+        Raises:
+            InvalidRequestError: malformed request, agent mismatch, clock skew, reused id.
+            SessionNotFoundError, SessionEndedError: the session is unknown or over.
+            ResolutionNotFoundError, ResolutionExpiredError: no live resolution of that id.
+            ActionDeniedError: the action is not allowed (``RateLimitExceededError`` when a rate
+                limit is exhausted).
+            ApprovalRequiredError: the action needs an approval.
+            InvalidParametersError: parameters fail the action's ``parameters_schema``.
+            IdempotencyConflictError: the key was used for another action or parameters.
+        """
+        req = self._parse(request)
+        if req.operation != "execute" or req.execution is None:
+            raise InvalidRequestError("execute() needs operation 'execute' with 'execution'",
+                                      details={"reason": "wrong_operation"})
+        execution = req.execution
+        session = self._active(req.requester.session_id)
+        action_id = execution.action_id
+        execution_id = new_id()
+        try:
+            parameters_hash = digest(execution.parameters)
+        except CRAError as exc:
+            raise InvalidParametersError(
+                f"parameters of {action_id} cannot be canonicalised: {exc.message}",
+                details={"action_id": action_id},
+            ) from exc
+        key = execution.idempotency_key
+        if key is not None:
+            with session.lock:
+                previous = session.idempotency.get(key)
+            if previous is not None:
+                if previous[:2] != (action_id, parameters_hash):
+                    raise IdempotencyConflictError(
+                        f"idempotency key {key!r} was used for other parameters or action",
+                        details={"idempotency_key": key},
+                    )
+                return previous[2]
+        chain = session.chain
+        chain.append("action.requested", {
+            "action_id": action_id,
+            "resolution_id": execution.resolution_id,
+            "execution_id": execution_id,
+            "parameters_hash": parameters_hash,
+        })
+
+        def refuse(error: CRAError, reason: str, policy_id: str = RUNTIME_POLICY) -> CRAError:
+            chain.append("action.denied", {
+                "action_id": action_id, "reason": reason, "policy_id": policy_id,
+                "execution_id": execution_id,
+            })
+            return error
+
+        try:
+            self._admit(session, req)
+        except InvalidRequestError as exc:
+            raise refuse(exc, str(exc.details.get("reason", "invalid_request"))) from None
+        stored = session.resolutions.get(execution.resolution_id)
+        if stored is None:
+            raise refuse(ResolutionNotFoundError(
+                f"resolution {execution.resolution_id} does not exist in this session"),
+                "resolution_not_found")
+        if time.monotonic() > stored.expires:
+            raise refuse(ResolutionExpiredError(
+                f"resolution {execution.resolution_id} has expired; resolve again"),
+                "resolution_expired")
+        if action_id not in stored.allowed:
+            denied = stored.resolution.denied(action_id)
+            reason = denied.reason if denied else "not among the resolution's allowed actions"
+            policy_id = (denied.policy_id if denied and denied.policy_id else RUNTIME_POLICY)
+            raise refuse(ActionDeniedError(
+                f"{action_id} is not allowed by resolution {execution.resolution_id}: {reason}",
+                action_id=action_id, policy_id=policy_id, reason=reason), reason, policy_id)
+        found = self.engine.action(action_id)
+        assert found is not None  # noqa: S101 - allowed actions are declared
+        schema = found[1].parameters_schema
+        if schema is not None:
+            problem = _schema_problem(schema, execution.parameters)
+            if problem is not None:
+                raise refuse(InvalidParametersError(
+                    f"parameters of {action_id} are invalid: {problem[1]}"
+                    f"{' at ' + problem[0] if problem[0] else ''}",
+                    details={"action_id": action_id, "path": problem[0]}),
+                    "invalid_parameters")
+        ctx = ConditionContext(
+            agent_id=stored.ctx.agent_id,
+            risk_tier=req.task.risk_tier,
+            capabilities=stored.ctx.capabilities,
+            context=req.context if req.context is not None else stored.ctx.context,
+        )
+        decision = self.engine.decide(action_id, ctx, consume=True)
+        if decision.effect is Effect.REQUIRE_APPROVAL:
+            raise refuse(ApprovalRequiredError(
+                f"{action_id} requires approval: {decision.reason}",
+                details={"action_id": action_id, "policy_id": decision.policy_id,
+                         "approval_id": stored.resolution.decision.approval_id}),
+                "approval_required", decision.policy_id)
+        if decision.effect is Effect.DENY:
+            error: ActionDeniedError
+            if decision.retry_after is not None:
+                error = RateLimitExceededError(
+                    f"{action_id}: rate limit {decision.policy_id} exhausted, retry after "
+                    f"{decision.retry_after:.0f}s",
+                    action_id=action_id, policy_id=decision.policy_id,
+                    retry_after=decision.retry_after)
+            else:
+                error = ActionDeniedError(
+                    f"{action_id} is denied by {decision.policy_id}: {decision.reason}",
+                    action_id=action_id, policy_id=decision.policy_id,
+                    reason=decision.reason or "Denied by policy")
+            raise refuse(error, decision.reason or "Denied by policy", decision.policy_id)
+        chain.append("action.approved", {
+            "action_id": action_id,
+            "resolution_id": execution.resolution_id,
+            "execution_id": execution_id,
+            "policy_id": decision.policy_id,
+        })
+        response = trusted(ExecuteResponse, {
+            "carp_version": "1.0",
+            "execution_id": execution_id,
+            "request_id": req.request_id,
+            "resolution_id": execution.resolution_id,
+            "timestamp": format_timestamp(time.time_ns()),
+            "status": "success",
+            "result": None,
+            "error": None,
+            "trace_id": session.trace_id,
+        })
+        with session.lock:
+            session.action_count += 1
+            if key is not None:
+                session.idempotency[key] = (action_id, parameters_hash, response)
+        return response
+
+
+def _add_constraint(constraints: dict[str, Constraint], constraint_id: str, kind: str,
+                    action_id: str, parameters: dict[str, Any]) -> None:
+    existing = constraints.get(constraint_id)
+    if existing is not None and existing.parameters is not None:
+        existing.parameters["action_ids"].append(action_id)
+        return
+    constraints[constraint_id] = trusted(Constraint, {
+        "constraint_id": constraint_id,
+        "type": kind,
+        "parameters": {**{k: v for k, v in parameters.items() if v is not None},
+                       "action_ids": [action_id]},
+    })
+
+
+_Variants = dict[tuple[str, bool, RateRule | None], AllowedAction]
+
+
+def _variant(variants: _Variants, template: AllowedAction, *, confirm: bool,
+             rate: RateRule | None) -> AllowedAction:
+    if confirm == template.requires_confirmation and rate is None:
+        return template
+    key = (template.action_id, confirm, rate)
+    hit = variants.get(key)
+    if hit is None:
+        fields = dict(template.__dict__)
+        fields["requires_confirmation"] = confirm
+        if rate is not None:
+            fields["rate_limit"] = trusted(RateLimit, {
+                "max_calls": rate.max_calls, "window_seconds": rate.window_seconds})
+        hit = variants[key] = trusted(AllowedAction, fields)
+    return hit
+
+
+def _injected_payload(block: ContextBlock) -> dict[str, Any]:
+    return {
+        "block_id": block.block_id,
+        "context_id": block.block_id,
+        "source": block.source,
+        "source_atlas": block.source,
+        "content_type": block.content_type,
+        "priority": block.priority,
+        "token_count": block.token_estimate or 0,
+    }
+
+
+def _schema_problem(schema: Mapping[str, Any], parameters: Mapping[str, Any]
+                    ) -> tuple[str, str] | None:
+    from cra_agents.runtime._params import first_error  # noqa: PLC0415 - jsonschema on demand
+
+    return first_error(schema, parameters)

@@ -1,0 +1,18 @@
+"""TRACE: hash chains, verification and stores."""
+
+from __future__ import annotations
+
+from cra_agents.trace._chain import SessionChain
+from cra_agents.trace._hash import compute_event_hash, spec_event_hash
+from cra_agents.trace._store import MemoryStore, TraceStore
+from cra_agents.trace._verify import ChainVerification, verify_chain
+
+__all__ = [
+    "ChainVerification",
+    "MemoryStore",
+    "SessionChain",
+    "TraceStore",
+    "compute_event_hash",
+    "spec_event_hash",
+    "verify_chain",
+]

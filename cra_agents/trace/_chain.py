@@ -1,0 +1,153 @@
+"""Per-session hash chains: sequencing on the caller's thread, hashing deferred.
+
+Appending takes the chain's lock only to assign the next sequence number and queue
+``(sequence, time_ns, event_type, payload)``; identifiers, the timestamp string, canonical JSON
+and SHA-256 are computed when the chain is flushed, strictly in sequence order, so 16 threads
+appending to one chain still produce one contiguous, valid chain. Nothing of a payload may be
+mutated after it is appended: callers hand over freshly built dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from cra_agents._canonical import canonical_json
+from cra_agents._clock import format_timestamp
+from cra_agents._exceptions import TraceError
+from cra_agents._ids import uuid7_from_ns
+from cra_agents.protocol import GENESIS_HASH, TRACE_VERSION, TraceEvent
+from cra_agents.trace._hash import _material
+
+__all__ = ["SessionChain", "build_event"]
+
+_FIELDS_SET: Final = frozenset(TraceEvent.model_fields)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def build_event(fields: dict[str, Any]) -> TraceEvent:
+    """Wrap already-valid event fields in a :class:`TraceEvent` without re-validating them.
+
+    Only for events this package just built; anything read from outside goes through
+    ``TraceEvent.model_validate``.
+    """
+    event = _new(TraceEvent)
+    _set(event, "__dict__", fields)
+    _set(event, "__pydantic_fields_set__", _FIELDS_SET)
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
+
+
+class SessionChain:
+    """The hash chain of one session.
+
+    Args:
+        session_id: The session's id.
+        trace_id: The trace id shared by every event of the session.
+        sink: Called with each batch of finalised events, in order, under the chain's lock.
+    """
+
+    __slots__ = (
+        "_finalised",
+        "_head",
+        "_lock",
+        "_next",
+        "_pending",
+        "_root_span",
+        "_sink",
+        "session_id",
+        "trace_id",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        trace_id: str,
+        sink: Callable[[list[TraceEvent]], None] | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.trace_id = trace_id
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._next = 0
+        self._pending: list[tuple[int, int, str, Mapping[str, Any]]] = []
+        self._finalised = 0
+        self._head = GENESIS_HASH
+        self._root_span: str | None = None
+
+    def append(self, event_type: str, payload: Mapping[str, Any]) -> int:
+        """Queue an event; return its sequence number."""
+        now = time.time_ns()
+        with self._lock:
+            sequence = self._next
+            self._next = sequence + 1
+            self._pending.append((sequence, now, event_type, payload))
+        return sequence
+
+    def __len__(self) -> int:
+        return self._next
+
+    @property
+    def head(self) -> str:
+        """Hash of the last finalised event (genesis when none)."""
+        return self._head
+
+    def flush(self) -> list[TraceEvent]:
+        """Hash every queued event in order, hand them to the sink and return them.
+
+        A payload that cannot be canonicalised (NaN, a lone surrogate...) does not break the
+        chain: its event is replaced by an ``error.occurred`` event that says what was refused.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, []
+            if not pending:
+                return []
+            events = [self._finalise(*item) for item in pending]
+            self._finalised += len(events)
+            if self._sink is not None:
+                self._sink(events)
+            return events
+
+    def _finalise(
+        self, sequence: int, time_ns: int, event_type: str, payload: Mapping[str, Any]
+    ) -> TraceEvent:
+        try:
+            payload_json = canonical_json(payload)
+        except TraceError as exc:
+            payload = {
+                "error_code": exc.code,
+                "error_message": exc.message,
+                "refused_event_type": event_type,
+            }
+            event_type = "error.occurred"
+            payload_json = canonical_json(payload)
+        span_id = uuid7_from_ns(time_ns)
+        if self._root_span is None:
+            self._root_span = span_id
+            parent = None
+        else:
+            parent = self._root_span
+        fields: dict[str, Any] = {
+            "trace_version": TRACE_VERSION,
+            "event_id": uuid7_from_ns(time_ns),
+            "trace_id": self.trace_id,
+            "span_id": span_id,
+            "parent_span_id": parent,
+            "session_id": self.session_id,
+            "sequence": sequence,
+            "timestamp": format_timestamp(time_ns),
+            "event_type": event_type,
+            "payload": payload,
+            "event_hash": "",
+            "previous_event_hash": self._head,
+        }
+        fields["event_hash"] = hashlib.sha256(
+            _material(fields, fields["timestamp"], payload_json)
+        ).hexdigest()
+        self._head = fields["event_hash"]
+        return build_event(fields)

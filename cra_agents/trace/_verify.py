@@ -1,0 +1,187 @@
+"""Chain verification: linkage, then sequence, then hash (PROTOCOL_NOTES §3.4)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cra_agents._exceptions import TraceError
+from cra_agents._safejson import JSONInputError, loads_strict
+from cra_agents.protocol import GENESIS_HASH, TraceEvent
+from cra_agents.trace._hash import compute_event_hash, spec_event_hash
+
+__all__ = ["ChainVerification", "ErrorType", "HashRule", "verify_chain"]
+
+ErrorType = Literal[
+    "invalid_genesis",
+    "chain_broken",
+    "sequence_gap",
+    "hash_mismatch",
+    "malformed_event",
+    "torn_tail",
+    "unverifiable_tail",
+]
+#: ``normalized``: the Rust rule; ``as_written``: the spec's Appendix B; ``both``: every event
+#: hashes identically under both (what we write); ``mixed``: events differ in the rule they need.
+HashRule = Literal["normalized", "as_written", "both", "mixed"]
+_MAX_LINE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ChainVerification:
+    """The outcome of :func:`verify_chain`."""
+
+    valid: bool
+    event_count: int
+    first_invalid_index: int | None = None
+    error_type: ErrorType | None = None
+    error_message: str | None = None
+    last_valid_hash: str = GENESIS_HASH
+    hash_rule: HashRule | None = None
+
+    def __bool__(self) -> bool:
+        return self.valid
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "valid": self.valid,
+            "event_count": self.event_count,
+            "first_invalid_index": self.first_invalid_index,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "last_valid_hash": self.last_valid_hash,
+            "hash_rule": self.hash_rule,
+        }
+
+
+class _Torn(Exception):  # noqa: N818 - internal signal
+    pass
+
+
+def _read_jsonl(path: Path) -> Iterable[Mapping[str, Any] | BaseException]:
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    complete = data.endswith(b"\n")
+    if complete:
+        lines.pop()
+    for index, line in enumerate(lines):
+        last = index == len(lines) - 1
+        try:
+            value = loads_strict(line, max_bytes=_MAX_LINE)
+        except JSONInputError as exc:
+            yield _Torn(str(exc)) if last and not complete else exc
+            return
+        if not isinstance(value, dict):
+            yield ValueError(f"line {index + 1} is not a JSON object")
+            return
+        yield value
+
+
+def _fields(item: TraceEvent | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(item, TraceEvent):
+        return item.__dict__
+    return item
+
+
+def _rule(event: Mapping[str, Any]) -> set[str] | None:
+    stored = event["event_hash"]
+    matched: set[str] = set()
+    try:
+        if compute_event_hash(event) == stored:
+            matched.add("normalized")
+    except (TraceError, ValueError):
+        pass
+    try:
+        if spec_event_hash(event) == stored:
+            matched.add("as_written")
+    except (TypeError, ValueError):
+        pass
+    return matched or None
+
+
+def verify_chain(  # noqa: C901, PLR0912
+    events_or_path: Iterable[TraceEvent | Mapping[str, Any]] | str | os.PathLike[str],
+    *,
+    check_hashes: bool = True,
+) -> ChainVerification:
+    """Verify one session's chain.
+
+    Event 0 must link to the genesis hash (64 zeros) and have sequence 0; every later event
+    must link to its predecessor's hash and follow its sequence by one; every stored hash must
+    equal the recomputed one, under the Rust rule (normalised timestamp) or the spec's rule
+    (timestamp as written) — ``hash_rule`` says which.
+
+    Args:
+        events_or_path: Events (models or dicts) in stored order, or a ``.trace.jsonl`` path.
+            A last line cut off by a crash is reported as ``torn_tail``, not as tampering.
+        check_hashes: Recompute hashes (turn off only for linkage-only checks).
+
+    Returns:
+        A :class:`ChainVerification`; it is truthy when valid.
+    """
+    source: Iterable[Any]
+    if isinstance(events_or_path, str | os.PathLike):
+        source = _read_jsonl(Path(events_or_path))
+    else:
+        source = events_or_path
+    previous = GENESIS_HASH
+    previous_sequence = -1
+    count = 0
+    rules: set[str] = set()
+    rule_sets: list[set[str]] = []
+
+    def fail(kind: ErrorType, message: str) -> ChainVerification:
+        return ChainVerification(False, count, count, kind, message, previous, None)
+
+    for item in source:
+        if isinstance(item, _Torn):
+            return fail("torn_tail", f"the last line is incomplete ({item}); repair it explicitly")
+        if isinstance(item, BaseException):
+            return fail("malformed_event", f"event {count} cannot be read: {item}")
+        event = _fields(item)
+        try:
+            stored = event["event_hash"]
+            linked = event["previous_event_hash"]
+            sequence = event["sequence"]
+        except (KeyError, TypeError) as exc:
+            return fail("malformed_event", f"event {count} lacks field {exc}")
+        if count == 0:
+            if linked != GENESIS_HASH:
+                return fail("invalid_genesis", "the first event does not link to the genesis hash")
+            if sequence != 0:
+                return fail("sequence_gap", f"the first event has sequence {sequence}, not 0")
+        else:
+            if linked != previous:
+                return fail("chain_broken", f"event {count} does not link to event {count - 1}")
+            if sequence != previous_sequence + 1:
+                return fail(
+                    "sequence_gap",
+                    f"event {count} has sequence {sequence}, expected {previous_sequence + 1}",
+                )
+        if check_hashes:
+            try:
+                matched = _rule(event)
+            except (KeyError, TypeError) as exc:
+                return fail("malformed_event", f"event {count} lacks field {exc}")
+            if matched is None:
+                return fail("hash_mismatch", f"event {count}'s hash does not match its content")
+            rules |= matched
+            rule_sets.append(matched)
+        previous = stored
+        previous_sequence = sequence
+        count += 1
+    hash_rule: HashRule | None = None
+    if rule_sets:
+        if all(len(s) == 2 for s in rule_sets):  # noqa: PLR2004
+            hash_rule = "both"
+        elif all("normalized" in s for s in rule_sets):
+            hash_rule = "normalized"
+        elif all("as_written" in s for s in rule_sets):
+            hash_rule = "as_written"
+        else:
+            hash_rule = "mixed"
+    return ChainVerification(True, count, None, None, None, previous, hash_rule)
