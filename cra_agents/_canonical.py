@@ -1,4 +1,4 @@
-"""Canonical JSON and digests, byte-identical to the upstream Rust core.
+r"""Canonical JSON and digests, byte-identical to the upstream Rust core.
 
 The TRACE hash rule (PROTOCOL_NOTES §3) hashes ``canonical_json(payload)``: keys sorted by code
 point, no whitespace, raw UTF-8 (only ``"``, ``\\`` and control characters escaped, as
@@ -42,7 +42,9 @@ def canonical_json(value: Any) -> bytes:
     try:
         out = orjson.dumps(value, option=_OPTIONS, default=_refuse)
     except (TypeError, orjson.JSONEncodeError) as exc:
-        raise TraceError(f"value is not canonical JSON: {exc}", details={"reason": "not_json"}) from exc
+        raise TraceError(
+            f"value is not canonical JSON: {exc}", details={"reason": "not_json"}
+        ) from exc
     for marker in _SUSPECT:
         if marker in out:
             return _slow(value)
@@ -55,12 +57,8 @@ def _slow(value: Any) -> bytes:
     return b"".join(parts)
 
 
-def _write(value: Any, out: list[bytes], path: str) -> None:  # noqa: C901 - one branch per JSON type
-    if isinstance(value, str):
-        out.append(orjson.dumps(value))
-    elif value is None or value is True or value is False:
-        out.append(orjson.dumps(value))
-    elif isinstance(value, int):
+def _write(value: Any, out: list[bytes], path: str) -> None:
+    if value is None or isinstance(value, str | int):  # bool is an int
         out.append(orjson.dumps(value))
     elif isinstance(value, float):
         if not math.isfinite(value):

@@ -9,6 +9,7 @@ so the nanosecond part is carried separately.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -24,17 +25,16 @@ _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z"
 )
 
-_second_cache: tuple[int, str] = (-1, "")
+
+@functools.lru_cache(maxsize=256)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def format_timestamp(time_ns: int) -> str:
     """Format nanoseconds since the epoch as ``YYYY-MM-DDTHH:MM:SS[.fff[fff]]+00:00``."""
-    global _second_cache
     seconds, rem = divmod(time_ns, 1_000_000_000)
-    cached_second, prefix = _second_cache
-    if cached_second != seconds:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        _second_cache = (seconds, prefix)
+    prefix = _second(seconds)
     micros = rem // 1000
     if micros == 0:
         return prefix + "+00:00"

@@ -3,7 +3,7 @@
 Every error carries a stable ``code`` (the upstream CRA error code where upstream has one), the
 HTTP status and category the upstream reference core maps it to, and keyword-only context::
 
-    CRAError(Exception)                                 .code .status .category .recoverable .details
+    CRAError(Exception)                       .code .status .category .recoverable .details
     ├── AtlasError(CRAError, ValueError)                .path .reason   INVALID_ATLAS_MANIFEST,
     │                                                                   ATLAS_LOAD_ERROR, ...
     ├── AtlasNotFoundError(CRAError, LookupError)       ATLAS_NOT_FOUND
@@ -248,9 +248,7 @@ class RateLimitExceededError(ActionDeniedError):
     category = "rate_limit"
     recoverable = True
 
-    def __init__(
-        self, message: str, *, action_id: str, policy_id: str, retry_after: float
-    ) -> None:
+    def __init__(self, message: str, *, action_id: str, policy_id: str, retry_after: float) -> None:
         super().__init__(
             message,
             action_id=action_id,

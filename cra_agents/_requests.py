@@ -18,8 +18,11 @@ __all__ = ["execute_request", "resolve_request"]
 
 
 def _requester(session: SessionInfo) -> Requester:
-    return Requester(agent_id=session.agent_id, session_id=session.session_id,
-                     parent_session_id=session.parent_session_id)
+    return Requester(
+        agent_id=session.agent_id,
+        session_id=session.session_id,
+        parent_session_id=session.parent_session_id,
+    )
 
 
 def resolve_request(
@@ -38,9 +41,12 @@ def resolve_request(
         timestamp=format_timestamp(time.time_ns()),
         operation="resolve",
         requester=_requester(session),
-        task=Task(goal=goal or session.goal, risk_tier=risk_tier,
-                  context_hints=list(context_hints),
-                  required_capabilities=list(required_capabilities)),
+        task=Task(
+            goal=goal or session.goal,
+            risk_tier=risk_tier,
+            context_hints=list(context_hints),
+            required_capabilities=list(required_capabilities),
+        ),
         atlas_ids=list(atlas_ids) if atlas_ids is not None else None,
         context=dict(context) if context is not None else None,
     )
@@ -63,9 +69,11 @@ def execute_request(
         operation="execute",
         requester=_requester(session),
         task=Task(goal=session.goal, risk_tier=risk_tier),
-        execution=Execution(resolution_id=resolution_id, action_id=action_id,
-                            parameters=dict(parameters), idempotency_key=idempotency_key),
+        execution=Execution(
+            resolution_id=resolution_id,
+            action_id=action_id,
+            parameters=dict(parameters),
+            idempotency_key=idempotency_key,
+        ),
         context=dict(context) if context is not None else None,
     )
-
-

@@ -73,9 +73,7 @@ def _check_depth(value: Any, max_depth: int) -> None:
         stack.extend((child, depth + 1, child_path) for child, child_path in children)
 
 
-def loads_strict(
-    data: bytes | str, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH
-) -> Any:
+def loads_strict(data: bytes | str, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Parse one JSON document under the rules above.
 
     Raises:
@@ -101,9 +99,7 @@ def loads_strict(
     if not text.strip():
         raise JSONInputError("document is empty", reason="empty")
     try:
-        value = json.loads(
-            text, object_pairs_hook=_pairs, parse_constant=_constant, parse_int=_int
-        )
+        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant, parse_int=_int)
     except _DuplicateKeyError as exc:
         raise JSONInputError(
             f"duplicate key {exc.key!r}; every key may appear once per object",

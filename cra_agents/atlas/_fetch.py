@@ -28,7 +28,7 @@ def fetch_bytes(url: str, *, max_bytes: int, timeout: float) -> bytes:
     Raises:
         AtlasError: ``fetch_failed``, ``too_large``, ``timeout`` or ``redirect_refused``.
     """
-    import httpx  # noqa: PLC0415 - only URL loading pays for httpx's import
+    import httpx
 
     deadline = time.monotonic() + timeout
     origin = _origin(url)
@@ -38,7 +38,9 @@ def fetch_bytes(url: str, *, max_bytes: int, timeout: float) -> bytes:
         left = deadline - time.monotonic()
         if left <= 0:
             raise AtlasError(
-                f"fetching took longer than {timeout:g}s", reason="timeout", source=url,
+                f"fetching took longer than {timeout:g}s",
+                reason="timeout",
+                source=url,
                 code="ATLAS_LOAD_ERROR",
             )
         return left
@@ -47,7 +49,9 @@ def fetch_bytes(url: str, *, max_bytes: int, timeout: float) -> bytes:
         with httpx.Client(trust_env=False, follow_redirects=False) as client:
             for _ in range(_MAX_REDIRECTS + 1):
                 request = client.build_request(
-                    "GET", current, timeout=httpx.Timeout(remaining()),
+                    "GET",
+                    current,
+                    timeout=httpx.Timeout(remaining()),
                     headers={"Accept": "application/vnd.cra.atlas+json, application/json"},
                 )
                 response = client.send(request, stream=True)
@@ -57,20 +61,25 @@ def fetch_bytes(url: str, *, max_bytes: int, timeout: float) -> bytes:
                         if _origin(target) != origin:
                             raise AtlasError(
                                 f"redirect to another host refused: {target}",
-                                reason="redirect_refused", source=url, code="ATLAS_LOAD_ERROR",
+                                reason="redirect_refused",
+                                source=url,
+                                code="ATLAS_LOAD_ERROR",
                             )
                         current = target
                         continue
                     if response.status_code != 200:
                         raise AtlasError(
                             f"server answered HTTP {response.status_code}",
-                            reason="fetch_failed", source=url, code="ATLAS_LOAD_ERROR",
+                            reason="fetch_failed",
+                            source=url,
+                            code="ATLAS_LOAD_ERROR",
                         )
                     declared = response.headers.get("content-length")
                     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                         raise AtlasError(
                             f"atlas is {declared} bytes, over the {max_bytes}-byte limit",
-                            reason="too_large", source=url,
+                            reason="too_large",
+                            source=url,
                         )
                     body = bytearray()
                     for chunk in response.iter_bytes():
@@ -78,23 +87,30 @@ def fetch_bytes(url: str, *, max_bytes: int, timeout: float) -> bytes:
                         if len(body) > max_bytes:
                             raise AtlasError(
                                 f"atlas is over the {max_bytes}-byte limit",
-                                reason="too_large", source=url,
+                                reason="too_large",
+                                source=url,
                             )
                         remaining()
                     return bytes(body)
                 finally:
                     response.close()
             raise AtlasError(
-                f"more than {_MAX_REDIRECTS} redirects", reason="redirect_refused", source=url,
+                f"more than {_MAX_REDIRECTS} redirects",
+                reason="redirect_refused",
+                source=url,
                 code="ATLAS_LOAD_ERROR",
             )
     except httpx.TimeoutException as exc:
         raise AtlasError(
-            f"fetching took longer than {timeout:g}s", reason="timeout", source=url,
+            f"fetching took longer than {timeout:g}s",
+            reason="timeout",
+            source=url,
             code="ATLAS_LOAD_ERROR",
         ) from exc
     except httpx.HTTPError as exc:
         raise AtlasError(
-            f"could not fetch the atlas: {exc}", reason="fetch_failed", source=url,
+            f"could not fetch the atlas: {exc}",
+            reason="fetch_failed",
+            source=url,
             code="ATLAS_LOAD_ERROR",
         ) from exc

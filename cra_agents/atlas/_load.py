@@ -37,9 +37,7 @@ AtlasSource: TypeAlias = "Atlas | AtlasManifest | Mapping[str, Any] | str | os.P
 
 def pointer(loc: tuple[int | str, ...]) -> str:
     """A pydantic error location as a JSON pointer (``/policies/0/type``)."""
-    return "".join(
-        "/" + str(part).replace("~", "~0").replace("/", "~1") for part in loc
-    )
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in loc)
 
 
 def _is_url(source: object) -> bool:
@@ -54,7 +52,8 @@ def _parse(data: bytes, *, label: str, max_bytes: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise AtlasError(
             f"an atlas is a JSON object, not {type(value).__name__}",
-            reason="not_an_object", source=label,
+            reason="not_an_object",
+            source=label,
         )
     return value
 
@@ -64,7 +63,8 @@ def _check_pin(expected: str, actual_hex: str, label: str) -> None:
     if not hmac.compare_digest(wanted, actual_hex):
         raise AtlasError(
             f"content digest sha256:{actual_hex} does not match the pinned sha256:{wanted}",
-            reason="digest_mismatch", source=label,
+            reason="digest_mismatch",
+            source=label,
         )
 
 
@@ -90,7 +90,7 @@ def read_document(
             _check_pin(sha256, actual, "<dict>")
         return document, "<dict>", None
     if _is_url(source):
-        from cra_agents.atlas._fetch import fetch_bytes  # noqa: PLC0415 - httpx only for URLs
+        from cra_agents.atlas._fetch import fetch_bytes
 
         url = str(source)
         data = fetch_bytes(url, max_bytes=max_bytes, timeout=timeout)
@@ -104,7 +104,9 @@ def read_document(
         path = path / "atlas.json"
         if not path.is_file():
             raise AtlasError(
-                "directory has no atlas.json", reason="not_found", source=label,
+                "directory has no atlas.json",
+                reason="not_found",
+                source=label,
                 code="ATLAS_LOAD_ERROR",
             )
     else:
@@ -114,12 +116,16 @@ def read_document(
             data = handle.read(max_bytes + 1)
     except FileNotFoundError as exc:
         raise AtlasError(
-            "no such file or directory", reason="not_found", source=label,
+            "no such file or directory",
+            reason="not_found",
+            source=label,
             code="ATLAS_LOAD_ERROR",
         ) from exc
     except OSError as exc:
         raise AtlasError(
-            f"cannot read: {exc.strerror}", reason="io_error", source=label,
+            f"cannot read: {exc.strerror}",
+            reason="io_error",
+            source=label,
             code="ATLAS_LOAD_ERROR",
         ) from exc
     if sha256 is not None:
@@ -132,11 +138,14 @@ def _validate(document: Mapping[str, Any], label: str) -> AtlasManifest:
     if version != "1.0":
         hint = (
             "; it is the legacy 0.1 format: convert it with `cra atlas convert PATH`"
-            if version == "0.1" else ""
+            if version == "0.1"
+            else ""
         )
         raise AtlasError(
             f"atlas_version {version!r} is not supported (expected '1.0'){hint}",
-            reason="unsupported_version", path="/atlas_version", source=label,
+            reason="unsupported_version",
+            path="/atlas_version",
+            source=label,
             code="ATLAS_VERSION_MISMATCH",
         )
     try:
@@ -147,7 +156,10 @@ def _validate(document: Mapping[str, Any], label: str) -> AtlasManifest:
         summary = [{"path": pointer(e["loc"]), "message": e["msg"]} for e in errors[:20]]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise AtlasError(
-            f"{first['msg']}{more}", reason="schema", path=pointer(first["loc"]), source=label,
+            f"{first['msg']}{more}",
+            reason="schema",
+            path=pointer(first["loc"]),
+            source=label,
             details={"errors": summary},
         ) from exc
 
@@ -169,7 +181,9 @@ def _read_context(
             if Path(name).is_absolute() or not target.is_relative_to(root):
                 raise AtlasError(
                     f"context file {name!r} lies outside the atlas directory",
-                    reason="path_escape", path=where, source=label,
+                    reason="path_escape",
+                    path=where,
+                    source=label,
                 )
             if name in files:
                 continue
@@ -182,20 +196,27 @@ def _read_context(
             except OSError as exc:
                 raise AtlasError(
                     f"cannot read context file {name!r}: {exc.strerror}",
-                    reason="io_error", path=where, source=label, code="ATLAS_LOAD_ERROR",
+                    reason="io_error",
+                    path=where,
+                    source=label,
+                    code="ATLAS_LOAD_ERROR",
                 ) from exc
             total += len(data)
             if len(data) > max_bytes or total > MAX_CONTEXT_BYTES:
                 raise AtlasError(
                     f"context file {name!r} takes the atlas over its size limit",
-                    reason="too_large", path=where, source=label,
+                    reason="too_large",
+                    path=where,
+                    source=label,
                 )
             try:
                 files[name] = data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise AtlasError(
                     f"context file {name!r} is not valid UTF-8",
-                    reason="invalid_encoding", path=where, source=label,
+                    reason="invalid_encoding",
+                    path=where,
+                    source=label,
                 ) from exc
     return files, missing
 

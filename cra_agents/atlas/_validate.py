@@ -67,8 +67,12 @@ class Finding:
 
     def as_dict(self) -> dict[str, str]:
         """JSON form."""
-        return {"code": self.code, "severity": self.severity, "path": self.path,
-                "message": self.message}
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "path": self.path,
+            "message": self.message,
+        }
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,9 @@ class ValidationReport:
 
 
 def _schema_findings(document: Mapping[str, Any]) -> list[Finding]:
-    import jsonschema  # noqa: PLC0415 - only validation pays for jsonschema's import
+    import jsonschema
 
-    from cra_agents.protocol import bundled_schema  # noqa: PLC0415
+    from cra_agents.protocol import bundled_schema
 
     validator = jsonschema.Draft202012Validator(bundled_schema("atlas-manifest.strict"))
     found = []
@@ -120,77 +124,155 @@ def _duplicates(values: list[str]) -> set[str]:
     return {value for value, count in Counter(values).items() if count > 1}
 
 
-def _semantic(manifest: AtlasManifest) -> list[Finding]:  # noqa: C901, PLR0912
+def _semantic(manifest: AtlasManifest) -> list[Finding]:
     found: list[Finding] = []
     add = found.append
     action_ids = [a.action_id for a in manifest.actions]
     for dup in sorted(_duplicates(action_ids)):
         index = action_ids.index(dup, action_ids.index(dup) + 1)
-        add(Finding("E005", "error", f"/actions/{index}/action_id",
-                    f"action_id {dup!r} is declared more than once"))
+        add(
+            Finding(
+                "E005",
+                "error",
+                f"/actions/{index}/action_id",
+                f"action_id {dup!r} is declared more than once",
+            )
+        )
     policy_ids = [p.policy_id for p in manifest.policies]
     for dup in sorted(_duplicates(policy_ids)):
         index = policy_ids.index(dup, policy_ids.index(dup) + 1)
-        add(Finding("E007", "error", f"/policies/{index}/policy_id",
-                    f"policy_id {dup!r} is declared more than once"))
+        add(
+            Finding(
+                "E007",
+                "error",
+                f"/policies/{index}/policy_id",
+                f"policy_id {dup!r} is declared more than once",
+            )
+        )
     cap_ids = [c.capability_id for c in manifest.capabilities]
     for dup in sorted(_duplicates(cap_ids)):
-        add(Finding("E013", "error", "/capabilities",
-                    f"capability_id {dup!r} is declared more than once"))
+        add(
+            Finding(
+                "E013",
+                "error",
+                "/capabilities",
+                f"capability_id {dup!r} is declared more than once",
+            )
+        )
     pack_ids = [p.pack_id for p in manifest.context_packs]
     block_ids = [b.context_id for b in manifest.context_blocks]
     for dup in sorted(_duplicates(pack_ids + block_ids)):
-        add(Finding("E014", "error", "/context_packs",
-                    f"context id {dup!r} is used by more than one pack or block"))
+        add(
+            Finding(
+                "E014",
+                "error",
+                "/context_packs",
+                f"context id {dup!r} is used by more than one pack or block",
+            )
+        )
     declared = set(action_ids)
     for c_index, capability in enumerate(manifest.capabilities):
         for a_index, action_id in enumerate(capability.actions):
             if action_id not in declared:
-                add(Finding("E012", "error", f"/capabilities/{c_index}/actions/{a_index}",
-                            f"capability {capability.capability_id!r} names unknown action "
-                            f"{action_id!r}"))
+                add(
+                    Finding(
+                        "E012",
+                        "error",
+                        f"/capabilities/{c_index}/actions/{a_index}",
+                        f"capability {capability.capability_id!r} names unknown action "
+                        f"{action_id!r}",
+                    )
+                )
         for p_index, pack_id in enumerate(capability.context_packs):
             if pack_id not in pack_ids:
-                add(Finding("E015", "error", f"/capabilities/{c_index}/context_packs/{p_index}",
-                            f"capability {capability.capability_id!r} names unknown context "
-                            f"pack {pack_id!r}"))
+                add(
+                    Finding(
+                        "E015",
+                        "error",
+                        f"/capabilities/{c_index}/context_packs/{p_index}",
+                        f"capability {capability.capability_id!r} names unknown context "
+                        f"pack {pack_id!r}",
+                    )
+                )
     for p_index, policy in enumerate(manifest.policies):
         where = f"/policies/{p_index}"
         if policy.actions is None:
-            add(Finding("E008", "warning", where,
-                        f"policy {policy.policy_id!r} has no actions: it applies to every action"))
+            add(
+                Finding(
+                    "E008",
+                    "warning",
+                    where,
+                    f"policy {policy.policy_id!r} has no actions: it applies to every action",
+                )
+            )
         else:
             for k, pattern in enumerate(policy.actions):
                 if not any(fnmatch.fnmatchcase(a, pattern) for a in declared):
-                    add(Finding("W007", "warning", f"{where}/actions/{k}",
-                                f"pattern {pattern!r} of policy {policy.policy_id!r} matches no "
-                                "declared action"))
+                    add(
+                        Finding(
+                            "W007",
+                            "warning",
+                            f"{where}/actions/{k}",
+                            f"pattern {pattern!r} of policy {policy.policy_id!r} matches no "
+                            "declared action",
+                        )
+                    )
         if policy.type == "rate_limit":
             params = policy.parameters
             if not params:
-                add(Finding("E011", "error", where,
-                            f"rate_limit policy {policy.policy_id!r} has no parameters "
-                            "(needs max_calls and window_seconds)"))
+                add(
+                    Finding(
+                        "E011",
+                        "error",
+                        where,
+                        f"rate_limit policy {policy.policy_id!r} has no parameters "
+                        "(needs max_calls and window_seconds)",
+                    )
+                )
             else:
                 for key, code in (("max_calls", "E009"), ("window_seconds", "E010")):
                     value = params.get(key)
                     if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                        add(Finding(code, "error", f"{where}/parameters/{key}",
-                                    f"rate_limit policy {policy.policy_id!r} needs an integer "
-                                    f"{key} of at least 1"))
+                        add(
+                            Finding(
+                                code,
+                                "error",
+                                f"{where}/parameters/{key}",
+                                f"rate_limit policy {policy.policy_id!r} needs an integer "
+                                f"{key} of at least 1",
+                            )
+                        )
         if policy.type in ("budget", "scope"):
-            add(Finding("W008", "warning", f"{where}/type",
-                        f"{policy.type} policy {policy.policy_id!r} is accepted but not enforced"))
+            add(
+                Finding(
+                    "W008",
+                    "warning",
+                    f"{where}/type",
+                    f"{policy.type} policy {policy.policy_id!r} is accepted but not enforced",
+                )
+            )
     for p_index, pack in enumerate(manifest.context_packs):
         if not pack.files:
-            add(Finding("W006", "warning", f"/context_packs/{p_index}/files",
-                        f"context pack {pack.pack_id!r} has no files"))
+            add(
+                Finding(
+                    "W006",
+                    "warning",
+                    f"/context_packs/{p_index}/files",
+                    f"context pack {pack.pack_id!r} has no files",
+                )
+            )
     known_blocks = set(block_ids) | set(pack_ids)
     for b_index, block in enumerate(manifest.context_blocks):
         for k, other in enumerate(block.also_inject):
             if other not in known_blocks:
-                add(Finding("W010", "warning", f"/context_blocks/{b_index}/also_inject/{k}",
-                            f"context block {block.context_id!r} also injects unknown {other!r}"))
+                add(
+                    Finding(
+                        "W010",
+                        "warning",
+                        f"/context_blocks/{b_index}/also_inject/{k}",
+                        f"context block {block.context_id!r} also injects unknown {other!r}",
+                    )
+                )
     if not manifest.license:
         add(Finding("I001", "info", "/license", "no license given"))
     if not manifest.authors:
@@ -223,13 +305,17 @@ def validate_atlas(
     else:
         try:
             document, label, base = read_document(
-                source if isinstance(source, Mapping) else os.fspath(source)
-                if not isinstance(source, str) else source,
+                source
+                if isinstance(source, Mapping)
+                else os.fspath(source)
+                if not isinstance(source, str)
+                else source,
                 max_bytes=max_bytes,
             )
         except AtlasError as exc:
-            return ValidationReport(str(exc.source or source), strict,
-                                    [Finding("E000", "error", exc.path, str(exc))])
+            return ValidationReport(
+                str(exc.source or source), strict, [Finding("E000", "error", exc.path, str(exc))]
+            )
     findings: list[Finding] = []
     if strict:
         findings.extend(_schema_findings(document))
@@ -249,8 +335,14 @@ def validate_atlas(
         else:
             if base is not None:
                 for name in missing:
-                    findings.append(Finding("W009", "warning", "/context_packs",
-                                            f"context file {name!r} does not exist"))
+                    findings.append(
+                        Finding(
+                            "W009",
+                            "warning",
+                            "/context_packs",
+                            f"context file {name!r} does not exist",
+                        )
+                    )
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: (order[f.severity], f.path, f.code))
     return ValidationReport(label, strict, findings)

@@ -103,7 +103,7 @@ class CompiledConditions:
         try:
             now = ctx.clock() if ctx.clock else datetime.now(UTC)
             if window.timezone:
-                from zoneinfo import ZoneInfo  # noqa: PLC0415 - rarely used
+                from zoneinfo import ZoneInfo
 
                 now = now.astimezone(ZoneInfo(window.timezone))
             start = _parse_time(window.start) if window.start else None

@@ -121,8 +121,12 @@ def compile_policy(policy: Policy, order: int) -> CompiledPolicy:
         params = policy.parameters
         max_calls, window = params.get("max_calls"), params.get("window_seconds")
         if (
-            isinstance(max_calls, int) and not isinstance(max_calls, bool) and max_calls >= 1
-            and isinstance(window, int) and not isinstance(window, bool) and window >= 1
+            isinstance(max_calls, int)
+            and not isinstance(max_calls, bool)
+            and max_calls >= 1
+            and isinstance(window, int)
+            and not isinstance(window, bool)
+            and window >= 1
         ):
             rate = RateRule(policy.policy_id, max_calls, window)
         else:
@@ -164,6 +168,7 @@ class _Candidates:
     rate: tuple[CompiledPolicy, ...]
     allow: tuple[CompiledPolicy, ...]
     own_rate: tuple[RateRule, ...] = field(default=())
+    time_dependent: bool = False
 
 
 class PolicyEngine:
@@ -191,7 +196,9 @@ class PolicyEngine:
         ranked: list[tuple[tuple[int, int, int, int], CompiledPolicy]] = []
         for position, atlas in enumerate(atlases):
             for policy in compile_atlas_policies(atlas):
-                ranked.append(((policy.phase, -policy.policy.priority, position, policy.order), policy))
+                ranked.append(
+                    ((policy.phase, -policy.policy.priority, position, policy.order), policy)
+                )
         ranked.sort(key=lambda item: item[0])
         self.policies: tuple[CompiledPolicy, ...] = tuple(policy for _, policy in ranked)
         self._index: dict[str, _Candidates] = {}
@@ -214,7 +221,9 @@ class PolicyEngine:
         own: tuple[RateRule, ...] = ()
         limit = action.rate_limit
         if limit is not None and limit.max_calls and limit.window_seconds:
-            own = (RateRule(f"{action.action_id}#rate_limit", limit.max_calls, limit.window_seconds),)
+            own = (
+                RateRule(f"{action.action_id}#rate_limit", limit.max_calls, limit.window_seconds),
+            )
         return _Candidates(
             action=action,
             atlas_id=atlas_id,
@@ -224,11 +233,24 @@ class PolicyEngine:
             rate=tuple(p for p in hits if p.phase == 2),
             allow=tuple(p for p in hits if p.phase == 4),
             own_rate=own,
+            time_dependent=any(
+                p.policy.conditions is not None and p.policy.conditions.time_window is not None
+                for p in hits
+            ),
         )
 
     def is_declared(self, action_id: str) -> bool:
         """Whether a loaded atlas declares ``action_id``."""
         return action_id in self._index
+
+    def is_time_dependent(self, action_id: str) -> bool:
+        """Whether deciding ``action_id`` depends on the wall clock (time-window conditions).
+
+        Every other decision is a pure function of the action and the condition context (rate
+        limits aside), which lets the runtime reuse decisions.
+        """
+        entry = self._index.get(action_id)
+        return entry is not None and entry.time_dependent
 
     def action(self, action_id: str) -> tuple[str, Action] | None:
         """``(atlas_id, action)`` for a declared action."""
@@ -242,6 +264,7 @@ class PolicyEngine:
         *,
         consume: bool = False,
         approved: bool = False,
+        check_rates: bool = True,
     ) -> PolicyDecision:
         """Decide one action.
 
@@ -251,11 +274,15 @@ class PolicyEngine:
             consume: Take a rate-limit slot if the action is allowed (execution); resolution
                 only looks.
             approved: An approval for this very call was granted; skip the approval phase.
+            check_rates: Look at rate-limit state; when false, an allowed decision lists its
+                rate rules without checking them (the caller checks them itself).
         """
         entry = self._index.get(action_id)
         if entry is None:
             return PolicyDecision(
-                Effect.DENY, action_id, UNDECLARED_ACTION,
+                Effect.DENY,
+                action_id,
+                UNDECLARED_ACTION,
                 f"no loaded atlas declares the action {action_id!r}",
             )
         caps = entry.capabilities
@@ -285,11 +312,14 @@ class PolicyEngine:
                     Effect.DENY, action_id, DEFAULT_DENY, "no policy allows this action"
                 )
             allow_id = DEFAULT_ALLOW
-        exhausted = self.limiter.acquire(rules, action_id, consume=consume)
+        exhausted = self.limiter.acquire(rules, action_id, consume=consume) if check_rates else None
         if exhausted is not None:
             rule, retry_after = exhausted
             return PolicyDecision(
-                Effect.DENY, action_id, rule.policy_id, "rate_limit_exceeded",
+                Effect.DENY,
+                action_id,
+                rule.policy_id,
+                "rate_limit_exceeded",
                 retry_after=retry_after,
             )
         return PolicyDecision(Effect.ALLOW, action_id, allow_id, None, tuple(rules))

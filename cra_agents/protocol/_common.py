@@ -22,9 +22,7 @@ __all__ = [
 ]
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-RFC3339_PATTERN = (
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
-)
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 #: The spec's action id: dotted lower-case segments of letters and digits.
 ACTION_ID_PATTERN = r"^[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)+$"
 #: What real atlases use as well (``trace.edit_event``): ``_`` and ``-`` inside segments.
@@ -41,7 +39,8 @@ RiskTier = Literal["low", "medium", "high", "critical"]
 class WireModel(BaseModel):
     """Base of every wire message: unknown keys are rejected, instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strict=True)
+    # defer_build: validators are built on first use, keeping ``import cra_agents`` fast.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -38,7 +38,11 @@ SCHEMA_NAMES = (*_MODELS, "atlas-manifest.strict")
 
 def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema(mode="validation")
-    return {"$schema": _DIALECT, "$id": f"https://cra-agents.dev/schemas/{model.__name__}", **schema}
+    return {
+        "$schema": _DIALECT,
+        "$id": f"https://cra-agents.dev/schemas/{model.__name__}",
+        **schema,
+    }
 
 
 def _drop_null(node: Any) -> Any:
@@ -97,7 +101,7 @@ def bundled_schema(name: str) -> dict[str, Any]:
     if name not in SCHEMA_NAMES:
         raise KeyError(f"no bundled schema {name!r}; choose one of {', '.join(SCHEMA_NAMES)}")
     text = resources.files("cra_agents.protocol").joinpath(f"schemas/{name}.json").read_text()
-    loaded: dict[str, Any] = json.loads(text)
+    loaded: dict[str, Any] = dict(json.loads(text))
     return loaded
 
 

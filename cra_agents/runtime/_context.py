@@ -76,15 +76,18 @@ def _token_estimate(text: str) -> int:
 def _block(
     block_id: str, source: str, media: str, content: str, priority: int, metadata: dict[str, str]
 ) -> ContextBlock:
-    return trusted(ContextBlock, {
-        "block_id": block_id,
-        "source": source,
-        "content_type": media,
-        "content": content,
-        "priority": priority,
-        "token_estimate": _token_estimate(content),
-        "metadata": metadata,
-    })
+    return trusted(
+        ContextBlock,
+        {
+            "block_id": block_id,
+            "source": source,
+            "content_type": media,
+            "content": content,
+            "priority": priority,
+            "token_estimate": _token_estimate(content),
+            "metadata": metadata,
+        },
+    )
 
 
 def _compile(atlas: Atlas) -> tuple[ContextCandidate, ...]:
@@ -92,20 +95,31 @@ def _compile(atlas: Atlas) -> tuple[ContextCandidate, ...]:
     out: list[ContextCandidate] = []
     for block in manifest.context_blocks:
         parts = tuple(
-            part.lower() for entry in block.inject_when for part in entry.split(".") if len(part) > 2
+            part.lower()
+            for entry in block.inject_when
+            for part in entry.split(".")
+            if len(part) > 2
         )
-        out.append(ContextCandidate(
-            block=_block(block.context_id, atlas.atlas_id, block.content_type, block.content,
-                         block.priority, {"name": block.name or block.context_id}),
-            context_id=block.context_id,
-            mode=block.inject_mode,
-            keywords=tuple(k.lower() for k in block.keywords),
-            inject_parts=parts,
-            risk_tiers=frozenset(block.risk_tiers),
-            conditions=None,
-            also_inject=tuple(block.also_inject),
-            order=len(out),
-        ))
+        out.append(
+            ContextCandidate(
+                block=_block(
+                    block.context_id,
+                    atlas.atlas_id,
+                    block.content_type,
+                    block.content,
+                    block.priority,
+                    {"name": block.name or block.context_id},
+                ),
+                context_id=block.context_id,
+                mode=block.inject_mode,
+                keywords=tuple(k.lower() for k in block.keywords),
+                inject_parts=parts,
+                risk_tiers=frozenset(block.risk_tiers),
+                conditions=None,
+                also_inject=tuple(block.also_inject),
+                order=len(out),
+            )
+        )
     for pack in manifest.context_packs:
         present = [f for f in pack.files if f in atlas.context_files]
         budget = None if pack.max_tokens is None else pack.max_tokens
@@ -115,22 +129,29 @@ def _compile(atlas: Atlas) -> tuple[ContextCandidate, ...]:
                 budget -= _token_estimate(content)
                 if budget < 0:
                     break
-            suffix = name[name.rfind("."):].lower() if "." in name else ""
+            suffix = name[name.rfind(".") :].lower() if "." in name else ""
             block_id = pack.pack_id if len(pack.files) == 1 else f"{pack.pack_id}:{index}"
             mode = "on_demand" if pack.inject_mode == "on_demand" else "pack"
-            out.append(ContextCandidate(
-                block=_block(block_id, atlas.atlas_id, _MEDIA.get(suffix, "text/plain"), content,
-                             pack.priority,
-                             {"name": pack.name, "source_pack": pack.pack_id, "file": name}),
-                context_id=pack.pack_id,
-                mode=mode,
-                keywords=(),
-                inject_parts=(),
-                risk_tiers=frozenset(),
-                conditions=CompiledConditions(pack.conditions) if pack.conditions else None,
-                also_inject=(),
-                order=len(out),
-            ))
+            out.append(
+                ContextCandidate(
+                    block=_block(
+                        block_id,
+                        atlas.atlas_id,
+                        _MEDIA.get(suffix, "text/plain"),
+                        content,
+                        pack.priority,
+                        {"name": pack.name, "source_pack": pack.pack_id, "file": name},
+                    ),
+                    context_id=pack.pack_id,
+                    mode=mode,
+                    keywords=(),
+                    inject_parts=(),
+                    risk_tiers=frozenset(),
+                    conditions=CompiledConditions(pack.conditions) if pack.conditions else None,
+                    also_inject=(),
+                    order=len(out),
+                )
+            )
     return tuple(out)
 
 

@@ -23,7 +23,7 @@ def _validator(schema: Mapping[str, Any]) -> Any:
     if hit is not None and hit[0] is schema:
         return hit[1]
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    cls.check_schema(schema)
+    cls.check_schema(dict(schema))
     validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
     with _lock:
         _cache[id(schema)] = (schema, validator)

@@ -6,11 +6,12 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from cra_agents._canonical import digest
+from cra_agents._canonical import canonical_json, digest
 from cra_agents._clock import format_timestamp, parse_timestamp_ns
 from cra_agents._exceptions import (
     ActionDeniedError,
@@ -42,6 +43,7 @@ from cra_agents.protocol import (
     DeniedAction,
     ExecuteResponse,
     RateLimit,
+    Task,
     TraceEvent,
 )
 from cra_agents.protocol._common import trusted
@@ -80,6 +82,27 @@ class _Resolution:
     ctx: ConditionContext
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    allowed: tuple[AllowedAction, ...]
+    denied: tuple[DeniedAction, ...]
+    events: tuple[tuple[str, dict[str, Any]], ...]
+    constraints: tuple[Constraint, ...]
+    approvals: tuple[str, ...]
+    rated: tuple[tuple[str, tuple[RateRule, ...]], ...]
+    by_id: dict[str, AllowedAction]
+
+
+_UNHASHABLE = b"\x00unhashable"
+
+
+def _context_key(context: Mapping[str, Any]) -> bytes:
+    try:
+        return canonical_json(context)
+    except CRAError:
+        return _UNHASHABLE
+
+
 @dataclass(slots=True)
 class _Session:
     session_id: str
@@ -115,9 +138,17 @@ class _Session:
 class _AtlasView:
     """What resolve needs of one atlas, prepared once."""
 
-    __slots__ = ("actions", "atlas", "capabilities", "context", "position")
+    __slots__ = (
+        "actions",
+        "atlas",
+        "capabilities",
+        "context",
+        "context_time_dependent",
+        "position",
+        "time_dependent",
+    )
 
-    def __init__(self, atlas: Atlas, position: int) -> None:
+    def __init__(self, atlas: Atlas, position: int, engine: PolicyEngine) -> None:
         self.atlas = atlas
         self.position = position
         self.actions: tuple[tuple[Action, AllowedAction], ...] = tuple(
@@ -127,20 +158,30 @@ class _AtlasView:
         for capability in atlas.manifest.capabilities:
             self.capabilities[capability.capability_id] = frozenset(capability.actions)
         self.context: tuple[ContextCandidate, ...] = compile_context(atlas)
+        self.time_dependent = any(
+            engine.is_time_dependent(action.action_id) for action in atlas.manifest.actions
+        )
+        self.context_time_dependent = any(
+            pack.conditions is not None and pack.conditions.time_window is not None
+            for pack in atlas.manifest.context_packs
+        )
 
 
 def _allowed_template(action: Action) -> AllowedAction:
-    return trusted(AllowedAction, {
-        "action_id": action.action_id,
-        "name": action.name,
-        "description": action.description,
-        "parameters_schema": action.parameters_schema,
-        "returns_schema": action.returns_schema,
-        "risk_tier": action.risk_tier,
-        "requires_confirmation": action.requires_confirmation,
-        "idempotent": action.idempotent,
-        "rate_limit": None,
-    })
+    return trusted(
+        AllowedAction,
+        {
+            "action_id": action.action_id,
+            "name": action.name,
+            "description": action.description,
+            "parameters_schema": action.parameters_schema,
+            "returns_schema": action.returns_schema,
+            "risk_tier": action.risk_tier,
+            "requires_confirmation": action.requires_confirmation,
+            "idempotent": action.idempotent,
+            "rate_limit": None,
+        },
+    )
 
 
 class Runtime:
@@ -175,9 +216,12 @@ class Runtime:
         loaded = [load_atlas(source) for source in atlases]
         self._check_conflicts(loaded)
         self._atlases: tuple[Atlas, ...] = tuple(loaded)
-        self._views = tuple(_AtlasView(atlas, i) for i, atlas in enumerate(loaded))
-        self._by_id = {view.atlas.atlas_id: view for view in self._views}
         self.engine = PolicyEngine(loaded, default_deny=default_deny)
+        self._views = tuple(_AtlasView(atlas, i, self.engine) for i, atlas in enumerate(loaded))
+        self._by_id = {view.atlas.atlas_id: view for view in self._views}
+        # Bounded memo tables (oldest entry evicted first); plain dicts keep lookups cheap.
+        self._plans: dict[Any, _Plan] = {}
+        self._contexts: dict[Any, Any] = {}
         self.store: TraceStore = store if store is not None else MemoryStore()
         self.ttl_seconds = ttl_seconds
         self.clock_skew_seconds = clock_skew_seconds
@@ -238,19 +282,21 @@ class Runtime:
         metadata: Mapping[str, Any] | None = None,
     ) -> SessionInfo:
         """Start a session; its chain begins with ``session.started``."""
-        if not agent_id or len(agent_id) > 255:  # noqa: PLR2004
+        if not agent_id or len(agent_id) > 255:
             raise InvalidRequestError("agent_id must be 1 to 255 characters")
         if not goal:
             raise InvalidRequestError("goal must not be empty")
         session_id = session_id or new_id()
         trace_id = new_id()
         chain = SessionChain(session_id, trace_id, self.store.append)
-        session = _Session(session_id, agent_id, goal, trace_id, parent_session_id,
-                           time.time_ns(), chain)
+        session = _Session(
+            session_id, agent_id, goal, trace_id, parent_session_id, time.time_ns(), chain
+        )
         with self._lock:
             if session_id in self._sessions:
-                raise CRAError(f"session {session_id} already exists",
-                               code="SESSION_ALREADY_EXISTS")
+                raise CRAError(
+                    f"session {session_id} already exists", code="SESSION_ALREADY_EXISTS"
+                )
             self._sessions[session_id] = session
         payload: dict[str, Any] = {"agent_id": agent_id, "goal": goal}
         if parent_session_id is not None:
@@ -282,8 +328,9 @@ class Runtime:
             raise SessionEndedError(f"session {session_id} has ended")
         return session
 
-    def end_session(self, session_id: str, reason: EndReason = "completed",
-                    *, error: str | None = None) -> SessionInfo:
+    def end_session(
+        self, session_id: str, reason: EndReason = "completed", *, error: str | None = None
+    ) -> SessionInfo:
         """End a session with ``session.ended``; later requests on it fail."""
         session = self._session(session_id)
         with session.lock:
@@ -311,17 +358,23 @@ class Runtime:
         for session in sessions:
             session.chain.flush()
 
-    def trace_events(self, session_id: str, *, event_type: str | None = None,
-                     since_sequence: int | None = None,
-                     limit: int | None = None) -> list[TraceEvent]:
+    def trace_events(
+        self,
+        session_id: str,
+        *,
+        event_type: str | None = None,
+        since_sequence: int | None = None,
+        limit: int | None = None,
+    ) -> list[TraceEvent]:
         """The session's events in sequence order (queued events are flushed first)."""
         session = self._sessions.get(session_id)
         if session is not None:
             session.chain.flush()
         elif session_id not in self.store.sessions():
             raise SessionNotFoundError(f"no session {session_id}")
-        return self.store.read(session_id, event_type=event_type,
-                               since_sequence=since_sequence, limit=limit)
+        return self.store.read(
+            session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
+        )
 
     def verify(self, session_id: str) -> ChainVerification:
         """Verify the session's chain as stored."""
@@ -346,14 +399,19 @@ class Runtime:
         """Runtime rules 1 and 2, and the requester check."""
         if request.requester.agent_id != session.agent_id:
             raise InvalidRequestError(
-                f"agent {request.requester.agent_id!r} does not own session "
-                f"{session.session_id}", details={"reason": "agent_mismatch"},
+                f"agent {request.requester.agent_id!r} does not own session {session.session_id}",
+                details={"reason": "agent_mismatch"},
             )
-        skew = abs(time.time_ns() - parse_timestamp_ns(request.timestamp)) / 1e9
+        try:  # C-speed parse of the usual form; the exact parser for the rest
+            sent = datetime.fromisoformat(request.timestamp).timestamp()
+        except ValueError:
+            sent = parse_timestamp_ns(request.timestamp) / 1e9
+        skew = abs(time.time() - sent)
         if skew > self.clock_skew_seconds:
             raise InvalidRequestError(
                 f"request timestamp is {skew:.0f}s away from the runtime's clock "
-                f"(limit {self.clock_skew_seconds:g}s)", details={"reason": "clock_skew"},
+                f"(limit {self.clock_skew_seconds:g}s)",
+                details={"reason": "clock_skew"},
             )
         with session.lock:
             if request.request_id in session.request_ids:
@@ -364,8 +422,7 @@ class Runtime:
             session.request_ids.add(request.request_id)
 
     def resolve(self, request: CARPRequest | Mapping[str, Any]) -> CARPResolution:
-        """Resolve a CARP request: which actions are allowed, denied, need approval, and which
-        context to inject.
+        """Resolve a CARP request: allowed, denied and approval-bound actions, and context.
 
         Events: ``carp.request.received``, one ``policy.evaluated`` per considered action,
         one ``context.injected`` per block, ``carp.resolution.completed``.
@@ -377,16 +434,18 @@ class Runtime:
         """
         req = self._parse(request)
         if req.operation == "execute":
-            raise InvalidRequestError("use execute() for operation 'execute'",
-                                      details={"reason": "wrong_operation"})
+            raise InvalidRequestError(
+                "use execute() for operation 'execute'", details={"reason": "wrong_operation"}
+            )
         session = self._active(req.requester.session_id)
         if req.atlas_ids:
             views = []
             for atlas_id in req.atlas_ids:
                 view = self._by_id.get(atlas_id)
                 if view is None:
-                    raise AtlasNotFoundError(f"atlas {atlas_id!r} is not loaded",
-                                             details={"atlas_id": atlas_id})
+                    raise AtlasNotFoundError(
+                        f"atlas {atlas_id!r} is not loaded", details={"atlas_id": atlas_id}
+                    )
                 views.append(view)
             atlas_ids = list(req.atlas_ids)
         else:
@@ -394,13 +453,6 @@ class Runtime:
             atlas_ids = self._all_atlas_ids
         self._admit(session, req)
         task = req.task
-        chain = session.chain
-        chain.append("carp.request.received", {
-            "request_id": req.request_id,
-            "operation": req.operation,
-            "goal": task.goal,
-            "atlas_ids": list(atlas_ids),
-        })
         required = frozenset(task.required_capabilities)
         ctx = ConditionContext(
             agent_id=req.requester.agent_id,
@@ -408,12 +460,116 @@ class Runtime:
             capabilities=required,
             context=req.context,
         )
+        context_key = None if req.context is None else _context_key(req.context)
+        views_key = None if not req.atlas_ids else tuple(v.position for v in views)
+        plan = self._plan(views, views_key, ctx, context_key)
+        blocks, block_events = self._context(views, views_key, task, ctx, context_key)
+        now_ns = time.time_ns()
+        allowed = list(plan.allowed)
+        denied = list(plan.denied)
+        expires_at = None
+        approval_id = None
+        if plan.approvals:
+            kind = "requires_approval"
+            reason = "Approval required for: " + ", ".join(plan.approvals)
+            approval_id = new_id()
+            expires_at = format_timestamp(now_ns + self.approval_ttl_seconds * 1_000_000_000)
+        elif allowed and denied:
+            kind, reason = "partial", "Some actions are denied by policy"
+        elif denied:
+            kind, reason = "deny", "All actions are denied by policy"
+        else:
+            kind, reason = "allow", None
+        resolution_id = new_id()
+        resolution = trusted(
+            CARPResolution,
+            {
+                "carp_version": "1.0",
+                "resolution_id": resolution_id,
+                "request_id": req.request_id,
+                "timestamp": format_timestamp(now_ns),
+                "decision": trusted(
+                    Decision,
+                    {
+                        "type": kind,
+                        "reason": reason,
+                        "approval_id": approval_id,
+                        "expires_at": expires_at,
+                    },
+                ),
+                "context_blocks": blocks,
+                "allowed_actions": allowed,
+                "denied_actions": denied,
+                "constraints": list(plan.constraints),
+                "ttl_seconds": self.ttl_seconds,
+                "trace_id": session.trace_id,
+            },
+        )
+        session.chain.extend(
+            [
+                (
+                    "carp.request.received",
+                    {
+                        "request_id": req.request_id,
+                        "operation": req.operation,
+                        "goal": task.goal,
+                        "atlas_ids": list(atlas_ids),
+                    },
+                ),
+                *plan.events,
+                *block_events,
+                (
+                    "carp.resolution.completed",
+                    {
+                        "resolution_id": resolution_id,
+                        "request_id": req.request_id,
+                        "decision_type": kind,
+                        "allowed_count": len(allowed),
+                        "denied_count": len(denied),
+                        "context_block_count": len(blocks),
+                        "ttl_seconds": self.ttl_seconds,
+                    },
+                ),
+            ]
+        )
+        stored = _Resolution(resolution, time.monotonic() + self.ttl_seconds, plan.by_id, ctx)
+        with session.lock:
+            session.resolutions[resolution_id] = stored
+            session.resolution_count += 1
+        return resolution
+
+    def _plan(
+        self,
+        views: list[_AtlasView],
+        views_key: tuple[int, ...] | None,
+        ctx: ConditionContext,
+        context_key: bytes | None,
+    ) -> _Plan:
+        """The per-action decisions for this request, reused while their inputs are unchanged.
+
+        Rate limits are looked at live on every call; time-dependent atlases are decided
+        afresh each time.
+        """
+        cacheable = context_key is not _UNHASHABLE and not any(v.time_dependent for v in views)
+        key = (views_key, ctx.agent_id, ctx.risk_tier, ctx.capabilities, context_key)
+        plan = self._plans.get(key) if cacheable else None
+        if plan is None:
+            plan = self._build_plan(views, ctx, live=False)
+            if cacheable:
+                _remember(self._plans, key, plan, self._lock)
+        for action_id, rules in plan.rated:
+            if self.engine.limiter.acquire(rules, action_id, consume=False) is not None:
+                return self._build_plan(views, ctx, live=True)
+        return plan
+
+    def _build_plan(self, views: list[_AtlasView], ctx: ConditionContext, *, live: bool) -> _Plan:
         allowed: list[AllowedAction] = []
         denied: list[DeniedAction] = []
+        events: list[tuple[str, dict[str, Any]]] = []
         constraints: dict[str, Constraint] = {}
         approvals: list[str] = []
-        decide = self.engine.decide
-        append = chain.append
+        rated: list[tuple[str, tuple[RateRule, ...]]] = []
+        required = ctx.capabilities
         for view in views:
             members: frozenset[str] | None = None
             if required:
@@ -424,83 +580,100 @@ class Runtime:
                 action_id = action.action_id
                 if members is not None and action_id not in members:
                     continue
-                decision = decide(action_id, ctx)
-                append("policy.evaluated", {
-                    "policy_id": decision.policy_id,
-                    "result": decision.result,
-                    "action_id": action_id,
-                })
+                decision = self.engine.decide(action_id, ctx, check_rates=live)
+                events.append(
+                    (
+                        "policy.evaluated",
+                        {
+                            "policy_id": decision.policy_id,
+                            "result": decision.result,
+                            "action_id": action_id,
+                        },
+                    )
+                )
                 effect = decision.effect
                 if effect is Effect.DENY:
-                    denied.append(trusted(DeniedAction, {
-                        "action_id": action_id,
-                        "reason": decision.reason or "Denied by policy",
-                        "policy_id": decision.policy_id,
-                    }))
+                    denied.append(
+                        trusted(
+                            DeniedAction,
+                            {
+                                "action_id": action_id,
+                                "reason": decision.reason or "Denied by policy",
+                                "policy_id": decision.policy_id,
+                            },
+                        )
+                    )
                     continue
                 if effect is Effect.REQUIRE_APPROVAL:
                     approvals.append(action_id)
-                    _add_constraint(constraints, decision.policy_id, "require_approval",
-                                    action_id, {"reason": decision.reason})
+                    _add_constraint(
+                        constraints,
+                        decision.policy_id,
+                        "require_approval",
+                        action_id,
+                        {"reason": decision.reason},
+                    )
                     template = _variant(self._variants, template, confirm=True, rate=None)
                 elif decision.rate_limits:
+                    rated.append((action_id, decision.rate_limits))
                     for rule in decision.rate_limits:
-                        _add_constraint(constraints, rule.policy_id, "rate_limit", action_id, {
-                            "max_calls": rule.max_calls,
-                            "window_seconds": rule.window_seconds,
-                        })
-                    template = _variant(self._variants, template, confirm=template.requires_confirmation,
-                                        rate=min(decision.rate_limits,
-                                                 key=lambda r: r.max_calls / r.window_seconds))
+                        _add_constraint(
+                            constraints,
+                            rule.policy_id,
+                            "rate_limit",
+                            action_id,
+                            {
+                                "max_calls": rule.max_calls,
+                                "window_seconds": rule.window_seconds,
+                            },
+                        )
+                    template = _variant(
+                        self._variants,
+                        template,
+                        confirm=template.requires_confirmation,
+                        rate=min(
+                            decision.rate_limits, key=lambda r: r.max_calls / r.window_seconds
+                        ),
+                    )
                 allowed.append(template)
-        candidates = [(v.position, c) for v in views for c in v.context]
-        blocks = select_context(candidates, task.goal, task.context_hints, ctx)
-        for block in blocks:
-            append("context.injected", _injected_payload(block))
-        now_ns = time.time_ns()
-        expires_at = None
-        approval_id = None
-        if approvals:
-            kind, reason = "requires_approval", "Approval required for: " + ", ".join(approvals)
-            approval_id = new_id()
-            expires_at = format_timestamp(now_ns + self.approval_ttl_seconds * 1_000_000_000)
-        elif allowed and denied:
-            kind, reason = "partial", "Some actions are denied by policy"
-        elif denied:
-            kind, reason = "deny", "All actions are denied by policy"
-        else:
-            kind, reason = "allow", None
-        resolution = trusted(CARPResolution, {
-            "carp_version": "1.0",
-            "resolution_id": new_id(),
-            "request_id": req.request_id,
-            "timestamp": format_timestamp(now_ns),
-            "decision": trusted(Decision, {
-                "type": kind, "reason": reason, "approval_id": approval_id,
-                "expires_at": expires_at,
-            }),
-            "context_blocks": blocks,
-            "allowed_actions": allowed,
-            "denied_actions": denied,
-            "constraints": list(constraints.values()),
-            "ttl_seconds": self.ttl_seconds,
-            "trace_id": session.trace_id,
-        })
-        append("carp.resolution.completed", {
-            "resolution_id": resolution.resolution_id,
-            "request_id": req.request_id,
-            "decision_type": kind,
-            "allowed_count": len(allowed),
-            "denied_count": len(denied),
-            "context_block_count": len(blocks),
-            "ttl_seconds": self.ttl_seconds,
-        })
-        stored = _Resolution(resolution, time.monotonic() + self.ttl_seconds,
-                             {a.action_id: a for a in allowed}, ctx)
-        with session.lock:
-            session.resolutions[resolution.resolution_id] = stored
-            session.resolution_count += 1
-        return resolution
+        return _Plan(
+            allowed=tuple(allowed),
+            denied=tuple(denied),
+            events=tuple(events),
+            constraints=tuple(constraints.values()),
+            approvals=tuple(approvals),
+            rated=tuple(rated),
+            by_id={a.action_id: a for a in allowed},
+        )
+
+    def _context(
+        self,
+        views: list[_AtlasView],
+        views_key: tuple[int, ...] | None,
+        task: Task,
+        ctx: ConditionContext,
+        context_key: bytes | None,
+    ) -> tuple[list[ContextBlock], tuple[tuple[str, dict[str, Any]], ...]]:
+        cacheable = context_key is not _UNHASHABLE and not any(
+            v.context_time_dependent for v in views
+        )
+        key = (
+            views_key,
+            task.goal,
+            tuple(task.context_hints),
+            ctx.risk_tier,
+            ctx.agent_id,
+            ctx.capabilities,
+            context_key,
+        )
+        hit = self._contexts.get(key) if cacheable else None
+        if hit is None:
+            candidates = [(v.position, c) for v in views for c in v.context]
+            blocks = select_context(candidates, task.goal, task.context_hints, ctx)
+            hit = (tuple(blocks), tuple(("context.injected", _injected_payload(b)) for b in blocks))
+            if cacheable:
+                _remember(self._contexts, key, hit, self._lock)
+        return list(hit[0]), hit[1]
 
     def execute(self, request: CARPRequest | Mapping[str, Any]) -> ExecuteResponse:
         """Gate an execution: enforce the runtime rules and re-decide the action's policy.
@@ -521,8 +694,10 @@ class Runtime:
         """
         req = self._parse(request)
         if req.operation != "execute" or req.execution is None:
-            raise InvalidRequestError("execute() needs operation 'execute' with 'execution'",
-                                      details={"reason": "wrong_operation"})
+            raise InvalidRequestError(
+                "execute() needs operation 'execute' with 'execution'",
+                details={"reason": "wrong_operation"},
+            )
         execution = req.execution
         session = self._active(req.requester.session_id)
         action_id = execution.action_id
@@ -546,18 +721,26 @@ class Runtime:
                     )
                 return previous[2]
         chain = session.chain
-        chain.append("action.requested", {
-            "action_id": action_id,
-            "resolution_id": execution.resolution_id,
-            "execution_id": execution_id,
-            "parameters_hash": parameters_hash,
-        })
+        chain.append(
+            "action.requested",
+            {
+                "action_id": action_id,
+                "resolution_id": execution.resolution_id,
+                "execution_id": execution_id,
+                "parameters_hash": parameters_hash,
+            },
+        )
 
         def refuse(error: CRAError, reason: str, policy_id: str = RUNTIME_POLICY) -> CRAError:
-            chain.append("action.denied", {
-                "action_id": action_id, "reason": reason, "policy_id": policy_id,
-                "execution_id": execution_id,
-            })
+            chain.append(
+                "action.denied",
+                {
+                    "action_id": action_id,
+                    "reason": reason,
+                    "policy_id": policy_id,
+                    "execution_id": execution_id,
+                },
+            )
             return error
 
         try:
@@ -566,31 +749,47 @@ class Runtime:
             raise refuse(exc, str(exc.details.get("reason", "invalid_request"))) from None
         stored = session.resolutions.get(execution.resolution_id)
         if stored is None:
-            raise refuse(ResolutionNotFoundError(
-                f"resolution {execution.resolution_id} does not exist in this session"),
-                "resolution_not_found")
+            raise refuse(
+                ResolutionNotFoundError(
+                    f"resolution {execution.resolution_id} does not exist in this session"
+                ),
+                "resolution_not_found",
+            )
         if time.monotonic() > stored.expires:
-            raise refuse(ResolutionExpiredError(
-                f"resolution {execution.resolution_id} has expired; resolve again"),
-                "resolution_expired")
+            raise refuse(
+                ResolutionExpiredError(
+                    f"resolution {execution.resolution_id} has expired; resolve again"
+                ),
+                "resolution_expired",
+            )
         if action_id not in stored.allowed:
             denied = stored.resolution.denied(action_id)
             reason = denied.reason if denied else "not among the resolution's allowed actions"
-            policy_id = (denied.policy_id if denied and denied.policy_id else RUNTIME_POLICY)
-            raise refuse(ActionDeniedError(
-                f"{action_id} is not allowed by resolution {execution.resolution_id}: {reason}",
-                action_id=action_id, policy_id=policy_id, reason=reason), reason, policy_id)
+            policy_id = denied.policy_id if denied and denied.policy_id else RUNTIME_POLICY
+            raise refuse(
+                ActionDeniedError(
+                    f"{action_id} is not allowed by resolution {execution.resolution_id}: {reason}",
+                    action_id=action_id,
+                    policy_id=policy_id,
+                    reason=reason,
+                ),
+                reason,
+                policy_id,
+            )
         found = self.engine.action(action_id)
         assert found is not None  # noqa: S101 - allowed actions are declared
         schema = found[1].parameters_schema
         if schema is not None:
             problem = _schema_problem(schema, execution.parameters)
             if problem is not None:
-                raise refuse(InvalidParametersError(
-                    f"parameters of {action_id} are invalid: {problem[1]}"
-                    f"{' at ' + problem[0] if problem[0] else ''}",
-                    details={"action_id": action_id, "path": problem[0]}),
-                    "invalid_parameters")
+                raise refuse(
+                    InvalidParametersError(
+                        f"parameters of {action_id} are invalid: {problem[1]}"
+                        f"{' at ' + problem[0] if problem[0] else ''}",
+                        details={"action_id": action_id, "path": problem[0]},
+                    ),
+                    "invalid_parameters",
+                )
         ctx = ConditionContext(
             agent_id=stored.ctx.agent_id,
             risk_tier=req.task.risk_tier,
@@ -599,42 +798,59 @@ class Runtime:
         )
         decision = self.engine.decide(action_id, ctx, consume=True)
         if decision.effect is Effect.REQUIRE_APPROVAL:
-            raise refuse(ApprovalRequiredError(
-                f"{action_id} requires approval: {decision.reason}",
-                details={"action_id": action_id, "policy_id": decision.policy_id,
-                         "approval_id": stored.resolution.decision.approval_id}),
-                "approval_required", decision.policy_id)
+            raise refuse(
+                ApprovalRequiredError(
+                    f"{action_id} requires approval: {decision.reason}",
+                    details={
+                        "action_id": action_id,
+                        "policy_id": decision.policy_id,
+                        "approval_id": stored.resolution.decision.approval_id,
+                    },
+                ),
+                "approval_required",
+                decision.policy_id,
+            )
         if decision.effect is Effect.DENY:
             error: ActionDeniedError
             if decision.retry_after is not None:
                 error = RateLimitExceededError(
                     f"{action_id}: rate limit {decision.policy_id} exhausted, retry after "
                     f"{decision.retry_after:.0f}s",
-                    action_id=action_id, policy_id=decision.policy_id,
-                    retry_after=decision.retry_after)
+                    action_id=action_id,
+                    policy_id=decision.policy_id,
+                    retry_after=decision.retry_after,
+                )
             else:
                 error = ActionDeniedError(
                     f"{action_id} is denied by {decision.policy_id}: {decision.reason}",
-                    action_id=action_id, policy_id=decision.policy_id,
-                    reason=decision.reason or "Denied by policy")
+                    action_id=action_id,
+                    policy_id=decision.policy_id,
+                    reason=decision.reason or "Denied by policy",
+                )
             raise refuse(error, decision.reason or "Denied by policy", decision.policy_id)
-        chain.append("action.approved", {
-            "action_id": action_id,
-            "resolution_id": execution.resolution_id,
-            "execution_id": execution_id,
-            "policy_id": decision.policy_id,
-        })
-        response = trusted(ExecuteResponse, {
-            "carp_version": "1.0",
-            "execution_id": execution_id,
-            "request_id": req.request_id,
-            "resolution_id": execution.resolution_id,
-            "timestamp": format_timestamp(time.time_ns()),
-            "status": "success",
-            "result": None,
-            "error": None,
-            "trace_id": session.trace_id,
-        })
+        chain.append(
+            "action.approved",
+            {
+                "action_id": action_id,
+                "resolution_id": execution.resolution_id,
+                "execution_id": execution_id,
+                "policy_id": decision.policy_id,
+            },
+        )
+        response = trusted(
+            ExecuteResponse,
+            {
+                "carp_version": "1.0",
+                "execution_id": execution_id,
+                "request_id": req.request_id,
+                "resolution_id": execution.resolution_id,
+                "timestamp": format_timestamp(time.time_ns()),
+                "status": "success",
+                "result": None,
+                "error": None,
+                "trace_id": session.trace_id,
+            },
+        )
         with session.lock:
             session.action_count += 1
             if key is not None:
@@ -642,25 +858,46 @@ class Runtime:
         return response
 
 
-def _add_constraint(constraints: dict[str, Constraint], constraint_id: str, kind: str,
-                    action_id: str, parameters: dict[str, Any]) -> None:
+_MEMO_SIZE = 1024
+
+
+def _remember(table: dict[Any, Any], key: Any, value: Any, lock: threading.Lock) -> None:
+    with lock:
+        if len(table) >= _MEMO_SIZE:
+            table.pop(next(iter(table)))
+        table[key] = value
+
+
+def _add_constraint(
+    constraints: dict[str, Constraint],
+    constraint_id: str,
+    kind: str,
+    action_id: str,
+    parameters: dict[str, Any],
+) -> None:
     existing = constraints.get(constraint_id)
     if existing is not None and existing.parameters is not None:
         existing.parameters["action_ids"].append(action_id)
         return
-    constraints[constraint_id] = trusted(Constraint, {
-        "constraint_id": constraint_id,
-        "type": kind,
-        "parameters": {**{k: v for k, v in parameters.items() if v is not None},
-                       "action_ids": [action_id]},
-    })
+    constraints[constraint_id] = trusted(
+        Constraint,
+        {
+            "constraint_id": constraint_id,
+            "type": kind,
+            "parameters": {
+                **{k: v for k, v in parameters.items() if v is not None},
+                "action_ids": [action_id],
+            },
+        },
+    )
 
 
 _Variants = dict[tuple[str, bool, RateRule | None], AllowedAction]
 
 
-def _variant(variants: _Variants, template: AllowedAction, *, confirm: bool,
-             rate: RateRule | None) -> AllowedAction:
+def _variant(
+    variants: _Variants, template: AllowedAction, *, confirm: bool, rate: RateRule | None
+) -> AllowedAction:
     if confirm == template.requires_confirmation and rate is None:
         return template
     key = (template.action_id, confirm, rate)
@@ -669,8 +906,9 @@ def _variant(variants: _Variants, template: AllowedAction, *, confirm: bool,
         fields = dict(template.__dict__)
         fields["requires_confirmation"] = confirm
         if rate is not None:
-            fields["rate_limit"] = trusted(RateLimit, {
-                "max_calls": rate.max_calls, "window_seconds": rate.window_seconds})
+            fields["rate_limit"] = trusted(
+                RateLimit, {"max_calls": rate.max_calls, "window_seconds": rate.window_seconds}
+            )
         hit = variants[key] = trusted(AllowedAction, fields)
     return hit
 
@@ -687,8 +925,9 @@ def _injected_payload(block: ContextBlock) -> dict[str, Any]:
     }
 
 
-def _schema_problem(schema: Mapping[str, Any], parameters: Mapping[str, Any]
-                    ) -> tuple[str, str] | None:
-    from cra_agents.runtime._params import first_error  # noqa: PLC0415 - jsonschema on demand
+def _schema_problem(
+    schema: Mapping[str, Any], parameters: Mapping[str, Any]
+) -> tuple[str, str] | None:
+    from cra_agents.runtime._params import first_error
 
     return first_error(schema, parameters)

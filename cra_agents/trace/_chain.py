@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from cra_agents._canonical import canonical_json
@@ -75,7 +75,8 @@ class SessionChain:
         self._sink = sink
         self._lock = threading.Lock()
         self._next = 0
-        self._pending: list[tuple[int, int, str, Mapping[str, Any]]] = []
+        # Batches of (first sequence, time_ns, [(event_type, payload), ...]).
+        self._pending: list[tuple[int, int, Sequence[tuple[str, Mapping[str, Any]]]]] = []
         self._finalised = 0
         self._head = GENESIS_HASH
         self._root_span: str | None = None
@@ -86,8 +87,17 @@ class SessionChain:
         with self._lock:
             sequence = self._next
             self._next = sequence + 1
-            self._pending.append((sequence, now, event_type, payload))
+            self._pending.append((sequence, now, ((event_type, payload),)))
         return sequence
+
+    def extend(self, events: list[tuple[str, Mapping[str, Any]]]) -> int:
+        """Queue several events at once (one lock, one timestamp); return the first sequence."""
+        now = time.time_ns()
+        with self._lock:
+            first = self._next
+            self._next = first + len(events)
+            self._pending.append((first, now, events))
+        return first
 
     def __len__(self) -> int:
         return self._next
@@ -107,7 +117,11 @@ class SessionChain:
             pending, self._pending = self._pending, []
             if not pending:
                 return []
-            events = [self._finalise(*item) for item in pending]
+            events = [
+                self._finalise(first + offset, time_ns, event_type, payload)
+                for first, time_ns, batch in pending
+                for offset, (event_type, payload) in enumerate(batch)
+            ]
             self._finalised += len(events)
             if self._sink is not None:
                 self._sink(events)

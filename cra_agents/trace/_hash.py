@@ -16,19 +16,21 @@ _FIELDS = ("event_id", "trace_id", "span_id")
 
 
 def _material(event: Mapping[str, Any], timestamp: str, payload_json: bytes) -> bytes:
-    return b"".join((
-        str(event.get("trace_version", "1.0")).encode(),
-        str(event["event_id"]).encode(),
-        str(event["trace_id"]).encode(),
-        str(event["span_id"]).encode(),
-        str(event.get("parent_span_id") or "").encode(),
-        str(event["session_id"]).encode(),
-        str(event["sequence"]).encode(),
-        timestamp.encode(),
-        str(event["event_type"]).encode(),
-        payload_json,
-        str(event["previous_event_hash"]).encode(),
-    ))
+    return b"".join(
+        (
+            str(event.get("trace_version", "1.0")).encode(),
+            str(event["event_id"]).encode(),
+            str(event["trace_id"]).encode(),
+            str(event["span_id"]).encode(),
+            str(event.get("parent_span_id") or "").encode(),
+            str(event["session_id"]).encode(),
+            str(event["sequence"]).encode(),
+            timestamp.encode(),
+            str(event["event_type"]).encode(),
+            payload_json,
+            str(event["previous_event_hash"]).encode(),
+        )
+    )
 
 
 def compute_event_hash(event: Mapping[str, Any]) -> str:
@@ -46,7 +48,10 @@ def compute_event_hash(event: Mapping[str, Any]) -> str:
 
 
 def spec_event_hash(event: Mapping[str, Any]) -> str:
-    """The event hash as the spec's Appendix B computes it: the timestamp as written and
-    ``json.dumps(payload, sort_keys=True, separators=(",", ":"))`` (ASCII-escaped)."""
+    """The event hash as the spec's Appendix B computes it.
+
+    The timestamp is hashed as written and the payload as
+    ``json.dumps(payload, sort_keys=True, separators=(",", ":"))`` (ASCII-escaped).
+    """
     payload = json.dumps(event["payload"], sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(_material(event, str(event["timestamp"]), payload)).hexdigest()

@@ -103,7 +103,7 @@ def _rule(event: Mapping[str, Any]) -> set[str] | None:
     return matched or None
 
 
-def verify_chain(  # noqa: C901, PLR0912
+def verify_chain(
     events_or_path: Iterable[TraceEvent | Mapping[str, Any]] | str | os.PathLike[str],
     *,
     check_hashes: bool = True,
@@ -176,7 +176,7 @@ def verify_chain(  # noqa: C901, PLR0912
         count += 1
     hash_rule: HashRule | None = None
     if rule_sets:
-        if all(len(s) == 2 for s in rule_sets):  # noqa: PLR2004
+        if all(len(s) == 2 for s in rule_sets):
             hash_rule = "both"
         elif all("normalized" in s for s in rule_sets):
             hash_rule = "normalized"

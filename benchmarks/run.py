@@ -1,0 +1,165 @@
+"""`make bench`: speed of resolve, single-action decisions and atlas loading.
+
+Prints medians and p99 over at least 20,000 calls after warm-up, the ratio to a plain Python
+call, and a drift check (latency of the first vs the last 10,000 of 100,000 resolves). Numbers
+are wall-clock on whatever machine runs it: read them with the load average printed above them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cra_agents as cra
+from cra_agents.policy import ConditionContext, PolicyEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+GITHUB_OPS = ROOT / "examples" / "atlases" / "github-ops"
+
+
+def _stats(samples: list[int]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) / 1000, ordered[int(len(ordered) * 0.99)] / 1000
+
+
+def _time(fn: Callable[[], object], n: int, warmup: int = 2000) -> list[int]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        out.append(clock() - t0)
+    return out
+
+
+def generated_atlas(actions: int = 200, policies: int = 100) -> dict[str, object]:
+    """A synthetic atlas: ``actions`` actions in 20 domains, ``policies`` mixed policies."""
+    ids = [f"svc{d}.res{r}.op{o}" for d in range(20) for r in range(5) for o in range(2)][:actions]
+    kinds = ["allow", "deny", "require_approval", "rate_limit"]
+    pols: list[dict[str, object]] = []
+    for i in range(policies):
+        kind = kinds[i % 4]
+        pattern = f"svc{i % 20}.res{(i // 20) % 5}.*" if i % 3 else ids[(i * 7) % len(ids)]
+        pol: dict[str, object] = {
+            "policy_id": f"p{i}",
+            "type": kind,
+            "actions": [pattern],
+            "priority": i % 5,
+        }
+        if kind == "rate_limit":
+            pol["parameters"] = {"max_calls": 1000, "window_seconds": 60}
+        if i % 10 == 0:
+            pol["conditions"] = {"risk_tiers": ["high", "critical"]}
+        pols.append(pol)
+    return {
+        "atlas_version": "1.0",
+        "atlas_id": "com.example.generated",
+        "version": "1.0.0",
+        "name": "Generated",
+        "description": "benchmark atlas",
+        "actions": [
+            {"action_id": a, "name": a, "description": a, "parameters_schema": {"type": "object"}}
+            for a in ids
+        ],
+        "policies": pols,
+    }
+
+
+def main() -> int:
+    load = os.getloadavg()
+    print(
+        f"python {sys.version.split()[0]}, cra-agents {cra.__version__}, {os.cpu_count()} cores, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    rows: list[tuple[str, int, float, float]] = []
+
+    def plain() -> int:
+        return 1
+
+    rows.append(("plain Python call (baseline)", 20000, *_stats(_time(plain, 20000))))
+
+    runtime = cra.Runtime(atlases=[GITHUB_OPS], store=cra.MemoryStore(max_sessions=8))
+    samples: list[int] = []
+    sessions = 0
+
+    def resolve_batch(count: int) -> list[int]:
+        nonlocal sessions
+        out: list[int] = []
+        while len(out) < count:
+            session = runtime.create_session("triage-bot", "Triage new bug reports and label them")
+            requests = [cra.resolve_request(session) for _ in range(1000)]
+            clock = time.perf_counter_ns
+            for request in requests:
+                t0 = clock()
+                runtime.resolve(request)
+                out.append(clock() - t0)
+            runtime.end_session(session.session_id)
+            sessions += 1
+        return out
+
+    resolve_batch(3000)  # warm-up
+    samples = resolve_batch(100_000)
+    rows.append(("resolve, github-ops (15 actions, events queued)", len(samples), *_stats(samples)))
+    first, last = _stats(samples[:10_000]), _stats(samples[-10_000:])
+
+    t0 = time.perf_counter()
+    session = runtime.create_session("triage-bot", "Triage new bug reports and label them")
+    for _ in range(2000):
+        runtime.resolve(cra.resolve_request(session))
+    queued = len(runtime.trace_events(session.session_id))
+    hashed = time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "atlas.json"
+        path.write_text(json.dumps(generated_atlas()), encoding="utf-8")
+        atlas = cra.load_atlas(path)
+        engine = PolicyEngine([atlas])
+        ctx = ConditionContext(agent_id="bench-agent", risk_tier="low")
+        action_ids = [a.action_id for a in atlas.actions]
+        index = 0
+
+        def decide_one() -> object:
+            nonlocal index
+            index = (index + 1) % len(action_ids)
+            return engine.decide(action_ids[index], ctx)
+
+        rows.append(
+            (
+                "decide one action (200 actions, 100 policies)",
+                20000,
+                *_stats(_time(decide_one, 20000)),
+            )
+        )
+        load_samples = _time(lambda: cra.load_atlas(path), 300, warmup=20)
+        rows.append(("load_atlas, generated 200/100 atlas (file)", 300, *_stats(load_samples)))
+
+    base = rows[0][2]
+    print()
+    print(f"{'benchmark':52} {'calls':>8} {'median µs':>10} {'p99 µs':>10} {'x plain':>9}")
+    print("-" * 93)
+    for name, n, median, p99 in rows:
+        print(f"{name:52} {n:>8} {median:>10.2f} {p99:>10.2f} {median / base:>9.0f}")
+    print()
+    print(
+        f"resolve drift: first 10k median {first[0]:.2f} µs p99 {first[1]:.2f} µs; "
+        f"last 10k median {last[0]:.2f} µs p99 {last[1]:.2f} µs"
+    )
+    print(
+        f"resolve + hash every event: {queued} events from 2,000 resolves in {hashed:.2f} s "
+        f"({queued / hashed:,.0f} events/s incl. resolve)"
+    )
+    gc.collect()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
