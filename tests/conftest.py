@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = REPO_ROOT / "examples" / "atlases"
+DEFAULT_CONFORMANCE_DIR = REPO_ROOT.parent / "shared" / "conformance"
+
+_MINIMAL_MANIFEST = {
+    "atlas_version": "1.0",
+    "atlas_id": "com.example.test",
+    "version": "1.0.0",
+    "name": "Test Atlas",
+    "description": "A minimal Atlas 1.0 manifest for tests.",
+}
+
+
+@pytest.fixture(scope="session")
+def conformance_dir() -> Path:
+    """The upstream conformance material (schemas, golden cases, real atlases), read-only.
+
+    ``CRA_CONFORMANCE_DIR`` overrides the default ``../shared/conformance`` next to the repository.
+    Missing material skips the test locally and fails it on CI, where it must be present.
+    """
+    configured = os.environ.get("CRA_CONFORMANCE_DIR")
+    path = Path(configured) if configured else DEFAULT_CONFORMANCE_DIR
+    if not path.is_dir():
+        message = f"upstream conformance material not found at {path}; set CRA_CONFORMANCE_DIR"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def github_ops() -> Path:
+    """The example GitHub operations atlas directory shipped in ``examples/``."""
+    return EXAMPLES_DIR / "github-ops"
+
+
+@pytest.fixture
+def make_manifest():
+    """Factory for a minimal valid Atlas 1.0 manifest dict; keyword arguments override keys."""
+
+    def make(**overrides: object) -> dict[str, object]:
+        manifest = copy.deepcopy(_MINIMAL_MANIFEST)
+        manifest.update(copy.deepcopy(overrides))
+        return manifest
+
+    return make
