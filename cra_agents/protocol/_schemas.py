@@ -61,7 +61,7 @@ def _drop_null(node: Any) -> Any:
     return node
 
 
-def _strict_atlas(lenient: dict[str, Any]) -> dict[str, Any]:
+def _strict_atlas(lenient: dict[str, Any]) -> Any:
     schema = _drop_null(copy.deepcopy(lenient))
     schema["$id"] = "https://cra-agents.dev/schemas/AtlasManifest.strict"
     schema["description"] = (
@@ -91,7 +91,7 @@ def generate_schemas() -> dict[str, dict[str, Any]]:
     """Generate every bundled schema from the models."""
     schemas = {name: _model_schema(model) for name, model in _MODELS.items()}
     schemas["trace-event"] = _trace_event(schemas["trace-event"])
-    schemas["atlas-manifest.strict"] = _strict_atlas(schemas["atlas-manifest"])
+    schemas["atlas-manifest.strict"] = dict(_strict_atlas(schemas["atlas-manifest"]))
     return schemas
 
 
@@ -101,7 +101,7 @@ def bundled_schema(name: str) -> dict[str, Any]:
     if name not in SCHEMA_NAMES:
         raise KeyError(f"no bundled schema {name!r}; choose one of {', '.join(SCHEMA_NAMES)}")
     text = resources.files("cra_agents.protocol").joinpath(f"schemas/{name}.json").read_text()
-    loaded: dict[str, Any] = dict(json.loads(text))
+    loaded: dict[str, Any] = json.loads(text)
     return loaded
 
 
