@@ -30,6 +30,8 @@ _SUSPECT = (b"e+", b"null", b"\\")
 
 
 def _refuse(value: Any) -> Any:
+    if isinstance(value, Mapping):  # MappingProxyType and other read-only mappings
+        return dict(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 

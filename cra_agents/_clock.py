@@ -26,9 +26,17 @@ _RFC3339 = re.compile(
 )
 
 
+def _render(moment: datetime) -> str:
+    # Not strftime: "%Y" drops the zero padding of years before 1000 on glibc.
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def _second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return _render(datetime.fromtimestamp(seconds, UTC))
 
 
 def format_timestamp(time_ns: int) -> str:
@@ -67,7 +75,10 @@ def parse_timestamp_ns(value: str) -> int:
     else:
         sign = 1 if offset[0] == "+" else -1
         delta = sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
-    epoch = calendar.timegm((base - delta).timetuple())
+    try:
+        epoch = calendar.timegm((base - delta).timetuple())
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"timestamp {value!r} is out of range") from exc
     nanos = int(fraction.ljust(9, "0")) if fraction else 0
     return epoch * 1_000_000_000 + nanos
 
@@ -76,7 +87,7 @@ def normalize_timestamp(value: str) -> str:
     """Render ``value`` the way the Rust core hashes it: UTC, ``+00:00``, 0/3/6/9 digits."""
     total = parse_timestamp_ns(value)
     seconds, nanos = divmod(total, 1_000_000_000)
-    prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    prefix = _render(datetime.fromtimestamp(seconds, UTC))
     if nanos == 0:
         return prefix + "+00:00"
     if nanos % 1_000_000 == 0:

@@ -9,6 +9,7 @@ non-UTF-8 input. Size is capped before parsing and nesting depth right after, an
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, NoReturn
 
 __all__ = ["DEFAULT_MAX_DEPTH", "JSONInputError", "loads_strict"]
@@ -56,12 +57,23 @@ def _int(text: str) -> int:
     return value
 
 
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise JSONInputError(f"number {text} overflows a 64-bit float", reason="non_finite_number")
+    return value
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
 def _check_depth(value: Any, max_depth: int) -> None:
     stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
         node, depth, path = stack.pop()
         if isinstance(node, dict):
-            children = [(v, f"{path}/{k}") for k, v in node.items()]
+            children = [(v, f"{path}/{_escape(k)}") for k, v in node.items()]
         elif isinstance(node, list):
             children = [(v, f"{path}/{i}") for i, v in enumerate(node)]
         else:
@@ -99,7 +111,13 @@ def loads_strict(data: bytes | str, *, max_bytes: int, max_depth: int = DEFAULT_
     if not text.strip():
         raise JSONInputError("document is empty", reason="empty")
     try:
-        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant, parse_int=_int)
+        value = json.loads(
+            text,
+            object_pairs_hook=_pairs,
+            parse_constant=_constant,
+            parse_int=_int,
+            parse_float=_float,
+        )
     except _DuplicateKeyError as exc:
         raise JSONInputError(
             f"duplicate key {exc.key!r}; every key may appear once per object",

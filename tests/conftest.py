@@ -10,7 +10,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO_ROOT / "examples" / "atlases"
 DEFAULT_CONFORMANCE_DIR = REPO_ROOT.parent / "shared" / "conformance"
 
-_MINIMAL_MANIFEST = {
+_MINIMAL_MANIFEST: dict[str, object] = {
     "atlas_version": "1.0",
     "atlas_id": "com.example.test",
     "version": "1.0.0",
@@ -47,7 +47,7 @@ def make_manifest():
     """Factory for a minimal valid Atlas 1.0 manifest dict; keyword arguments override keys."""
 
     def make(**overrides: object) -> dict[str, object]:
-        manifest = copy.deepcopy(_MINIMAL_MANIFEST)
+        manifest: dict[str, object] = copy.deepcopy(_MINIMAL_MANIFEST)
         manifest.update(copy.deepcopy(overrides))
         return manifest
 

@@ -14,10 +14,10 @@ from cra_agents._canonical import canonical_json, digest, sha256_hex
 
 # Keys Rust writes verbatim: no quote, backslash or control character (they would need escaping).
 SAFE_KEYS = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters='"\\', min_codepoint=0x20),
+    st.characters(exclude_categories=["Cs"], exclude_characters='"\\', min_codepoint=0x20),
     max_size=8,
 )
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=16)
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=16)
 INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 FINITE_FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -13,8 +14,8 @@ import jsonschema
 import pytest
 
 import cra_agents as cra
-from cra_agents._clock import format_timestamp
-from cra_agents.protocol import CARPResolution, TraceEvent
+from cra_agents._clock import format_timestamp, parse_timestamp_ns
+from cra_agents.protocol import AllowedAction, CARPResolution, TraceEvent
 from cra_agents.runtime import _runtime as runtime_module
 
 GITHUB_OPS = Path(__file__).parents[1] / "examples" / "atlases" / "github-ops"
@@ -120,6 +121,13 @@ def _execute(
     return rt.execute(
         cra.execute_request(session, resolution.resolution_id, action_id, parameters, **kwargs)
     )
+
+
+def _must(resolution: cra.CARPResolution, action_id: str) -> AllowedAction:
+    """The allowed entry for ``action_id``; fails the test when it is not allowed."""
+    entry = resolution.allowed(action_id)
+    assert entry is not None, f"{action_id} is not allowed"
+    return entry
 
 
 def _types(events: list[TraceEvent]) -> list[str]:
@@ -248,8 +256,9 @@ class TestResolveGithubOps:
         assert decision.approval_id is not None
         uuid.UUID(decision.approval_id)
         assert decision.expires_at is not None
-        expires = cra._clock.parse_timestamp_ns(decision.expires_at) / 1e9
+        expires = parse_timestamp_ns(decision.expires_at) / 1e9
         assert before + 900 - 5 <= expires <= time.time() + 900 + 5
+        assert decision.reason is not None
         assert "github.pr.merge" in decision.reason
         assert "github.repo.settings" in decision.reason
         assert resolution.ttl_seconds == 3600
@@ -262,7 +271,7 @@ class TestResolveGithubOps:
         merge = resolution.allowed("github.pr.merge")
         assert merge is not None
         assert merge.requires_confirmation is True
-        assert resolution.allowed("github.issue.list").requires_confirmation is False
+        assert _must(resolution, "github.issue.list").requires_confirmation is False
         kinds = {c.constraint_id: c.type for c in resolution.constraints}
         assert kinds["approve-merge"] == "require_approval"
         assert kinds["approve-repo-settings"] == "require_approval"
@@ -291,7 +300,8 @@ class TestResolveGithubOps:
         """Rate-limited allowed actions carry rate_limit and a rate_limit constraint."""
         session = rt.create_session("maintainer-bot", "Maintain")
         resolution = _resolve(rt, session)
-        comment = resolution.allowed("github.issue.comment")
+        comment = _must(resolution, "github.issue.comment")
+        assert comment.rate_limit is not None
         assert (comment.rate_limit.max_calls, comment.rate_limit.window_seconds) == (5, 60)
         constraint = next(
             c for c in resolution.constraints if c.constraint_id == "rate-limit-comments"
@@ -354,10 +364,10 @@ class TestResolveGithubOps:
         session = rt.create_session("release-bot", "Ship it")
         low = _resolve(rt, session, required_capabilities=["releases.write"])
         assert low.decision.type == "allow"
-        assert low.allowed("github.release.publish").requires_confirmation is False
+        assert _must(low, "github.release.publish").requires_confirmation is False
         high = _resolve(rt, session, required_capabilities=["releases.write"], risk_tier="high")
         assert high.decision.type == "requires_approval"
-        assert high.allowed("github.release.publish").requires_confirmation is True
+        assert _must(high, "github.release.publish").requires_confirmation is True
 
     def test_atlas_ids_filter(self, ops_atlas):
         """atlas_ids restricts resolution to the named atlases."""
@@ -433,6 +443,7 @@ class TestContext:
             ("issue-triage", 300),
         ]
         assert all(b.source == OPS_ID for b in blocks)
+        assert blocks[2].metadata is not None
         assert blocks[2].metadata["source_pack"] == "issue-triage"
         assert blocks[0].name == "Example Org Conventions"
         assert blocks[0].token_estimate == len(blocks[0].content.encode()) // 4
@@ -561,11 +572,12 @@ class TestEvents:
     def test_resolution_validates_upstream_schema(self, rt, upstream_schemas):
         """resolution.model_dump(mode='json') validates against carp-resolution.schema.json."""
         validator = upstream_schemas["carp-resolution"]
-        for agent, kwargs in [
+        cases: list[tuple[str, dict[str, Any]]] = [
             ("triage-bot", {}),
             ("maintainer-bot", {"risk_tier": "high", "context_hints": ["security"]}),
             ("release-bot", {"required_capabilities": ["issues.read"]}),
-        ]:
+        ]
+        for agent, kwargs in cases:
             session = rt.create_session(agent, "Triage a release bug")
             dumped = _resolve(rt, session, **kwargs).model_dump(mode="json")
             errors = [e.message for e in validator.iter_errors(dumped)]
@@ -923,11 +935,6 @@ class TestExecute:
             rt.execute(request)
         assert rt.trace_events(session.session_id)[-1].payload["reason"] == "agent_mismatch"
 
-    @pytest.mark.xfail(
-        reason="BUG: Runtime.execute returns the cached response for a known idempotency_key "
-        "before _admit, so a requester that does not own the session gets a success response",
-        strict=True,
-    )
     def test_idempotent_replay_checks_agent(self, rt):
         """A replay with a known idempotency key from another agent is still refused."""
         session = rt.create_session("maintainer-bot", "Work")
@@ -940,12 +947,6 @@ class TestExecute:
         with pytest.raises(cra.InvalidRequestError):
             rt.execute(request)
 
-    @pytest.mark.xfail(
-        reason="BUG: the idempotency check and the store of the response are separate critical "
-        "sections in Runtime.execute, so concurrent executes with one key all run (distinct "
-        "execution_ids, one action.approved each)",
-        strict=True,
-    )
     def test_concurrent_idempotency(self, rt, monkeypatch):
         """Concurrent executes sharing an idempotency key run the action once."""
         session = rt.create_session("maintainer-bot", "Work")
@@ -1037,7 +1038,7 @@ class TestAtlases:
         assert denied["github.branch.delete"][0] == "default-deny"
         assert denied["github.repo.delete"][0] == "deny-repo-delete"
         assert resolution.allowed("github.issue.list") is not None
-        assert resolution.allowed("github.pr.merge").requires_confirmation
+        assert _must(resolution, "github.pr.merge").requires_confirmation
         assert resolution.decision.type == "requires_approval"
         evaluated = {
             e.payload["action_id"]: e.payload["policy_id"]
@@ -1151,21 +1152,20 @@ class TestPlanCaching:
         assert resolution.allowed("github.issue.comment") is not None
         assert _resolve(rt, session).allowed("github.issue.comment") is not None
 
-    @pytest.mark.xfail(
-        reason="BUG: AllowedAction.parameters_schema in a resolution is the atlas's own dict "
-        "(shared through the plan cache and used by execute's validation), so mutating one "
-        "resolution changes other sessions' resolutions and the execution gate",
-        strict=True,
-    )
     def test_resolution_mutation_does_not_leak(self, rt):
         """Mutating one resolution's parameters_schema affects neither other sessions nor
         execute."""
         first = rt.create_session("maintainer-bot", "Work")
         resolution = _resolve(rt, first)
-        schema = resolution.allowed("github.issue.list").parameters_schema
-        schema["properties"]["repo"]["pattern"] = ".*"
+        schema = _must(resolution, "github.issue.list").parameters_schema
+        assert schema is not None
+        with pytest.raises(TypeError, match="read-only"):
+            schema["properties"]["repo"]["pattern"] = ".*"
+        copied = copy.deepcopy(schema)
+        copied["properties"]["repo"]["pattern"] = ".*"
         second = rt.create_session("release-bot", "Work")
-        other = _resolve(rt, second).allowed("github.issue.list").parameters_schema
+        other = _must(_resolve(rt, second), "github.issue.list").parameters_schema
+        assert other is not None
         assert other["properties"]["repo"]["pattern"] != ".*"
         with pytest.raises(cra.InvalidParametersError):
             _execute(rt, first, resolution, "github.issue.list", {"repo": "not a repo"})

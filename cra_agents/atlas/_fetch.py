@@ -70,6 +70,7 @@ def fetch_bytes(url: str, *, max_bytes: int, timeout: float) -> bytes:
                     if response.status_code != 200:
                         raise AtlasError(
                             f"server answered HTTP {response.status_code}",
+                            details={"status": response.status_code},
                             reason="fetch_failed",
                             source=url,
                             code="ATLAS_LOAD_ERROR",

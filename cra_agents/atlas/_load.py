@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeAlias
+from urllib.parse import urljoin
 
 from pydantic import ValidationError
 
@@ -111,6 +113,7 @@ def read_document(
             )
     else:
         base = path.parent
+    _require_regular(path, label, "")
     try:
         with path.open("rb") as handle:
             data = handle.read(max_bytes + 1)
@@ -131,6 +134,30 @@ def read_document(
     if sha256 is not None:
         _check_pin(sha256, hashlib.sha256(data).hexdigest(), label)
     return _parse(data, label=label, max_bytes=max_bytes), label, base
+
+
+def _require_regular(path: Path, label: str, where: str) -> None:
+    """Refuse FIFOs, devices and sockets, which would block or never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return  # reported by the caller's open()
+    except OSError as exc:
+        raise AtlasError(
+            f"cannot read: {exc.strerror}",
+            reason="io_error",
+            path=where,
+            source=label,
+            code="ATLAS_LOAD_ERROR",
+        ) from exc
+    if not stat.S_ISREG(mode):
+        raise AtlasError(
+            f"{path.name} is not a regular file",
+            reason="not_a_file",
+            path=where,
+            source=label,
+            code="ATLAS_LOAD_ERROR",
+        )
 
 
 def _validate(document: Mapping[str, Any], label: str) -> AtlasManifest:
@@ -170,7 +197,7 @@ def _read_context(
     files: dict[str, str] = {}
     missing: list[str] = []
     if base is None:
-        missing.extend(f for pack in manifest.context_packs for f in pack.files)
+        missing.extend(dict.fromkeys(f for pack in manifest.context_packs for f in pack.files))
         return files, missing
     root = base.resolve()
     total = 0
@@ -185,8 +212,9 @@ def _read_context(
                     path=where,
                     source=label,
                 )
-            if name in files:
+            if name in files or name in missing:
                 continue
+            _require_regular(target, label, where)
             try:
                 with target.open("rb") as handle:
                     data = handle.read(max_bytes + 1)
@@ -217,6 +245,56 @@ def _read_context(
                     reason="invalid_encoding",
                     path=where,
                     source=label,
+                ) from exc
+    return files, missing
+
+
+def _fetch_context(
+    manifest: AtlasManifest, url: str, max_bytes: int, timeout: float
+) -> tuple[dict[str, str], list[str]]:
+    """Context pack files of a URL atlas, fetched relative to the manifest's URL."""
+    from cra_agents.atlas._fetch import fetch_bytes
+
+    base = urljoin(url, ".")
+    files: dict[str, str] = {}
+    missing: list[str] = []
+    total = 0
+    for p_index, pack in enumerate(manifest.context_packs):
+        for f_index, name in enumerate(pack.files):
+            where = f"/context_packs/{p_index}/files/{f_index}"
+            target = urljoin(base, name)
+            if ".." in name.split("/") or not target.startswith(base) or "://" in name:
+                raise AtlasError(
+                    f"context file {name!r} lies outside the atlas location",
+                    reason="path_escape",
+                    path=where,
+                    source=url,
+                )
+            if name in files or name in missing:
+                continue
+            try:
+                data = fetch_bytes(target, max_bytes=max_bytes, timeout=timeout)
+            except AtlasError as exc:
+                if exc.details.get("status") == 404:
+                    missing.append(name)
+                    continue
+                raise
+            total += len(data)
+            if total > MAX_CONTEXT_BYTES:
+                raise AtlasError(
+                    f"context file {name!r} takes the atlas over its size limit",
+                    reason="too_large",
+                    path=where,
+                    source=url,
+                )
+            try:
+                files[name] = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise AtlasError(
+                    f"context file {name!r} is not valid UTF-8",
+                    reason="invalid_encoding",
+                    path=where,
+                    source=url,
                 ) from exc
     return files, missing
 
@@ -260,7 +338,10 @@ def load_atlas(
         source, sha256=sha256, max_bytes=max_bytes, timeout=timeout
     )
     manifest = _validate(document, label)
-    files, missing = _read_context(manifest, base, label, max_bytes)
+    if base is None and _is_url(label):
+        files, missing = _fetch_context(manifest, label, max_bytes, timeout)
+    else:
+        files, missing = _read_context(manifest, base, label, max_bytes)
     try:
         material = canonical_json({"manifest": document, "context_files": files})
     except TraceError as exc:

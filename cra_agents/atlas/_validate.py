@@ -40,7 +40,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from cra_agents._exceptions import AtlasError
+from cra_agents._canonical import canonical_json
+from cra_agents._exceptions import AtlasError, TraceError
 from cra_agents.atlas._load import (
     DEFAULT_MAX_BYTES,
     AtlasSource,
@@ -326,6 +327,10 @@ def validate_atlas(
         if not strict:
             for error in exc.errors(include_url=False, include_input=False):
                 findings.append(Finding("E100", "error", pointer(error["loc"]), error["msg"]))
+    try:
+        canonical_json(document)
+    except TraceError as exc:
+        findings.append(Finding("E000", "error", str(exc.details.get("path", "")), str(exc)))
     if manifest is not None:
         findings.extend(_semantic(manifest))
         try:

@@ -49,7 +49,8 @@ class ConditionContext:
 
 
 def _parse_time(value: str) -> time:
-    return time.fromisoformat(value.upper().removesuffix("Z"))
+    text = value.upper()
+    return time.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
 
 
 class CompiledConditions:
@@ -102,12 +103,19 @@ class CompiledConditions:
         assert window is not None  # noqa: S101 - guarded by the caller
         try:
             now = ctx.clock() if ctx.clock else datetime.now(UTC)
-            if window.timezone:
+            start = _parse_time(window.start) if window.start else None
+            end = _parse_time(window.end) if window.end else None
+            # An offset written on the times (RFC 3339 full-time) is the most specific zone;
+            # else the window's IANA time zone; else UTC.
+            offset = (start.tzinfo if start else None) or (end.tzinfo if end else None)
+            if offset is not None:
+                now = now.astimezone(offset)
+            elif window.timezone:
                 from zoneinfo import ZoneInfo
 
                 now = now.astimezone(ZoneInfo(window.timezone))
-            start = _parse_time(window.start) if window.start else None
-            end = _parse_time(window.end) if window.end else None
+            else:
+                now = now.astimezone(UTC)
         except (ValueError, KeyError, OSError) as exc:
             raise Unevaluable(f"time window cannot be evaluated: {exc}") from exc
         if window.days is not None and _DAYS[now.weekday()] not in window.days:

@@ -12,6 +12,7 @@ already sorted: deciding one action never scans the policy list.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import threading
 import time
@@ -277,6 +278,8 @@ class PolicyEngine:
             check_rates: Look at rate-limit state; when false, an allowed decision lists its
                 rate rules without checking them (the caller checks them itself).
         """
+        if self.clock is not None and ctx.clock is None:
+            ctx = dataclasses.replace(ctx, clock=self.clock)
         entry = self._index.get(action_id)
         if entry is None:
             return PolicyDecision(

@@ -68,6 +68,18 @@ class Execution(WireModel):
 class CARPRequest(WireModel):
     """A CARP/1.0 request (``resolve``, ``execute`` or ``validate``)."""
 
+    # The schema states the rule the model validator enforces: execute needs execution.
+    model_config = WireModel.model_config | {
+        "json_schema_extra": {
+            "allOf": [
+                {
+                    "if": {"properties": {"operation": {"const": "execute"}}},
+                    "then": {"required": ["execution"]},
+                }
+            ]
+        }
+    }
+
     carp_version: Literal["1.0"] = "1.0"
     request_id: Uuid
     timestamp: Timestamp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -28,6 +29,7 @@ from cra_agents._exceptions import (
     SessionEndedError,
     SessionNotFoundError,
 )
+from cra_agents._frozen import freeze
 from cra_agents._ids import new_id
 from cra_agents.atlas import Atlas, AtlasSource, load_atlas
 from cra_agents.atlas._load import pointer
@@ -55,6 +57,7 @@ __all__ = ["DEFAULT_TTL_SECONDS", "Runtime", "SessionInfo"]
 DEFAULT_TTL_SECONDS = 3600
 DEFAULT_CLOCK_SKEW_SECONDS = 300
 RUNTIME_POLICY = "carp-runtime"
+_RISK_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 EndReason = Literal["completed", "timeout", "error", "cancelled"]
 
 
@@ -113,6 +116,8 @@ class _Session:
     created_ns: int
     chain: SessionChain
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Serialises executions that carry an idempotency key, so a key runs at most once.
+    keyed: threading.Lock = field(default_factory=threading.Lock)
     ended_ns: int | None = None
     request_ids: set[str] = field(default_factory=set)
     resolutions: dict[str, _Resolution] = field(default_factory=dict)
@@ -168,14 +173,16 @@ class _AtlasView:
 
 
 def _allowed_template(action: Action) -> AllowedAction:
+    # Read-only deep copies: resolutions share them through the plan cache, so a caller must
+    # not be able to change another session's view, or the atlas execute() validates against.
     return trusted(
         AllowedAction,
         {
             "action_id": action.action_id,
             "name": action.name,
             "description": action.description,
-            "parameters_schema": action.parameters_schema,
-            "returns_schema": action.returns_schema,
+            "parameters_schema": freeze(action.parameters_schema),
+            "returns_schema": freeze(action.returns_schema),
             "risk_tier": action.risk_tier,
             "requires_confirmation": action.requires_confirmation,
             "idempotent": action.idempotent,
@@ -397,6 +404,17 @@ class Runtime:
 
     def _admit(self, session: _Session, request: CARPRequest) -> None:
         """Runtime rules 1 and 2, and the requester check."""
+        self._check_requester(session, request)
+        with session.lock:
+            if request.request_id in session.request_ids:
+                raise InvalidRequestError(
+                    f"request_id {request.request_id} was already used in this session",
+                    details={"reason": "duplicate_request_id"},
+                )
+            session.request_ids.add(request.request_id)
+
+    def _check_requester(self, session: _Session, request: CARPRequest) -> None:
+        """The requester owns the session and the request is fresh (rule 2)."""
         if request.requester.agent_id != session.agent_id:
             raise InvalidRequestError(
                 f"agent {request.requester.agent_id!r} does not own session {session.session_id}",
@@ -413,13 +431,6 @@ class Runtime:
                 f"(limit {self.clock_skew_seconds:g}s)",
                 details={"reason": "clock_skew"},
             )
-        with session.lock:
-            if request.request_id in session.request_ids:
-                raise InvalidRequestError(
-                    f"request_id {request.request_id} was already used in this session",
-                    details={"reason": "duplicate_request_id"},
-                )
-            session.request_ids.add(request.request_id)
 
     def resolve(self, request: CARPRequest | Mapping[str, Any]) -> CARPResolution:
         """Resolve a CARP request: allowed, denied and approval-bound actions, and context.
@@ -710,16 +721,29 @@ class Runtime:
                 details={"action_id": action_id},
             ) from exc
         key = execution.idempotency_key
-        if key is not None:
-            with session.lock:
-                previous = session.idempotency.get(key)
+        if key is None:
+            return self._execute(session, req, parameters_hash, execution_id)
+        with session.keyed:
+            previous = session.idempotency.get(key)
             if previous is not None:
+                # A replay must come from the session's agent, in time, like any request.
+                self._check_requester(session, req)
                 if previous[:2] != (action_id, parameters_hash):
                     raise IdempotencyConflictError(
                         f"idempotency key {key!r} was used for other parameters or action",
                         details={"idempotency_key": key},
                     )
                 return previous[2]
+            response = self._execute(session, req, parameters_hash, execution_id)
+            session.idempotency[key] = (action_id, parameters_hash, response)
+            return response
+
+    def _execute(
+        self, session: _Session, req: CARPRequest, parameters_hash: str, execution_id: str
+    ) -> ExecuteResponse:
+        execution = req.execution
+        assert execution is not None  # noqa: S101 - checked by execute()
+        action_id = execution.action_id
         chain = session.chain
         chain.append(
             "action.requested",
@@ -790,12 +814,10 @@ class Runtime:
                     ),
                     "invalid_parameters",
                 )
-        ctx = ConditionContext(
-            agent_id=stored.ctx.agent_id,
-            risk_tier=req.task.risk_tier,
-            capabilities=stored.ctx.capabilities,
-            context=req.context if req.context is not None else stored.ctx.context,
-        )
+        # The resolution's request is authoritative: an execute request may raise the risk tier
+        # but never lower it, and cannot swap the context its conditions were decided on.
+        risk = max(stored.ctx.risk_tier, req.task.risk_tier, key=_RISK_ORDER.__getitem__)
+        ctx = dataclasses.replace(stored.ctx, risk_tier=risk)
         decision = self.engine.decide(action_id, ctx, consume=True)
         if decision.effect is Effect.REQUIRE_APPROVAL:
             raise refuse(
@@ -853,8 +875,6 @@ class Runtime:
         )
         with session.lock:
             session.action_count += 1
-            if key is not None:
-                session.idempotency[key] = (action_id, parameters_hash, response)
         return response
 
 

@@ -77,7 +77,7 @@ class MemoryStore:
         with self._lock:
             events = list(self._events.get(session_id, ()))
         if since_sequence is not None:
-            events = events[since_sequence + 1 :]
+            events = [e for e in events if e.sequence > since_sequence]
         if event_type is not None:
             events = [e for e in events if e.event_type == event_type]
         return events if limit is None else events[:limit]

@@ -64,6 +64,8 @@ class _Torn(Exception):  # noqa: N818 - internal signal
 
 def _read_jsonl(path: Path) -> Iterable[Mapping[str, Any] | BaseException]:
     data = path.read_bytes()
+    if not data:
+        return
     lines = data.split(b"\n")
     complete = data.endswith(b"\n")
     if complete:
