@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeAlias
@@ -191,44 +191,25 @@ def _validate(document: Mapping[str, Any], label: str) -> AtlasManifest:
         ) from exc
 
 
-def _read_context(
-    manifest: AtlasManifest, base: Path | None, label: str, max_bytes: int
+def _collect_context(
+    manifest: AtlasManifest,
+    label: str,
+    max_bytes: int,
+    read: Callable[[str, str], bytes | None],
 ) -> tuple[dict[str, str], list[str]]:
+    """Read every pack file once through ``read(name, pointer)`` (``None``: missing)."""
     files: dict[str, str] = {}
     missing: list[str] = []
-    if base is None:
-        missing.extend(dict.fromkeys(f for pack in manifest.context_packs for f in pack.files))
-        return files, missing
-    root = base.resolve()
     total = 0
     for p_index, pack in enumerate(manifest.context_packs):
         for f_index, name in enumerate(pack.files):
             where = f"/context_packs/{p_index}/files/{f_index}"
-            target = (root / name).resolve()
-            if Path(name).is_absolute() or not target.is_relative_to(root):
-                raise AtlasError(
-                    f"context file {name!r} lies outside the atlas directory",
-                    reason="path_escape",
-                    path=where,
-                    source=label,
-                )
             if name in files or name in missing:
                 continue
-            _require_regular(target, label, where)
-            try:
-                with target.open("rb") as handle:
-                    data = handle.read(max_bytes + 1)
-            except FileNotFoundError:
+            data = read(name, where)
+            if data is None:
                 missing.append(name)
                 continue
-            except OSError as exc:
-                raise AtlasError(
-                    f"cannot read context file {name!r}: {exc.strerror}",
-                    reason="io_error",
-                    path=where,
-                    source=label,
-                    code="ATLAS_LOAD_ERROR",
-                ) from exc
             total += len(data)
             if len(data) > max_bytes or total > MAX_CONTEXT_BYTES:
                 raise AtlasError(
@@ -249,6 +230,42 @@ def _read_context(
     return files, missing
 
 
+def _read_context(
+    manifest: AtlasManifest, base: Path | None, label: str, max_bytes: int
+) -> tuple[dict[str, str], list[str]]:
+    """Context pack files of a directory atlas; files outside the directory are refused."""
+    if base is None:
+        names = dict.fromkeys(f for pack in manifest.context_packs for f in pack.files)
+        return {}, list(names)
+    root = base.resolve()
+
+    def read(name: str, where: str) -> bytes | None:
+        target = (root / name).resolve()
+        if Path(name).is_absolute() or not target.is_relative_to(root):
+            raise AtlasError(
+                f"context file {name!r} lies outside the atlas directory",
+                reason="path_escape",
+                path=where,
+                source=label,
+            )
+        _require_regular(target, label, where)
+        try:
+            with target.open("rb") as handle:
+                return handle.read(max_bytes + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AtlasError(
+                f"cannot read context file {name!r}: {exc.strerror}",
+                reason="io_error",
+                path=where,
+                source=label,
+                code="ATLAS_LOAD_ERROR",
+            ) from exc
+
+    return _collect_context(manifest, label, max_bytes, read)
+
+
 def _fetch_context(
     manifest: AtlasManifest, url: str, max_bytes: int, timeout: float
 ) -> tuple[dict[str, str], list[str]]:
@@ -256,47 +273,24 @@ def _fetch_context(
     from cra_agents.atlas._fetch import fetch_bytes
 
     base = urljoin(url, ".")
-    files: dict[str, str] = {}
-    missing: list[str] = []
-    total = 0
-    for p_index, pack in enumerate(manifest.context_packs):
-        for f_index, name in enumerate(pack.files):
-            where = f"/context_packs/{p_index}/files/{f_index}"
-            target = urljoin(base, name)
-            if ".." in name.split("/") or not target.startswith(base) or "://" in name:
-                raise AtlasError(
-                    f"context file {name!r} lies outside the atlas location",
-                    reason="path_escape",
-                    path=where,
-                    source=url,
-                )
-            if name in files or name in missing:
-                continue
-            try:
-                data = fetch_bytes(target, max_bytes=max_bytes, timeout=timeout)
-            except AtlasError as exc:
-                if exc.details.get("status") == 404:
-                    missing.append(name)
-                    continue
-                raise
-            total += len(data)
-            if total > MAX_CONTEXT_BYTES:
-                raise AtlasError(
-                    f"context file {name!r} takes the atlas over its size limit",
-                    reason="too_large",
-                    path=where,
-                    source=url,
-                )
-            try:
-                files[name] = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise AtlasError(
-                    f"context file {name!r} is not valid UTF-8",
-                    reason="invalid_encoding",
-                    path=where,
-                    source=url,
-                ) from exc
-    return files, missing
+
+    def read(name: str, where: str) -> bytes | None:
+        target = urljoin(base, name)
+        if ".." in name.split("/") or "://" in name or not target.startswith(base):
+            raise AtlasError(
+                f"context file {name!r} lies outside the atlas location",
+                reason="path_escape",
+                path=where,
+                source=url,
+            )
+        try:
+            return fetch_bytes(target, max_bytes=max_bytes, timeout=timeout)
+        except AtlasError as exc:
+            if exc.details.get("status") == 404:
+                return None
+            raise
+
+    return _collect_context(manifest, url, max_bytes, read)
 
 
 def load_atlas(

@@ -12,7 +12,8 @@ Rules (PROTOCOL_NOTES §4.6, recommended reading):
   evaluated leaves it out); one block per file that exists, missing files are skipped;
 * ``also_inject`` pulls in other blocks or packs of the same atlas, transitively.
 
-Blocks are ordered by priority, highest first, ties in declaration order.
+Blocks are ordered by priority, highest first, ties in declaration order; a file named by
+several selected packs is injected once.
 """
 
 from __future__ import annotations
@@ -198,4 +199,14 @@ def select_context(
                     chosen[key] = other
                     pending.append((position, other))
     ordered = sorted(chosen.items(), key=lambda item: (-item[1].block.priority, item[0]))
-    return [candidate.block for _, candidate in ordered]
+    blocks: list[ContextBlock] = []
+    files: set[tuple[int, str]] = set()
+    for (position, _), candidate in ordered:
+        # A file named by several selected packs is injected once, by the highest priority.
+        name = (candidate.block.metadata or {}).get("file")
+        if name is not None:
+            if (position, name) in files:
+                continue
+            files.add((position, name))
+        blocks.append(candidate.block)
+    return blocks
