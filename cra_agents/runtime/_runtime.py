@@ -57,6 +57,7 @@ __all__ = ["DEFAULT_TTL_SECONDS", "Runtime", "SessionInfo"]
 DEFAULT_TTL_SECONDS = 3600
 DEFAULT_CLOCK_SKEW_SECONDS = 300
 RUNTIME_POLICY = "carp-runtime"
+_PRUNE_EVERY = 1024
 _RISK_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 EndReason = Literal["completed", "timeout", "error", "cancelled"]
 
@@ -119,7 +120,9 @@ class _Session:
     # Serialises executions that carry an idempotency key, so a key runs at most once.
     keyed: threading.Lock = field(default_factory=threading.Lock)
     ended_ns: int | None = None
-    request_ids: set[str] = field(default_factory=set)
+    # request_id -> monotonic time first seen; pruned once the clock-skew rule alone would
+    # refuse a replay, so a long session keeps bounded state.
+    request_ids: dict[str, float] = field(default_factory=dict)
     resolutions: dict[str, _Resolution] = field(default_factory=dict)
     idempotency: dict[str, tuple[str, str, ExecuteResponse]] = field(default_factory=dict)
     resolution_count: int = 0
@@ -344,6 +347,10 @@ class Runtime:
             if session.ended_ns is not None:
                 raise SessionEndedError(f"session {session_id} has already ended")
             session.ended_ns = time.time_ns()
+            # Nothing can use these any more; keep an ended session small.
+            session.resolutions = {}
+            session.idempotency = {}
+            session.request_ids = {}
         payload: dict[str, Any] = {
             "reason": reason,
             "duration_ms": (session.ended_ns - session.created_ns) // 1_000_000,
@@ -406,12 +413,26 @@ class Runtime:
         """Runtime rules 1 and 2, and the requester check."""
         self._check_requester(session, request)
         with session.lock:
+            if len(session.request_ids) >= _PRUNE_EVERY and not (
+                len(session.request_ids) % _PRUNE_EVERY
+            ):
+                self._prune(session)
             if request.request_id in session.request_ids:
                 raise InvalidRequestError(
                     f"request_id {request.request_id} was already used in this session",
                     details={"reason": "duplicate_request_id"},
                 )
-            session.request_ids.add(request.request_id)
+            session.request_ids[request.request_id] = time.monotonic()
+
+    def _prune(self, session: _Session) -> None:
+        """Forget expired resolutions and request ids too old to pass the skew check.
+
+        Called with ``session.lock`` held.
+        """
+        now = time.monotonic()
+        horizon = now - 2 * self.clock_skew_seconds - 1
+        session.request_ids = {k: t for k, t in session.request_ids.items() if t >= horizon}
+        session.resolutions = {k: r for k, r in session.resolutions.items() if r.expires >= now}
 
     def _check_requester(self, session: _Session, request: CARPRequest) -> None:
         """The requester owns the session and the request is fresh (rule 2)."""

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import cra_agents as cra
+
+GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+
+
+@pytest.fixture
+def runtime() -> cra.Runtime:
+    return cra.Runtime([GITHUB_OPS])
+
+
+class TestBoundedSessionState:
+    def test_long_sessions_forget_what_can_no_longer_be_used(self, runtime, monkeypatch):
+        """Expired resolutions and request ids past the skew horizon are pruned."""
+        session = runtime.create_session("triage-bot", "Triage")
+        for _ in range(1023):
+            runtime.resolve(cra.resolve_request(session))
+        state = runtime._sessions[session.session_id]
+        assert len(state.resolutions) == 1023
+        later = time.monotonic() + 10 * runtime.ttl_seconds
+        monkeypatch.setattr(time, "monotonic", lambda: later)
+        runtime.resolve(cra.resolve_request(session))
+        runtime.resolve(cra.resolve_request(session))
+        assert len(state.request_ids) <= 2
+        assert len(state.resolutions) <= 2
+
+    def test_a_pruned_request_id_is_still_refused_by_the_skew_rule(self, runtime):
+        """Replaying an old request fails on its timestamp even once its id is forgotten."""
+        session = runtime.create_session("triage-bot", "Triage")
+        request = cra.resolve_request(session)
+        runtime.resolve(request)
+        runtime._sessions[session.session_id].request_ids.clear()
+        stale = request.model_copy(update={"timestamp": "2020-01-01T00:00:00+00:00"})
+        with pytest.raises(cra.InvalidRequestError, match="clock"):
+            runtime.resolve(stale)
+
+    def test_ending_a_session_drops_its_working_state(self, runtime):
+        """After session.ended, resolutions, idempotency keys and request ids are released."""
+        session = runtime.create_session("triage-bot", "Triage")
+        resolution = runtime.resolve(cra.resolve_request(session))
+        runtime.execute(
+            cra.execute_request(
+                session,
+                resolution.resolution_id,
+                "github.issue.list",
+                {"repo": "acme/app"},
+                idempotency_key="k1",
+            )
+        )
+        runtime.end_session(session.session_id)
+        state = runtime._sessions[session.session_id]
+        assert (state.resolutions, state.idempotency, state.request_ids) == ({}, {}, {})
+        assert runtime.session(session.session_id).resolution_count == 1
