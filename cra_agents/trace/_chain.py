@@ -20,7 +20,6 @@ from cra_agents._clock import format_timestamp
 from cra_agents._exceptions import TraceError
 from cra_agents._ids import uuid7_from_ns
 from cra_agents.protocol import GENESIS_HASH, TRACE_VERSION, TraceEvent
-from cra_agents.trace._hash import _material
 
 __all__ = ["SessionChain", "build_event"]
 
@@ -117,18 +116,25 @@ class SessionChain:
             pending, self._pending = self._pending, []
             if not pending:
                 return []
-            events = [
-                self._finalise(first + offset, time_ns, event_type, payload)
-                for first, time_ns, batch in pending
-                for offset, (event_type, payload) in enumerate(batch)
-            ]
+            events = []
+            for first, time_ns, batch in pending:
+                timestamp = format_timestamp(time_ns)  # one per batch: events share the instant
+                for offset, (event_type, payload) in enumerate(batch):
+                    events.append(
+                        self._finalise(first + offset, time_ns, timestamp, event_type, payload)
+                    )
             self._finalised += len(events)
             if self._sink is not None:
                 self._sink(events)
             return events
 
     def _finalise(
-        self, sequence: int, time_ns: int, event_type: str, payload: Mapping[str, Any]
+        self,
+        sequence: int,
+        time_ns: int,
+        timestamp: str,
+        event_type: str,
+        payload: Mapping[str, Any],
     ) -> TraceEvent:
         try:
             payload_json = canonical_json(payload)
@@ -146,22 +152,30 @@ class SessionChain:
             parent = None
         else:
             parent = self._root_span
-        fields: dict[str, Any] = {
-            "trace_version": TRACE_VERSION,
-            "event_id": uuid7_from_ns(time_ns),
-            "trace_id": self.trace_id,
-            "span_id": span_id,
-            "parent_span_id": parent,
-            "session_id": self.session_id,
-            "sequence": sequence,
-            "timestamp": format_timestamp(time_ns),
-            "event_type": event_type,
-            "payload": payload,
-            "event_hash": "",
-            "previous_event_hash": self._head,
-        }
-        fields["event_hash"] = hashlib.sha256(
-            _material(fields, fields["timestamp"], payload_json)
-        ).hexdigest()
-        self._head = fields["event_hash"]
-        return build_event(fields)
+        event_id = uuid7_from_ns(time_ns)
+        previous = self._head
+        # The hash rule (PROTOCOL_NOTES §3.1), written out for speed; test_trace checks it
+        # against compute_event_hash on every event of a chain.
+        digest = hashlib.sha256(
+            f"{TRACE_VERSION}{event_id}{self.trace_id}{span_id}{parent or ''}{self.session_id}"
+            f"{sequence}{timestamp}{event_type}".encode()
+        )
+        digest.update(payload_json)
+        digest.update(previous.encode())
+        event_hash = self._head = digest.hexdigest()
+        return build_event(
+            {
+                "trace_version": TRACE_VERSION,
+                "event_id": event_id,
+                "trace_id": self.trace_id,
+                "span_id": span_id,
+                "parent_span_id": parent,
+                "session_id": self.session_id,
+                "sequence": sequence,
+                "timestamp": timestamp,
+                "event_type": event_type,
+                "payload": payload,
+                "event_hash": event_hash,
+                "previous_event_hash": previous,
+            }
+        )
