@@ -55,3 +55,20 @@ def test_missing_suite_exits_2(tmp_path, capsys):
     """A folder without the suite is a usage error, not a pass."""
     assert main([str(tmp_path)]) == 2
     assert "no conformance suite" in capsys.readouterr().err
+
+
+def test_real_upstream_atlas_loads_and_resolves():
+    """cra-development.json (Rust-core spellings) loads, resolves and keeps a valid chain."""
+    import cra_agents as cra
+
+    runtime = cra.Runtime([_suite() / "atlases" / "cra-development.json"])
+    session = runtime.create_session("claude-code", "Fix the hash chain verification")
+    resolution = runtime.resolve(cra.resolve_request(session, risk_tier="high"))
+    assert resolution.decision.type == "requires_approval"
+    edit = resolution.allowed("trace.edit_chain")
+    assert edit is not None
+    assert edit.requires_confirmation
+    blocks = [b.block_id for b in resolution.context_blocks]
+    assert "hash-computation-rule" in blocks
+    assert "chain-invariants" in blocks
+    assert runtime.verify(session.session_id).valid

@@ -57,3 +57,14 @@ class TestBoundedSessionState:
         state = runtime._sessions[session.session_id]
         assert (state.resolutions, state.idempotency, state.request_ids) == ({}, {}, {})
         assert runtime.session(session.session_id).resolution_count == 1
+
+
+class TestUndeclaredActions:
+    def test_denial_names_the_action_and_the_loaded_atlases(self, runtime):
+        """An action no atlas declares is denied, naming the action and what is loaded."""
+        from cra_agents.policy import ConditionContext
+
+        decision = runtime.engine.decide("github.gist.create", ConditionContext(agent_id="a"))
+        assert decision.policy_id == "undeclared-action"
+        assert "github.gist.create" in (decision.reason or "")
+        assert "com.example.github-ops" in (decision.reason or "")

@@ -194,6 +194,7 @@ class PolicyEngine:
         self.default_deny = default_deny
         self.clock = clock
         self.limiter = limiter or RateLimiter(time.monotonic)
+        self.atlas_ids: tuple[str, ...] = tuple(atlas.atlas_id for atlas in atlases)
         ranked: list[tuple[tuple[int, int, int, int], CompiledPolicy]] = []
         for position, atlas in enumerate(atlases):
             for policy in compile_atlas_policies(atlas):
@@ -286,7 +287,8 @@ class PolicyEngine:
                 Effect.DENY,
                 action_id,
                 UNDECLARED_ACTION,
-                f"no loaded atlas declares the action {action_id!r}",
+                f"no loaded atlas declares the action {action_id!r} "
+                f"(loaded: {', '.join(self.atlas_ids) or 'none'})",
             )
         caps = entry.capabilities
         for policy in entry.deny:

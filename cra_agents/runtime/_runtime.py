@@ -210,7 +210,9 @@ class Runtime:
     Example:
         >>> rt = Runtime(atlases=["examples/atlases/github-ops"])  # doctest: +SKIP
         >>> s = rt.create_session("triage-bot", "Triage new issues")  # doctest: +SKIP
-        >>> rt.resolve({"session_id": s.session_id, ...})  # doctest: +SKIP
+        >>> resolution = rt.resolve(resolve_request(s))  # doctest: +SKIP
+        >>> resolution.decision.type  # doctest: +SKIP
+        'partial'
     """
 
     def __init__(
