@@ -31,13 +31,22 @@ from cra_agents._exceptions import (
     SessionEndedError,
     SessionNotFoundError,
     TraceError,
+    TraceUnavailableError,
 )
 from cra_agents._requests import execute_request, resolve_request
 from cra_agents._version import __version__
 from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
 from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
 from cra_agents.runtime import Runtime, SessionInfo
-from cra_agents.trace import ChainVerification, MemoryStore, TraceStore, verify_chain
+from cra_agents.trace import (
+    ChainVerification,
+    JsonlStore,
+    MemoryStore,
+    SqliteStore,
+    TraceStore,
+    open_store,
+    verify_chain,
+)
 
 __all__ = [
     "ActionDeniedError",
@@ -57,6 +66,7 @@ __all__ = [
     "InternalError",
     "InvalidParametersError",
     "InvalidRequestError",
+    "JsonlStore",
     "MemoryStore",
     "RateLimitExceededError",
     "ResolutionExpiredError",
@@ -65,13 +75,16 @@ __all__ = [
     "SessionEndedError",
     "SessionInfo",
     "SessionNotFoundError",
+    "SqliteStore",
     "TraceError",
     "TraceEvent",
     "TraceStore",
+    "TraceUnavailableError",
     "ValidationReport",
     "__version__",
     "execute_request",
     "load_atlas",
+    "open_store",
     "resolve_request",
     "validate_atlas",
     "verify_chain",

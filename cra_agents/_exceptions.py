@@ -20,6 +20,7 @@ HTTP status and category the upstream reference core maps it to, and keyword-onl
     ├── RateLimitExceededError(ActionDeniedError)       RATE_LIMIT_EXCEEDED    .retry_after
     ├── IdempotencyConflictError(CRAError)              IDEMPOTENCY_CONFLICT
     ├── TraceError(CRAError, ValueError)                INVALID_TRACE_EVENT
+    ├── TraceUnavailableError(CRAError)                 TRACE_UNAVAILABLE
     └── InternalError(CRAError)                         INTERNAL_ERROR
 
 Callers may catch either our class or the builtin it also derives from.
@@ -47,6 +48,7 @@ __all__ = [
     "SessionEndedError",
     "SessionNotFoundError",
     "TraceError",
+    "TraceUnavailableError",
 ]
 
 
@@ -282,6 +284,18 @@ class TraceError(CRAError, ValueError):
     default_code = "INVALID_TRACE_EVENT"
     status = 400
     category = "validation"
+
+
+class TraceUnavailableError(CRAError):
+    """Events can no longer be recorded durably (store failure, writer stopped, closed).
+
+    Everything that needs an audit record is refused until the runtime is rebuilt: fail closed.
+    """
+
+    default_code = "TRACE_UNAVAILABLE"
+    status = 503
+    category = "internal"
+    recoverable = True
 
 
 class InternalError(CRAError):

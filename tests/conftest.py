@@ -19,6 +19,14 @@ _MINIMAL_MANIFEST: dict[str, object] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def memory_trace_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runtimes built without a store keep their trace in memory, not in ./.cra/."""
+    for name in [n for n in os.environ if n.startswith("CRA_AGENTS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CRA_AGENTS_STORE", "memory://")
+
+
 @pytest.fixture(scope="session")
 def conformance_dir() -> Path:
     """The upstream conformance material (schemas, golden cases, real atlases), read-only.

@@ -306,7 +306,7 @@ def _context_ordering(suite: Path) -> dict[str, Any]:
                 {"pack_id": pack_id, "name": pack_id, "priority": priority, "files": [f"{name}.md"]}
             )
         (root / "atlas.json").write_text(json.dumps(_manifest(context_packs=packs)), "utf-8")
-        _, resolution = _session(Runtime([root]), "Need context")
+        _, resolution = _session(Runtime([root], store="memory://"), "Need context")
     order = [(b.metadata or {}).get("source_pack") for b in resolution.context_blocks]
     _expect(order == ["high-priority", "medium-priority", "low-priority"], f"got {order}")
     return {"order": order}
@@ -324,7 +324,9 @@ def _capability_filter(suite: Path) -> dict[str, Any]:
             },
         ],
     )
-    _, resolution = _session(Runtime([atlas]), "Read resources", required_capabilities=["read"])
+    _, resolution = _session(
+        Runtime([atlas], store="memory://"), "Read resources", required_capabilities=["read"]
+    )
     allowed = [a.action_id for a in resolution.allowed_actions]
     _expect(allowed == ["resource.get", "resource.list"], f"got {allowed}")
     return {"allowed": allowed}
@@ -376,7 +378,7 @@ def _golden(directory: Path) -> Callable[[Path], Any]:
             for line in (directory / "expected-trace.jsonl").read_text("utf-8").splitlines()
             if line.strip()
         ]
-        runtime = Runtime([directory])
+        runtime = Runtime([directory], store="memory://")
         # The golden trace was recorded with the inputs of the Rust conformance test, not
         # request.json's agent and goal (PROTOCOL_NOTES §7.27); atlas_ids come from request.json.
         session = runtime.create_session("test-agent", "I need to read and manage data")
@@ -416,7 +418,7 @@ def _golden(directory: Path) -> Callable[[Path], Any]:
 
 
 def _rust_simple_resolve(suite: Path) -> dict[str, Any]:
-    runtime = Runtime([suite / "golden" / "simple-resolve"])
+    runtime = Runtime([suite / "golden" / "simple-resolve"], store="memory://")
     session, resolution = _session(runtime, "I need to read and manage data")
     allowed = {a.action_id for a in resolution.allowed_actions}
     _expect(resolution.decision.type == "partial", f"decision {resolution.decision.type}")
@@ -457,7 +459,7 @@ def _rust_deny_precedence(suite: Path) -> dict[str, Any]:
             },
         ],
     )
-    _, resolution = _session(Runtime([atlas]), "Manage data")
+    _, resolution = _session(Runtime([atlas], store="memory://"), "Manage data")
     denied = resolution.denied("data.delete")
     _expect(
         denied is not None and denied.reason == "Deletes are not allowed", f"data.delete: {denied}"
@@ -467,7 +469,7 @@ def _rust_deny_precedence(suite: Path) -> dict[str, Any]:
 
 
 def _rust_genesis(suite: Path) -> dict[str, Any]:
-    runtime = Runtime([_atlas(["data.get"])])
+    runtime = Runtime([_atlas(["data.get"])], store="memory://")
     session = runtime.create_session("test-agent", "Check genesis")
     first = runtime.trace_events(session.session_id)[0]
     _expect(
@@ -479,7 +481,7 @@ def _rust_genesis(suite: Path) -> dict[str, Any]:
 
 
 def _rust_sequence(suite: Path) -> dict[str, Any]:
-    runtime = Runtime([_atlas(["data.get"])])
+    runtime = Runtime([_atlas(["data.get"])], store="memory://")
     session = runtime.create_session("test-agent", "Sequence")
     for _ in range(3):
         runtime.resolve(resolve_request(session))
@@ -514,7 +516,7 @@ def _context_atlas() -> dict[str, Any]:
 
 
 def _rust_context(suite: Path) -> dict[str, Any]:
-    runtime = Runtime([_context_atlas()])
+    runtime = Runtime([_context_atlas()], store="memory://")
     session, hit = _session(runtime, "Fix the hash computation")
     _, miss = _session(runtime, "Working on something else")
     ids = [b.block_id for b in hit.context_blocks]
@@ -541,7 +543,7 @@ def _rust_context(suite: Path) -> dict[str, Any]:
 
 
 def _rust_context_chain(suite: Path) -> dict[str, Any]:
-    runtime = Runtime([_context_atlas()])
+    runtime = Runtime([_context_atlas()], store="memory://")
     session = runtime.create_session("test-agent", "hash chain work")
     for _ in range(3):
         resolution = runtime.resolve(resolve_request(session))

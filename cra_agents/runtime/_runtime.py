@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +31,8 @@ from cra_agents._exceptions import (
     ResolutionNotFoundError,
     SessionEndedError,
     SessionNotFoundError,
+    TraceError,
+    TraceUnavailableError,
 )
 from cra_agents._frozen import freeze
 from cra_agents._ids import new_id
@@ -50,7 +55,9 @@ from cra_agents.protocol import (
 )
 from cra_agents.protocol._common import trusted
 from cra_agents.runtime._context import ContextCandidate, compile_context, select_context
-from cra_agents.trace import ChainVerification, MemoryStore, SessionChain, TraceStore, verify_chain
+from cra_agents.trace import ChainVerification, SessionChain, TraceStore, verify_chain
+from cra_agents.trace._collector import Durability, TraceCollector
+from cra_agents.trace._files import open_store
 
 __all__ = ["DEFAULT_TTL_SECONDS", "Runtime", "SessionInfo"]
 
@@ -201,7 +208,10 @@ class Runtime:
 
     Args:
         atlases: Atlases to load, in order (anything :func:`load_atlas` accepts).
-        store: Where finalised TRACE events go (default: in memory).
+        store: A store or a store URL: ``memory://``, ``jsonl://DIR``, ``sqlite://FILE``
+            (default: SQLite at ``./.cra/traces.db``, or ``$CRA_AGENTS_STORE``).
+        durability: ``async`` (default; the caller never waits for the store), ``group``
+            (calls return once their events are synced, sharing syncs) or ``sync``.
         default_deny: Deny declared actions no policy matches (default: allow them).
         ttl_seconds: Lifetime of a resolution.
         clock_skew_seconds: How far a request's timestamp may be from now.
@@ -219,7 +229,8 @@ class Runtime:
         self,
         atlases: Iterable[AtlasSource] = (),
         *,
-        store: TraceStore | None = None,
+        store: TraceStore | str | os.PathLike[str] | None = None,
+        durability: Durability = "async",
         default_deny: bool = False,
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS,
@@ -234,7 +245,11 @@ class Runtime:
         # Bounded memo tables (oldest entry evicted first); plain dicts keep lookups cheap.
         self._plans: dict[Any, _Plan] = {}
         self._contexts: dict[Any, Any] = {}
-        self.store: TraceStore = store if store is not None else MemoryStore()
+        self.durability: Durability = durability
+        self.store: TraceStore = open_store(store, durable=durability != "async")
+        self._collector = TraceCollector(self.store, durability=durability)
+        # Drains and stops the writer when the runtime is dropped or the interpreter exits.
+        self._finalizer = weakref.finalize(self, self._collector.close)
         self.ttl_seconds = ttl_seconds
         self.clock_skew_seconds = clock_skew_seconds
         self.approval_ttl_seconds = approval_ttl_seconds
@@ -300,7 +315,14 @@ class Runtime:
             raise InvalidRequestError("goal must not be empty")
         session_id = session_id or new_id()
         trace_id = new_id()
-        chain = SessionChain(session_id, trace_id, self.store.append)
+        payload: dict[str, Any] = {"agent_id": agent_id, "goal": goal}
+        if parent_session_id is not None:
+            payload["parent_session_id"] = parent_session_id
+        if metadata:
+            payload["metadata"] = copy.deepcopy(dict(metadata))
+        _recordable(payload)
+        self._collector.check()
+        chain = SessionChain(session_id, trace_id)
         session = _Session(
             session_id, agent_id, goal, trace_id, parent_session_id, time.time_ns(), chain
         )
@@ -310,12 +332,7 @@ class Runtime:
                     f"session {session_id} already exists", code="SESSION_ALREADY_EXISTS"
                 )
             self._sessions[session_id] = session
-        payload: dict[str, Any] = {"agent_id": agent_id, "goal": goal}
-        if parent_session_id is not None:
-            payload["parent_session_id"] = parent_session_id
-        if metadata:
-            payload["metadata"] = dict(metadata)
-        chain.append("session.started", payload)
+        self._collector.committed(chain, chain.append("session.started", payload))
         return session.info()
 
     def session(self, session_id: str) -> SessionInfo:
@@ -361,18 +378,34 @@ class Runtime:
         }
         if error is not None:
             payload["error"] = error
-        session.chain.append("session.ended", payload)
-        session.chain.flush()
+        self._collector.committed(session.chain, session.chain.append("session.ended", payload))
         return session.info()
 
     # -- trace ----------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Hash and store every queued event of every session."""
-        with self._lock:
-            sessions = list(self._sessions.values())
-        for session in sessions:
-            session.chain.flush()
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write every queued event to the store; False if ``timeout`` passed first."""
+        return self._collector.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Drain queued events (bounded wait), stop the writer and close the store.
+
+        Idempotent; also runs at interpreter exit. A closed runtime refuses new work with
+        ``TraceUnavailableError``.
+        """
+        self._collector.close(timeout)
+        self._finalizer.detach()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def trace_failure(self) -> BaseException | None:
+        """Why events can no longer be recorded, if they cannot (the runtime fails closed)."""
+        return self._collector.failure
 
     def trace_events(
         self,
@@ -385,7 +418,7 @@ class Runtime:
         """The session's events in sequence order (queued events are flushed first)."""
         session = self._sessions.get(session_id)
         if session is not None:
-            session.chain.flush()
+            self._collector.flush()
         elif session_id not in self.store.sessions():
             raise SessionNotFoundError(f"no session {session_id}")
         return self.store.read(
@@ -472,6 +505,7 @@ class Runtime:
                 "use execute() for operation 'execute'", details={"reason": "wrong_operation"}
             )
         session = self._active(req.requester.session_id)
+        self._collector.check()
         if req.atlas_ids:
             views = []
             for atlas_id in req.atlas_ids:
@@ -487,6 +521,8 @@ class Runtime:
             atlas_ids = self._all_atlas_ids
         self._admit(session, req)
         task = req.task
+        if not task.goal.isascii():  # lone surrogates cannot be written as UTF-8
+            _recordable({"goal": task.goal})
         required = frozenset(task.required_capabilities)
         ctx = ConditionContext(
             agent_id=req.requester.agent_id,
@@ -539,33 +575,33 @@ class Runtime:
                 "trace_id": session.trace_id,
             },
         )
-        session.chain.extend(
-            [
-                (
-                    "carp.request.received",
-                    {
-                        "request_id": req.request_id,
-                        "operation": req.operation,
-                        "goal": task.goal,
-                        "atlas_ids": list(atlas_ids),
-                    },
-                ),
-                *plan.events,
-                *block_events,
-                (
-                    "carp.resolution.completed",
-                    {
-                        "resolution_id": resolution_id,
-                        "request_id": req.request_id,
-                        "decision_type": kind,
-                        "allowed_count": len(allowed),
-                        "denied_count": len(denied),
-                        "context_block_count": len(blocks),
-                        "ttl_seconds": self.ttl_seconds,
-                    },
-                ),
-            ]
-        )
+        chain = session.chain
+        batch: list[tuple[str, Mapping[str, Any]]] = [
+            (
+                "carp.request.received",
+                {
+                    "request_id": req.request_id,
+                    "operation": req.operation,
+                    "goal": task.goal,
+                    "atlas_ids": list(atlas_ids),
+                },
+            ),
+            *plan.events,
+            *block_events,
+            (
+                "carp.resolution.completed",
+                {
+                    "resolution_id": resolution_id,
+                    "request_id": req.request_id,
+                    "decision_type": kind,
+                    "allowed_count": len(allowed),
+                    "denied_count": len(denied),
+                    "context_block_count": len(blocks),
+                    "ttl_seconds": self.ttl_seconds,
+                },
+            ),
+        ]
+        self._collector.committed(chain, chain.extend(batch) + len(batch) - 1)
         stored = _Resolution(resolution, time.monotonic() + self.ttl_seconds, plan.by_id, ctx)
         with session.lock:
             session.resolutions[resolution_id] = stored
@@ -734,6 +770,7 @@ class Runtime:
             )
         execution = req.execution
         session = self._active(req.requester.session_id)
+        self._collector.check()
         action_id = execution.action_id
         execution_id = new_id()
         try:
@@ -779,7 +816,7 @@ class Runtime:
         )
 
         def refuse(error: CRAError, reason: str, policy_id: str = RUNTIME_POLICY) -> CRAError:
-            chain.append(
+            sequence = chain.append(
                 "action.denied",
                 {
                     "action_id": action_id,
@@ -788,6 +825,11 @@ class Runtime:
                     "execution_id": execution_id,
                 },
             )
+            try:
+                self._collector.committed(chain, sequence)
+            except TraceUnavailableError as unavailable:
+                unavailable.__cause__ = error
+                return unavailable
             return error
 
         try:
@@ -873,7 +915,7 @@ class Runtime:
                     reason=decision.reason or "Denied by policy",
                 )
             raise refuse(error, decision.reason or "Denied by policy", decision.policy_id)
-        chain.append(
+        approved = chain.append(
             "action.approved",
             {
                 "action_id": action_id,
@@ -882,6 +924,9 @@ class Runtime:
                 "policy_id": decision.policy_id,
             },
         )
+        # In group and sync modes this returns only once the approval is durable: no tool
+        # runs on a decision the log might lose. A failed store raises TraceUnavailableError.
+        self._collector.committed(chain, approved)
         response = trusted(
             ExecuteResponse,
             {
@@ -902,6 +947,17 @@ class Runtime:
 
 
 _MEMO_SIZE = 1024
+
+
+def _recordable(payload: Mapping[str, Any]) -> None:
+    """Refuse, on the caller's thread, a payload the trace could not record exactly."""
+    try:
+        canonical_json(payload)
+    except TraceError as exc:
+        raise InvalidRequestError(
+            f"cannot be recorded in the trace: {exc.message}",
+            details={"reason": "unrecordable", **exc.details},
+        ) from exc
 
 
 def _remember(table: dict[Any, Any], key: Any, value: Any, lock: threading.Lock) -> None:

@@ -34,6 +34,9 @@ class TraceStore(Protocol):
         """Ids of the sessions with events, oldest first."""
         ...
 
+    def sync(self) -> None:
+        """Make everything appended so far durable (fsync or commit)."""
+
     def close(self) -> None:
         """Release resources; further appends fail."""
 
@@ -86,6 +89,9 @@ class MemoryStore:
         """Session ids, oldest first."""
         with self._lock:
             return list(self._events)
+
+    def sync(self) -> None:
+        """Nothing to sync: memory is as durable as it gets."""
 
     def close(self) -> None:
         """Nothing to release."""

@@ -1,0 +1,244 @@
+"""The trace collector: a background writer that hashes chains and persists them.
+
+Callers append to a :class:`SessionChain` (a sequence number and a queue entry) and mark it
+dirty here. A single writer thread drains dirty chains in batches: it computes ids, timestamps,
+canonical JSON and SHA-256 (``SessionChain.flush``), hands the events to the store and, for the
+durable modes, syncs the store once per batch (group commit).
+
+Durability, chosen per runtime:
+
+``async``
+    The caller never waits. Events reach the store within ``flush_interval`` seconds (default
+    0.05 s) or as soon as ``max_backlog`` events are queued; a crash loses at most what was
+    queued in that window.
+``group``
+    The caller returns once the batch holding its events has been written and synced. Callers
+    that arrive while a batch is being written share the next sync (group commit).
+``sync``
+    The caller's own events are hashed, written and synced on its thread before it returns.
+
+If the writer dies or the store fails, the collector records the failure, logs it, and every
+later :meth:`check` raises :class:`~cra_agents.TraceUnavailableError`: the runtime then denies
+what needs a durable record (fail closed) instead of running tools it cannot record.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from typing import Literal
+
+from cra_agents._exceptions import TraceUnavailableError
+from cra_agents.trace._chain import SessionChain
+from cra_agents.trace._store import TraceStore
+
+__all__ = ["DURABILITY_MODES", "Durability", "TraceCollector"]
+
+logger = logging.getLogger(__name__)
+
+Durability = Literal["async", "group", "sync"]
+DURABILITY_MODES: tuple[Durability, ...] = ("async", "group", "sync")
+
+
+class TraceCollector:
+    """Owns the writer thread and the store of one runtime.
+
+    Args:
+        store: Where finalised events go.
+        durability: ``async``, ``group`` or ``sync`` (see the module docstring).
+        flush_interval: Longest time an event waits in ``async`` mode, in seconds.
+        max_backlog: Queued events that wake the writer early in ``async`` mode.
+    """
+
+    def __init__(
+        self,
+        store: TraceStore,
+        *,
+        durability: Durability = "async",
+        flush_interval: float = 0.05,
+        max_backlog: int = 10_000,
+    ) -> None:
+        if durability not in DURABILITY_MODES:
+            raise ValueError(
+                f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}"
+            )
+        self.store = store
+        self.durability: Durability = durability
+        self.flush_interval = flush_interval
+        self.max_backlog = max_backlog
+        self._cond = threading.Condition()
+        self._dirty: dict[int, SessionChain] = {}
+        self._backlog = 0
+        self._write_lock = threading.Lock()  # one writer of the store at a time
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._written = 0
+        self._thread: threading.Thread | None = None
+        if durability != "sync":
+            self._thread = threading.Thread(target=self._run, name="cra-trace-writer", daemon=True)
+            self._thread.start()
+        _live.add(self)
+
+    # -- caller side ---------------------------------------------------------------------
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped recording, if any."""
+        return self._failure
+
+    @property
+    def written(self) -> int:
+        """Events handed to the store so far."""
+        return self._written
+
+    def check(self) -> None:
+        """Raise :class:`TraceUnavailableError` if events can no longer be recorded."""
+        if self._failure is not None:
+            raise TraceUnavailableError(
+                f"the trace cannot be recorded ({self._failure!r}); refusing to act without "
+                "an audit record",
+                details={"reason": "trace_unavailable", "cause": repr(self._failure)},
+            )
+        if self._closed:
+            raise TraceUnavailableError(
+                "the runtime is closed; no further events can be recorded",
+                details={"reason": "trace_unavailable", "cause": "closed"},
+            )
+        thread = self._thread
+        if thread is not None and not thread.is_alive():
+            self._fail(RuntimeError("the trace writer thread is not running"))
+            self.check()
+
+    def committed(self, chain: SessionChain, sequence: int) -> None:
+        """Called after appending up to ``sequence``; returns when durability allows.
+
+        Raises:
+            TraceUnavailableError: the events could not be made durable.
+        """
+        if self.durability == "sync":
+            with self._write_lock:
+                self._write([chain])
+            self.check()
+            return
+        with self._cond:
+            self._dirty[id(chain)] = chain
+            self._backlog += 1
+            if self.durability == "async":
+                if self._backlog >= self.max_backlog:
+                    self._cond.notify_all()
+                return
+            self._cond.notify_all()
+            while chain.durable < sequence and self._failure is None and not self._closed:
+                self._cond.wait(timeout=1.0)
+        self.check()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write everything queued so far, on the calling thread.
+
+        Returns False if the store stayed busy for ``timeout`` seconds (nothing written then).
+        """
+        if not self._write_lock.acquire(timeout=timeout):
+            return False
+        try:
+            self._write(self._take())
+        finally:
+            self._write_lock.release()
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Drain, stop the writer and close the store. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        except Exception:
+            logger.exception("draining the trace before close failed")
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            if self._thread is not None:
+                self._thread.join(timeout)
+            with self._write_lock:
+                try:
+                    self._write(self._take())
+                except Exception:
+                    logger.exception("writing the last events before close failed")
+                finally:
+                    self.store.close()
+            _live.discard(self)
+
+    # -- writer side ---------------------------------------------------------------------
+
+    def _take(self) -> list[SessionChain]:
+        with self._cond:
+            chains = list(self._dirty.values())
+            self._dirty.clear()
+            self._backlog = 0
+        return chains
+
+    def _write(self, chains: list[SessionChain]) -> None:
+        """Hash and persist ``chains`` (caller holds ``_write_lock``)."""
+        if self._failure is not None:
+            return
+        flushed = []
+        try:
+            for chain in chains:
+                events = chain.flush()
+                if events:
+                    self.store.append(events)
+                    flushed.append((chain, events[-1].sequence, len(events)))
+            if flushed and self.durability != "async":
+                self.store.sync()
+        except Exception as exc:  # noqa: BLE001 - any store failure must stop recording
+            self._fail(exc)
+            return
+        for chain, last, count in flushed:
+            chain.durable = last
+            self._written += count
+        if flushed and self.durability == "group":
+            with self._cond:
+                self._cond.notify_all()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._failure is None:
+                self._failure = exc
+                logger.error(
+                    "TRACE recording failed, the runtime now refuses actions that need an "
+                    "audit record (trace_unavailable): %r",
+                    exc,
+                )
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    if not self._dirty and not self._closed:
+                        self._cond.wait(timeout=self.flush_interval)
+                    if self._closed and not self._dirty:
+                        return
+                chains = self._take()
+                with self._write_lock:
+                    self._write(chains)
+                if self.durability == "async" and not self._closed:
+                    # Let callers accumulate a batch instead of waking per event.
+                    time.sleep(min(self.flush_interval, 0.005))
+        except BaseException as exc:  # noqa: BLE001 - recorded and logged; check() fails closed
+            self._fail(exc)
+
+
+_live: weakref.WeakSet[TraceCollector] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for collector in list(_live):
+        try:
+            collector.close(timeout=5.0)
+        except Exception:
+            logger.exception("closing a trace collector at exit failed")

@@ -1,0 +1,319 @@
+"""Durable trace stores: JSONL files and SQLite."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from cra_agents._exceptions import TraceError
+from cra_agents.protocol import TraceEvent
+from cra_agents.trace._store import MemoryStore, TraceStore
+
+__all__ = ["JsonlStore", "SqliteStore", "open_store"]
+
+_SUFFIX = ".trace.jsonl"
+_MAX_OPEN = 64
+
+
+def _line(event: TraceEvent) -> bytes:
+    # Field order as the spec's table (and the Rust core) writes it; compact, UTF-8, LF.
+    fields = event.__dict__
+    body = {name: fields[name] for name in TraceEvent.model_fields}
+    try:
+        import orjson
+
+        return orjson.dumps(body) + b"\n"
+    except TypeError as exc:  # pragma: no cover - payloads are canonicalised before this
+        raise TraceError(f"event {event.event_id} cannot be written: {exc}") from exc
+
+
+def _parse(line: bytes | str) -> TraceEvent:
+    return TraceEvent.model_validate_json(line)
+
+
+class JsonlStore:
+    """One ``<session_id>.trace.jsonl`` file per session under ``directory`` (spec §6.2).
+
+    Appends take an exclusive ``flock`` on the file, so several processes may write the same
+    directory without interleaving lines. ``sync`` fsyncs every file written since the last
+    sync. At most 64 files stay open; older handles are closed (after a flush) and reopened on
+    demand.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
+        self._unsynced: set[str] = set()
+        self._closed = False
+
+    def path(self, session_id: str) -> Path:
+        """The file of ``session_id``."""
+        if "/" in session_id or session_id.startswith("."):
+            raise ValueError(f"not a session id: {session_id!r}")
+        return self.directory / f"{session_id}{_SUFFIX}"
+
+    def _handle(self, session_id: str) -> IO[bytes]:
+        handle = self._files.get(session_id)
+        if handle is not None:
+            self._files.move_to_end(session_id)
+            return handle
+        handle = self.path(session_id).open("ab")
+        self._files[session_id] = handle
+        while len(self._files) > _MAX_OPEN:
+            old_id, old = self._files.popitem(last=False)
+            old.flush()
+            if old_id in self._unsynced:
+                os.fsync(old.fileno())
+                self._unsynced.discard(old_id)
+            old.close()
+        return handle
+
+    def append(self, events: Sequence[TraceEvent]) -> None:
+        """Append ``events`` (one session's) as lines."""
+        if not events:
+            return
+        data = b"".join(_line(e) for e in events)
+        session_id = events[0].session_id
+        with self._lock:
+            if self._closed:
+                raise ValueError("store is closed")
+            handle = self._handle(session_id)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                handle.write(data)
+                handle.flush()
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            self._unsynced.add(session_id)
+
+    def sync(self) -> None:
+        """Fsync every file written since the last sync."""
+        with self._lock:
+            for session_id in self._unsynced:
+                handle = self._files.get(session_id)
+                if handle is not None:
+                    os.fsync(handle.fileno())
+            self._unsynced.clear()
+
+    def read(
+        self,
+        session_id: str,
+        *,
+        event_type: str | None = None,
+        since_sequence: int | None = None,
+        limit: int | None = None,
+    ) -> list[TraceEvent]:
+        """Events of a session in file order, optionally filtered.
+
+        Raises:
+            ValueError: a line is not a valid event (use ``verify_chain(path)`` to diagnose).
+        """
+        path = self.path(session_id)
+        with self._lock:
+            handle = self._files.get(session_id)
+            if handle is not None:
+                handle.flush()
+        if not path.exists():
+            return []
+        out: list[TraceEvent] = []
+        with path.open("rb") as reader:
+            for raw in reader:
+                if not raw.endswith(b"\n"):
+                    break  # a torn tail is not an event; verify_chain reports it
+                event = _parse(raw)
+                if since_sequence is not None and event.sequence <= since_sequence:
+                    continue
+                if event_type is not None and event.event_type != event_type:
+                    continue
+                out.append(event)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def sessions(self) -> list[str]:
+        """Session ids with a file, oldest file first."""
+        files = sorted(self.directory.glob(f"*{_SUFFIX}"), key=lambda p: p.stat().st_mtime_ns)
+        return [p.name[: -len(_SUFFIX)] for p in files]
+
+    def close(self) -> None:
+        """Sync and close every file."""
+        self.sync()
+        with self._lock:
+            for handle in self._files.values():
+                handle.close()
+            self._files.clear()
+            self._closed = True
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    first_timestamp TEXT NOT NULL,
+    event_count INTEGER NOT NULL,
+    head_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    event_hash TEXT NOT NULL,
+    previous_event_hash TEXT NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (session_id, sequence)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_type ON events (session_id, event_type, sequence);
+"""
+
+
+class SqliteStore:
+    """Events in one SQLite database (WAL).
+
+    One table of events keyed by (session, sequence), one of sessions with size and head hash.
+
+    Args:
+        path: The database file (created with its directory).
+        durable: ``synchronous=FULL`` (every commit survives power loss) instead of
+            ``NORMAL`` (survives a process crash). The runtime asks for it in ``group`` and
+            ``sync`` modes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.executescript(_SCHEMA)
+        self._closed = False
+
+    def append(self, events: Sequence[TraceEvent]) -> None:
+        """Insert ``events`` (one session's) in one transaction."""
+        if not events:
+            return
+        rows = [
+            (
+                e.session_id,
+                e.sequence,
+                e.event_id,
+                e.event_type,
+                e.timestamp,
+                e.event_hash,
+                e.previous_event_hash,
+                _line(e)[:-1].decode("utf-8"),
+            )
+            for e in events
+        ]
+        last = events[-1]
+        with self._lock:
+            if self._closed:
+                raise ValueError("store is closed")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute(
+                    "INSERT INTO sessions VALUES (?, ?, ?, ?, ?) ON CONFLICT(session_id) DO "
+                    "UPDATE SET event_count = event_count + excluded.event_count, "
+                    "head_hash = excluded.head_hash",
+                    (
+                        last.session_id,
+                        last.trace_id,
+                        events[0].timestamp,
+                        len(events),
+                        last.event_hash,
+                    ),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def sync(self) -> None:
+        """Commits are already durable at the configured ``synchronous`` level."""
+
+    def read(
+        self,
+        session_id: str,
+        *,
+        event_type: str | None = None,
+        since_sequence: int | None = None,
+        limit: int | None = None,
+    ) -> list[TraceEvent]:
+        """Events of a session in sequence order, optionally filtered."""
+        query = "SELECT event FROM events WHERE session_id = ?"
+        args: list[Any] = [session_id]
+        if event_type is not None:
+            query += " AND event_type = ?"
+            args.append(event_type)
+        if since_sequence is not None:
+            query += " AND sequence > ?"
+            args.append(since_sequence)
+        query += " ORDER BY sequence"
+        if limit is not None:
+            query += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [_parse(row[0]) for row in rows]
+
+    def sessions(self) -> list[str]:
+        """Session ids, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT session_id FROM sessions ORDER BY first_timestamp, rowid"
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            if not self._closed:
+                self._db.close()
+                self._closed = True
+
+
+def open_store(
+    store: TraceStore | str | os.PathLike[str] | None, *, durable: bool = True
+) -> TraceStore:
+    """A store object from a store or a URL.
+
+    ``memory://``; ``jsonl:///absolute/dir`` or ``jsonl://relative/dir``;
+    ``sqlite:///absolute/file.db`` or ``sqlite://relative/file.db``. ``None`` means the
+    embedded default, SQLite at ``./.cra/traces.db``, unless ``CRA_AGENTS_STORE`` names
+    another URL.
+
+    Raises:
+        ValueError: an unknown scheme or a URL without a path.
+    """
+    if store is None:
+        store = os.environ.get("CRA_AGENTS_STORE") or "sqlite://.cra/traces.db"
+    if not isinstance(store, str | os.PathLike):
+        return store
+    url = os.fspath(store)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"store {url!r} is not a URL; use memory://, jsonl://DIR or sqlite://FILE")
+    if scheme == "memory":
+        return MemoryStore()
+    if not rest:
+        raise ValueError(f"store URL {url!r} names no path")
+    if scheme == "jsonl":
+        return JsonlStore(rest)
+    if scheme == "sqlite":
+        return SqliteStore(rest, durable=durable)
+    if scheme in ("postgresql", "postgres"):
+        raise ValueError("the PostgreSQL store is not available yet; use sqlite:// or jsonl://")
+    raise ValueError(f"unknown store scheme {scheme!r}; use memory://, jsonl:// or sqlite://")
