@@ -31,6 +31,7 @@ test: lint typecheck pytest
 
 bench: setup
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/trace_bench.py
 
 conformance: setup
 	$(PY) -m cra_agents.conformance

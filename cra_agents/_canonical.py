@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from cra_agents._exceptions import TraceError
+from cra_agents._frozen import FrozenDict
 
 __all__ = ["canonical_json", "digest", "sha256_hex"]
 
@@ -35,12 +36,32 @@ def _refuse(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
+_frozen: dict[int, tuple[FrozenDict, bytes]] = {}
+_FROZEN_MAX = 4096
+
+
 def canonical_json(value: Any) -> bytes:
     """Serialise ``value`` as canonical JSON (UTF-8 bytes).
+
+    A :class:`~cra_agents._frozen.FrozenDict` cannot change, so its bytes are computed once
+    and reused (payloads shared by many events, such as a resolve plan's).
 
     Raises:
         TraceError: ``value`` holds something canonical JSON cannot carry exactly.
     """
+    if type(value) is FrozenDict:
+        hit = _frozen.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        out = _canonical(value)
+        if len(_frozen) >= _FROZEN_MAX:
+            _frozen.clear()
+        _frozen[id(value)] = (value, out)  # the strong reference keeps the id unique
+        return out
+    return _canonical(value)
+
+
+def _canonical(value: Any) -> bytes:
     try:
         out = orjson.dumps(value, option=_OPTIONS, default=_refuse)
     except (TypeError, orjson.JSONEncodeError) as exc:

@@ -83,8 +83,20 @@ def parse_timestamp_ns(value: str) -> int:
     return epoch * 1_000_000_000 + nanos
 
 
+_NORMALIZED = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+    r"(?:\.(?:(?!000)\d{3}|\d{3}(?!000)\d{3}|\d{6}(?!000)\d{3}))?\+00:00"
+)
+
+
 def normalize_timestamp(value: str) -> str:
     """Render ``value`` the way the Rust core hashes it: UTC, ``+00:00``, 0/3/6/9 digits."""
+    if _NORMALIZED.fullmatch(value) is not None:
+        return value  # already in that form (what we write): nothing to re-render
+    return _normalize_slow(value)
+
+
+def _normalize_slow(value: str) -> str:
     total = parse_timestamp_ns(value)
     seconds, nanos = divmod(total, 1_000_000_000)
     prefix = _render(datetime.fromtimestamp(seconds, UTC))

@@ -34,7 +34,7 @@ from cra_agents._exceptions import (
     TraceError,
     TraceUnavailableError,
 )
-from cra_agents._frozen import freeze
+from cra_agents._frozen import FrozenDict, freeze
 from cra_agents._ids import new_id
 from cra_agents.atlas import Atlas, AtlasSource, load_atlas
 from cra_agents.atlas._load import pointer
@@ -654,11 +654,13 @@ class Runtime:
                 events.append(
                     (
                         "policy.evaluated",
-                        {
-                            "policy_id": decision.policy_id,
-                            "result": decision.result,
-                            "action_id": action_id,
-                        },
+                        # Frozen: the plan reuses this payload in every resolve it serves,
+                        # and the writer reuses its canonical JSON.
+                        FrozenDict(
+                            policy_id=decision.policy_id,
+                            result=decision.result,
+                            action_id=action_id,
+                        ),
                     )
                 )
                 effect = decision.effect
@@ -740,7 +742,10 @@ class Runtime:
         if hit is None:
             candidates = [(v.position, c) for v in views for c in v.context]
             blocks = select_context(candidates, task.goal, task.context_hints, ctx)
-            hit = (tuple(blocks), tuple(("context.injected", _injected_payload(b)) for b in blocks))
+            hit = (
+                tuple(blocks),
+                tuple(("context.injected", freeze(_injected_payload(b))) for b in blocks),
+            )
             if cacheable:
                 _remember(self._contexts, key, hit, self._lock)
         return list(hit[0]), hit[1]

@@ -92,7 +92,7 @@ class SessionChain:
             self._pending.append((sequence, now, ((event_type, payload),)))
         return sequence
 
-    def extend(self, events: list[tuple[str, Mapping[str, Any]]]) -> int:
+    def extend(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
         """Queue several events at once (one lock, one timestamp); return the first sequence."""
         now = time.time_ns()
         with self._lock:
@@ -100,6 +100,11 @@ class SessionChain:
             self._next = first + len(events)
             self._pending.append((first, now, events))
         return first
+
+    @property
+    def pending(self) -> bool:
+        """Whether events wait to be hashed."""
+        return bool(self._pending)
 
     def __len__(self) -> int:
         return self._next
@@ -109,14 +114,26 @@ class SessionChain:
         """Hash of the last finalised event (genesis when none)."""
         return self._head
 
-    def flush(self) -> list[TraceEvent]:
-        """Hash every queued event in order, hand them to the sink and return them.
+    def flush(self, limit: int | None = None) -> list[TraceEvent]:
+        """Hash queued events in order, hand them to the sink and return them.
+
+        With ``limit``, stop after the batch that reaches it (call again for the rest), which
+        keeps a writer's working set small.
 
         A payload that cannot be canonicalised (NaN, a lone surrogate...) does not break the
         chain: its event is replaced by an ``error.occurred`` event that says what was refused.
         """
         with self._lock:
-            pending, self._pending = self._pending, []
+            if limit is None or len(self._pending) <= 1:
+                pending, self._pending = self._pending, []
+            else:
+                taken = 0
+                cut = 0
+                for cut, queued in enumerate(self._pending, 1):  # noqa: B007 - cut is used
+                    taken += len(queued[2])
+                    if taken >= limit:
+                        break
+                pending, self._pending = self._pending[:cut], self._pending[cut:]
             if not pending:
                 return []
             events = []

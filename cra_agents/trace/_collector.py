@@ -40,6 +40,7 @@ __all__ = ["DURABILITY_MODES", "Durability", "TraceCollector"]
 logger = logging.getLogger(__name__)
 
 Durability = Literal["async", "group", "sync"]
+_CHUNK = 2048  # events hashed and stored at a time: bounds the writer's working set
 DURABILITY_MODES: tuple[Durability, ...] = ("async", "group", "sync")
 
 
@@ -51,6 +52,8 @@ class TraceCollector:
         durability: ``async``, ``group`` or ``sync`` (see the module docstring).
         flush_interval: Longest time an event waits in ``async`` mode, in seconds.
         max_backlog: Queued events that wake the writer early in ``async`` mode.
+        commit_delay: In ``group`` mode, how long the writer waits after waking for more
+            callers to join the batch, in seconds (0 disables).
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class TraceCollector:
         durability: Durability = "async",
         flush_interval: float = 0.05,
         max_backlog: int = 10_000,
+        commit_delay: float = 0.0002,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(
@@ -69,6 +73,7 @@ class TraceCollector:
         self.durability: Durability = durability
         self.flush_interval = flush_interval
         self.max_backlog = max_backlog
+        self.commit_delay = commit_delay
         self._cond = threading.Condition()
         self._dirty: dict[int, SessionChain] = {}
         self._backlog = 0
@@ -187,11 +192,13 @@ class TraceCollector:
         flushed = []
         try:
             for chain in chains:
-                events = chain.flush()
-                if events:
-                    self.store.append(events)
-                    flushed.append((chain, events[-1].sequence, len(events)))
-            if flushed and self.durability != "async":
+                while chain.pending:
+                    events = chain.flush(_CHUNK)
+                    if events:
+                        self.store.append(events)
+                        flushed.append((chain, events[-1].sequence, len(events)))
+            if flushed:
+                # Commits the batch; stores opened durable (group, sync) also fsync here.
                 self.store.sync()
         except Exception as exc:  # noqa: BLE001 - any store failure must stop recording
             self._fail(exc)
@@ -222,6 +229,10 @@ class TraceCollector:
                         self._cond.wait(timeout=self.flush_interval)
                     if self._closed and not self._dirty:
                         return
+                if self.durability == "group" and self.commit_delay:
+                    # Give callers that are about to commit a moment to join this batch:
+                    # one sync then serves them all (PostgreSQL's commit_delay).
+                    time.sleep(self.commit_delay)
                 chains = self._take()
                 with self._write_lock:
                     self._write(chains)

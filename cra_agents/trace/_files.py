@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from cra_agents._exceptions import TraceError
 from cra_agents.protocol import TraceEvent
 from cra_agents.trace._store import MemoryStore, TraceStore
@@ -22,13 +24,10 @@ _MAX_OPEN = 64
 
 
 def _line(event: TraceEvent) -> bytes:
-    # Field order as the spec's table (and the Rust core) writes it; compact, UTF-8, LF.
-    fields = event.__dict__
-    body = {name: fields[name] for name in TraceEvent.model_fields}
+    # The instance dict holds exactly the fields in the spec's order (the order the Rust core
+    # writes them); compact, UTF-8, LF.
     try:
-        import orjson
-
-        return orjson.dumps(body) + b"\n"
+        return orjson.dumps(event.__dict__) + b"\n"
     except TypeError as exc:  # pragma: no cover - payloads are canonicalised before this
         raise TraceError(f"event {event.event_id} cannot be written: {exc}") from exc
 
@@ -42,11 +41,12 @@ class JsonlStore:
 
     Appends take an exclusive ``flock`` on the file, so several processes may write the same
     directory without interleaving lines. ``sync`` fsyncs every file written since the last
-    sync. At most 64 files stay open; older handles are closed (after a flush) and reopened on
-    demand.
+    sync (``durable=False`` leaves syncing to the operating system). At most 64 files stay
+    open; older handles are closed (after a flush and sync) and reopened on demand.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.durable = durable
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -70,8 +70,8 @@ class JsonlStore:
         while len(self._files) > _MAX_OPEN:
             old_id, old = self._files.popitem(last=False)
             old.flush()
-            if old_id in self._unsynced:
-                os.fsync(old.fileno())
+            if old_id in self._unsynced and self.durable:
+                os.fdatasync(old.fileno())
                 self._unsynced.discard(old_id)
             old.close()
         return handle
@@ -95,12 +95,13 @@ class JsonlStore:
             self._unsynced.add(session_id)
 
     def sync(self) -> None:
-        """Fsync every file written since the last sync."""
+        """Fdatasync every file written since the last sync (nothing if not ``durable``)."""
         with self._lock:
-            for session_id in self._unsynced:
-                handle = self._files.get(session_id)
-                if handle is not None:
-                    os.fsync(handle.fileno())
+            if self.durable:
+                for session_id in self._unsynced:
+                    handle = self._files.get(session_id)
+                    if handle is not None:
+                        os.fdatasync(handle.fileno())
             self._unsynced.clear()
 
     def read(
@@ -221,7 +222,8 @@ class SqliteStore:
         with self._lock:
             if self._closed:
                 raise ValueError("store is closed")
-            self._db.execute("BEGIN IMMEDIATE")
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._db.execute(
@@ -236,13 +238,19 @@ class SqliteStore:
                         last.event_hash,
                     ),
                 )
-                self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
     def sync(self) -> None:
-        """Commits are already durable at the configured ``synchronous`` level."""
+        """Commit everything appended since the last sync.
+
+        One transaction (and, when ``durable``, one WAL fsync) covers a whole batch of
+        sessions: the group commit of the ``group`` durability mode.
+        """
+        with self._lock:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
 
     def read(
         self,
@@ -278,7 +286,9 @@ class SqliteStore:
         return [row[0] for row in rows]
 
     def close(self) -> None:
-        """Close the database."""
+        """Commit and close the database."""
+        if not self._closed:
+            self.sync()
         with self._lock:
             if not self._closed:
                 self._db.close()
@@ -311,7 +321,7 @@ def open_store(
     if not rest:
         raise ValueError(f"store URL {url!r} names no path")
     if scheme == "jsonl":
-        return JsonlStore(rest)
+        return JsonlStore(rest, durable=durable)
     if scheme == "sqlite":
         return SqliteStore(rest, durable=durable)
     if scheme in ("postgresql", "postgres"):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cra_agents._canonical import canonical_json
+from cra_agents._clock import normalize_timestamp
 from cra_agents._exceptions import TraceError
 from cra_agents._safejson import JSONInputError, loads_strict
 from cra_agents.protocol import GENESIS_HASH, TraceEvent
-from cra_agents.trace._hash import compute_event_hash, spec_event_hash
+from cra_agents.trace._hash import _material, spec_event_hash
 
 __all__ = ["ChainVerification", "ErrorType", "HashRule", "verify_chain"]
 
@@ -89,14 +93,30 @@ def _fields(item: TraceEvent | Mapping[str, Any]) -> Mapping[str, Any]:
     return item
 
 
+# Where the spec's json.dumps may write a payload differently from canonical JSON (besides
+# non-ASCII text): floats in exponent form, and small floats Python writes as 1e-05.
+_FLOATISH = re.compile(rb"\de|0\.0000")
+
+
 def _rule(event: Mapping[str, Any]) -> set[str] | None:
+    """Which hash rules reproduce the stored hash (None: neither)."""
     stored = event["event_hash"]
     matched: set[str] = set()
+    written = str(event["timestamp"])
     try:
-        if compute_event_hash(event) == stored:
-            matched.add("normalized")
+        normalized = normalize_timestamp(written)
+        payload_json = canonical_json(event["payload"])
     except (TraceError, ValueError):
-        pass
+        normalized, payload_json = None, None
+    if normalized is not None and payload_json is not None:
+        rust = hashlib.sha256(_material(event, normalized, payload_json)).hexdigest()
+        if rust == stored:
+            matched.add("normalized")
+        if normalized == written and payload_json.isascii() and not _FLOATISH.search(payload_json):
+            # Same timestamp string, same payload bytes: the spec rule hashes the same material.
+            if rust == stored:
+                matched.add("as_written")
+            return matched or None
     try:
         if spec_event_hash(event) == stored:
             matched.add("as_written")

@@ -1,0 +1,159 @@
+"""`make bench` (part 2): TRACE recording costs.
+
+- caller-side cost of recording one event in ``async`` mode (append + commit, writer running);
+- writer throughput: hashing and writing queued events to a JSONL store, events/s;
+- ``group`` mode throughput: 8 threads, each call waiting for its fsynced batch, events/s;
+- verification speed, events/s;
+- resident memory while 1,000,000 events are written through a JSONL store.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cra_agents.trace import (
+    JsonlStore,
+    SessionChain,
+    SqliteStore,
+    TraceCollector,
+    TraceStore,
+    verify_chain,
+)
+
+PAYLOAD = {"policy_id": "allow-read", "result": "allow", "action_id": "github.issue.list"}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _chain(index: int) -> SessionChain:
+    return SessionChain(
+        f"00000000-0000-7000-8000-{index:012d}", f"11111111-1111-7000-8000-{index:012d}"
+    )
+
+
+def caller_cost(directory: Path, n: int = 100_000) -> tuple[float, float]:
+    collector = TraceCollector(JsonlStore(directory), durability="async")
+    chain = _chain(1)
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        collector.committed(chain, chain.append("policy.evaluated", PAYLOAD))
+        samples.append(clock() - t0)
+    collector.close()
+    samples = samples[1000:]
+    samples.sort()
+    return statistics.median(samples) / 1000, samples[int(len(samples) * 0.99)] / 1000
+
+
+def writer_throughput(directory: Path, n: int = 200_000) -> float:
+    collector = TraceCollector(JsonlStore(directory), durability="async", flush_interval=3600)
+    chains = [_chain(i) for i in range(8)]
+    for i in range(n):
+        chains[i % 8].append("policy.evaluated", PAYLOAD)
+    t0 = time.perf_counter()
+    for chain in chains:
+        collector.committed(chain, len(chain) - 1)
+    collector.flush()
+    elapsed = time.perf_counter() - t0
+    collector.close()
+    return n / elapsed
+
+
+def group_throughput(
+    store: TraceStore, threads: int = 8, commits: int = 400, events_per_commit: int = 1
+) -> float:
+    """Events/s when ``threads`` callers each wait for their commits to be synced."""
+    collector = TraceCollector(store, durability="group")
+    chains = [_chain(i) for i in range(threads)]
+    batch = [("policy.evaluated", PAYLOAD)] * events_per_commit
+
+    def work(chain: SessionChain) -> None:
+        for _ in range(commits):
+            first = chain.extend(batch)
+            collector.committed(chain, first + events_per_commit - 1)
+
+    workers = [threading.Thread(target=work, args=(c,)) for c in chains]
+    t0 = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - t0
+    collector.close()
+    return threads * commits * events_per_commit / elapsed
+
+
+def verify_speed(directory: Path, n: int = 100_000) -> float:
+    chain = _chain(9)
+    for _ in range(n):
+        chain.append("policy.evaluated", PAYLOAD)
+    events = [e.__dict__ for e in chain.flush()]
+    t0 = time.perf_counter()
+    result = verify_chain(events)
+    elapsed = time.perf_counter() - t0
+    if not result.valid:
+        raise RuntimeError(f"benchmark chain does not verify: {result.error_message}")
+    return n / elapsed
+
+
+def rss_flat(directory: Path, total: int = 1_000_000) -> list[tuple[int, float]]:
+    collector = TraceCollector(JsonlStore(directory), durability="async")
+    chains = [_chain(100 + i) for i in range(10)]
+    marks = []
+    for i in range(total):
+        chain = chains[i % 10]
+        collector.committed(chain, chain.append("policy.evaluated", PAYLOAD))
+        if (i + 1) % 200_000 == 0:
+            collector.flush()
+            marks.append((i + 1, _rss_mib()))
+    collector.close()
+    return marks
+
+
+def main() -> int:
+    load = os.getloadavg()
+    print(f"TRACE recording, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        median, p99 = caller_cost(root / "caller")
+        print(
+            f"caller cost per event (async, writer running): median {median:.2f} µs, "
+            f"p99 {p99:.2f} µs"
+        )
+        print(
+            f"writer throughput (hash + JSONL write): {writer_throughput(root / 'w'):,.0f} events/s"
+        )
+        stores: list[tuple[str, Callable[[Path], TraceStore]]] = [
+            ("JSONL", JsonlStore),
+            ("SQLite", lambda d: SqliteStore(d / "t.db")),
+        ]
+        for name, make in stores:
+            for size in (1, 20):
+                rate = group_throughput(make(root / f"g-{name}-{size}"), events_per_commit=size)
+                print(
+                    f"group mode, {name}, 8 threads, {size:>2} events per commit: "
+                    f"{rate:,.0f} events/s"
+                )
+        print(f"verification: {verify_speed(root / 'v'):,.0f} events/s")
+        marks = rss_flat(root / "rss")
+        print(
+            "RSS while writing 1,000,000 events: "
+            + ", ".join(f"{n // 1000}k: {mib:.0f} MiB" for n, mib in marks)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
