@@ -333,6 +333,8 @@ class TestTamperMatrix:
             "error_message",
             "last_valid_hash",
             "hash_rule",
+            "checkpoint_size",
+            "unverifiable_tail",
         }
         assert body["error_type"] == "hash_mismatch"
         json.dumps(body)

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -56,8 +56,15 @@ from cra_agents.protocol import (
 from cra_agents.protocol._common import trusted
 from cra_agents.runtime._context import ContextCandidate, compile_context, select_context
 from cra_agents.trace import ChainVerification, SessionChain, TraceStore, verify_chain
+from cra_agents.trace._checkpoint import Checkpoint, sign_checkpoint
 from cra_agents.trace._collector import Durability, TraceCollector
 from cra_agents.trace._files import open_store
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 __all__ = ["DEFAULT_TTL_SECONDS", "Runtime", "SessionInfo"]
 
@@ -425,9 +432,35 @@ class Runtime:
             session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
         )
 
-    def verify(self, session_id: str) -> ChainVerification:
-        """Verify the session's chain as stored."""
-        return verify_chain(self.trace_events(session_id))
+    def verify(
+        self,
+        session_id: str,
+        *,
+        checkpoints: Checkpoint | Iterable[Checkpoint] | None = None,
+        verify_key: Ed25519PublicKey | None = None,
+    ) -> ChainVerification:
+        """Verify the session's chain as stored (and its checkpoints, when given)."""
+        return verify_chain(
+            self.trace_events(session_id), checkpoints=checkpoints, verify_key=verify_key
+        )
+
+    def checkpoint(self, session_id: str, signing_key: Ed25519PrivateKey) -> Checkpoint:
+        """Sign a checkpoint of the session's chain as stored now.
+
+        The chain is verified first; store the checkpoint outside the log (for example with
+        :func:`~cra_agents.trace.append_checkpoint` in another location).
+
+        Raises:
+            TraceError: the stored chain does not verify, so there is nothing to vouch for.
+        """
+        events = self.trace_events(session_id)
+        result = verify_chain(events)
+        if not result.valid:
+            raise TraceError(
+                f"session {session_id} does not verify ({result.error_type}); not signing it",
+                details={"reason": "chain_invalid", "error_type": result.error_type},
+            )
+        return sign_checkpoint(events, signing_key, log_id=session_id)
 
     # -- requests -------------------------------------------------------------------------
 

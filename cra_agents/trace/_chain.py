@@ -23,7 +23,7 @@ from cra_agents.protocol import GENESIS_HASH, TRACE_VERSION, TraceEvent
 
 __all__ = ["SessionChain", "build_event"]
 
-_FIELDS_SET: Final = frozenset(TraceEvent.model_fields)
+_FIELDS_SET: Final = set(TraceEvent.model_fields)
 _new = object.__new__
 _set = object.__setattr__
 
@@ -36,7 +36,7 @@ def build_event(fields: dict[str, Any]) -> TraceEvent:
     """
     event = _new(TraceEvent)
     _set(event, "__dict__", fields)
-    _set(event, "__pydantic_fields_set__", _FIELDS_SET)
+    _set(event, "__pydantic_fields_set__", _FIELDS_SET.copy())  # pydantic may update it
     _set(event, "__pydantic_extra__", None)
     _set(event, "__pydantic_private__", None)
     return event

@@ -17,7 +17,7 @@ from cra_agents._exceptions import TraceError
 from cra_agents.protocol import TraceEvent
 from cra_agents.trace._store import MemoryStore, TraceStore
 
-__all__ = ["JsonlStore", "SqliteStore", "open_store"]
+__all__ = ["JsonlStore", "SqliteStore", "open_store", "repair_torn_tail"]
 
 _SUFFIX = ".trace.jsonl"
 _MAX_OPEN = 64
@@ -327,3 +327,33 @@ def open_store(
     if scheme in ("postgresql", "postgres"):
         raise ValueError("the PostgreSQL store is not available yet; use sqlite:// or jsonl://")
     raise ValueError(f"unknown store scheme {scheme!r}; use memory://, jsonl:// or sqlite://")
+
+
+def repair_torn_tail(path: str | os.PathLike[str]) -> int:
+    """Cut a torn last line (a crash mid-write) off a ``.trace.jsonl`` file.
+
+    Only a final line without its newline that is not a complete event is removed; a
+    complete event missing only its newline gets the newline. Everything else is left alone:
+    this never hides tampering, which ``verify_chain`` reports as such.
+
+    Returns:
+        The number of bytes removed (0 when there was nothing to repair).
+    """
+    target = Path(path)
+    with target.open("r+b") as handle:
+        data = handle.read()
+        if not data or data.endswith(b"\n"):
+            return 0
+        cut = data.rfind(b"\n") + 1
+        tail = data[cut:]
+        try:
+            _parse(tail)
+        except ValueError:
+            handle.truncate(cut)
+            handle.flush()
+            os.fsync(handle.fileno())
+            return len(tail)
+        handle.write(b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+        return 0

@@ -8,14 +8,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cra_agents._canonical import canonical_json
 from cra_agents._clock import normalize_timestamp
 from cra_agents._exceptions import TraceError
 from cra_agents._safejson import JSONInputError, loads_strict
 from cra_agents.protocol import GENESIS_HASH, TraceEvent
+from cra_agents.trace._checkpoint import Checkpoint, _as_list
 from cra_agents.trace._hash import _material, spec_event_hash
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["ChainVerification", "ErrorType", "HashRule", "verify_chain"]
 
@@ -25,6 +29,9 @@ ErrorType = Literal[
     "sequence_gap",
     "hash_mismatch",
     "malformed_event",
+    "checkpoint_invalid",
+    "checkpoint_mismatch",
+    "truncated",
     "torn_tail",
     "unverifiable_tail",
 ]
@@ -45,6 +52,10 @@ class ChainVerification:
     error_message: str | None = None
     last_valid_hash: str = GENESIS_HASH
     hash_rule: HashRule | None = None
+    #: Size of the latest checkpoint checked (None: no checkpoint given).
+    checkpoint_size: int | None = None
+    #: Events after the latest checkpoint: consistent, but not protected against truncation.
+    unverifiable_tail: int | None = None
 
     def __bool__(self) -> bool:
         return self.valid
@@ -59,6 +70,8 @@ class ChainVerification:
             "error_message": self.error_message,
             "last_valid_hash": self.last_valid_hash,
             "hash_rule": self.hash_rule,
+            "checkpoint_size": self.checkpoint_size,
+            "unverifiable_tail": self.unverifiable_tail,
         }
 
 
@@ -129,8 +142,10 @@ def verify_chain(
     events_or_path: Iterable[TraceEvent | Mapping[str, Any]] | str | os.PathLike[str],
     *,
     check_hashes: bool = True,
+    checkpoints: Checkpoint | Iterable[Checkpoint] | None = None,
+    verify_key: Ed25519PublicKey | None = None,
 ) -> ChainVerification:
-    """Verify one session's chain.
+    """Verify one session's chain, and optionally that it holds its signed checkpoints.
 
     Event 0 must link to the genesis hash (64 zeros) and have sequence 0; every later event
     must link to its predecessor's hash and follow its sequence by one; every stored hash must
@@ -141,10 +156,34 @@ def verify_chain(
         events_or_path: Events (models or dicts) in stored order, or a ``.trace.jsonl`` path.
             A last line cut off by a crash is reported as ``torn_tail``, not as tampering.
         check_hashes: Recompute hashes (turn off only for linkage-only checks).
+        checkpoints: Signed checkpoints of this log (see :func:`sign_checkpoint`). Each must
+            carry a valid signature by ``verify_key`` and match the log at its size; a log
+            shorter than the latest is ``truncated`` (a rollback to an older state included);
+            events after the latest are counted in ``unverifiable_tail``.
+        verify_key: The Ed25519 public key the checkpoints were signed with.
 
     Returns:
         A :class:`ChainVerification`; it is truthy when valid.
+
+    Raises:
+        ValueError: checkpoints without a ``verify_key``.
     """
+    anchors = _as_list(checkpoints)
+    if anchors and verify_key is None:
+        raise ValueError("checking checkpoints needs the verify_key they were signed with")
+    for anchor in anchors:
+        if verify_key is not None and not anchor.verify_signature(verify_key):
+            return ChainVerification(
+                False,
+                0,
+                None,
+                "checkpoint_invalid",
+                f"checkpoint of size {anchor.size} ({anchor.timestamp}) has no valid signature "
+                "by this key",
+            )
+    wanted = {anchor.size for anchor in anchors}
+    hashes_at: dict[int, str] = {0: GENESIS_HASH} if anchors else {}
+    session_ids: set[str] = set()
     source: Iterable[Any]
     if isinstance(events_or_path, str | os.PathLike):
         source = _read_jsonl(Path(events_or_path))
@@ -196,6 +235,10 @@ def verify_chain(
         previous = stored
         previous_sequence = sequence
         count += 1
+        if anchors:
+            if count in wanted:
+                hashes_at[count] = stored
+            session_ids.add(str(event.get("session_id")))
     hash_rule: HashRule | None = None
     if rule_sets:
         if all(len(s) == 2 for s in rule_sets):
@@ -206,4 +249,47 @@ def verify_chain(
             hash_rule = "as_written"
         else:
             hash_rule = "mixed"
-    return ChainVerification(True, count, None, None, None, previous, hash_rule)
+    if not anchors:
+        return ChainVerification(True, count, None, None, None, previous, hash_rule)
+    for anchor in anchors:
+        if session_ids and session_ids != {anchor.log_id}:
+            return ChainVerification(
+                False,
+                count,
+                None,
+                "checkpoint_invalid",
+                f"checkpoint is for log {anchor.log_id}, not {', '.join(sorted(session_ids))}",
+                previous,
+                hash_rule,
+            )
+    latest = max(anchors, key=lambda a: a.size)
+    if count < latest.size:
+        return ChainVerification(
+            False,
+            count,
+            count,
+            "truncated",
+            f"the log has {count} events but a checkpoint signed at {latest.timestamp} covers "
+            f"{latest.size}: events were removed from its end",
+            previous,
+            hash_rule,
+            latest.size,
+            0,
+        )
+    for anchor in sorted(anchors, key=lambda a: a.size):
+        if hashes_at.get(anchor.size) != anchor.head_hash:
+            return ChainVerification(
+                False,
+                count,
+                max(anchor.size - 1, 0),
+                "checkpoint_mismatch",
+                f"event {anchor.size - 1} differs from the checkpoint signed at "
+                f"{anchor.timestamp}: the log was rewritten",
+                previous,
+                hash_rule,
+                latest.size,
+                0,
+            )
+    return ChainVerification(
+        True, count, None, None, None, previous, hash_rule, latest.size, count - latest.size
+    )
