@@ -90,6 +90,10 @@ class SessionInfo:
     ended_at: str | None = None
     resolution_count: int = 0
     action_count: int = 0
+    #: Events appended to the session's chain so far.
+    event_count: int = 0
+    #: Events known to be in the store (what a crash cannot take back in group/sync mode).
+    durable_count: int = 0
 
 
 @dataclass(slots=True)
@@ -154,6 +158,8 @@ class _Session:
             ended_at=None if self.ended_ns is None else format_timestamp(self.ended_ns),
             resolution_count=self.resolution_count,
             action_count=self.action_count,
+            event_count=len(self.chain),
+            durable_count=self.chain.durable + 1,
         )
 
 

@@ -59,6 +59,7 @@ class SessionChain:
         "_pending",
         "_root_span",
         "_sink",
+        "committed",
         "durable",
         "session_id",
         "trace_id",
@@ -82,6 +83,8 @@ class SessionChain:
         self._root_span: str | None = None
         #: Highest sequence known to be in the store (-1: none); maintained by the collector.
         self.durable = -1
+        #: Highest sequence handed to the collector (-1: none); maintained by the collector.
+        self.committed = -1
 
     def append(self, event_type: str, payload: Mapping[str, Any]) -> int:
         """Queue an event; return its sequence number."""

@@ -8,9 +8,10 @@ durable modes, syncs the store once per batch (group commit).
 Durability, chosen per runtime:
 
 ``async``
-    The caller never waits. Events reach the store within ``flush_interval`` seconds (default
-    0.05 s) or as soon as ``max_backlog`` events are queued; a crash loses at most what was
-    queued in that window.
+    The caller does not wait for the store. Events reach it within ``flush_interval`` seconds
+    (default 0.05 s); a caller that finds ``max_backlog`` events (default 2048) already waiting
+    is held back until the writer takes them. A crash loses at most the events queued in that
+    window: under ``2 * max_backlog``.
 ``group``
     The caller returns once the batch holding its events has been written and synced. Callers
     that arrive while a batch is being written share the next sync (group commit).
@@ -51,7 +52,9 @@ class TraceCollector:
         store: Where finalised events go.
         durability: ``async``, ``group`` or ``sync`` (see the module docstring).
         flush_interval: Longest time an event waits in ``async`` mode, in seconds.
-        max_backlog: Queued events that wake the writer early in ``async`` mode.
+        max_backlog: Queued events that wake the writer; callers that find this many events
+            waiting are held back until the writer takes them (backpressure).
+        backpressure_timeout: Longest a caller is held back before its call is refused.
         commit_delay: In ``group`` mode, how long the writer waits after waking for more
             callers to join the batch, in seconds (0 disables).
     """
@@ -62,7 +65,8 @@ class TraceCollector:
         *,
         durability: Durability = "async",
         flush_interval: float = 0.05,
-        max_backlog: int = 10_000,
+        max_backlog: int = 2048,
+        backpressure_timeout: float = 10.0,
         commit_delay: float = 0.0002,
     ) -> None:
         if durability not in DURABILITY_MODES:
@@ -73,6 +77,7 @@ class TraceCollector:
         self.durability: Durability = durability
         self.flush_interval = flush_interval
         self.max_backlog = max_backlog
+        self.backpressure_timeout = backpressure_timeout
         self.commit_delay = commit_delay
         self._cond = threading.Condition()
         self._dirty: dict[int, SessionChain] = {}
@@ -130,15 +135,35 @@ class TraceCollector:
             return
         with self._cond:
             self._dirty[id(chain)] = chain
-            self._backlog += 1
+            self._backlog += max(1, sequence - chain.committed)
+            chain.committed = max(chain.committed, sequence)
             if self.durability == "async":
                 if self._backlog >= self.max_backlog:
-                    self._cond.notify_all()
+                    self._hold_back()
                 return
             self._cond.notify_all()
             while chain.durable < sequence and self._failure is None and not self._closed:
                 self._cond.wait(timeout=1.0)
         self.check()
+
+    def _hold_back(self) -> None:
+        """Backpressure (caller holds ``_cond``): wait for the writer to take the backlog.
+
+        At most ``2 * max_backlog`` events are ever waiting to be written, which bounds memory
+        and what a crash in ``async`` mode can lose. If the writer does not catch up within
+        ``backpressure_timeout`` the call is refused rather than queued without bound.
+        """
+        self._cond.notify_all()
+        deadline = time.monotonic() + self.backpressure_timeout
+        while self._backlog >= self.max_backlog and self._failure is None and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TraceUnavailableError(
+                    f"the trace writer is {self._backlog} events behind after "
+                    f"{self.backpressure_timeout:g}s; refusing to queue more",
+                    details={"reason": "trace_backpressure", "backlog": self._backlog},
+                )
+            self._cond.wait(timeout=left)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write everything queued so far, on the calling thread.
@@ -183,6 +208,7 @@ class TraceCollector:
             chains = list(self._dirty.values())
             self._dirty.clear()
             self._backlog = 0
+            self._cond.notify_all()  # callers held back by backpressure may go on
         return chains
 
     def _write(self, chains: list[SessionChain]) -> None:
