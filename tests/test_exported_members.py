@@ -11,7 +11,16 @@ import cra_agents.trace
 def test_all_is_complete():
     """``__all__`` lists every public name of the package, once."""
     public = {n for n in dir(cra_agents) if not n.startswith("_") or n == "__version__"}
-    modules = {"atlas", "policy", "protocol", "runtime", "trace", "conformance", "annotations"}
+    modules = {
+        "atlas",
+        "policy",
+        "protocol",
+        "runtime",
+        "trace",
+        "conformance",
+        "replay",
+        "annotations",
+    }
     assert len(set(cra_agents.__all__)) == len(cra_agents.__all__)
     assert public - modules == set(cra_agents.__all__)
 

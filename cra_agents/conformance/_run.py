@@ -332,6 +332,24 @@ def _capability_filter(suite: Path) -> dict[str, Any]:
     return {"allowed": allowed}
 
 
+def _diff_semantic(suite: Path) -> dict[str, Any]:
+    from cra_agents.replay import diff_traces
+
+    def trace(duration: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "event_type": "action.executed",
+                "payload": {"action_id": "resource.create", "duration_ms": duration},
+            }
+        ]
+
+    diff = diff_traces(trace(100), trace(150))
+    found = [(d.path, d.type, d.significance) for d in diff.differences]
+    _expect(diff.compatibility == "semantically_equivalent", f"got {diff.compatibility}")
+    _expect(found == [("/0/payload/duration_ms", "value_changed", "minor")], f"got {found}")
+    return diff.as_dict()
+
+
 # -- golden directories -------------------------------------------------------------------------
 
 
@@ -593,7 +611,7 @@ def _cases(suite: Path) -> list[tuple[str, Callable[[Path], Any] | None, str | N
             None,
             "upstream reference-atlas.json/reference-trace.jsonl do not exist",
         ),
-        ("replay.diff.semantic", None, "trace replay and diff are not implemented yet"),
+        ("replay.diff.semantic", _diff_semantic, None),
     ]
     cases += [(n, _atlas_case(d, p), None) for n, (d, p) in _ATLAS_CASES.items()]
     golden = suite / "golden"

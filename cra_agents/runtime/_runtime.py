@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -618,12 +618,7 @@ class Runtime:
         batch: list[tuple[str, Mapping[str, Any]]] = [
             (
                 "carp.request.received",
-                {
-                    "request_id": req.request_id,
-                    "operation": req.operation,
-                    "goal": task.goal,
-                    "atlas_ids": list(atlas_ids),
-                },
+                _request_payload(req, atlas_ids),
             ),
             *plan.events,
             *block_events,
@@ -991,6 +986,30 @@ class Runtime:
 
 
 _MEMO_SIZE = 1024
+
+
+def _request_payload(req: CARPRequest, atlas_ids: Sequence[str]) -> dict[str, Any]:
+    """``carp.request.received``: the golden fields, plus what else decided the outcome.
+
+    Extra keys appear only when not at their default, so the upstream golden payload is
+    unchanged; with them a trace can be replayed against another atlas.
+    """
+    task = req.task
+    payload: dict[str, Any] = {
+        "request_id": req.request_id,
+        "operation": req.operation,
+        "goal": task.goal,
+        "atlas_ids": list(atlas_ids),
+    }
+    if task.risk_tier != "low":
+        payload["risk_tier"] = task.risk_tier
+    if task.context_hints:
+        payload["context_hints"] = list(task.context_hints)
+    if task.required_capabilities:
+        payload["required_capabilities"] = list(task.required_capabilities)
+    if req.context:
+        payload["context"] = req.context
+    return payload
 
 
 def _recordable(payload: Mapping[str, Any]) -> None:
