@@ -14,7 +14,7 @@ import os
 import secrets
 import time
 
-__all__ = ["new_id", "uuid7_from_ns"]
+__all__ = ["new_id", "uuid7_batch", "uuid7_from_ns"]
 
 _prefix = 0
 _counter = itertools.count()
@@ -45,6 +45,18 @@ def uuid7_from_ns(time_ns: int) -> str:
     """Return a UUIDv7 string whose timestamp is the millisecond of ``time_ns``."""
     tail = "%016x" % (_low_base | (next(_counter) & 0xFFFFFFFF))
     return f"{_head(time_ns // 1_000_000)}{tail[:4]}-{tail[4:]}"
+
+
+def uuid7_batch(time_ns: int, count: int) -> list[str]:
+    """``count`` UUIDv7 strings for the same millisecond (one cache lookup for all)."""
+    head = _head(time_ns // 1_000_000)
+    base = _low_base
+    counter = _counter
+    out = []
+    for _ in range(count):
+        tail = "%016x" % (base | (next(counter) & 0xFFFFFFFF))
+        out.append(f"{head}{tail[:4]}-{tail[4:]}")
+    return out
 
 
 def new_id() -> str:

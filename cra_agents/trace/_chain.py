@@ -18,7 +18,7 @@ from typing import Any, Final
 from cra_agents._canonical import canonical_json
 from cra_agents._clock import format_timestamp
 from cra_agents._exceptions import TraceError
-from cra_agents._ids import uuid7_from_ns
+from cra_agents._ids import uuid7_batch
 from cra_agents.protocol import GENESIS_HASH, TRACE_VERSION, TraceEvent
 
 __all__ = ["SessionChain", "build_event"]
@@ -139,66 +139,69 @@ class SessionChain:
                 pending, self._pending = self._pending[:cut], self._pending[cut:]
             if not pending:
                 return []
-            events = []
+            events: list[TraceEvent] = []
             for first, time_ns, batch in pending:
-                timestamp = format_timestamp(time_ns)  # one per batch: events share the instant
-                for offset, (event_type, payload) in enumerate(batch):
-                    events.append(
-                        self._finalise(first + offset, time_ns, timestamp, event_type, payload)
-                    )
+                self._finalise_batch(first, time_ns, batch, events)
             self._finalised += len(events)
             if self._sink is not None:
                 self._sink(events)
             return events
 
-    def _finalise(
+    def _finalise_batch(
         self,
-        sequence: int,
+        first: int,
         time_ns: int,
-        timestamp: str,
-        event_type: str,
-        payload: Mapping[str, Any],
-    ) -> TraceEvent:
-        try:
-            payload_json = canonical_json(payload)
-        except TraceError as exc:
-            payload = {
-                "error_code": exc.code,
-                "error_message": exc.message,
-                "refused_event_type": event_type,
-            }
-            event_type = "error.occurred"
-            payload_json = canonical_json(payload)
-        span_id = uuid7_from_ns(time_ns)
-        if self._root_span is None:
-            self._root_span = span_id
-            parent = None
-        else:
-            parent = self._root_span
-        event_id = uuid7_from_ns(time_ns)
+        batch: Sequence[tuple[str, Mapping[str, Any]]],
+        out: list[TraceEvent],
+    ) -> None:
+        """Hash one queued batch (events that share an instant) onto the chain."""
+        timestamp = format_timestamp(time_ns)
+        ids = uuid7_batch(time_ns, 2 * len(batch))
+        trace_id, session_id = self.trace_id, self.session_id
         previous = self._head
-        # The hash rule (PROTOCOL_NOTES §3.1), written out for speed; test_trace checks it
-        # against compute_event_hash on every event of a chain.
-        digest = hashlib.sha256(
-            f"{TRACE_VERSION}{event_id}{self.trace_id}{span_id}{parent or ''}{self.session_id}"
-            f"{sequence}{timestamp}{event_type}".encode()
-        )
-        digest.update(payload_json)
-        digest.update(previous.encode())
-        event_hash = self._head = digest.hexdigest()
-        return build_event(
-            {
-                "trace_version": TRACE_VERSION,
-                "event_id": event_id,
-                "trace_id": self.trace_id,
-                "span_id": span_id,
-                "parent_span_id": parent,
-                "session_id": self.session_id,
-                "sequence": sequence,
-                "timestamp": timestamp,
-                "event_type": event_type,
-                "payload": payload,
-                "event_hash": event_hash,
-                "previous_event_hash": previous,
-            }
-        )
+        sha256 = hashlib.sha256
+        for offset, (event_type, payload) in enumerate(batch):
+            try:
+                payload_json = canonical_json(payload)
+            except TraceError as exc:
+                payload = {
+                    "error_code": exc.code,
+                    "error_message": exc.message,
+                    "refused_event_type": event_type,
+                }
+                event_type = "error.occurred"
+                payload_json = canonical_json(payload)
+            span_id, event_id = ids[2 * offset], ids[2 * offset + 1]
+            parent = self._root_span
+            if parent is None:
+                self._root_span = span_id
+            sequence = first + offset
+            # The hash rule (PROTOCOL_NOTES §3.1), written out for speed; the tests check it
+            # against compute_event_hash and spec_event_hash on every event of many chains.
+            digest = sha256(
+                f"{TRACE_VERSION}{event_id}{trace_id}{span_id}{parent or ''}{session_id}"
+                f"{sequence}{timestamp}{event_type}".encode()
+            )
+            digest.update(payload_json)
+            digest.update(previous.encode())
+            event_hash = digest.hexdigest()
+            out.append(
+                build_event(
+                    {
+                        "trace_version": TRACE_VERSION,
+                        "event_id": event_id,
+                        "trace_id": trace_id,
+                        "span_id": span_id,
+                        "parent_span_id": parent,
+                        "session_id": session_id,
+                        "sequence": sequence,
+                        "timestamp": timestamp,
+                        "event_type": event_type,
+                        "payload": payload,
+                        "event_hash": event_hash,
+                        "previous_event_hash": previous,
+                    }
+                )
+            )
+            previous = event_hash
+        self._head = previous
