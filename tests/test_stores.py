@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -334,3 +337,43 @@ class TestConcurrency:
             runtime.resolve(cra.resolve_request(session))
             stored = store.read(session.session_id)
             assert stored[-1].event_type == "carp.resolution.completed"
+
+
+class TestShutdown:
+    def test_events_are_drained_at_interpreter_exit(self, tmp_path):
+        """A process that never calls close() still writes its queued events on exit."""
+        code = (
+            "import cra_agents as cra\n"
+            f"rt = cra.Runtime([{str(GITHUB_OPS)!r}], store='jsonl://{tmp_path}/t', "
+            "durability='async')\n"
+            "s = rt.create_session('bot', 'Triage')\n"
+            "for _ in range(50):\n"
+            "    rt.resolve(cra.resolve_request(s))\n"
+            "print(rt.session(s.session_id).event_count)\n"
+        )
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        expected = int(out.stdout.strip())
+        store = JsonlStore(tmp_path / "t")
+        (session_id,) = store.sessions()
+        events = store.read(session_id)
+        assert len(events) == expected
+        assert verify_chain(events).valid
+
+    def test_poison_metadata_is_refused_and_recording_goes_on(self):
+        """Unserialisable or unrepresentable input is refused to its caller only."""
+        with cra.Runtime([GITHUB_OPS], store="memory://") as runtime:
+            for poison in (object(), float("inf"), {1: "non-string key"}):
+                with pytest.raises(cra.InvalidRequestError, match="cannot be recorded"):
+                    runtime.create_session("bot", "Triage", metadata={"x": poison})
+            huge = runtime.create_session("bot", "Triage", metadata={"blob": "x" * 10_000_000})
+            runtime.resolve(cra.resolve_request(huge))
+            result = runtime.verify(huge.session_id)
+            assert result.valid
+            assert result.event_count > 2

@@ -225,6 +225,9 @@ class Runtime:
             (default: SQLite at ``./.cra/traces.db``, or ``$CRA_AGENTS_STORE``).
         durability: ``async`` (default; the caller never waits for the store), ``group``
             (calls return once their events are synced, sharing syncs) or ``sync``.
+        flush_interval: In ``async`` mode, the longest an event waits for the writer (s).
+        max_backlog: Events that may wait for the writer before callers are held back
+            (backpressure); a crash in ``async`` mode loses fewer than twice this many.
         default_deny: Deny declared actions no policy matches (default: allow them).
         ttl_seconds: Lifetime of a resolution.
         clock_skew_seconds: How far a request's timestamp may be from now.
@@ -244,6 +247,8 @@ class Runtime:
         *,
         store: TraceStore | str | os.PathLike[str] | None = None,
         durability: Durability = "async",
+        flush_interval: float = 0.05,
+        max_backlog: int = 2048,
         default_deny: bool = False,
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS,
@@ -260,7 +265,12 @@ class Runtime:
         self._contexts: dict[Any, Any] = {}
         self.durability: Durability = durability
         self.store: TraceStore = open_store(store, durable=durability != "async")
-        self._collector = TraceCollector(self.store, durability=durability)
+        self._collector = TraceCollector(
+            self.store,
+            durability=durability,
+            flush_interval=flush_interval,
+            max_backlog=max_backlog,
+        )
         # Drains and stops the writer when the runtime is dropped or the interpreter exits.
         self._finalizer = weakref.finalize(self, self._collector.close)
         self.ttl_seconds = ttl_seconds

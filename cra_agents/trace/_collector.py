@@ -41,7 +41,9 @@ __all__ = ["DURABILITY_MODES", "Durability", "TraceCollector"]
 logger = logging.getLogger(__name__)
 
 Durability = Literal["async", "group", "sync"]
-_CHUNK = 2048  # events hashed and stored at a time: bounds the writer's working set
+# Events hashed and stored at a time. Small enough that the writer thread, which yields the
+# GIL between chunks, never holds up a caller for more than about a millisecond.
+_CHUNK = 256
 DURABILITY_MODES: tuple[Durability, ...] = ("async", "group", "sync")
 
 
@@ -79,7 +81,7 @@ class TraceCollector:
         self.max_backlog = max_backlog
         self.backpressure_timeout = backpressure_timeout
         self.commit_delay = commit_delay
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # a plain lock: cheaper than RLock
         self._dirty: dict[int, SessionChain] = {}
         self._backlog = 0
         self._write_lock = threading.Lock()  # one writer of the store at a time
@@ -117,10 +119,6 @@ class TraceCollector:
                 "the runtime is closed; no further events can be recorded",
                 details={"reason": "trace_unavailable", "cause": "closed"},
             )
-        thread = self._thread
-        if thread is not None and not thread.is_alive():
-            self._fail(RuntimeError("the trace writer thread is not running"))
-            self.check()
 
     def committed(self, chain: SessionChain, sequence: int) -> None:
         """Called after appending up to ``sequence``; returns when durability allows.
@@ -135,15 +133,29 @@ class TraceCollector:
             return
         with self._cond:
             self._dirty[id(chain)] = chain
-            self._backlog += max(1, sequence - chain.committed)
-            chain.committed = max(chain.committed, sequence)
+            added = sequence - chain.committed
+            if added > 0:
+                self._backlog += added
+                chain.committed = sequence
             if self.durability == "async":
                 if self._backlog >= self.max_backlog:
                     self._hold_back()
                 return
             self._cond.notify_all()
+            deadline = time.monotonic() + self.backpressure_timeout
             while chain.durable < sequence and self._failure is None and not self._closed:
-                self._cond.wait(timeout=1.0)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    # A writer that makes no progress is as bad as a dead one: fail closed.
+                    self._cond.release()
+                    try:
+                        self._fail(
+                            TimeoutError(f"no durable write within {self.backpressure_timeout:g}s")
+                        )
+                    finally:
+                        self._cond.acquire()
+                    break
+                self._cond.wait(timeout=min(left, 1.0))
         self.check()
 
     def _hold_back(self) -> None:
@@ -223,6 +235,8 @@ class TraceCollector:
                     if events:
                         self.store.append(events)
                         flushed.append((chain, events[-1].sequence, len(events)))
+                    if threading.current_thread() is self._thread:
+                        time.sleep(0)  # let callers run: recording is background work
             if flushed:
                 # Commits the batch; stores opened durable (group, sync) also fsync here.
                 self.store.sync()
