@@ -36,8 +36,10 @@ from cra_agents._exceptions import (
 from cra_agents._requests import execute_request, resolve_request
 from cra_agents._version import __version__
 from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
+from cra_agents.guard import configure, current_session, get_runtime, guarded, session, shutdown
 from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
-from cra_agents.runtime import Runtime, SessionInfo
+from cra_agents.runtime import Authorization, Runtime, SessionInfo
+from cra_agents.runtime._approvals import Approval, ApprovalDecision, ApprovalRequest
 from cra_agents.trace import (
     ChainVerification,
     JsonlStore,
@@ -48,14 +50,22 @@ from cra_agents.trace import (
     verify_chain,
 )
 
+#: The name the guard documentation uses for a denied call.
+ActionDenied = ActionDeniedError
+
 __all__ = [
+    "ActionDenied",
     "ActionDeniedError",
     "ActionNotFoundError",
+    "Approval",
+    "ApprovalDecision",
+    "ApprovalRequest",
     "ApprovalRequiredError",
     "Atlas",
     "AtlasConflictError",
     "AtlasError",
     "AtlasNotFoundError",
+    "Authorization",
     "CARPRequest",
     "CARPResolution",
     "CRAError",
@@ -82,10 +92,16 @@ __all__ = [
     "TraceUnavailableError",
     "ValidationReport",
     "__version__",
+    "configure",
+    "current_session",
     "execute_request",
+    "get_runtime",
+    "guarded",
     "load_atlas",
     "open_store",
     "resolve_request",
+    "session",
+    "shutdown",
     "validate_atlas",
     "verify_chain",
 ]

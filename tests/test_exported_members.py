@@ -20,6 +20,7 @@ def test_all_is_complete():
         "conformance",
         "replay",
         "annotations",
+        "guard",
     }
     assert len(set(cra_agents.__all__)) == len(cra_agents.__all__)
     assert public - modules == set(cra_agents.__all__)

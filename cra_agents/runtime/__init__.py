@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from cra_agents.runtime._runtime import DEFAULT_TTL_SECONDS, Runtime, SessionInfo
+from cra_agents.runtime._runtime import DEFAULT_TTL_SECONDS, Authorization, Runtime, SessionInfo
 
-__all__ = ["DEFAULT_TTL_SECONDS", "Runtime", "SessionInfo"]
+__all__ = ["DEFAULT_TTL_SECONDS", "Authorization", "Runtime", "SessionInfo"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import copy
 import dataclasses
+import inspect
 import os
 import threading
 import time
@@ -19,6 +22,7 @@ from cra_agents._canonical import canonical_json, digest
 from cra_agents._clock import format_timestamp, parse_timestamp_ns
 from cra_agents._exceptions import (
     ActionDeniedError,
+    ActionNotFoundError,
     ApprovalRequiredError,
     AtlasConflictError,
     AtlasNotFoundError,
@@ -38,7 +42,7 @@ from cra_agents._frozen import FrozenDict, freeze
 from cra_agents._ids import new_id
 from cra_agents.atlas import Atlas, AtlasSource, load_atlas
 from cra_agents.atlas._load import pointer
-from cra_agents.policy import ConditionContext, Effect, PolicyEngine, RateRule
+from cra_agents.policy import ConditionContext, Effect, PolicyDecision, PolicyEngine, RateRule
 from cra_agents.protocol import (
     Action,
     AllowedAction,
@@ -54,6 +58,14 @@ from cra_agents.protocol import (
     TraceEvent,
 )
 from cra_agents.protocol._common import trusted
+from cra_agents.runtime._approvals import (
+    Approval,
+    ApprovalDecision,
+    ApprovalHandler,
+    ApprovalRequest,
+    ApprovalStore,
+    auto_deny,
+)
 from cra_agents.runtime._context import ContextCandidate, compile_context, select_context
 from cra_agents.trace import ChainVerification, SessionChain, TraceStore, verify_chain
 from cra_agents.trace._checkpoint import Checkpoint, sign_checkpoint
@@ -66,7 +78,7 @@ if TYPE_CHECKING:
         Ed25519PublicKey,
     )
 
-__all__ = ["DEFAULT_TTL_SECONDS", "Runtime", "SessionInfo"]
+__all__ = ["DEFAULT_TTL_SECONDS", "Authorization", "Runtime", "SessionInfo"]
 
 DEFAULT_TTL_SECONDS = 3600
 DEFAULT_CLOCK_SKEW_SECONDS = 300
@@ -94,6 +106,35 @@ class SessionInfo:
     event_count: int = 0
     #: Events known to be in the store (what a crash cannot take back in group/sync mode).
     durable_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """A call that may run: with the frozen copy of its arguments it must run with."""
+
+    session_id: str
+    action_id: str
+    execution_id: str
+    arguments: dict[str, Any]
+    digest: str
+    policy_id: str
+    shadow: bool
+    approver: str | None
+    started_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class _GateState:
+    session: _Session
+    execution_id: str
+    action_id: str
+    arguments: dict[str, Any]
+    digest: str
+    requested: dict[str, Any]
+    decision: PolicyDecision
+    risk: str
+    atlas_digest: str
+    started_ns: int
 
 
 @dataclass(slots=True)
@@ -231,7 +272,15 @@ class Runtime:
         default_deny: Deny declared actions no policy matches (default: allow them).
         ttl_seconds: Lifetime of a resolution.
         clock_skew_seconds: How far a request's timestamp may be from now.
-        approval_ttl_seconds: Lifetime of an approval request (``decision.expires_at``).
+        approval_ttl_seconds: Lifetime of an approval request (``decision.expires_at``) and of
+            granted approvals.
+        approval_handler: Who answers approval requests of guarded calls: ``"auto_deny"``
+            (default) or a callable (sync or async) taking an :class:`ApprovalRequest` and
+            returning ``True``/``False`` or an :class:`ApprovalDecision`.
+        approval_timeout: Seconds an approver may take; then the call is denied
+            (``approval_timeout``).
+        shadow: Record what would have been denied as ``policy.violated`` but let guarded
+            calls run (for rolling out a new atlas); every such event is flagged ``shadow``.
 
     Example:
         >>> rt = Runtime(atlases=["examples/atlases/github-ops"])  # doctest: +SKIP
@@ -253,6 +302,9 @@ class Runtime:
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS,
         approval_ttl_seconds: int = 900,
+        approval_handler: ApprovalHandler = "auto_deny",
+        approval_timeout: float = 300.0,
+        shadow: bool = False,
     ) -> None:
         loaded = [load_atlas(source) for source in atlases]
         self._check_conflicts(loaded)
@@ -276,6 +328,12 @@ class Runtime:
         self.ttl_seconds = ttl_seconds
         self.clock_skew_seconds = clock_skew_seconds
         self.approval_ttl_seconds = approval_ttl_seconds
+        self.approval_handler: ApprovalHandler = approval_handler
+        self.approval_timeout = approval_timeout
+        #: Shadow mode: record what would be denied (``policy.violated``) but allow the call.
+        self.shadow = shadow
+        self._approvals = ApprovalStore()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
         self._all_atlas_ids = [atlas.atlas_id for atlas in loaded]
@@ -418,6 +476,8 @@ class Runtime:
         """
         self._collector.close(timeout)
         self._finalizer.detach()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Runtime:
         return self
@@ -794,6 +854,347 @@ class Runtime:
                 _remember(self._contexts, key, hit, self._lock)
         return list(hit[0]), hit[1]
 
+    # -- per-call gate (guarded functions, framework middleware) ----------------------------
+
+    def authorize(
+        self,
+        session_id: str,
+        action_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        tool_call_id: str | None = None,
+        approval_id: str | None = None,
+    ) -> Authorization:
+        """Decide one call of ``action_id`` with ``arguments`` before it runs.
+
+        The arguments are deep-copied and digested first: the returned
+        :class:`Authorization` carries the copy the tool must run with, so nothing can change
+        them between decision and execution. Events: ``action.requested``,
+        ``policy.evaluated``, then ``action.approved`` or ``action.denied`` (and, in shadow
+        mode, ``policy.violated`` for what would have been denied).
+
+        Raises:
+            ActionDeniedError: denied by policy, by an approver (``approval_denied``,
+                ``approval_timeout``, ``approval_error``), or the action is undeclared.
+            InvalidParametersError: the arguments fail the action's ``parameters_schema``
+                or cannot be canonicalised.
+            SessionNotFoundError, SessionEndedError, TraceUnavailableError.
+        """
+        state = self._gate_start(session_id, action_id, arguments, tool_call_id)
+        if state.decision.effect is Effect.REQUIRE_APPROVAL and not self.shadow:
+            if approval_id is not None:
+                return self._gate_with_token(state, approval_id)
+            return self._gate_finish(state, self._ask_sync(state))
+        return self._gate_finish(state, None)
+
+    async def aauthorize(
+        self,
+        session_id: str,
+        action_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        tool_call_id: str | None = None,
+        approval_id: str | None = None,
+    ) -> Authorization:
+        """:meth:`authorize` for async callers; async approval handlers are awaited."""
+        state = self._gate_start(session_id, action_id, arguments, tool_call_id)
+        if state.decision.effect is Effect.REQUIRE_APPROVAL and not self.shadow:
+            if approval_id is not None:
+                return self._gate_with_token(state, approval_id)
+            return self._gate_finish(state, await self._ask_async(state))
+        return self._gate_finish(state, None)
+
+    def grant_approval(
+        self,
+        session_id: str,
+        action_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        approver: str,
+        reason: str | None = None,
+        ttl_seconds: float | None = None,
+    ) -> Approval:
+        """Grant a single-use approval for exactly these arguments (e.g. from a UI)."""
+        session = self._active(session_id)
+        found = self.engine.action(action_id)
+        if found is None:
+            raise ActionNotFoundError(f"no loaded atlas declares {action_id!r}")
+        approval = Approval(
+            approval_id=new_id(),
+            session_id=session.session_id,
+            action_id=action_id,
+            digest=digest(dict(arguments)),
+            atlas_digest=self.atlas(found[0]).digest,
+            approver=approver,
+            expires_at=time.monotonic() + (ttl_seconds or self.approval_ttl_seconds),
+            reason=reason,
+        )
+        self._approvals.add(approval)
+        return approval
+
+    def record_outcome(
+        self,
+        authorization: Authorization,
+        *,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Record how an authorized call ended: ``action.executed`` or ``action.failed``."""
+        session = self._session(authorization.session_id)
+        duration_ms = (time.monotonic_ns() - authorization.started_ns) // 1_000_000
+        payload: dict[str, Any] = {
+            "action_id": authorization.action_id,
+            "execution_id": authorization.execution_id,
+            "duration_ms": duration_ms,
+        }
+        if error is None:
+            kind = "action.executed"
+            try:
+                payload["result_hash"] = digest(result)
+            except CRAError:
+                payload["result_hash"] = digest(repr(result))
+        else:
+            kind = "action.failed"
+            payload["error_code"] = type(error).__name__
+            payload["error_message"] = str(error)[:2000]
+        if authorization.shadow:
+            payload["shadow"] = True
+        chain = session.chain
+        self._collector.committed(chain, chain.append(kind, payload))
+        if error is None:
+            with session.lock:
+                session.action_count += 1
+
+    def _gate_start(
+        self,
+        session_id: str,
+        action_id: str,
+        arguments: Mapping[str, Any],
+        tool_call_id: str | None,
+    ) -> _GateState:
+        session = self._active(session_id)
+        self._collector.check()
+        execution_id = new_id()
+        chain = session.chain
+        try:
+            frozen = copy.deepcopy(dict(arguments))
+            arguments_digest = digest(frozen)
+        except (CRAError, TypeError, copy.Error, RecursionError) as exc:
+            requested: dict[str, Any] = {
+                "action_id": action_id,
+                "execution_id": execution_id,
+                "parameters_hash": "",
+            }
+            self._gate_events(
+                chain,
+                [
+                    ("action.requested", requested),
+                    _denied(action_id, execution_id, "invalid_parameters", RUNTIME_POLICY),
+                ],
+            )
+            raise InvalidParametersError(
+                f"arguments of {action_id} cannot be recorded: {exc}",
+                details={"action_id": action_id},
+            ) from exc
+        requested = {
+            "action_id": action_id,
+            "execution_id": execution_id,
+            "parameters_hash": arguments_digest,
+        }
+        if tool_call_id is not None:
+            requested["tool_call_id"] = tool_call_id
+        found = self.engine.action(action_id)
+        if found is not None and found[1].parameters_schema is not None:
+            problem = _schema_problem(found[1].parameters_schema, frozen)
+            if problem is not None:
+                self._gate_events(
+                    chain,
+                    [
+                        ("action.requested", requested),
+                        _denied(action_id, execution_id, "invalid_parameters", RUNTIME_POLICY),
+                    ],
+                )
+                raise InvalidParametersError(
+                    f"arguments of {action_id} are invalid: {problem[1]}"
+                    f"{' at ' + problem[0] if problem[0] else ''}",
+                    details={"action_id": action_id, "path": problem[0]},
+                )
+        risk = found[1].risk_tier if found is not None else "low"
+        ctx = ConditionContext(agent_id=session.agent_id, risk_tier=risk)
+        decision = self.engine.decide(action_id, ctx, consume=True)
+        atlas_digest = self.atlas(found[0]).digest if found is not None else ""
+        return _GateState(
+            session,
+            execution_id,
+            action_id,
+            frozen,
+            arguments_digest,
+            requested,
+            decision,
+            risk,
+            atlas_digest,
+            time.monotonic_ns(),
+        )
+
+    def _gate_events(
+        self, chain: SessionChain, events: list[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        self._collector.committed(chain, chain.extend(events) + len(events) - 1)
+
+    def _gate_finish(self, state: _GateState, answer: ApprovalDecision | None) -> Authorization:
+        decision = state.decision
+        evaluated = {
+            "policy_id": decision.policy_id,
+            "result": decision.result,
+            "action_id": state.action_id,
+        }
+        events: list[tuple[str, Mapping[str, Any]]] = [
+            ("action.requested", state.requested),
+            ("policy.evaluated", evaluated),
+        ]
+        approver: str | None = None
+        shadow = False
+        refused: ActionDeniedError | None = None
+        if decision.effect is Effect.ALLOW:
+            pass
+        elif self.shadow:
+            shadow = True
+            events.append(
+                (
+                    "policy.violated",
+                    {
+                        "policy_id": decision.policy_id,
+                        "violation_type": "denied_action",
+                        "action_id": state.action_id,
+                        "details": {
+                            "reason": decision.reason or decision.result,
+                            "shadow": True,
+                            "would_be": decision.result,
+                        },
+                    },
+                )
+            )
+        elif decision.effect is Effect.REQUIRE_APPROVAL and answer is not None and answer.approved:
+            approver = answer.approver
+        else:
+            reason = decision.reason or "Denied by policy"
+            if decision.effect is Effect.REQUIRE_APPROVAL:
+                reason = (
+                    answer.reason
+                    if answer
+                    and answer.reason
+                    and not answer.approved
+                    and answer.reason.startswith("approval_")
+                    else "approval_denied"
+                )
+            events.append(_denied(state.action_id, state.execution_id, reason, decision.policy_id))
+            if decision.retry_after is not None:
+                refused = RateLimitExceededError(
+                    f"{state.action_id}: rate limit {decision.policy_id} exhausted, retry "
+                    f"after {decision.retry_after:.0f}s",
+                    action_id=state.action_id,
+                    policy_id=decision.policy_id,
+                    retry_after=decision.retry_after,
+                )
+            else:
+                refused = ActionDeniedError(
+                    f"{state.action_id} denied by {decision.policy_id}: {reason}",
+                    action_id=state.action_id,
+                    policy_id=decision.policy_id,
+                    reason=reason,
+                )
+        if refused is None:
+            approved: dict[str, Any] = {
+                "action_id": state.action_id,
+                "execution_id": state.execution_id,
+                "policy_id": decision.policy_id,
+            }
+            if approver is not None:
+                approved["approver"] = approver
+                if answer is not None and answer.reason:
+                    approved["approval_reason"] = answer.reason
+            if shadow:
+                approved["shadow"] = True
+            events.append(("action.approved", approved))
+        self._gate_events(state.session.chain, events)
+        if refused is not None:
+            raise refused
+        return Authorization(
+            session_id=state.session.session_id,
+            action_id=state.action_id,
+            execution_id=state.execution_id,
+            arguments=state.arguments,
+            digest=state.digest,
+            policy_id=decision.policy_id,
+            shadow=shadow,
+            approver=approver,
+            started_ns=time.monotonic_ns(),
+        )
+
+    def _gate_with_token(self, state: _GateState, approval_id: str) -> Authorization:
+        approval, why_not = self._approvals.consume(
+            approval_id,
+            session_id=state.session.session_id,
+            action_id=state.action_id,
+            digest=state.digest,
+            atlas_digest=state.atlas_digest,
+        )
+        if approval is None:
+            return self._gate_finish(state, ApprovalDecision(False, "token", why_not))
+        return self._gate_finish(state, ApprovalDecision(True, approval.approver, approval.reason))
+
+    def _approval_request(self, state: _GateState) -> ApprovalRequest:
+        return ApprovalRequest(
+            session_id=state.session.session_id,
+            agent_id=state.session.agent_id,
+            action_id=state.action_id,
+            arguments=copy.deepcopy(state.arguments),
+            digest=state.digest,
+            risk_tier=state.risk,
+            reason=state.decision.reason or "Requires human approval",
+            policy_id=state.decision.policy_id,
+        )
+
+    def _ask_sync(self, state: _GateState) -> ApprovalDecision:
+        handler = self.approval_handler
+        if handler == "auto_deny":
+            return auto_deny(self._approval_request(state))
+        if inspect.iscoroutinefunction(handler):
+            return ApprovalDecision(
+                False, "runtime", "approval_error: the handler is async; call the async API"
+            )
+        pool = self._approval_pool()
+        future = pool.submit(handler, self._approval_request(state))
+        try:
+            answer = future.result(timeout=self.approval_timeout)
+        except concurrent.futures.TimeoutError:
+            return ApprovalDecision(False, "runtime", "approval_timeout")
+        except Exception as exc:  # noqa: BLE001 - a failing approver approves nothing
+            return ApprovalDecision(False, "runtime", f"approval_error: {exc!r}")
+        return _as_decision(answer)
+
+    async def _ask_async(self, state: _GateState) -> ApprovalDecision:
+        handler = self.approval_handler
+        if handler == "auto_deny":
+            return auto_deny(self._approval_request(state))
+        try:
+            result = handler(self._approval_request(state))
+            if inspect.isawaitable(result):
+                result = await asyncio.wait_for(result, timeout=self.approval_timeout)
+        except TimeoutError:
+            return ApprovalDecision(False, "runtime", "approval_timeout")
+        except Exception as exc:  # noqa: BLE001 - a failing approver approves nothing
+            return ApprovalDecision(False, "runtime", f"approval_error: {exc!r}")
+        return _as_decision(result)
+
+    def _approval_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=4, thread_name_prefix="cra-approval"
+                )
+            return self._pool
+
     def execute(self, request: CARPRequest | Mapping[str, Any]) -> ExecuteResponse:
         """Gate an execution: enforce the runtime rules and re-decide the action's policy.
 
@@ -1020,6 +1421,28 @@ def _request_payload(req: CARPRequest, atlas_ids: Sequence[str]) -> dict[str, An
     if req.context:
         payload["context"] = req.context
     return payload
+
+
+def _denied(
+    action_id: str, execution_id: str, reason: str, policy_id: str
+) -> tuple[str, dict[str, Any]]:
+    return (
+        "action.denied",
+        {
+            "action_id": action_id,
+            "reason": reason,
+            "policy_id": policy_id,
+            "execution_id": execution_id,
+        },
+    )
+
+
+def _as_decision(answer: object) -> ApprovalDecision:
+    if isinstance(answer, ApprovalDecision):
+        return answer
+    if answer is True:
+        return ApprovalDecision(True, "handler")
+    return ApprovalDecision(False, "handler", "approval_denied")
 
 
 def _recordable(payload: Mapping[str, Any]) -> None:

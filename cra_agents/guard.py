@@ -1,0 +1,384 @@
+"""The two-line integration: ``cra.configure(...)`` and ``@cra.guarded``.
+
+::
+
+    import cra_agents as cra
+
+    cra.configure(atlases=["examples/atlases/github-ops"])
+
+    @cra.guarded("github.issue.create")
+    def create_issue(repo: str, title: str) -> dict: ...
+
+    with cra.session(agent_id="triage-bot", goal="Triage new issues"):
+        create_issue("acme/app", "Crash on start")   # decided, run with frozen args, traced
+
+A call outside any ``cra.session`` block runs in one implicit session per process (agent id
+``cra-implicit``), unless ``configure(implicit_sessions=False)``, which makes such calls raise.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import functools
+import inspect
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+from cra_agents._exceptions import (
+    ActionDeniedError,
+    ActionNotFoundError,
+    CRAError,
+    InvalidRequestError,
+)
+from cra_agents.atlas import AtlasSource
+from cra_agents.runtime import Authorization, Runtime, SessionInfo
+from cra_agents.runtime._approvals import ApprovalHandler
+from cra_agents.trace import TraceStore
+from cra_agents.trace._collector import Durability
+
+__all__ = [
+    "ActiveSession",
+    "configure",
+    "current_session",
+    "get_runtime",
+    "guarded",
+    "session",
+    "shutdown",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+_implicit: SessionInfo | None = None
+_implicit_allowed = True
+_current: contextvars.ContextVar[ActiveSession | None] = contextvars.ContextVar(
+    "cra_session", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSession:
+    """The session a ``cra.session`` block opened."""
+
+    info: SessionInfo
+    runtime: Runtime
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self.info.session_id
+
+
+def configure(
+    atlases: Iterable[AtlasSource],
+    *,
+    store: TraceStore | str | os.PathLike[str] | None = None,
+    durability: Durability = "async",
+    approvals: ApprovalHandler = "auto_deny",
+    approval_timeout: float = 300.0,
+    shadow: bool = False,
+    default_deny: bool = False,
+    implicit_sessions: bool = True,
+) -> Runtime:
+    """Set up the default runtime used by :func:`guarded` and :func:`session`.
+
+    Replaces (and closes) a previously configured runtime. The runtime is closed at exit.
+    """
+    global _runtime, _implicit, _implicit_allowed
+    runtime = Runtime(
+        atlases,
+        store=store,
+        durability=durability,
+        approval_handler=approvals,
+        approval_timeout=approval_timeout,
+        shadow=shadow,
+        default_deny=default_deny,
+    )
+    with _lock:
+        previous, _runtime, _implicit = _runtime, runtime, None
+        _implicit_allowed = implicit_sessions
+    if previous is not None:
+        previous.close()
+    return runtime
+
+
+def get_runtime() -> Runtime:
+    """The configured runtime.
+
+    Raises:
+        InvalidRequestError: :func:`configure` was not called.
+    """
+    runtime = _runtime
+    if runtime is None:
+        raise InvalidRequestError(
+            "cra_agents is not configured: call cra.configure(atlases=[...]) first",
+            details={"reason": "not_configured"},
+        )
+    return runtime
+
+
+@atexit.register
+def shutdown() -> None:
+    """Flush and close the configured runtime (also runs at interpreter exit)."""
+    global _runtime, _implicit
+    with _lock:
+        runtime, _runtime, _implicit = _runtime, None, None
+    if runtime is not None:
+        runtime.close()
+
+
+def current_session() -> ActiveSession | None:
+    """The innermost active ``cra.session`` of this thread or task, if any."""
+    return _current.get()
+
+
+class _SessionScope:
+    """``cra.session(...)``: a context manager for ``with`` and ``async with``."""
+
+    def __init__(self, agent_id: str, goal: str, metadata: dict[str, Any] | None) -> None:
+        self._args = (agent_id, goal, metadata)
+        self._active: ActiveSession | None = None
+        self._token: contextvars.Token[ActiveSession | None] | None = None
+        self._started = 0.0
+
+    def _enter(self) -> ActiveSession:
+        agent_id, goal, metadata = self._args
+        runtime = get_runtime()
+        parent = _current.get()
+        info = runtime.create_session(
+            agent_id,
+            goal,
+            metadata=metadata,
+            parent_session_id=parent.session_id if parent is not None else None,
+        )
+        self._active = ActiveSession(info, runtime)
+        self._token = _current.set(self._active)
+        return self._active
+
+    def _exit(self, exc: BaseException | None) -> None:
+        active = self._active
+        if self._token is not None:
+            _current.reset(self._token)
+        if active is None:
+            return
+        try:
+            active.runtime.end_session(
+                active.session_id,
+                "error" if exc is not None else "completed",
+                error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
+            )
+        except CRAError:
+            if exc is None:
+                raise
+
+    def __enter__(self) -> ActiveSession:
+        return self._enter()
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> ActiveSession:
+        return self._enter()
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._exit(exc)
+
+
+def session(agent_id: str, goal: str, *, metadata: dict[str, Any] | None = None) -> _SessionScope:
+    """Open a session for the block (``with`` or ``async with``).
+
+    Starts with ``session.started`` and ends with ``session.ended`` (reason ``completed``, or
+    ``error`` with the exception when the block raised). A session opened inside another
+    records the outer one as ``parent_session_id``.
+    """
+    return _SessionScope(agent_id, goal, metadata)
+
+
+def _session_for_call() -> tuple[Runtime, str]:
+    global _implicit
+    active = _current.get()
+    if active is not None:
+        return active.runtime, active.session_id
+    runtime = get_runtime()
+    if not _implicit_allowed:
+        raise InvalidRequestError(
+            "a guarded call outside any cra.session(...) block, and implicit sessions are off",
+            details={"reason": "no_session"},
+        )
+    with _lock:
+        if _implicit is None or _runtime is not runtime:
+            _implicit = runtime.create_session(
+                "cra-implicit", f"implicit session of process {os.getpid()}"
+            )
+        return runtime, _implicit.session_id
+
+
+def _resolve_action(runtime: Runtime, explicit: str | None, func: Callable[..., Any]) -> str:
+    if explicit is not None:
+        return explicit
+    name = func.__name__
+    matches = [
+        action.action_id
+        for atlas in runtime.atlases
+        for action in atlas.actions
+        if name in (action.executor, action.name)
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    atlases = ", ".join(a.atlas_id for a in runtime.atlases) or "none"
+    if not matches:
+        raise ActionNotFoundError(
+            f"no action of the loaded atlases ({atlases}) has executor or name {name!r}; "
+            f"pass the id: @cra.guarded('<action.id>')",
+            details={"tool": name},
+        )
+    raise ActionNotFoundError(
+        f"{name!r} matches several actions ({', '.join(matches)}); pass the id explicitly",
+        details={"tool": name, "candidates": matches},
+    )
+
+
+def _fail_closed(runtime: Runtime, session_id: str, action_id: str, exc: Exception) -> CRAError:
+    """Any unexpected failure while deciding denies; the denial is recorded if possible."""
+    if isinstance(exc, CRAError):
+        return exc
+    try:
+        chain = runtime._session(session_id).chain
+        runtime._collector.committed(
+            chain,
+            chain.append(
+                "action.denied",
+                {
+                    "action_id": action_id,
+                    "reason": "internal_error",
+                    "policy_id": "cra-internal",
+                    "error": f"{type(exc).__name__}: {exc}"[:500],
+                },
+            ),
+        )
+    except Exception:  # noqa: BLE001, S110 - recording is best effort here; we deny anyway
+        pass
+    error = ActionDeniedError(
+        f"{action_id} denied: the decision failed ({type(exc).__name__}: {exc})",
+        action_id=action_id,
+        policy_id="cra-internal",
+        reason="internal_error",
+    )
+    error.__cause__ = exc
+    return error
+
+
+@overload
+def guarded(action: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def guarded(
+    action: str | None = None, /, *, tool_call_id: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def guarded(
+    action: str | Callable[P, R] | None = None, /, *, tool_call_id: str | None = None
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    """Gate every call of a function through CARP and record it in TRACE.
+
+    ``@cra.guarded("action.id")`` names the action; bare ``@cra.guarded`` maps the function to
+    the action whose ``executor`` or ``name`` equals the function's name. Works on functions,
+    async functions and methods; keeps the signature and ``__wrapped__``.
+
+    Per call: the arguments are bound and deep-copied, their digest is decided on, and the
+    function runs with that copy (later changes to the caller's objects never reach it).
+    Allowed → ``action.executed`` (duration, result hash) or ``action.failed`` and the
+    function's exception re-raised unchanged. Denied → :class:`ActionDeniedError` (action,
+    policy, reason) and the function does not run. Any internal failure denies (fail closed).
+    """
+    if callable(action):
+        return guarded()(action)
+    explicit = action
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(func)
+        cache: dict[int, str] = {}
+
+        def action_id_for(runtime: Runtime) -> str:
+            key = id(runtime)
+            hit = cache.get(key)
+            if hit is None:
+                hit = cache[key] = _resolve_action(runtime, explicit, func)
+            return hit
+
+        def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            # "self"/"cls" are the receiver, not tool input: kept out of the decision.
+            receiver = None
+            params = list(signature.parameters)
+            if params and params[0] in ("self", "cls"):
+                receiver = arguments.pop(params[0])
+            return arguments, receiver
+
+        def call_with(auth: Authorization, receiver: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            values = dict(auth.arguments)
+            if receiver is not None:
+                values = {next(iter(signature.parameters)): receiver, **values}
+            bound = signature.bind_partial()
+            bound.arguments.update(values)
+            return bound.args, bound.kwargs
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                runtime, session_id = _session_for_call()
+                action_id = explicit or "unmapped"
+                try:
+                    action_id = action_id_for(runtime)
+                    arguments, receiver = bind(args, kwargs)
+                    auth = await runtime.aauthorize(
+                        session_id, action_id, arguments, tool_call_id=tool_call_id
+                    )
+                    call_args, call_kwargs = call_with(auth, receiver)
+                except Exception as exc:  # noqa: BLE001 - fail closed, see _fail_closed
+                    raise _fail_closed(runtime, session_id, action_id, exc) from None
+                try:
+                    result = await func(*call_args, **call_kwargs)
+                except BaseException as error:
+                    runtime.record_outcome(auth, error=error)
+                    raise
+                runtime.record_outcome(auth, result=result)
+                return result
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            runtime, session_id = _session_for_call()
+            action_id = explicit or "unmapped"
+            try:
+                action_id = action_id_for(runtime)
+                arguments, receiver = bind(args, kwargs)
+                auth = runtime.authorize(
+                    session_id, action_id, arguments, tool_call_id=tool_call_id
+                )
+                call_args, call_kwargs = call_with(auth, receiver)
+            except Exception as exc:  # noqa: BLE001 - fail closed, see _fail_closed
+                raise _fail_closed(runtime, session_id, action_id, exc) from None
+            try:
+                result = func(*call_args, **call_kwargs)
+            except BaseException as error:
+                runtime.record_outcome(auth, error=error)
+                raise
+            runtime.record_outcome(auth, result=result)
+            return result
+
+        return wrapper
+
+    return decorate
