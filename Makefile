@@ -32,6 +32,7 @@ test: lint typecheck pytest
 bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/trace_bench.py
+	$(PY) benchmarks/guard_bench.py
 
 conformance: setup
 	$(PY) -m cra_agents.conformance

@@ -306,6 +306,13 @@ def guarded(
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(func)
         cache: dict[int, str] = {}
+        names = list(signature.parameters)
+        # Plain parameters (no *args, **kwargs or positional-only): the frozen arguments can be
+        # passed back by keyword without re-binding.
+        by_keyword = all(
+            p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            for p in signature.parameters.values()
+        )
 
         def action_id_for(runtime: Runtime) -> str:
             key = id(runtime)
@@ -320,12 +327,13 @@ def guarded(
             arguments = dict(bound.arguments)
             # "self"/"cls" are the receiver, not tool input: kept out of the decision.
             receiver = None
-            params = list(signature.parameters)
-            if params and params[0] in ("self", "cls"):
-                receiver = arguments.pop(params[0])
+            if names and names[0] in ("self", "cls"):
+                receiver = arguments.pop(names[0])
             return arguments, receiver
 
         def call_with(auth: Authorization, receiver: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            if by_keyword:
+                return ((receiver,) if receiver is not None else ()), auth.arguments
             values = dict(auth.arguments)
             if receiver is not None:
                 values = {next(iter(signature.parameters)): receiver, **values}

@@ -37,6 +37,10 @@ def first_error(schema: Mapping[str, Any], parameters: Mapping[str, Any]) -> tup
     """
     try:
         validator = _validator(schema)
+        if validator.is_valid(
+            parameters
+        ):  # the common case; errors are worked out only when needed
+            return None
         error = jsonschema.exceptions.best_match(validator.iter_errors(parameters))
     except jsonschema.exceptions.SchemaError as exc:
         return "", f"the action's parameters_schema is itself invalid: {exc.message}"
