@@ -977,7 +977,7 @@ class Runtime:
         execution_id = new_id()
         chain = session.chain
         try:
-            frozen = copy.deepcopy(dict(arguments))
+            frozen = _frozen_copy(arguments)
             arguments_digest = digest(frozen)
         except (CRAError, TypeError, copy.Error, RecursionError) as exc:
             requested: dict[str, Any] = {
@@ -1421,6 +1421,21 @@ def _request_payload(req: CARPRequest, atlas_ids: Sequence[str]) -> dict[str, An
     if req.context:
         payload["context"] = req.context
     return payload
+
+
+_IMMUTABLE = (str, int, float, bool, bytes, type(None))
+
+
+def _frozen_copy(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the arguments that later changes to the caller's objects cannot reach.
+
+    Scalars are immutable already, so only containers are deep-copied.
+    """
+    values = dict(arguments)
+    for value in values.values():
+        if not isinstance(value, _IMMUTABLE):
+            return copy.deepcopy(values)
+    return values
 
 
 def _denied(
