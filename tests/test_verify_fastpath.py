@@ -95,3 +95,24 @@ class TestRuleShortcut:
             "event_hash": hashlib.sha256(b"x").hexdigest(),
         }
         assert _rule(event) is None
+
+
+def test_del_character_takes_the_full_comparison():
+    """DEL is ASCII but json.dumps escapes it: the shortcut must not assume equal bytes."""
+    event = {
+        "trace_version": "1.0",
+        "event_id": "01234567-89ab-7def-8123-456789abcdef",
+        "trace_id": "11111111-1111-7111-8111-111111111111",
+        "span_id": "22222222-2222-7222-8222-222222222222",
+        "parent_span_id": None,
+        "session_id": "33333333-3333-7333-8333-333333333333",
+        "sequence": 0,
+        "timestamp": "2024-12-28T12:00:00+00:00",
+        "event_type": "error.occurred",
+        "payload": {"text": "a\x7fb"},
+        "previous_event_hash": GENESIS_HASH,
+    }
+    event["event_hash"] = compute_event_hash(event)
+    assert _rule(event) == {"normalized"}
+    event["event_hash"] = spec_event_hash(event)
+    assert _rule(event) == {"as_written"}

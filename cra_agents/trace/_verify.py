@@ -107,8 +107,9 @@ def _fields(item: TraceEvent | Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 # Where the spec's json.dumps may write a payload differently from canonical JSON (besides
-# non-ASCII text): floats in exponent form, and small floats Python writes as 1e-05.
-_FLOATISH = re.compile(rb"\de|0\.0000")
+# non-ASCII text): floats in exponent form, small floats Python writes as 1e-05, and DEL,
+# which json.dumps escapes as \u007f while serde_json writes it raw.
+_FLOATISH = re.compile(rb"\de|0\.0000|\x7f")
 
 
 def _rule(event: Mapping[str, Any]) -> set[str] | None:
