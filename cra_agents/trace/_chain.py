@@ -52,7 +52,6 @@ class SessionChain:
     """
 
     __slots__ = (
-        "_finalised",
         "_head",
         "_lock",
         "_next",
@@ -78,7 +77,6 @@ class SessionChain:
         self._next = 0
         # Batches of (first sequence, time_ns, [(event_type, payload), ...]).
         self._pending: list[tuple[int, int, Sequence[tuple[str, Mapping[str, Any]]]]] = []
-        self._finalised = 0
         self._head = GENESIS_HASH
         self._root_span: str | None = None
         #: Highest sequence known to be in the store (-1: none); maintained by the collector.
@@ -142,7 +140,6 @@ class SessionChain:
             events: list[TraceEvent] = []
             for first, time_ns, batch in pending:
                 self._finalise_batch(first, time_ns, batch, events)
-            self._finalised += len(events)
             if self._sink is not None:
                 self._sink(events)
             return events
