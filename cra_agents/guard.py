@@ -274,6 +274,56 @@ def _fail_closed(runtime: Runtime, session_id: str, action_id: str, exc: Excepti
     return error
 
 
+def _flatten(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Bind a call to named tool arguments: ``**kwargs`` spread out, ``*args`` as a list.
+
+    Raises:
+        TypeError: the call does not fit the signature, as the plain call would.
+    """
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            extra = value
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                arguments[name] = list(value)
+        else:
+            arguments[name] = value
+    clash = arguments.keys() & extra.keys()
+    if clash:
+        raise TypeError(
+            f"keyword argument(s) {', '.join(sorted(clash))} clash with parameter names of "
+            f"the guarded function; rename them"
+        )
+    arguments.update(extra)
+    return arguments
+
+
+def _unflatten(
+    signature: inspect.Signature, values: dict[str, Any], receiver: Any, has_receiver: bool
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call :func:`_flatten` describes, rebuilt from the frozen arguments."""
+    args: list[Any] = []
+    kwargs = dict(values)
+    parameters = list(signature.parameters.values())
+    if has_receiver:
+        args.append(receiver)
+        parameters = parameters[1:]
+    for parameter in parameters:
+        kind = parameter.kind
+        if kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            args.append(kwargs.pop(parameter.name))
+        elif kind is parameter.VAR_POSITIONAL:
+            args.extend(kwargs.pop(parameter.name, ()))
+    return tuple(args), kwargs
+
+
 @overload
 def guarded(action: Callable[P, R], /) -> Callable[P, R]: ...
 
@@ -321,25 +371,39 @@ def guarded(
                 hit = cache[key] = _resolve_action(runtime, explicit, func)
             return hit
 
+        positional = [
+            p.name for p in signature.parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD
+        ]
+        defaults = {
+            p.name: p.default
+            for p in signature.parameters.values()
+            if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        known = frozenset(names)
+        has_receiver = bool(names) and names[0] in ("self", "cls")
+
         def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            arguments = dict(bound.arguments)
+            arguments: dict[str, Any] | None = None
+            if by_keyword and len(args) <= len(positional):
+                # The common case without inspect: names for the positional values, the
+                # keywords, then the defaults; anything unusual goes to Signature.bind.
+                candidate = dict(zip(positional, args, strict=False))
+                if not kwargs or candidate.keys().isdisjoint(kwargs):
+                    candidate.update(kwargs)
+                    for name, default in defaults.items():
+                        candidate.setdefault(name, default)
+                    if len(candidate) == len(known) and candidate.keys() <= known:
+                        arguments = candidate
+            if arguments is None:
+                arguments = _flatten(signature, args, kwargs)
             # "self"/"cls" are the receiver, not tool input: kept out of the decision.
-            receiver = None
-            if names and names[0] in ("self", "cls"):
-                receiver = arguments.pop(names[0])
+            receiver = arguments.pop(names[0]) if has_receiver else None
             return arguments, receiver
 
         def call_with(auth: Authorization, receiver: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if by_keyword:
-                return ((receiver,) if receiver is not None else ()), auth.arguments
-            values = dict(auth.arguments)
-            if receiver is not None:
-                values = {next(iter(signature.parameters)): receiver, **values}
-            bound = signature.bind_partial()
-            bound.arguments.update(values)
-            return bound.args, bound.kwargs
+                return ((receiver,) if has_receiver else ()), auth.arguments
+            return _unflatten(signature, auth.arguments, receiver, has_receiver)
 
         if inspect.iscoroutinefunction(func):
 
@@ -347,9 +411,9 @@ def guarded(
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 runtime, session_id = _session_for_call()
                 action_id = explicit or "unmapped"
+                arguments, receiver = bind(args, kwargs)  # a TypeError, as the plain call
                 try:
                     action_id = action_id_for(runtime)
-                    arguments, receiver = bind(args, kwargs)
                     auth = await runtime.aauthorize(
                         session_id, action_id, arguments, tool_call_id=tool_call_id
                     )
@@ -370,9 +434,9 @@ def guarded(
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             runtime, session_id = _session_for_call()
             action_id = explicit or "unmapped"
+            arguments, receiver = bind(args, kwargs)  # a TypeError, as the plain call would
             try:
                 action_id = action_id_for(runtime)
-                arguments, receiver = bind(args, kwargs)
                 auth = runtime.authorize(
                     session_id, action_id, arguments, tool_call_id=tool_call_id
                 )

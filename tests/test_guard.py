@@ -144,6 +144,50 @@ class TestGuardedCalls:
 
         assert asyncio.run(run()) == (1, "closed")
 
+    def test_arguments_bind_like_the_plain_function(self):
+        """Positional, keyword and default values reach the tool as Python would bind them."""
+        seen: list[dict[str, Any]] = []
+
+        @cra.guarded("github.file.read")
+        def read(repo: str, path: str = "README.md", *, ref: str = "main") -> None:
+            seen.append({"repo": repo, "path": path, "ref": ref})
+
+        @cra.guarded("github.file.read")
+        def read_any(*args: Any, **kwargs: Any) -> None:
+            seen.append(kwargs)
+
+        @cra.guarded("github.file.read")
+        def read_positional(repo: str, /, path: str, **kwargs: Any) -> None:
+            seen.append({"repo": repo, "path": path, **kwargs})
+
+        with cra.session(agent_id="triage-bot", goal="Read") as active:
+            read("acme/app")
+            read("acme/app", "docs/x.md")
+            read(repo="acme/app", ref="dev")
+            read("acme/app", path="y.md", ref="v1")
+            read_any(repo="acme/app", path="z.md")
+            read_positional("acme/app", "p.md", ref="v2")
+            with pytest.raises(TypeError, match="clash"):
+                read_positional("acme/app", "p.md", repo="x")
+            with pytest.raises(cra.InvalidParametersError):
+                read_any("acme/app", path="z.md")  # *args reach the schema as "args"
+            unbound: Any = read  # calls a type checker would reject, as Python does
+            for bad in ((), ("acme/app", "p", "extra"), ("acme/app",)):
+                extra = {"nope": 1} if len(bad) == 1 else {}
+                with pytest.raises(TypeError):
+                    unbound(*bad, **extra)
+            with pytest.raises(TypeError):
+                unbound("acme/app", repo="acme/app")
+        assert seen == [
+            {"repo": "acme/app", "path": "README.md", "ref": "main"},
+            {"repo": "acme/app", "path": "docs/x.md", "ref": "main"},
+            {"repo": "acme/app", "path": "README.md", "ref": "dev"},
+            {"repo": "acme/app", "path": "y.md", "ref": "v1"},
+            {"repo": "acme/app", "path": "z.md"},
+            {"repo": "acme/app", "path": "p.md", "ref": "v2"},
+        ]
+        assert _types(active.session_id).count("action.executed") == 6
+
     def test_mapping_by_executor_name_and_errors(self):
         """Bare @guarded maps by executor name; an unknown tool is refused with a hint."""
 

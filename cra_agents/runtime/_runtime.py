@@ -123,7 +123,7 @@ class Authorization:
     started_ns: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _GateState:
     session: _Session
     execution_id: str
@@ -315,6 +315,9 @@ class Runtime:
         # Bounded memo tables (oldest entry evicted first); plain dicts keep lookups cheap.
         self._plans: dict[Any, _Plan] = {}
         self._contexts: dict[Any, Any] = {}
+        # (action, agent, risk tier) -> decision, for actions whose decision is a pure function
+        # of those (no rate limit, no time window): the per-call gate skips the engine.
+        self._gate_decisions: dict[tuple[str, str, str], PolicyDecision] = {}
         self.durability: Durability = durability
         self.store: TraceStore = open_store(store, durable=durability != "async")
         self._collector = TraceCollector(
@@ -1020,8 +1023,17 @@ class Runtime:
                     details={"action_id": action_id, "path": problem[0]},
                 )
         risk = found[1].risk_tier if found is not None else "low"
-        ctx = ConditionContext(agent_id=session.agent_id, risk_tier=risk)
-        decision = self.engine.decide(action_id, ctx, consume=True)
+        key = (action_id, session.agent_id, risk)
+        decision = self._gate_decisions.get(key)
+        if decision is None:
+            ctx = ConditionContext(agent_id=session.agent_id, risk_tier=risk)
+            decision = self.engine.decide(action_id, ctx, consume=True)
+            if (
+                not decision.rate_limits
+                and decision.retry_after is None
+                and not self.engine.is_time_dependent(action_id)
+            ):
+                _remember(self._gate_decisions, key, decision, self._lock)
         atlas_digest = self.atlas(found[0]).digest if found is not None else ""
         return _GateState(
             session,

@@ -173,7 +173,6 @@ CREATE TABLE IF NOT EXISTS events (
     event TEXT NOT NULL,
     PRIMARY KEY (session_id, sequence)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS events_by_type ON events (session_id, event_type, sequence);
 """
 
 
@@ -181,6 +180,8 @@ class SqliteStore:
     """Events in one SQLite database (WAL).
 
     One table of events keyed by (session, sequence), one of sessions with size and head hash.
+    No secondary index: reading one type of event scans the session's rows, which is cheaper
+    than maintaining an index on every append.
 
     Args:
         path: The database file (created with its directory).

@@ -1,0 +1,116 @@
+"""Parameter validation: the fastjsonschema fast path never accepts what jsonschema rejects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cra_agents.runtime._params import FAST_KEYWORDS, _validators, fast_path_applies, first_error
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-1000, 1000)
+    | st.floats(-1e6, 1e6, allow_nan=False)
+    | st.sampled_from([0, 1, 1.0, 0.0, -1, 2.5, True, False])
+    | st.text(max_size=6)
+    | st.sampled_from(["a/b", "x", "", "Aé", "../x", "aaaaaaaa"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from("abcd"), inner),
+    max_leaves=10,
+)
+_types = st.sampled_from(["string", "integer", "number", "boolean", "null", "array", "object"])
+
+
+def _schema(depth: int = 2) -> st.SearchStrategy[dict[str, Any]]:
+    sub = _schema(depth - 1) if depth > 0 else st.just({"type": "string"})
+    keyword = st.one_of(
+        st.tuples(st.just("type"), _types | st.lists(_types, min_size=1, max_size=3, unique=True)),
+        st.tuples(st.just("enum"), st.lists(_json, min_size=1, max_size=4)),
+        st.tuples(st.just("const"), _json),
+        st.tuples(st.sampled_from(["minLength", "maxLength"]), st.integers(0, 5)),
+        st.tuples(st.just("pattern"), st.sampled_from(["^a", "b$", "^[a-z]+/[a-z]+$", "é", "^$"])),
+        st.tuples(
+            st.sampled_from(["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]),
+            st.integers(-3, 3) | st.sampled_from([0.5, -1.5, 1.0]),
+        ),
+        st.tuples(
+            st.sampled_from(["minItems", "maxItems", "minProperties", "maxProperties"]),
+            st.integers(0, 3),
+        ),
+        st.tuples(st.just("required"), st.lists(st.sampled_from("abcd"), unique=True)),
+        st.tuples(st.just("additionalProperties"), st.booleans() | sub),
+        st.tuples(st.just("items"), sub),
+        st.tuples(st.just("properties"), st.dictionaries(st.sampled_from("abcd"), sub)),
+        st.tuples(st.just("description"), st.text(max_size=5)),
+    )
+    return st.lists(keyword, max_size=4).map(dict)
+
+
+@settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(schema=_schema(), instance=_json)
+def test_fast_path_agrees_with_jsonschema(schema: dict[str, Any], instance: Any) -> None:
+    assert fast_path_applies(schema)
+    expected = jsonschema.Draft202012Validator(schema).is_valid(instance)
+    _, fast = _validators(schema)
+    if fast is not None:  # None: fastjsonschema refused to compile it; jsonschema decides
+        try:
+            fast(instance)
+            fast_valid = True
+        except Exception:  # noqa: BLE001 - any rejection counts
+            fast_valid = False
+        assert fast_valid == expected, (schema, instance)
+    wrapped = {"p": instance}
+    outer = {"type": "object", "properties": {"p": schema}}
+    assert (first_error(outer, wrapped) is None) == expected
+
+
+def test_other_keywords_take_the_jsonschema_path() -> None:
+    schema: object
+    for schema in (
+        {"type": "string", "format": "email"},
+        {"$ref": "#/$defs/x", "$defs": {"x": {"type": "string"}}},
+        {"type": "array", "uniqueItems": True},
+        {"properties": {"a": {"format": "date"}}},
+        {"type": 3},
+        {"properties": []},
+        "not a schema",
+    ):
+        assert not fast_path_applies(schema)
+    assert fast_path_applies(True)
+    assert "format" not in FAST_KEYWORDS
+    _, fast = _validators({"type": "array", "uniqueItems": True})
+    assert fast is None
+    assert first_error({"type": "array", "uniqueItems": True}, {"x": 1}) is not None
+    assert first_error({"properties": {"a": {"uniqueItems": True}}}, {"a": [1, True]}) is None
+
+
+def test_errors_are_worded_by_jsonschema() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"repo": {"type": "string", "pattern": "^[a-z]+/[a-z]+$"}},
+        "required": ["repo"],
+    }
+    assert first_error(schema, {"repo": "acme/app"}) is None
+    path, message = first_error(schema, {"repo": "nope"}) or ("", "")
+    assert path == "/repo"
+    assert "does not match" in message
+    assert first_error({"type": "object", "required": ["x"]}, {}) == (
+        "",
+        "'x' is a required property",
+    )
+
+
+def test_invalid_schema_is_a_violation() -> None:
+    problem = first_error({"type": "no-such-type"}, {})
+    assert problem is not None
+    assert "itself invalid" in problem[1]
+
+
+def test_defaults_are_never_written_into_the_arguments() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string", "default": "x"}}}
+    arguments: dict[str, Any] = {}
+    assert first_error(schema, arguments) is None
+    assert arguments == {}
