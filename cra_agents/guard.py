@@ -26,12 +26,13 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from cra_agents._exceptions import (
     ActionDeniedError,
     ActionNotFoundError,
     CRAError,
+    InvalidParametersError,
     InvalidRequestError,
 )
 from cra_agents.atlas import AtlasSource
@@ -39,6 +40,9 @@ from cra_agents.runtime import Authorization, Runtime, SessionInfo
 from cra_agents.runtime._approvals import ApprovalHandler
 from cra_agents.trace import TraceStore
 from cra_agents.trace._collector import Durability
+
+if TYPE_CHECKING:
+    from cra_agents.otel import OTelSpec, SessionSpan, ToolSpan
 
 __all__ = [
     "ActiveSession",
@@ -85,8 +89,13 @@ def configure(
     shadow: bool = False,
     default_deny: bool = False,
     implicit_sessions: bool = True,
+    otel: OTelSpec = None,
 ) -> Runtime:
     """Set up the default runtime used by :func:`guarded` and :func:`session`.
+
+    ``otel`` turns on spans: an OTLP endpoint (``"http://127.0.0.1:4318"``,
+    ``"grpc://127.0.0.1:4317"``), ``True`` for the application's global tracer provider, a
+    ``TracerProvider``, or an :class:`cra_agents.otel.OTelConfig` (see :mod:`cra_agents.otel`).
 
     Replaces (and closes) a previously configured runtime. The runtime is closed at exit.
     """
@@ -99,6 +108,7 @@ def configure(
         approval_timeout=approval_timeout,
         shadow=shadow,
         default_deny=default_deny,
+        otel=otel,
     )
     with _lock:
         previous, _runtime, _implicit = _runtime, runtime, None
@@ -145,7 +155,8 @@ class _SessionScope:
         self._args = (agent_id, goal, metadata)
         self._active: ActiveSession | None = None
         self._token: contextvars.Token[ActiveSession | None] | None = None
-        self._started = 0.0
+        self._span: SessionSpan | None = None
+        self._span_token: object = None
 
     def _enter(self) -> ActiveSession:
         agent_id, goal, metadata = self._args
@@ -159,6 +170,10 @@ class _SessionScope:
         )
         self._active = ActiveSession(info, runtime)
         self._token = _current.set(self._active)
+        if runtime.telemetry is not None:
+            self._span = runtime.telemetry.session_span(info, shadow=runtime.shadow)
+            if self._span is not None:
+                self._span_token = self._span.activate()
         return self._active
 
     def _exit(self, exc: BaseException | None) -> None:
@@ -167,15 +182,26 @@ class _SessionScope:
             _current.reset(self._token)
         if active is None:
             return
+        span = self._span
+        if span is not None:
+            span.deactivate(self._span_token)
+            if exc is not None:
+                span.errored(exc)
         try:
             active.runtime.end_session(
                 active.session_id,
                 "error" if exc is not None else "completed",
                 error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
+                watch=span.end_watcher() if span is not None else None,
             )
         except CRAError:
+            if span is not None:
+                span.finish(abandon_watchers=True)
             if exc is None:
                 raise
+        else:
+            if span is not None:
+                span.finish()
 
     def __enter__(self) -> ActiveSession:
         return self._enter()
@@ -324,6 +350,37 @@ def _unflatten(
     return tuple(args), kwargs
 
 
+def _refused(
+    runtime: Runtime, session_id: str, action_id: str, exc: Exception, span: ToolSpan | None
+) -> CRAError:
+    """The error a refused call raises; its span (if any) is marked denied and ended."""
+    error = _fail_closed(runtime, session_id, action_id, exc)
+    if span is not None:
+        span.denied(error)
+        # Refusals the runtime recorded end the span once the action.denied event is stored;
+        # anything else (trace unavailable, session ended...) may never be stored: end now.
+        span.finish(
+            abandon_watchers=not isinstance(exc, ActionDeniedError | InvalidParametersError)
+        )
+    return error
+
+
+def _record(
+    runtime: Runtime,
+    auth: Authorization,
+    span: ToolSpan,
+    *,
+    result: Any = None,
+    error: BaseException | None = None,
+) -> None:
+    try:
+        runtime.record_outcome(auth, result=result, error=error, watch=span.outcome_watcher())
+    except BaseException:
+        span.finish(abandon_watchers=True)
+        raise
+    span.finish()
+
+
 @overload
 def guarded(action: Callable[P, R], /) -> Callable[P, R]: ...
 
@@ -405,27 +462,59 @@ def guarded(
                 return ((receiver,) if has_receiver else ()), auth.arguments
             return _unflatten(signature, auth.arguments, receiver, has_receiver)
 
+        def start(
+            runtime: Runtime, session_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[str, dict[str, Any], Any, ToolSpan | None]:
+            arguments, receiver = bind(args, kwargs)  # a TypeError, as the plain call would
+            try:
+                action_id = action_id_for(runtime)
+            except Exception as exc:  # noqa: BLE001 - fail closed, see _fail_closed
+                raise _fail_closed(runtime, session_id, explicit or "unmapped", exc) from None
+            telemetry = runtime.telemetry
+            span = None
+            if telemetry is not None:
+                span = telemetry.tool_span(
+                    runtime, session_id, action_id, func.__name__, tool_call_id=tool_call_id
+                )
+            return action_id, arguments, receiver, span
+
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 runtime, session_id = _session_for_call()
-                action_id = explicit or "unmapped"
-                arguments, receiver = bind(args, kwargs)  # a TypeError, as the plain call
+                action_id, arguments, receiver, span = start(runtime, session_id, args, kwargs)
                 try:
-                    action_id = action_id_for(runtime)
                     auth = await runtime.aauthorize(
-                        session_id, action_id, arguments, tool_call_id=tool_call_id
+                        session_id,
+                        action_id,
+                        arguments,
+                        tool_call_id=tool_call_id,
+                        watch=span.decision_watcher() if span is not None else None,
                     )
                     call_args, call_kwargs = call_with(auth, receiver)
                 except Exception as exc:  # noqa: BLE001 - fail closed, see _fail_closed
-                    raise _fail_closed(runtime, session_id, action_id, exc) from None
+                    raise _refused(runtime, session_id, action_id, exc, span) from None
+                if span is None:
+                    try:
+                        result = await func(*call_args, **call_kwargs)
+                    except BaseException as error:
+                        runtime.record_outcome(auth, error=error)
+                        raise
+                    runtime.record_outcome(auth, result=result)
+                    return result
+                span.allowed(auth)
+                token = span.activate()
                 try:
                     result = await func(*call_args, **call_kwargs)
                 except BaseException as error:
-                    runtime.record_outcome(auth, error=error)
+                    span.deactivate(token)
+                    span.failed(error)
+                    _record(runtime, auth, span, error=error)
                     raise
-                runtime.record_outcome(auth, result=result)
+                span.deactivate(token)
+                span.executed(result)
+                _record(runtime, auth, span, result=result)
                 return result
 
             return async_wrapper  # type: ignore[return-value]
@@ -433,22 +522,38 @@ def guarded(
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             runtime, session_id = _session_for_call()
-            action_id = explicit or "unmapped"
-            arguments, receiver = bind(args, kwargs)  # a TypeError, as the plain call would
+            action_id, arguments, receiver, span = start(runtime, session_id, args, kwargs)
             try:
-                action_id = action_id_for(runtime)
                 auth = runtime.authorize(
-                    session_id, action_id, arguments, tool_call_id=tool_call_id
+                    session_id,
+                    action_id,
+                    arguments,
+                    tool_call_id=tool_call_id,
+                    watch=span.decision_watcher() if span is not None else None,
                 )
                 call_args, call_kwargs = call_with(auth, receiver)
             except Exception as exc:  # noqa: BLE001 - fail closed, see _fail_closed
-                raise _fail_closed(runtime, session_id, action_id, exc) from None
+                raise _refused(runtime, session_id, action_id, exc, span) from None
+            if span is None:
+                try:
+                    result = func(*call_args, **call_kwargs)
+                except BaseException as error:
+                    runtime.record_outcome(auth, error=error)
+                    raise
+                runtime.record_outcome(auth, result=result)
+                return result
+            span.allowed(auth)
+            token = span.activate()
             try:
                 result = func(*call_args, **call_kwargs)
             except BaseException as error:
-                runtime.record_outcome(auth, error=error)
+                span.deactivate(token)
+                span.failed(error)
+                _record(runtime, auth, span, error=error)
                 raise
-            runtime.record_outcome(auth, result=result)
+            span.deactivate(token)
+            span.executed(result)
+            _record(runtime, auth, span, result=result)
             return result
 
         return wrapper

@@ -5,6 +5,8 @@ import cra_agents.atlas
 import cra_agents.policy
 import cra_agents.protocol
 import cra_agents.runtime
+import cra_agents.otel
+import cra_agents.semconv
 import cra_agents.trace
 
 
@@ -21,6 +23,8 @@ def test_all_is_complete():
         "replay",
         "annotations",
         "guard",
+        "otel",
+        "semconv",
     }
     assert len(set(cra_agents.__all__)) == len(cra_agents.__all__)
     assert public - modules == set(cra_agents.__all__)
@@ -34,6 +38,8 @@ def test_subpackage_all_resolvable():
         cra_agents.protocol,
         cra_agents.runtime,
         cra_agents.trace,
+        cra_agents.otel,
+        cra_agents.semconv,
     ):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -78,6 +78,8 @@ if TYPE_CHECKING:
         Ed25519PublicKey,
     )
 
+    from cra_agents.otel import OTelSpec, Telemetry
+
 __all__ = ["DEFAULT_TTL_SECONDS", "Authorization", "Runtime", "SessionInfo"]
 
 DEFAULT_TTL_SECONDS = 3600
@@ -86,6 +88,8 @@ RUNTIME_POLICY = "carp-runtime"
 _PRUNE_EVERY = 1024
 _RISK_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 EndReason = Literal["completed", "timeout", "error", "cancelled"]
+#: Called with a stored, hashed TRACE event (on the writer's thread): see ``authorize``.
+Watcher = Callable[[TraceEvent], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,7 @@ class _GateState:
     risk: str
     atlas_digest: str
     started_ns: int
+    watch: Watcher | None
 
 
 @dataclass(slots=True)
@@ -305,6 +310,7 @@ class Runtime:
         approval_handler: ApprovalHandler = "auto_deny",
         approval_timeout: float = 300.0,
         shadow: bool = False,
+        otel: OTelSpec = None,
     ) -> None:
         loaded = [load_atlas(source) for source in atlases]
         self._check_conflicts(loaded)
@@ -326,8 +332,14 @@ class Runtime:
             flush_interval=flush_interval,
             max_backlog=max_backlog,
         )
+        #: Span producer (``otel=``), or None; see :mod:`cra_agents.otel`.
+        self.telemetry: Telemetry | None = None
+        if otel is not None and otel is not False:
+            from cra_agents.otel import telemetry_from
+
+            self.telemetry = telemetry_from(otel)
         # Drains and stops the writer when the runtime is dropped or the interpreter exits.
-        self._finalizer = weakref.finalize(self, self._collector.close)
+        self._finalizer = weakref.finalize(self, _shut, self._collector, self.telemetry)
         self.ttl_seconds = ttl_seconds
         self.clock_skew_seconds = clock_skew_seconds
         self.approval_ttl_seconds = approval_ttl_seconds
@@ -442,9 +454,17 @@ class Runtime:
         return session
 
     def end_session(
-        self, session_id: str, reason: EndReason = "completed", *, error: str | None = None
+        self,
+        session_id: str,
+        reason: EndReason = "completed",
+        *,
+        error: str | None = None,
+        watch: Watcher | None = None,
     ) -> SessionInfo:
-        """End a session with ``session.ended``; later requests on it fail."""
+        """End a session with ``session.ended``; later requests on it fail.
+
+        ``watch`` is called with ``session.ended``, hashed, once it is stored.
+        """
         session = self._session(session_id)
         with session.lock:
             if session.ended_ns is not None:
@@ -462,7 +482,9 @@ class Runtime:
         }
         if error is not None:
             payload["error"] = error
-        self._collector.committed(session.chain, session.chain.append("session.ended", payload))
+        self._collector.committed(
+            session.chain, session.chain.append("session.ended", payload, watch)
+        )
         return session.info()
 
     # -- trace ----------------------------------------------------------------------------
@@ -479,6 +501,8 @@ class Runtime:
         """
         self._collector.close(timeout)
         self._finalizer.detach()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()  # after the drain: its watchers end the last spans
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -867,6 +891,7 @@ class Runtime:
         *,
         tool_call_id: str | None = None,
         approval_id: str | None = None,
+        watch: Watcher | None = None,
     ) -> Authorization:
         """Decide one call of ``action_id`` with ``arguments`` before it runs.
 
@@ -874,7 +899,9 @@ class Runtime:
         :class:`Authorization` carries the copy the tool must run with, so nothing can change
         them between decision and execution. Events: ``action.requested``,
         ``policy.evaluated``, then ``action.approved`` or ``action.denied`` (and, in shadow
-        mode, ``policy.violated`` for what would have been denied).
+        mode, ``policy.violated`` for what would have been denied). ``watch`` is called with
+        the deciding event (``action.approved`` or ``action.denied``), hashed, once it is
+        stored, on the writer's thread (telemetry uses it to carry the chain link).
 
         Raises:
             ActionDeniedError: denied by policy, by an approver (``approval_denied``,
@@ -883,7 +910,7 @@ class Runtime:
                 or cannot be canonicalised.
             SessionNotFoundError, SessionEndedError, TraceUnavailableError.
         """
-        state = self._gate_start(session_id, action_id, arguments, tool_call_id)
+        state = self._gate_start(session_id, action_id, arguments, tool_call_id, watch)
         if state.decision.effect is Effect.REQUIRE_APPROVAL and not self.shadow:
             if approval_id is not None:
                 return self._gate_with_token(state, approval_id)
@@ -898,9 +925,10 @@ class Runtime:
         *,
         tool_call_id: str | None = None,
         approval_id: str | None = None,
+        watch: Watcher | None = None,
     ) -> Authorization:
         """:meth:`authorize` for async callers; async approval handlers are awaited."""
-        state = self._gate_start(session_id, action_id, arguments, tool_call_id)
+        state = self._gate_start(session_id, action_id, arguments, tool_call_id, watch)
         if state.decision.effect is Effect.REQUIRE_APPROVAL and not self.shadow:
             if approval_id is not None:
                 return self._gate_with_token(state, approval_id)
@@ -941,8 +969,12 @@ class Runtime:
         *,
         result: Any = None,
         error: BaseException | None = None,
+        watch: Watcher | None = None,
     ) -> None:
-        """Record how an authorized call ended: ``action.executed`` or ``action.failed``."""
+        """Record how an authorized call ended: ``action.executed`` or ``action.failed``.
+
+        ``watch`` is called with that event, hashed, once it is stored.
+        """
         session = self._session(authorization.session_id)
         duration_ms = (time.monotonic_ns() - authorization.started_ns) // 1_000_000
         payload: dict[str, Any] = {
@@ -963,7 +995,7 @@ class Runtime:
         if authorization.shadow:
             payload["shadow"] = True
         chain = session.chain
-        self._collector.committed(chain, chain.append(kind, payload))
+        self._collector.committed(chain, chain.append(kind, payload, watch))
         if error is None:
             with session.lock:
                 session.action_count += 1
@@ -974,6 +1006,7 @@ class Runtime:
         action_id: str,
         arguments: Mapping[str, Any],
         tool_call_id: str | None,
+        watch: Watcher | None,
     ) -> _GateState:
         session = self._active(session_id)
         self._collector.check()
@@ -994,6 +1027,7 @@ class Runtime:
                     ("action.requested", requested),
                     _denied(action_id, execution_id, "invalid_parameters", RUNTIME_POLICY),
                 ],
+                watch,
             )
             raise InvalidParametersError(
                 f"arguments of {action_id} cannot be recorded: {exc}",
@@ -1016,6 +1050,7 @@ class Runtime:
                         ("action.requested", requested),
                         _denied(action_id, execution_id, "invalid_parameters", RUNTIME_POLICY),
                     ],
+                    watch,
                 )
                 raise InvalidParametersError(
                     f"arguments of {action_id} are invalid: {problem[1]}"
@@ -1046,12 +1081,16 @@ class Runtime:
             risk,
             atlas_digest,
             time.monotonic_ns(),
+            watch,
         )
 
     def _gate_events(
-        self, chain: SessionChain, events: list[tuple[str, Mapping[str, Any]]]
+        self,
+        chain: SessionChain,
+        events: list[tuple[str, Mapping[str, Any]]],
+        watch: Watcher | None,
     ) -> None:
-        self._collector.committed(chain, chain.extend(events) + len(events) - 1)
+        self._collector.committed(chain, chain.extend(events, watch) + len(events) - 1)
 
     def _gate_finish(self, state: _GateState, answer: ApprovalDecision | None) -> Authorization:
         decision = state.decision
@@ -1128,7 +1167,7 @@ class Runtime:
             if shadow:
                 approved["shadow"] = True
             events.append(("action.approved", approved))
-        self._gate_events(state.session.chain, events)
+        self._gate_events(state.session.chain, events, state.watch)
         if refused is not None:
             raise refused
         return Authorization(
@@ -1436,6 +1475,12 @@ def _request_payload(req: CARPRequest, atlas_ids: Sequence[str]) -> dict[str, An
 
 
 _IMMUTABLE = (str, int, float, bool, bytes, type(None))
+
+
+def _shut(collector: TraceCollector, telemetry: Telemetry | None) -> None:
+    collector.close()
+    if telemetry is not None:
+        telemetry.shutdown()
 
 
 def _frozen_copy(arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ mutated after it is appended: callers hand over freshly built dicts.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,8 @@ from cra_agents._ids import uuid7_batch
 from cra_agents.protocol import GENESIS_HASH, TRACE_VERSION, TraceEvent
 
 __all__ = ["SessionChain", "build_event"]
+
+logger = logging.getLogger(__name__)
 
 _FIELDS_SET: Final = set(TraceEvent.model_fields)
 _new = object.__new__
@@ -58,6 +61,7 @@ class SessionChain:
         "_pending",
         "_root_span",
         "_sink",
+        "_watch",
         "committed",
         "durable",
         "session_id",
@@ -79,28 +83,61 @@ class SessionChain:
         self._pending: list[tuple[int, int, Sequence[tuple[str, Mapping[str, Any]]]]] = []
         self._head = GENESIS_HASH
         self._root_span: str | None = None
+        # sequence -> callback wanting the finalised event (see notify()).
+        self._watch: dict[int, Callable[[TraceEvent], None]] = {}
         #: Highest sequence known to be in the store (-1: none); maintained by the collector.
         self.durable = -1
         #: Highest sequence handed to the collector (-1: none); maintained by the collector.
         self.committed = -1
 
-    def append(self, event_type: str, payload: Mapping[str, Any]) -> int:
-        """Queue an event; return its sequence number."""
+    def append(
+        self,
+        event_type: str,
+        payload: Mapping[str, Any],
+        watch: Callable[[TraceEvent], None] | None = None,
+    ) -> int:
+        """Queue an event; return its sequence number.
+
+        ``watch`` is called with the finalised event once the collector has stored it.
+        """
         now = time.time_ns()
         with self._lock:
             sequence = self._next
             self._next = sequence + 1
             self._pending.append((sequence, now, ((event_type, payload),)))
+            if watch is not None:
+                self._watch[sequence] = watch
         return sequence
 
-    def extend(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
-        """Queue several events at once (one lock, one timestamp); return the first sequence."""
+    def extend(
+        self,
+        events: Sequence[tuple[str, Mapping[str, Any]]],
+        watch: Callable[[TraceEvent], None] | None = None,
+    ) -> int:
+        """Queue several events at once (one lock, one timestamp); return the first sequence.
+
+        ``watch`` is called with the last of them, finalised, once the collector stored it.
+        """
         now = time.time_ns()
         with self._lock:
             first = self._next
             self._next = first + len(events)
             self._pending.append((first, now, events))
+            if watch is not None:
+                self._watch[first + len(events) - 1] = watch
         return first
+
+    def notify(self, events: Sequence[TraceEvent]) -> None:
+        """Hand stored ``events`` to the callbacks watching them (errors are logged)."""
+        if not self._watch:
+            return
+        for event in events:
+            callback = self._watch.pop(event.sequence, None)
+            if callback is not None:
+                try:
+                    callback(event)
+                except Exception:
+                    logger.exception("a trace event watcher failed (ignored)")
 
     @property
     def pending(self) -> bool:

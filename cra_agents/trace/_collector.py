@@ -235,6 +235,7 @@ class TraceCollector:
                     if events:
                         self.store.append(events)
                         flushed.append((chain, events[-1].sequence, len(events)))
+                        chain.notify(events)
                     if threading.current_thread() is self._thread:
                         time.sleep(0)  # let callers run: recording is background work
             if flushed:
