@@ -1,26 +1,37 @@
 """`make bench` (part 3): overhead of @cra.guarded over the plain function.
 
-Allow path and denial path, SQLite store in ``async`` mode, no OpenTelemetry. The writer
-thread runs, so its share of the GIL is part of the figure.
+SQLite store in ``async`` mode. Rows:
+
+- back to back: calls in a tight loop. The trace writer thread (hashing, SQLite) shares the GIL
+  with the caller, so this is the sustained cost per call, writer included.
+- paced: one call every 0.5 ms (2,000 calls/s, still far above any agent), so the writer
+  catches up between calls: the latency a call adds.
+- with an OpenTelemetry SDK span: a TracerProvider with a BatchSpanProcessor whose exporter
+  discards (the SDK's own cost, no network).
+- RSS over ``CRA_BENCH_CALLS`` (default 1,000,000) allowed calls in one session.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import cra_agents as cra
 
 ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
 
 
-def _time(fn: Callable[[], object], n: int) -> tuple[float, float]:
+def _time(fn: Callable[[], object], n: int, pace: float = 0.0) -> tuple[float, float]:
     for _ in range(2000):
         fn()
     samples = []
@@ -29,8 +40,20 @@ def _time(fn: Callable[[], object], n: int) -> tuple[float, float]:
         t0 = clock()
         fn()
         samples.append(clock() - t0)
+        if pace:
+            time.sleep(pace)
     samples.sort()
     return statistics.median(samples) / 1000, samples[int(n * 0.99)] / 1000
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class _Discard(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
 
 
 def read_file_contents(repo: str, path: str) -> str:
@@ -40,6 +63,8 @@ def read_file_contents(repo: str, path: str) -> str:
 def main() -> int:
     load = os.getloadavg()
     print(f"@cra.guarded overhead, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    rows: list[tuple[str, tuple[float, float]]] = []
+    total = int(os.environ.get("CRA_BENCH_CALLS", "1000000"))
     with tempfile.TemporaryDirectory() as tmp:
         cra.configure(atlases=[ATLAS], store=f"sqlite://{tmp}/t.db", durability="async")
         guarded = cra.guarded("github.file.read")(read_file_contents)
@@ -53,18 +78,60 @@ def main() -> int:
                 delete("acme/app", "acme/app")
 
         with cra.session(agent_id="bench-bot", goal="benchmark"):
-            plain = _time(lambda: read_file_contents("acme/app", "README.md"), 20_000)
-            allow = _time(lambda: guarded("acme/app", "README.md"), 20_000)
-            deny = _time(denied, 20_000)
+            rows.append(("plain function", _time(lambda: read_file_contents("a/b", "R"), 20_000)))
+            rows.append(
+                ("guarded, allowed, back to back", _time(lambda: guarded("a/b", "R"), 20_000))
+            )
+            rows.append(
+                ("guarded, allowed, paced 2k/s", _time(lambda: guarded("a/b", "R"), 5_000, 0.0005))
+            )
+            rows.append(("guarded, denied, back to back", _time(denied, 20_000)))
+            rows.append(("guarded, denied, paced 2k/s", _time(denied, 5_000, 0.0005)))
         cra.shutdown()
-    print(f"{'call':36} {'median µs':>10} {'p99 µs':>10}")
-    for name, (median, p99) in (
-        ("plain function", plain),
-        ("guarded, allowed", allow),
-        ("guarded, denied", deny),
-    ):
-        print(f"{name:36} {median:>10.2f} {p99:>10.2f}")
-    print(f"overhead, allowed: {allow[0] - plain[0]:.2f} µs median")
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=16_384))
+        cra.configure(
+            atlases=[ATLAS], store=f"sqlite://{tmp}/otel.db", durability="async", otel=provider
+        )
+        guarded = cra.guarded("github.file.read")(read_file_contents)
+        with cra.session(agent_id="bench-bot", goal="benchmark with spans"):
+            rows.append(
+                (
+                    "guarded + OTel SDK span, back to back",
+                    _time(lambda: guarded("a/b", "R"), 20_000),
+                )
+            )
+            rows.append(
+                (
+                    "guarded + OTel SDK span, paced 2k/s",
+                    _time(lambda: guarded("a/b", "R"), 5_000, 0.0005),
+                )
+            )
+        cra.shutdown()
+        provider.shutdown()
+
+        cra.configure(atlases=[ATLAS], store=f"sqlite://{tmp}/rss.db", durability="async")
+        guarded = cra.guarded("github.file.read")(read_file_contents)
+        marks: list[tuple[int, float]] = []
+        started = time.perf_counter()
+        with cra.session(agent_id="bench-bot", goal="one million calls"):
+            for index in range(total):
+                guarded("a/b", "R")
+                if index % (total // 10 or 1) == 0:
+                    marks.append((index, _rss_mib()))
+        elapsed = time.perf_counter() - started
+        marks.append((total, _rss_mib()))
+        cra.shutdown()
+
+    plain = rows[0][1][0]
+    print(f"{'call':40} {'median µs':>10} {'p99 µs':>10} {'overhead µs':>12}")
+    for name, (median, p99) in rows:
+        print(f"{name:40} {median:>10.2f} {p99:>10.2f} {median - plain:>12.2f}")
+    print(
+        f"RSS over {total:,} allowed calls ({elapsed:.0f} s, {elapsed / total * 1e6:.1f} µs/call): "
+        + ", ".join(f"{index // 1000}k {rss:.0f} MiB" for index, rss in marks)
+    )
     return 0
 
 

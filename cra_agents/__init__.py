@@ -39,7 +39,12 @@ from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, valid
 from cra_agents.guard import configure, current_session, get_runtime, guarded, session, shutdown
 from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
 from cra_agents.runtime import Authorization, Runtime, SessionInfo
-from cra_agents.runtime._approvals import Approval, ApprovalDecision, ApprovalRequest
+from cra_agents.runtime._approvals import (
+    Approval,
+    ApprovalDecision,
+    ApprovalRequest,
+    ConsoleApprover,
+)
 from cra_agents.trace import (
     ChainVerification,
     JsonlStore,
@@ -70,6 +75,7 @@ __all__ = [
     "CARPResolution",
     "CRAError",
     "ChainVerification",
+    "ConsoleApprover",
     "ExecuteResponse",
     "Finding",
     "IdempotencyConflictError",

@@ -296,7 +296,10 @@ class _Span:
         else:
             self._arrive()
 
-    def _link(self, event: TraceEvent) -> None:
+    def _link(self, event: TraceEvent | None) -> None:
+        if event is None:  # the trace failed: this span has no chain link
+            self.span.set_attribute(sc.CRA_TRACE_UNAVAILABLE, True)
+            return
         self.span.set_attributes(
             {
                 sc.CRA_TRACE_ID: event.trace_id,
@@ -327,10 +330,10 @@ class ToolSpan(_Span):
         self._expect()
         return self._on_outcome
 
-    def _on_decision(self, event: TraceEvent) -> None:
+    def _on_decision(self, event: TraceEvent | None) -> None:
         try:
             self._link(event)
-            execution_id = event.payload.get("execution_id")
+            execution_id = event.payload.get("execution_id") if event is not None else None
             if execution_id:
                 self.span.set_attribute(sc.CRA_EXECUTION_ID, execution_id)
                 if self._needs_call_id:
@@ -340,8 +343,11 @@ class ToolSpan(_Span):
         finally:
             self._arrive()
 
-    def _on_outcome(self, event: TraceEvent) -> None:
+    def _on_outcome(self, event: TraceEvent | None) -> None:
         try:
+            if event is None:
+                self.span.set_attribute(sc.CRA_TRACE_UNAVAILABLE, True)
+                return
             self.span.set_attributes(
                 {
                     sc.CRA_OUTCOME_SEQUENCE: event.sequence,
@@ -416,7 +422,7 @@ class SessionSpan(_Span):
         self._expect()
         return self._on_end
 
-    def _on_end(self, event: TraceEvent) -> None:
+    def _on_end(self, event: TraceEvent | None) -> None:
         try:
             self._link(event)
         except Exception:

@@ -29,6 +29,7 @@ __all__ = [
     "CRA_TRACE_ID",
     "CRA_TRACE_PREVIOUS_HASH",
     "CRA_TRACE_SEQUENCE",
+    "CRA_TRACE_UNAVAILABLE",
     "ERROR_TYPE",
     "GEN_AI_AGENT_ID",
     "GEN_AI_AGENT_NAME",
@@ -88,6 +89,8 @@ CRA_TRACE_SEQUENCE: Final = "cra.trace.sequence"
 CRA_TRACE_EVENT_TYPE: Final = "cra.trace.event_type"
 CRA_TRACE_EVENT_HASH: Final = "cra.trace.event_hash"
 CRA_TRACE_PREVIOUS_HASH: Final = "cra.trace.previous_event_hash"
+#: True when the trace failed before the span's event was stored: the span has no link.
+CRA_TRACE_UNAVAILABLE: Final = "cra.trace.unavailable"
 # The ``action.executed`` / ``action.failed`` event of an allowed call.
 CRA_OUTCOME_SEQUENCE: Final = "cra.trace.outcome.sequence"
 CRA_OUTCOME_EVENT_HASH: Final = "cra.trace.outcome.event_hash"

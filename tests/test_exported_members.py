@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import cra_agents
 import cra_agents.atlas
+import cra_agents.otel
 import cra_agents.policy
 import cra_agents.protocol
 import cra_agents.runtime
-import cra_agents.otel
 import cra_agents.semconv
 import cra_agents.trace
 

@@ -487,3 +487,50 @@ def test_zz_fault_report():
         f"{TALLY['traced']} denials traced or refused before recording was possible"
     )
     assert TALLY["runs"] == 0
+
+
+class TestConsoleApprover:
+    def test_answers_at_the_console(self, capsys):
+        """y approves with the console identity; anything else, or end of input, denies."""
+        import io
+
+        answers = iter(["y", "n"])
+
+        def ask(prompt: str) -> str:
+            assert "Approve" in prompt
+            return next(answers)
+
+        out = io.StringIO()
+        approver = cra.ConsoleApprover(approver="console:alice", ask=ask, output=out)
+        cra.configure(atlases=[GITHUB_OPS], store="memory://", approvals=approver)
+        with cra.session(agent_id="maintainer", goal="Merge") as active:
+            assert merge_pull_request(**MERGE) == "merged acme/app#7"
+            with pytest.raises(cra.ActionDenied, match="approval_denied"):
+                merge_pull_request(**MERGE)
+        shown = out.getvalue()
+        assert "github.pr.merge" in shown
+        assert '"pr_number": 7' in shown
+        events = cra.get_runtime().trace_events(active.session_id)
+        approved = [e for e in events if e.event_type == "action.approved"]
+        assert approved[0].payload["approver"] == "console:alice"
+
+        def eof(prompt: str) -> str:
+            raise EOFError
+
+        decision = cra.ConsoleApprover(ask=eof, output=io.StringIO())(
+            cra.ApprovalRequest("s", "a", "x", {"big": "y" * 5000}, "d" * 64, "high", "r", "p")
+        )
+        assert not decision.approved
+        assert decision.approver.startswith("console:")
+
+    def test_without_a_terminal_it_denies_at_once(self, monkeypatch):
+        """approvals="console" with no TTY on stdin denies instead of hanging."""
+        import io
+
+        monkeypatch.setattr("sys.stdin", io.StringIO(""))
+        cra.configure(atlases=[GITHUB_OPS], store="memory://", approvals="console")
+        with (
+            cra.session(agent_id="maintainer", goal="Merge"),
+            pytest.raises(cra.ActionDenied, match="approval_denied"),
+        ):
+            merge_pull_request(**MERGE)

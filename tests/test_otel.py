@@ -391,3 +391,86 @@ def test_spans_reach_a_real_collector(collector, transport, tmp_path):
         f"\n{transport}: {len(mine)} spans at the collector for {calls} calls, "
         f"{report.checked_links} chain links verified"
     )
+
+
+class _Exploding:
+    """A tracer provider whose spans fail on every call but creation."""
+
+    def get_tracer(self, name: str) -> Any:
+        return self
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        def explode(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError(f"{name} exploded")
+
+        return explode
+
+    def get_span_context(self) -> Any:
+        raise RuntimeError("no context")
+
+
+def test_spans_that_fail_everywhere_cost_nothing_but_spans():
+    """Every span operation raising leaves allowed, denied and failing calls as they were."""
+    exploding: Any = _Exploding()
+    cra.configure(
+        atlases=[GITHUB_OPS],
+        store="memory://",
+        otel=OTelConfig(tracer_provider=exploding, capture_content=True),
+    )
+
+    @cra.guarded("github.issue.close")
+    async def close(repo: str, issue_number: int) -> None:
+        raise LookupError("no such issue")
+
+    async def closing() -> None:
+        with pytest.raises(LookupError):
+            await close("acme/app", 1)
+
+    try:
+        with cra.session(agent_id="triage-bot", goal="Chaos") as active:
+            assert read_file("acme/app", "README.md") == "acme/app:README.md"
+            with pytest.raises(cra.ActionDenied):
+                delete_repo("acme/app", "acme/app")
+            with pytest.raises(RuntimeError, match="GitHub is down"):
+                comment("acme/app", 1, "hi")
+            asyncio.run(closing())
+        runtime = cra.get_runtime()
+        runtime.flush()
+        assert runtime.verify(active.session_id).valid
+        assert runtime.telemetry is not None
+        assert runtime.telemetry.stats.errors > 10
+    finally:
+        cra.shutdown()
+
+
+def test_trace_failure_ends_open_spans(memory_spans, monkeypatch):
+    """When the trace store fails, calls are refused and their spans still end."""
+    runtime = cra.get_runtime()
+
+    def broken(events: Any) -> None:
+        raise OSError("disk full")
+
+    def calls() -> None:
+        with cra.session(agent_id="bot", goal="Fail"):
+            read_file("acme/app", "README.md")
+            runtime.flush()
+            monkeypatch.setattr(runtime.store, "append", broken)
+            read_file("acme/app", "again.md")  # queued, then the writer fails
+            runtime.flush()
+            read_file("acme/app", "refused.md")
+
+    with pytest.raises(cra.TraceUnavailableError):
+        calls()
+    runtime.flush()  # the writer gives up on what it cannot store: open spans end
+    names = [s.name for s in memory_spans.get_finished_spans()]
+    assert names.count("execute_tool read_file") == 3
+    assert "invoke_agent bot" in names
+    unlinked = [
+        s
+        for s in memory_spans.get_finished_spans()
+        if (s.attributes or {}).get(sc.CRA_TRACE_UNAVAILABLE)
+    ]
+    assert len(unlinked) == 2  # the call queued when the store failed, and the session

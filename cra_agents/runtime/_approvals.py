@@ -8,11 +8,16 @@ refused.
 
 from __future__ import annotations
 
+import builtins
+import getpass
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TextIO, TypeAlias
+
+import orjson
 
 __all__ = [
     "Approval",
@@ -20,6 +25,7 @@ __all__ = [
     "ApprovalHandler",
     "ApprovalRequest",
     "ApprovalStore",
+    "ConsoleApprover",
     "auto_deny",
 ]
 
@@ -63,13 +69,80 @@ class Approval:
 
 ApprovalAnswer: TypeAlias = "bool | ApprovalDecision"
 ApprovalHandler: TypeAlias = (
-    "Callable[[ApprovalRequest], ApprovalAnswer | Awaitable[ApprovalAnswer]] | Literal['auto_deny']"
+    "Callable[[ApprovalRequest], ApprovalAnswer | Awaitable[ApprovalAnswer]]"
+    " | Literal['auto_deny', 'console']"
 )
 
 
 def auto_deny(request: ApprovalRequest) -> ApprovalDecision:
     """The default handler: nobody is there to approve, so nothing is approved."""
     return ApprovalDecision(False, approver="auto_deny", reason="no approval handler configured")
+
+
+class ConsoleApprover:
+    """Asks a person at the terminal (``approvals="console"``).
+
+    Prints the request (agent, action, risk, policy, reason, arguments) and reads ``y`` or
+    ``n``; anything but ``y``/``yes`` denies. Prompts from parallel calls are asked one at a
+    time. Without an interactive terminal nobody can answer, so it denies at once
+    (``approval_denied``) rather than waiting for the timeout.
+
+    Args:
+        approver: Identity recorded in ``action.approved`` (default ``console:<user>``).
+        ask: Reads the answer (default :func:`input`); any other reader is taken as interactive.
+        output: Where the request is shown (default stderr).
+    """
+
+    def __init__(
+        self,
+        *,
+        approver: str | None = None,
+        ask: Callable[[str], str] | None = None,
+        output: TextIO | None = None,
+    ) -> None:
+        self.approver = approver or f"console:{_user()}"
+        self._ask = ask
+        self._output = output
+        self._lock = threading.Lock()
+
+    def __call__(self, request: ApprovalRequest) -> ApprovalDecision:
+        ask = self._ask
+        if ask is None:
+            if not (sys.stdin and sys.stdin.isatty()):
+                return ApprovalDecision(
+                    False, self.approver, "approval_denied: no terminal to ask for approval"
+                )
+            ask = builtins.input
+        out = self._output or sys.stderr
+        arguments = orjson.dumps(
+            request.arguments, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=repr
+        ).decode()
+        if len(arguments) > 4000:
+            arguments = arguments[:4000] + "\n  ... (truncated)"
+        with self._lock:
+            print(
+                f"\n-- approval needed ------------------------------------------\n"
+                f"agent    {request.agent_id} (session {request.session_id})\n"
+                f"action   {request.action_id}   risk {request.risk_tier}\n"
+                f"policy   {request.policy_id}: {request.reason}\n"
+                f"arguments (sha256 {request.digest[:16]}...)\n{arguments}",
+                file=out,
+                flush=True,
+            )
+            try:
+                answer = ask("Approve this call? [y/N] ").strip().lower()
+            except EOFError:
+                answer = ""
+        if answer in ("y", "yes"):
+            return ApprovalDecision(True, self.approver, "approved at the console")
+        return ApprovalDecision(False, self.approver, "approval_denied")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name (containers): still an identity
+        return "unknown"
 
 
 @dataclass

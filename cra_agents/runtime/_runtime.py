@@ -64,6 +64,7 @@ from cra_agents.runtime._approvals import (
     ApprovalHandler,
     ApprovalRequest,
     ApprovalStore,
+    ConsoleApprover,
     auto_deny,
 )
 from cra_agents.runtime._context import ContextCandidate, compile_context, select_context
@@ -88,8 +89,9 @@ RUNTIME_POLICY = "carp-runtime"
 _PRUNE_EVERY = 1024
 _RISK_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 EndReason = Literal["completed", "timeout", "error", "cancelled"]
-#: Called with a stored, hashed TRACE event (on the writer's thread): see ``authorize``.
-Watcher = Callable[[TraceEvent], None]
+#: Called with a stored, hashed TRACE event (on the writer's thread), or None when the trace
+#: failed and the event will never be stored: see ``authorize``.
+Watcher = Callable[[TraceEvent | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +345,9 @@ class Runtime:
         self.ttl_seconds = ttl_seconds
         self.clock_skew_seconds = clock_skew_seconds
         self.approval_ttl_seconds = approval_ttl_seconds
-        self.approval_handler: ApprovalHandler = approval_handler
+        self.approval_handler: ApprovalHandler = (
+            ConsoleApprover() if approval_handler == "console" else approval_handler
+        )
         self.approval_timeout = approval_timeout
         #: Shadow mode: record what would be denied (``policy.violated``) but allow the call.
         self.shadow = shadow
@@ -1208,7 +1212,7 @@ class Runtime:
 
     def _ask_sync(self, state: _GateState) -> ApprovalDecision:
         handler = self.approval_handler
-        if handler == "auto_deny":
+        if isinstance(handler, str):  # "auto_deny" ("console" became a ConsoleApprover)
             return auto_deny(self._approval_request(state))
         if inspect.iscoroutinefunction(handler):
             return ApprovalDecision(
@@ -1226,7 +1230,7 @@ class Runtime:
 
     async def _ask_async(self, state: _GateState) -> ApprovalDecision:
         handler = self.approval_handler
-        if handler == "auto_deny":
+        if isinstance(handler, str):  # "auto_deny" ("console" became a ConsoleApprover)
             return auto_deny(self._approval_request(state))
         try:
             result = handler(self._approval_request(state))

@@ -84,7 +84,7 @@ class SessionChain:
         self._head = GENESIS_HASH
         self._root_span: str | None = None
         # sequence -> callback wanting the finalised event (see notify()).
-        self._watch: dict[int, Callable[[TraceEvent], None]] = {}
+        self._watch: dict[int, Callable[[TraceEvent | None], None]] = {}
         #: Highest sequence known to be in the store (-1: none); maintained by the collector.
         self.durable = -1
         #: Highest sequence handed to the collector (-1: none); maintained by the collector.
@@ -94,11 +94,12 @@ class SessionChain:
         self,
         event_type: str,
         payload: Mapping[str, Any],
-        watch: Callable[[TraceEvent], None] | None = None,
+        watch: Callable[[TraceEvent | None], None] | None = None,
     ) -> int:
         """Queue an event; return its sequence number.
 
-        ``watch`` is called with the finalised event once the collector has stored it.
+        ``watch`` is called with the finalised event once the collector has stored it, or
+        with None if it never will be (the trace failed).
         """
         now = time.time_ns()
         with self._lock:
@@ -112,7 +113,7 @@ class SessionChain:
     def extend(
         self,
         events: Sequence[tuple[str, Mapping[str, Any]]],
-        watch: Callable[[TraceEvent], None] | None = None,
+        watch: Callable[[TraceEvent | None], None] | None = None,
     ) -> int:
         """Queue several events at once (one lock, one timestamp); return the first sequence.
 
@@ -126,6 +127,16 @@ class SessionChain:
             if watch is not None:
                 self._watch[first + len(events) - 1] = watch
         return first
+
+    def abandon(self) -> None:
+        """Tell every watcher its event will never be stored (called with None)."""
+        with self._lock:
+            watchers, self._watch = list(self._watch.values()), {}
+        for callback in watchers:
+            try:
+                callback(None)
+            except Exception:
+                logger.exception("a trace event watcher failed (ignored)")
 
     def notify(self, events: Sequence[TraceEvent]) -> None:
         """Hand stored ``events`` to the callbacks watching them (errors are logged)."""

@@ -226,6 +226,8 @@ class TraceCollector:
     def _write(self, chains: list[SessionChain]) -> None:
         """Hash and persist ``chains`` (caller holds ``_write_lock``)."""
         if self._failure is not None:
+            for chain in chains:
+                chain.abandon()
             return
         flushed = []
         try:
@@ -243,6 +245,8 @@ class TraceCollector:
                 self.store.sync()
         except Exception as exc:  # noqa: BLE001 - any store failure must stop recording
             self._fail(exc)
+            for chain in chains:
+                chain.abandon()
             return
         for chain, last, count in flushed:
             chain.durable = last
