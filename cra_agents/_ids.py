@@ -32,9 +32,14 @@ def _reseed() -> None:
 
 @functools.lru_cache(maxsize=64)
 def _head(millis: int) -> str:
-    """``xxxxxxxx-xxxx-7xxx-`` for one millisecond: time, version and the prefix's top 12 bits."""
+    """Everything but the counter for one millisecond: ``xxxxxxxx-xxxx-7xxx-xxxx-xxxx``.
+
+    Time, version, the prefix's top 12 bits, then the variant and the prefix's low 30 bits
+    (the fixed upper half of the last 64 bits); the 32-bit counter supplies 8 more hex digits.
+    """
     h = "%012x" % millis  # noqa: UP031 - fixed-width hex
-    return f"{h[:8]}-{h[8:12]}-7{_prefix >> 30:03x}-"
+    fixed = "%08x" % (_low_base >> 32)
+    return f"{h[:8]}-{h[8:12]}-7{_prefix >> 30:03x}-{fixed[:4]}-{fixed[4:]}"
 
 
 _reseed()
@@ -43,20 +48,14 @@ os.register_at_fork(after_in_child=_reseed)
 
 def uuid7_from_ns(time_ns: int) -> str:
     """Return a UUIDv7 string whose timestamp is the millisecond of ``time_ns``."""
-    tail = "%016x" % (_low_base | (next(_counter) & 0xFFFFFFFF))
-    return f"{_head(time_ns // 1_000_000)}{tail[:4]}-{tail[4:]}"
+    return f"{_head(time_ns // 1_000_000)}{next(_counter) & 0xFFFFFFFF:08x}"
 
 
 def uuid7_batch(time_ns: int, count: int) -> list[str]:
     """``count`` UUIDv7 strings for the same millisecond (one cache lookup for all)."""
     head = _head(time_ns // 1_000_000)
-    base = _low_base
     counter = _counter
-    out = []
-    for _ in range(count):
-        tail = "%016x" % (base | (next(counter) & 0xFFFFFFFF))
-        out.append(f"{head}{tail[:4]}-{tail[4:]}")
-    return out
+    return [f"{head}{next(counter) & 0xFFFFFFFF:08x}" for _ in range(count)]
 
 
 def new_id() -> str:

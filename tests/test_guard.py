@@ -410,7 +410,9 @@ class TestShadowMode:
         violated = [e for e in events if e.event_type == "policy.violated"]
         assert [v.payload["policy_id"] for v in violated] == ["deny-repo-delete", "approve-merge"]
         assert all(v.payload["details"]["shadow"] for v in violated)
-        flagged = [e for e in events if e.event_type in ("action.approved", "action.executed")]
+        kinds = ("action.requested", "policy.evaluated", "action.approved", "action.executed")
+        flagged = [e for e in events if e.event_type in kinds]
+        assert len(flagged) == 8
         assert all(e.payload.get("shadow") for e in flagged)
 
 

@@ -114,3 +114,13 @@ def test_defaults_are_never_written_into_the_arguments() -> None:
     arguments: dict[str, Any] = {}
     assert first_error(schema, arguments) is None
     assert arguments == {}
+
+
+def test_the_cache_stays_bounded() -> None:
+    from cra_agents.runtime import _params
+
+    schemas = [{"type": "object", "maxProperties": n} for n in range(_params._CACHE_SIZE + 10)]
+    for schema in schemas:
+        assert first_error(schema, {}) is None
+    assert len(_params._cache) <= _params._CACHE_SIZE
+    assert first_error(schemas[0], {}) is None  # evicted, compiled again

@@ -16,7 +16,6 @@ from typing import Any
 
 import fastjsonschema
 import jsonschema
-from cachetools import LRUCache
 
 from cra_agents.atlas._load import pointer
 
@@ -56,7 +55,10 @@ _SCHEMA_MAP = frozenset({"properties"})
 _ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$comment"})
 
 _Check = Callable[[Any], Any]
-_cache: LRUCache[int, tuple[Mapping[str, Any], Any, _Check | None]] = LRUCache(maxsize=1024)
+# id(schema) -> (schema, validator, fast check). A plain dict: lookups, on every guarded call,
+# take no lock (the entry holds the schema, so its id stays unique while cached).
+_cache: dict[int, tuple[Mapping[str, Any], Any, _Check | None]] = {}
+_CACHE_SIZE = 1024
 _lock = threading.Lock()
 
 
@@ -83,8 +85,7 @@ def fast_path_applies(schema: object) -> bool:
 
 
 def _validators(schema: Mapping[str, Any]) -> tuple[Any, _Check | None]:
-    with _lock:
-        hit = _cache.get(id(schema))
+    hit = _cache.get(id(schema))
     if hit is not None and hit[0] is schema:
         return hit[1], hit[2]
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
@@ -97,6 +98,8 @@ def _validators(schema: Mapping[str, Any]) -> tuple[Any, _Check | None]:
         except fastjsonschema.JsonSchemaDefinitionException:  # jsonschema alone decides
             fast = None
     with _lock:
+        if len(_cache) >= _CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))  # the oldest
         _cache[id(schema)] = (schema, validator, fast)
     return validator, fast
 

@@ -1044,6 +1044,8 @@ class Runtime:
         }
         if tool_call_id is not None:
             requested["tool_call_id"] = tool_call_id
+        if self.shadow:
+            requested["shadow"] = True  # shadow mode is flagged on every event of the call
         found = self.engine.action(action_id)
         if found is not None and found[1].parameters_schema is not None:
             problem = _schema_problem(found[1].parameters_schema, frozen)
@@ -1098,11 +1100,13 @@ class Runtime:
 
     def _gate_finish(self, state: _GateState, answer: ApprovalDecision | None) -> Authorization:
         decision = state.decision
-        evaluated = {
+        evaluated: dict[str, Any] = {
             "policy_id": decision.policy_id,
             "result": decision.result,
             "action_id": state.action_id,
         }
+        if self.shadow:
+            evaluated["shadow"] = True
         events: list[tuple[str, Mapping[str, Any]]] = [
             ("action.requested", state.requested),
             ("policy.evaluated", evaluated),
