@@ -38,7 +38,7 @@ from cra_agents._version import __version__
 from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
 from cra_agents.guard import configure, current_session, get_runtime, guarded, session, shutdown
 from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
-from cra_agents.runtime import Authorization, Runtime, SessionInfo
+from cra_agents.runtime import Authorization, Precheck, Runtime, SessionInfo
 from cra_agents.runtime._approvals import (
     Approval,
     ApprovalDecision,
@@ -84,6 +84,7 @@ __all__ = [
     "InvalidRequestError",
     "JsonlStore",
     "MemoryStore",
+    "Precheck",
     "RateLimitExceededError",
     "ResolutionExpiredError",
     "ResolutionNotFoundError",

@@ -536,3 +536,55 @@ class TestConsoleApprover:
             pytest.raises(cra.ActionDenied, match="approval_denied"),
         ):
             merge_pull_request(**MERGE)
+
+
+class TestPrecheckAndGivenAnswers:
+    def test_precheck_records_nothing(self):
+        """precheck says allow / deny / requires_approval / invalid without an event."""
+        runtime = cra.get_runtime()
+        with cra.session(agent_id="maintainer", goal="Look first") as active:
+            before = len(_types(active.session_id))
+            merge = runtime.precheck(active.session_id, "github.pr.merge", MERGE)
+            read = runtime.precheck(
+                active.session_id, "github.file.read", {"repo": "acme/app", "path": "R"}
+            )
+            delete = runtime.precheck(
+                active.session_id, "github.repo.delete", {"repo": "a/b", "confirm_name": "a/b"}
+            )
+            bad = runtime.precheck(active.session_id, "github.file.read", {"repo": "nope"})
+            unjson = runtime.precheck(active.session_id, "github.file.read", {"x": float("nan")})
+            assert len(_types(active.session_id)) == before
+        assert merge.needs_approval and merge.policy_id == "approve-merge"
+        assert merge.risk_tier == "high"
+        assert read.result == "allow" and not read.needs_approval
+        assert delete.result == "deny" and delete.reason
+        assert bad.result == "deny" and bad.reason == "invalid_parameters"
+        assert bad.parameters_problem
+        assert unjson.reason == "invalid_parameters"
+
+    def test_an_answer_given_for_the_call(self):
+        """authorize(approval=...) records the given answer instead of asking the handler."""
+        runtime = cra.get_runtime()
+        with cra.session(agent_id="maintainer", goal="Merge") as active:
+            sid = active.session_id
+            auth = runtime.authorize(
+                sid,
+                "github.pr.merge",
+                MERGE,
+                approval=cra.ApprovalDecision(True, "alice", "looks good"),
+            )
+            assert auth.approver == "alice"
+            with pytest.raises(cra.ActionDenied, match="approval_denied"):
+                runtime.authorize(
+                    sid, "github.pr.merge", MERGE, approval=cra.ApprovalDecision(False, "bob")
+                )
+
+            async def async_answer() -> cra.Authorization:
+                return await runtime.aauthorize(
+                    sid, "github.pr.merge", MERGE, approval=cra.ApprovalDecision(True, "carol")
+                )
+
+            assert asyncio.run(async_answer()).approver == "carol"
+        events = runtime.trace_events(sid)
+        approved = [e.payload.get("approver") for e in events if e.event_type == "action.approved"]
+        assert approved == ["alice", "carol"]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
-from cra_agents.runtime._runtime import DEFAULT_TTL_SECONDS, Authorization, Runtime, SessionInfo
+from cra_agents.runtime._runtime import (
+    DEFAULT_TTL_SECONDS,
+    Authorization,
+    Precheck,
+    Runtime,
+    SessionInfo,
+)
 
-__all__ = ["DEFAULT_TTL_SECONDS", "Authorization", "Runtime", "SessionInfo"]
+__all__ = ["DEFAULT_TTL_SECONDS", "Authorization", "Precheck", "Runtime", "SessionInfo"]

@@ -81,7 +81,7 @@ if TYPE_CHECKING:
 
     from cra_agents.otel import OTelSpec, Telemetry
 
-__all__ = ["DEFAULT_TTL_SECONDS", "Authorization", "Runtime", "SessionInfo"]
+__all__ = ["DEFAULT_TTL_SECONDS", "Authorization", "Precheck", "Runtime", "SessionInfo"]
 
 DEFAULT_TTL_SECONDS = 3600
 DEFAULT_CLOCK_SKEW_SECONDS = 300
@@ -127,6 +127,25 @@ class Authorization:
     shadow: bool
     approver: str | None
     started_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Precheck:
+    """What the gate would decide for a call (see :meth:`Runtime.precheck`)."""
+
+    action_id: str
+    #: ``allow``, ``deny`` or ``requires_approval``.
+    result: str
+    policy_id: str
+    reason: str | None
+    risk_tier: str
+    #: Why the arguments are invalid, when they are.
+    parameters_problem: str | None
+
+    @property
+    def needs_approval(self) -> bool:
+        """Whether a person must approve the call before it may run."""
+        return self.result == "requires_approval"
 
 
 @dataclass(slots=True)
@@ -895,6 +914,7 @@ class Runtime:
         *,
         tool_call_id: str | None = None,
         approval_id: str | None = None,
+        approval: ApprovalDecision | None = None,
         watch: Watcher | None = None,
     ) -> Authorization:
         """Decide one call of ``action_id`` with ``arguments`` before it runs.
@@ -907,6 +927,10 @@ class Runtime:
         the deciding event (``action.approved`` or ``action.denied``), hashed, once it is
         stored, on the writer's thread (telemetry uses it to carry the chain link).
 
+        A call that needs approval is answered by, in order: ``approval_id`` (a single-use
+        approval from :meth:`grant_approval`), ``approval`` (an answer a person already gave
+        for exactly this call, e.g. through a LangGraph interrupt), or the approval handler.
+
         Raises:
             ActionDeniedError: denied by policy, by an approver (``approval_denied``,
                 ``approval_timeout``, ``approval_error``), or the action is undeclared.
@@ -918,6 +942,8 @@ class Runtime:
         if state.decision.effect is Effect.REQUIRE_APPROVAL and not self.shadow:
             if approval_id is not None:
                 return self._gate_with_token(state, approval_id)
+            if approval is not None:
+                return self._gate_finish(state, approval)
             return self._gate_finish(state, self._ask_sync(state))
         return self._gate_finish(state, None)
 
@@ -929,6 +955,7 @@ class Runtime:
         *,
         tool_call_id: str | None = None,
         approval_id: str | None = None,
+        approval: ApprovalDecision | None = None,
         watch: Watcher | None = None,
     ) -> Authorization:
         """:meth:`authorize` for async callers; async approval handlers are awaited."""
@@ -936,8 +963,39 @@ class Runtime:
         if state.decision.effect is Effect.REQUIRE_APPROVAL and not self.shadow:
             if approval_id is not None:
                 return self._gate_with_token(state, approval_id)
+            if approval is not None:
+                return self._gate_finish(state, approval)
             return self._gate_finish(state, await self._ask_async(state))
         return self._gate_finish(state, None)
+
+    def precheck(self, session_id: str, action_id: str, arguments: Mapping[str, Any]) -> Precheck:
+        """What :meth:`authorize` would decide for this call, recording nothing.
+
+        No event is written and no rate-limit slot is taken: for callers that must know in
+        advance whether to ask a person (a LangGraph interrupt) before the recorded decision.
+        Arguments that cannot be recorded or fail the schema come back as a denial with
+        reason ``invalid_parameters``.
+        """
+        session = self._active(session_id)
+        found = self.engine.action(action_id)
+        risk = found[1].risk_tier if found is not None else "low"
+        try:
+            digest(dict(arguments))
+            problem = (
+                _schema_problem(found[1].parameters_schema, dict(arguments))
+                if found is not None and found[1].parameters_schema is not None
+                else None
+            )
+        except (CRAError, TypeError, RecursionError) as exc:
+            problem = ("", str(exc))
+        if problem is not None:
+            return Precheck(
+                action_id, "deny", RUNTIME_POLICY, "invalid_parameters", risk, problem[1]
+            )
+        decision = self.engine.decide(
+            action_id, ConditionContext(agent_id=session.agent_id, risk_tier=risk)
+        )
+        return Precheck(action_id, decision.result, decision.policy_id, decision.reason, risk, None)
 
     def grant_approval(
         self,
