@@ -1,0 +1,12 @@
+"""LangChain integration of cra-agents: middleware, guarded tools and a callback handler.
+
+``CRAMiddleware`` enforces (for ``langchain.agents.create_agent``); ``guard_tool`` wraps plain
+tools; callbacks only observe. ``cra_agents_langchain.testing.ScriptedChatModel`` runs agents
+offline.
+"""
+
+from __future__ import annotations
+
+from cra_agents_langchain._middleware import CRAMiddleware, CRAState, ToolFailedError
+
+__all__ = ["CRAMiddleware", "CRAState", "ToolFailedError"]

@@ -1,0 +1,262 @@
+"""CRAMiddleware in a real create_agent loop, offline (scripted model, in-memory checkpointer)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cra_agents_langchain import CRAMiddleware
+from cra_agents_langchain.testing import ScriptedChatModel, ScriptError
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
+
+import cra_agents as cra
+
+GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
+SHA = "a" * 40
+ACTIONS = {
+    "read_file": "github.file.read",
+    "delete_repo": "github.repo.delete",
+    "merge_pr": "github.pr.merge",
+    "comment": "github.issue.comment",
+}
+RAN: list[tuple[str, Any]] = []
+THREADS: set[int] = set()
+
+
+@tool
+def read_file(repo: str, path: str) -> str:
+    """Read a file of a repository."""
+    RAN.append(("read_file", path))
+    THREADS.add(threading.get_ident())
+    return f"contents of {path}"
+
+
+@tool
+def delete_repo(repo: str, confirm_name: str) -> str:
+    """Delete a repository."""
+    RAN.append(("delete_repo", repo))
+    return "deleted"
+
+
+@tool
+def merge_pr(repo: str, pr_number: int, expected_head_sha: str) -> str:
+    """Merge a pull request."""
+    RAN.append(("merge_pr", pr_number))
+    return f"merged #{pr_number}"
+
+
+@tool
+def comment(repo: str, issue_number: int, body: str) -> str:
+    """Comment on an issue."""
+    raise RuntimeError("GitHub is down")
+
+
+TOOLS = [read_file, delete_repo, merge_pr, comment]
+
+
+def call(name: str, call_id: str, **args: Any) -> dict[str, Any]:
+    return {"name": name, "args": args, "id": call_id}
+
+
+def turn(*calls: dict[str, Any]) -> AIMessage:
+    return AIMessage("", tool_calls=list(calls))
+
+
+@pytest.fixture(autouse=True)
+def runtime() -> Iterator[cra.Runtime]:
+    RAN.clear()
+    THREADS.clear()
+    yield cra.configure(atlases=[GITHUB_OPS], store="memory://")
+    cra.shutdown()
+
+
+def agent_with(*script: Any) -> tuple[Any, ScriptedChatModel]:
+    model = ScriptedChatModel(script=list(script))
+    middleware = CRAMiddleware(agent_id="gh-agent", actions=ACTIONS)
+    return (
+        create_agent(model, TOOLS, middleware=[middleware], checkpointer=InMemorySaver()),
+        model,
+    )
+
+
+def only_session(runtime: cra.Runtime) -> cra.SessionInfo:
+    (info,) = runtime.sessions()
+    return info
+
+
+def types(runtime: cra.Runtime, session_id: str) -> list[str]:
+    return [e.event_type for e in runtime.trace_events(session_id)]
+
+
+CONFIG = {"configurable": {"thread_id": "t1"}}
+
+
+def test_allowed_runs_and_denied_never_runs(runtime):
+    """The allowed result reaches the model; the denied tool never runs; the model is told why."""
+    agent, model = agent_with(
+        turn(
+            call("read_file", "c1", repo="acme/app", path="README.md"),
+            call("delete_repo", "c2", repo="acme/app", confirm_name="acme/app"),
+        ),
+        AIMessage("All done."),
+    )
+    out = agent.invoke({"messages": [HumanMessage("Tidy up acme/app")]}, CONFIG)
+    assert RAN == [("read_file", "README.md")]
+    tool_messages = {m.tool_call_id: m for m in model.calls[1] if isinstance(m, ToolMessage)}
+    assert tool_messages["c1"].content == "contents of README.md"
+    assert tool_messages["c2"].status == "error"
+    assert "deny-repo-delete" in str(tool_messages["c2"].content)
+    assert out["messages"][-1].content == "All done."
+    info = only_session(runtime)
+    assert info.goal == "Tidy up acme/app"
+    assert info.agent_id == "gh-agent"
+    assert not info.active
+    events = types(runtime, info.session_id)
+    assert events.count("action.executed") == 1
+    assert events.count("action.denied") == 1
+    assert events[-1] == "session.ended"
+    requested = [
+        e.payload.get("tool_call_id")
+        for e in runtime.trace_events(info.session_id)
+        if e.event_type == "action.requested"
+    ]
+    assert sorted(requested) == ["c1", "c2"]
+    assert runtime.verify(info.session_id).valid
+
+
+@pytest.mark.parametrize(
+    ("answer", "ran", "outcome"),
+    [
+        ({"decision": "approve", "approver": "alice"}, [("merge_pr", 7)], "action.executed"),
+        (True, [("merge_pr", 7)], "action.executed"),
+        ({"decision": "reject", "reason": "not now"}, [], "action.denied"),
+        (False, [], "action.denied"),
+        (
+            {
+                "decision": "edit",
+                "args": {"repo": "acme/app", "pr_number": 8, "expected_head_sha": SHA},
+            },
+            [("merge_pr", 8)],
+            "action.executed",
+        ),
+        (
+            {
+                "decision": "edit",
+                "args": {"repo": "not a repo", "pr_number": 8, "expected_head_sha": SHA},
+            },
+            [],
+            "action.denied",
+        ),
+        ("something else", [], "action.denied"),
+    ],
+)
+def test_approval_interrupt_and_resume(runtime, answer, ran, outcome):
+    """Needs approval → interrupt; approve runs once, reject never, edit is decided again."""
+    agent, _ = agent_with(
+        turn(
+            call("read_file", "c1", repo="acme/app", path="README.md"),
+            call("merge_pr", "c2", repo="acme/app", pr_number=7, expected_head_sha=SHA),
+        ),
+        AIMessage("Finished."),
+    )
+    first = agent.invoke({"messages": [HumanMessage("Merge PR 7")]}, CONFIG)
+    (pending,) = first["__interrupt__"]
+    assert pending.value["type"] == "cra_approval"
+    assert pending.value["action_id"] == "github.pr.merge"
+    assert pending.value["risk_tier"] == "high"
+    assert pending.value["arguments"]["pr_number"] == 7
+    assert RAN == [("read_file", "README.md")]  # the sibling call ran; the merge waits
+    agent.invoke(Command(resume=answer), CONFIG)
+    assert [("read_file", "README.md"), *ran] == RAN  # nothing ran twice on resume
+    info = only_session(runtime)
+    events = runtime.trace_events(info.session_id)
+    kinds = [e.event_type for e in events]
+    assert kinds.count("action.requested") == 2  # the resume recorded nothing twice
+    assert kinds.count("action.executed") == 1 + (outcome == "action.executed")
+    last_merge = [e for e in events if e.payload.get("action_id") == "github.pr.merge"][-1]
+    assert last_merge.event_type == outcome
+    if answer == {"decision": "approve", "approver": "alice"}:
+        approved = [e for e in events if e.event_type == "action.approved"][-1]
+        assert approved.payload["approver"] == "alice"
+    assert runtime.verify(info.session_id).valid
+
+
+def test_parallel_calls_and_a_failing_tool(runtime):
+    """Parallel calls in one turn keep the chain valid; a crash is recorded as action.failed."""
+    calls = [call("read_file", f"c{i}", repo="acme/app", path=f"f{i}.md") for i in range(6)]
+    agent, _ = agent_with(
+        turn(*calls, call("comment", "boom", repo="acme/app", issue_number=1, body="hi")),
+        AIMessage("ok"),
+    )
+    with pytest.raises(RuntimeError, match="GitHub is down"):  # ToolNode re-raises it
+        agent.invoke({"messages": [HumanMessage("Read everything")]}, CONFIG)
+    assert sorted(p for _, p in RAN) == [f"f{i}.md" for i in range(6)]
+    info = only_session(runtime)
+    kinds = types(runtime, info.session_id)
+    assert kinds.count("action.executed") == 6
+    assert kinds.count("action.failed") == 1
+    assert runtime.verify(info.session_id).valid
+
+
+def test_async_invoke_and_stream(runtime):
+    """ainvoke and astream go through awrap_tool_call with the same outcome."""
+
+    async def run() -> list[Any]:
+        agent, _ = agent_with(
+            turn(call("read_file", "a1", repo="acme/app", path="A.md")),
+            AIMessage("first done"),
+            turn(call("delete_repo", "a2", repo="acme/app", confirm_name="acme/app")),
+            AIMessage("second done"),
+        )
+        await agent.ainvoke(
+            {"messages": [HumanMessage("one")]}, {"configurable": {"thread_id": "a"}}
+        )
+        chunks = [
+            chunk
+            async for chunk in agent.astream(
+                {"messages": [HumanMessage("two")]},
+                {"configurable": {"thread_id": "b"}},
+                stream_mode="updates",
+            )
+        ]
+        return chunks
+
+    chunks = asyncio.run(run())
+    assert chunks
+    assert RAN == [("read_file", "A.md")]
+    sessions = runtime.sessions()
+    assert len(sessions) == 2
+    assert all(runtime.verify(s.session_id).valid for s in sessions)
+    assert [not s.active for s in sessions] == [True, True]
+
+
+def test_scripted_model_runs_out():
+    model = ScriptedChatModel(script=[AIMessage("only one")])
+    assert model.invoke("hi").content == "only one"
+    assert model.remaining == 0
+    with pytest.raises(ScriptError, match="all were used"):
+        model.invoke("again")
+
+
+def test_scripted_model_streams_and_computes_replies():
+    model = ScriptedChatModel(
+        script=[
+            lambda messages: AIMessage(f"you said {messages[-1].content}"),
+            turn(call("read_file", "s1", repo="a/b", path="x")),
+        ]
+    )
+    text = "".join(str(chunk.content) for chunk in model.stream("hello there"))
+    assert text == "you said hello there"
+    merged = None
+    for chunk in model.stream("next"):
+        merged = chunk if merged is None else merged + chunk
+    assert merged is not None
+    assert merged.tool_calls[0]["args"] == {"repo": "a/b", "path": "x"}
