@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActiveSession",
+    "call_session",
     "configure",
     "current_session",
     "get_runtime",
@@ -243,6 +244,18 @@ def _session_for_call() -> tuple[Runtime, str]:
                 "cra-implicit", f"implicit session of process {os.getpid()}"
             )
         return runtime, _implicit.session_id
+
+
+def call_session() -> tuple[Runtime, str]:
+    """The runtime and session a guarded call made now would use.
+
+    The innermost ``cra.session`` of this thread or task, else the implicit session of the
+    configured runtime. For integrations that gate calls themselves (e.g. LangChain tools).
+
+    Raises:
+        InvalidRequestError: not configured, or outside a session with implicit sessions off.
+    """
+    return _session_for_call()
 
 
 def _resolve_action(runtime: Runtime, explicit: str | None, func: Callable[..., Any]) -> str:

@@ -8,5 +8,14 @@ offline.
 from __future__ import annotations
 
 from cra_agents_langchain._middleware import CRAMiddleware, CRAState, ToolFailedError
+from cra_agents_langchain._tools import GuardedTool, ToolDeniedError, guard_tool, guard_tools
 
-__all__ = ["CRAMiddleware", "CRAState", "ToolFailedError"]
+__all__ = [
+    "CRAMiddleware",
+    "CRAState",
+    "GuardedTool",
+    "ToolDeniedError",
+    "ToolFailedError",
+    "guard_tool",
+    "guard_tools",
+]

@@ -1,0 +1,228 @@
+"""``guard_tool``: a LangChain tool gated by cra-agents, for use outside ``create_agent``."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools.base import _get_runnable_config_param
+from pydantic import ConfigDict
+
+import cra_agents as cra
+from cra_agents import ActionDeniedError, Authorization, CRAError, InvalidParametersError, Runtime
+from cra_agents.guard import call_session
+from cra_agents_langchain._common import action_for, denial_text
+
+__all__ = ["GuardedTool", "ToolDeniedError", "guard_tool", "guard_tools"]
+
+_CALL_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("cra_tool_call", default=None)
+
+
+class ToolDeniedError(ToolException):
+    """cra-agents refused the call: the tool did not run. The message says why."""
+
+    def __init__(self, error: CRAError) -> None:
+        super().__init__(denial_text(error))
+        self.error = error
+
+
+def _handle(error: ToolException) -> str:
+    if isinstance(error, ToolDeniedError):
+        return str(error)
+    raise error  # the wrapped tool's own ToolException, as it would have surfaced
+
+
+class GuardedTool(BaseTool):
+    """A tool whose every call is decided and recorded by cra-agents before it runs.
+
+    Same name, description and argument schema as the wrapped tool; injected arguments
+    (``ToolRuntime``, ``InjectedToolCallId``, ``InjectedState``) still reach it and are kept out
+    of the decision. A refused call raises :class:`ToolDeniedError`, which
+    ``handle_tool_error`` turns into the tool's output so the model reads the reason.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    tool: BaseTool
+    action_id: str
+    cra_runtime: Any = None
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """Run the tool (keeps the ``tool_call_id`` of a ``ToolCall`` input for the record)."""
+        token = _CALL_ID.set(_call_id(input))
+        try:
+            return super().invoke(input, config, **kwargs)
+        finally:
+            _CALL_ID.reset(token)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """Async :meth:`invoke`."""
+        token = _CALL_ID.set(_call_id(input))
+        try:
+            return await super().ainvoke(input, config, **kwargs)
+        finally:
+            _CALL_ID.reset(token)
+
+    def _session(self) -> tuple[Runtime, str]:
+        runtime: Runtime | None = self.cra_runtime
+        active = cra.current_session()
+        if runtime is None:
+            return call_session()
+        if active is not None and active.runtime is runtime:
+            return runtime, active.session_id
+        return runtime, _implicit_session(runtime)
+
+    def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Model-visible arguments (decided on) and injected ones (passed through)."""
+        visible = set(_fields(self.tool.tool_call_schema))
+        decided = {k: v for k, v in kwargs.items() if k in visible}
+        injected = {k: v for k, v in kwargs.items() if k not in visible}
+        return decided, injected
+
+    def _authorize(self, kwargs: dict[str, Any]) -> tuple[Runtime, Authorization, dict[str, Any]]:
+        runtime, session_id = self._session()
+        decided, injected = self._split(kwargs)
+        try:
+            auth = runtime.authorize(
+                session_id, self.action_id, decided, tool_call_id=_CALL_ID.get()
+            )
+        except (ActionDeniedError, InvalidParametersError) as error:
+            raise ToolDeniedError(error) from error
+        return runtime, auth, injected
+
+    def _run(
+        self,
+        *args: Any,
+        config: RunnableConfig,
+        run_manager: CallbackManagerForToolRun | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if args:
+            kwargs = {**_positional(self.tool, args), **kwargs}
+        runtime, auth, injected = self._authorize(kwargs)
+        call = _extras(self.tool._run, config, run_manager)
+        try:
+            result = self.tool._run(**auth.arguments, **injected, **call)
+        except BaseException as error:
+            runtime.record_outcome(auth, error=error)
+            raise
+        runtime.record_outcome(auth, result=_recordable(result))
+        return result
+
+    async def _arun(
+        self,
+        *args: Any,
+        config: RunnableConfig,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if args:
+            kwargs = {**_positional(self.tool, args), **kwargs}
+        runtime, session_id = self._session()
+        decided, injected = self._split(kwargs)
+        try:
+            auth = await runtime.aauthorize(
+                session_id, self.action_id, decided, tool_call_id=_CALL_ID.get()
+            )
+        except (ActionDeniedError, InvalidParametersError) as error:
+            raise ToolDeniedError(error) from error
+        call = _extras(self.tool._arun, config, run_manager)
+        try:
+            result = await self.tool._arun(**auth.arguments, **injected, **call)
+        except BaseException as error:
+            runtime.record_outcome(auth, error=error)
+            raise
+        runtime.record_outcome(auth, result=_recordable(result))
+        return result
+
+
+def guard_tool(
+    tool: BaseTool,
+    *,
+    action_id: str | None = None,
+    runtime: Runtime | None = None,
+    actions: Mapping[str, str] | None = None,
+) -> GuardedTool:
+    """Wrap ``tool`` so each call is decided (CARP) and recorded (TRACE) first.
+
+    The action is ``action_id``, else ``actions[tool.name]``, else the action whose id, name
+    or executor equals the tool's name (resolved against ``runtime``, or the configured one).
+    Calls use the active ``cra.session`` (or the implicit session).
+    """
+    resolved = action_id or action_for(
+        runtime if runtime is not None else cra.get_runtime(), tool.name, actions
+    )
+    handler = tool.handle_tool_error if tool.handle_tool_error else _handle
+    return GuardedTool(
+        tool=tool,
+        action_id=resolved,
+        cra_runtime=runtime,
+        name=tool.name,
+        description=tool.description,
+        args_schema=tool.args_schema,
+        return_direct=tool.return_direct,
+        response_format=tool.response_format,
+        handle_tool_error=handler,
+        handle_validation_error=tool.handle_validation_error,
+        metadata=tool.metadata,
+        tags=tool.tags,
+    )
+
+
+def guard_tools(
+    tools: Iterable[BaseTool],
+    *,
+    runtime: Runtime | None = None,
+    actions: Mapping[str, str] | None = None,
+) -> list[GuardedTool]:
+    """:func:`guard_tool` for each tool."""
+    return [guard_tool(tool, runtime=runtime, actions=actions) for tool in tools]
+
+
+_implicit: dict[int, tuple[Runtime, str]] = {}
+
+
+def _implicit_session(runtime: Runtime) -> str:
+    hit = _implicit.get(id(runtime))
+    if hit is None or hit[0] is not runtime:
+        info = runtime.create_session("cra-implicit", "guarded LangChain tools")
+        hit = _implicit[id(runtime)] = (runtime, info.session_id)
+    return hit[1]
+
+
+def _call_id(value: Any) -> str | None:
+    if isinstance(value, Mapping) and value.get("type") == "tool_call":
+        call_id = value.get("id")
+        return str(call_id) if call_id else None
+    return None
+
+
+def _fields(schema: Any) -> list[str]:
+    if isinstance(schema, dict):
+        return list(schema.get("properties", {}))
+    return list(getattr(schema, "model_fields", {}))
+
+
+def _positional(tool: BaseTool, args: tuple[Any, ...]) -> dict[str, Any]:
+    names = list(_fields(tool.args_schema)) if tool.args_schema is not None else ["tool_input"]
+    return dict(zip(names, args, strict=False))
+
+
+def _extras(func: Any, config: RunnableConfig, run_manager: Any) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    parameters = inspect.signature(func).parameters
+    if "run_manager" in parameters:
+        extra["run_manager"] = run_manager
+    if config_param := _get_runnable_config_param(func):
+        extra[config_param] = config
+    return extra
+
+
+def _recordable(result: Any) -> Any:
+    content = getattr(result, "content", result)
+    return content if isinstance(content, str | int | float | bool | list | dict) else repr(result)

@@ -1,0 +1,155 @@
+"""guard_tool / guard_tools: plain LangChain tools gated by cra-agents."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import cra_agents_langchain
+import pytest
+from cra_agents_langchain import GuardedTool, ToolDeniedError, guard_tool, guard_tools
+from cra_agents_langchain.testing import ScriptedChatModel
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import InjectedToolCallId, StructuredTool, ToolException, tool
+
+import cra_agents as cra
+
+GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
+SEEN: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def runtime() -> Iterator[cra.Runtime]:
+    SEEN.clear()
+    yield cra.configure(atlases=[GITHUB_OPS], store="memory://")
+    cra.shutdown()
+
+
+@tool
+def read_file(repo: str, path: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> str:
+    """Read a file of a repository."""
+    SEEN.append((repo, path, tool_call_id))
+    return f"contents of {path}"
+
+
+@tool
+def delete_repo(repo: str, confirm_name: str) -> str:
+    """Delete a repository."""
+    SEEN.append(("deleted", repo))
+    return "deleted"
+
+
+@tool
+def comment(repo: str, issue_number: int, body: str) -> str:
+    """Comment on an issue."""
+    raise ToolException("the issue is locked")
+
+
+def _call(name: str, call_id: str, **args: Any) -> dict[str, Any]:
+    return {"name": name, "args": args, "id": call_id, "type": "tool_call"}
+
+
+def test_same_face_and_injected_arguments():
+    """Name, description and schema stay; the injected call id reaches the tool only."""
+    guarded = guard_tool(read_file, action_id="github.file.read")
+    assert isinstance(guarded, GuardedTool)
+    assert guarded.name == "read_file"
+    assert guarded.description == read_file.description
+    assert guarded.args == read_file.args  # the model-visible arguments; injected ones hidden
+    with cra.session(agent_id="triage-bot", goal="Read") as active:
+        message = guarded.invoke(_call("read_file", "call-1", repo="acme/app", path="README.md"))
+    assert isinstance(message, ToolMessage)
+    assert message.content == "contents of README.md"
+    assert SEEN == [("acme/app", "README.md", "call-1")]
+    events = cra.get_runtime().trace_events(active.session_id)
+    requested = [e for e in events if e.event_type == "action.requested"]
+    assert requested[0].payload["tool_call_id"] == "call-1"
+    assert [e.event_type for e in events].count("action.executed") == 1
+
+
+def test_denial_is_a_tool_error_the_model_reads():
+    guarded = guard_tool(delete_repo, actions={"delete_repo": "github.repo.delete"})
+    message = guarded.invoke(_call("delete_repo", "d1", repo="acme/app", confirm_name="acme/app"))
+    assert message.status == "error"
+    assert "deny-repo-delete" in message.content
+    assert SEEN == []
+    plain = guarded.invoke({"repo": "acme/app", "confirm_name": "acme/app"})
+    assert "Denied" in plain
+    assert issubclass(ToolDeniedError, ToolException)
+
+
+def test_invalid_arguments_and_failures():
+    guarded = guard_tool(read_file, action_id="github.file.read")
+    refused = guarded.invoke(_call("read_file", "r1", repo="not a repo", path="x"))
+    assert refused.status == "error"
+    assert "invalid" in refused.content
+    failing = guard_tool(comment, action_id="github.issue.comment")
+    with pytest.raises(ToolException, match="locked"):  # the tool's own error, unchanged
+        failing.invoke({"repo": "acme/app", "issue_number": 1, "body": "hi"})
+    session = cra.get_runtime().sessions()[-1]
+    kinds = [e.event_type for e in cra.get_runtime().trace_events(session.session_id)]
+    assert "action.failed" in kinds
+
+
+def test_async_structured_tool_and_explicit_runtime():
+    async def fetch(repo: str, path: str) -> str:
+        SEEN.append(("async", path))
+        return "async contents"
+
+    structured = StructuredTool.from_function(
+        coroutine=fetch, name="fetch", description="Fetch a file."
+    )
+    other = cra.Runtime([GITHUB_OPS], store="memory://")
+    guarded = guard_tool(structured, action_id="github.file.read", runtime=other)
+
+    async def run() -> Any:
+        return await guarded.ainvoke({"repo": "acme/app", "path": "A.md"})
+
+    try:
+        assert asyncio.run(run()) == "async contents"
+        (session,) = other.sessions()
+        assert session.agent_id == "cra-implicit"
+        kinds = [e.event_type for e in other.trace_events(session.session_id)]
+        assert kinds.count("action.executed") == 1
+    finally:
+        other.close()
+
+
+def test_guarded_tools_in_an_agent_without_middleware():
+    tools = guard_tools(
+        [read_file, delete_repo],
+        actions={"read_file": "github.file.read", "delete_repo": "github.repo.delete"},
+    )
+    model = ScriptedChatModel(
+        script=[
+            AIMessage(
+                "",
+                tool_calls=[
+                    {"name": "read_file", "args": {"repo": "acme/app", "path": "R"}, "id": "t1"},
+                    {
+                        "name": "delete_repo",
+                        "args": {"repo": "acme/app", "confirm_name": "acme/app"},
+                        "id": "t2",
+                    },
+                ],
+            ),
+            AIMessage("done"),
+        ]
+    )
+    agent = create_agent(model, tools)
+    with cra.session(agent_id="triage-bot", goal="Tools only") as active:
+        agent.invoke({"messages": [HumanMessage("go")]})
+    results = {m.tool_call_id: m for m in model.calls[1] if isinstance(m, ToolMessage)}
+    assert results["t1"].content == "contents of R"
+    assert results["t2"].status == "error"
+    assert SEEN == [("acme/app", "R", "t1")]
+    assert cra.get_runtime().verify(active.session_id).valid
+
+
+def test_public_names():
+    assert sorted(cra_agents_langchain.__all__) == cra_agents_langchain.__all__
+    for name in cra_agents_langchain.__all__:
+        assert hasattr(cra_agents_langchain, name)
