@@ -68,3 +68,44 @@ class TestUndeclaredActions:
         assert decision.policy_id == "undeclared-action"
         assert "github.gist.create" in (decision.reason or "")
         assert "com.example.github-ops" in (decision.reason or "")
+
+
+def test_record_event_takes_extensions_and_refuses_reserved_types(github_ops):
+    """Integrations may add their own event types; the runtime's own cannot be forged."""
+    import pytest
+
+    from cra_agents import InvalidRequestError, Runtime
+    from cra_agents.replay import replay_session
+
+    runtime = Runtime([github_ops], store="memory://")
+    info = runtime.create_session("bot", "Observe")
+    sequence = runtime.record_event(
+        info.session_id, "langchain.llm.started", {"run_id": "r1", "messages": 2}
+    )
+    assert sequence == 1
+    for bad in (
+        "action.approved",
+        "policy.evaluated",
+        "session.ended",
+        "checkpoint.passed",
+        "error.custom",
+        "NoDots",
+        "x",
+        "langchain..x",
+    ):
+        with pytest.raises(InvalidRequestError, match="reserved or malformed"):
+            runtime.record_event(info.session_id, bad, {})
+    with pytest.raises(InvalidRequestError, match="cannot be recorded"):
+        runtime.record_event(info.session_id, "langchain.llm.ended", {"x": float("nan")})
+    runtime.end_session(info.session_id)
+    runtime.flush()
+    events = runtime.trace_events(info.session_id)
+    assert [e.event_type for e in events] == [
+        "session.started",
+        "langchain.llm.started",
+        "session.ended",
+    ]
+    assert runtime.verify(info.session_id).valid
+    report = replay_session(events, [github_ops])
+    assert report.identical
+    runtime.close()

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import inspect
 import os
+import re
 import threading
 import time
 import weakref
@@ -58,6 +59,7 @@ from cra_agents.protocol import (
     TraceEvent,
 )
 from cra_agents.protocol._common import trusted
+from cra_agents.protocol._trace import EVENT_TYPES
 from cra_agents.runtime._approvals import (
     Approval,
     ApprovalDecision,
@@ -968,6 +970,38 @@ class Runtime:
             return self._gate_finish(state, await self._ask_async(state))
         return self._gate_finish(state, None)
 
+    def record_event(self, session_id: str, event_type: str, payload: Mapping[str, Any]) -> int:
+        """Append an extension event (e.g. ``langchain.llm.started``) to a session's chain.
+
+        For integrations that observe what the runtime does not decide (model calls, chain
+        steps). The standard TRACE types and the ``session.``, ``carp.``, ``action.``,
+        ``policy.``, ``context.``, ``error.`` and ``checkpoint.`` namespaces are the runtime's
+        own and are refused, so nothing can forge a decision. Upstream strict validators reject
+        extension types; our verifier, replay and stores keep them. Returns the sequence.
+
+        Raises:
+            InvalidRequestError: a reserved or malformed type, or a payload the trace cannot
+                record exactly.
+        """
+        if (
+            not _EXTENSION_TYPE.fullmatch(event_type)
+            or event_type in EVENT_TYPES
+            or event_type.startswith(_RESERVED_PREFIXES)
+        ):
+            raise InvalidRequestError(
+                f"event type {event_type!r} is reserved or malformed: use a dotted lower-case "
+                "name in your own namespace, e.g. 'myapp.step.done'",
+                details={"reason": "reserved_event_type", "event_type": event_type},
+            )
+        session = self._active(session_id)
+        record = copy.deepcopy(dict(payload))
+        _recordable(record)
+        self._collector.check()
+        chain = session.chain
+        sequence = chain.append(event_type, record)
+        self._collector.committed(chain, sequence)
+        return sequence
+
     def precheck(self, session_id: str, action_id: str, arguments: Mapping[str, Any]) -> Precheck:
         """What :meth:`authorize` would decide for this call, recording nothing.
 
@@ -1514,6 +1548,16 @@ class Runtime:
 
 
 _MEMO_SIZE = 1024
+_EXTENSION_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+_RESERVED_PREFIXES = (
+    "session.",
+    "carp.",
+    "action.",
+    "policy.",
+    "context.",
+    "error.",
+    "checkpoint.",
+)
 
 
 def _request_payload(req: CARPRequest, atlas_ids: Sequence[str]) -> dict[str, Any]:
