@@ -7,10 +7,12 @@ offline.
 
 from __future__ import annotations
 
+from cra_agents_langchain._callbacks import CRACallbackHandler
 from cra_agents_langchain._middleware import CRAMiddleware, CRAState, ToolFailedError
 from cra_agents_langchain._tools import GuardedTool, ToolDeniedError, guard_tool, guard_tools
 
 __all__ = [
+    "CRACallbackHandler",
     "CRAMiddleware",
     "CRAState",
     "GuardedTool",

@@ -14,6 +14,7 @@ from langchain_core.messages import HumanMessage, ToolMessage
 from langgraph.runtime import Runtime as GraphRuntime
 from langgraph.types import Command, interrupt
 
+import cra_agents as cra
 from cra_agents import (
     ActionDeniedError,
     ApprovalDecision,
@@ -33,6 +34,8 @@ class CRAState(AgentState[Any]):
     """Agent state with the CRA session of the current run (kept out of input and output)."""
 
     cra_session_id: NotRequired[Annotated[str | None, PrivateStateAttr]]
+    #: Whether the middleware opened the session (and so ends it when the run ends).
+    cra_session_owned: NotRequired[Annotated[bool, PrivateStateAttr]]
 
 
 class ToolFailedError(Exception):
@@ -47,7 +50,9 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
     """Gate every tool call of a ``langchain.agents.create_agent`` agent through cra-agents.
 
     Each run of the agent is one CRA session (agent ``agent_id``, goal ``goal`` or the first
-    human message), kept in the graph state, so it survives interrupts and resumes. Each tool
+    human message), kept in the graph state, so it survives interrupts and resumes; a run
+    started inside ``with cra.session(...)`` records into that session instead (and leaves it
+    open). Each tool
     call is mapped to an atlas action (``actions`` maps tool names to action ids; otherwise
     the action whose id, name or executor equals the tool name) and decided:
 
@@ -105,8 +110,13 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         """Open the run's session (once: a resumed run keeps its session)."""
         if state.get("cra_session_id"):
             return None
-        info = self.runtime.create_session(self.agent_id, self._goal(state))
-        return {"cra_session_id": info.session_id}
+        runtime_ = self.runtime
+        active = cra.current_session()
+        if active is not None and active.runtime is runtime_:
+            # Inside the caller's own `with cra.session(...)`: record into it, leave it open.
+            return {"cra_session_id": active.session_id, "cra_session_owned": False}
+        info = runtime_.create_session(self.agent_id, self._goal(state))
+        return {"cra_session_id": info.session_id, "cra_session_owned": True}
 
     async def abefore_agent(
         self, state: CRAState, runtime: GraphRuntime[Any]
@@ -119,9 +129,10 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         session_id = state.get("cra_session_id")
         if not session_id:
             return None
-        with contextlib.suppress(CRAError):  # already ended, or the runtime was closed
-            self.runtime.end_session(session_id, "completed")
-        return {"cra_session_id": None}
+        if state.get("cra_session_owned", True):
+            with contextlib.suppress(CRAError):  # already ended, or the runtime was closed
+                self.runtime.end_session(session_id, "completed")
+        return {"cra_session_id": None, "cra_session_owned": False}
 
     async def aafter_agent(
         self, state: CRAState, runtime: GraphRuntime[Any]
