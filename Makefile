@@ -16,6 +16,7 @@ setup: .venv/.synced
 
 demo: setup
 	$(PY) examples/demo.py
+	$(PY) examples/langchain_agent.py
 
 lint: setup
 	$(PY) -m ruff format --check .

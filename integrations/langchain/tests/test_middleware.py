@@ -260,3 +260,19 @@ def test_scripted_model_streams_and_computes_replies():
         merged = chunk if merged is None else merged + chunk
     assert merged is not None
     assert merged.tool_calls[0]["args"] == {"repo": "a/b", "path": "x"}
+
+
+def test_the_example_agent_runs(capsys):
+    """examples/langchain_agent.py (part of `make demo`) ends with a valid chain."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "examples" / "langchain_agent.py"
+    spec = importlib.util.spec_from_file_location("langchain_agent_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main() == 0
+    out = capsys.readouterr().out
+    assert "tool DENIED  delete_repo" in out
+    assert "approver=alice" in out
+    assert "chain VALID" in out
