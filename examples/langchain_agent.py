@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cra_agents_langchain import CRAMiddleware
-from cra_agents_langchain.testing import ScriptedChatModel
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
@@ -21,6 +19,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 import cra_agents as cra
+from cra_agents_langchain import CRAMiddleware
+from cra_agents_langchain.testing import ScriptedChatModel
 
 ATLAS = Path(__file__).parent / "atlases" / "github-ops"
 SHA = "3f786850e387550fdab836ed7e6dc881de23001b"

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cra_agents_langchain import CRACallbackHandler, CRAMiddleware
-from cra_agents_langchain.testing import ScriptedChatModel
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 
 import cra_agents as cra
+from cra_agents_langchain import CRACallbackHandler, CRAMiddleware
+from cra_agents_langchain.testing import ScriptedChatModel
 
 GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
 ACTIONS = {"read_file": "github.file.read", "delete_repo": "github.repo.delete"}

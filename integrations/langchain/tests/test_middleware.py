@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cra_agents_langchain import CRAMiddleware
-from cra_agents_langchain.testing import ScriptedChatModel, ScriptError
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
@@ -18,6 +16,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 import cra_agents as cra
+from cra_agents_langchain import CRAMiddleware
+from cra_agents_langchain.testing import ScriptedChatModel, ScriptError
 
 GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
 SHA = "a" * 40

@@ -7,15 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-import cra_agents_langchain
 import pytest
-from cra_agents_langchain import GuardedTool, ToolDeniedError, guard_tool, guard_tools
-from cra_agents_langchain.testing import ScriptedChatModel
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import InjectedToolCallId, StructuredTool, ToolException, tool
 
 import cra_agents as cra
+import cra_agents_langchain
+from cra_agents_langchain import GuardedTool, ToolDeniedError, guard_tool, guard_tools
+from cra_agents_langchain.testing import ScriptedChatModel
 
 GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
 SEEN: list[Any] = []
