@@ -561,6 +561,15 @@ class TestPrecheckAndGivenAnswers:
         assert bad.result == "deny" and bad.reason == "invalid_parameters"
         assert bad.parameters_problem
         assert unjson.reason == "invalid_parameters"
+        with cra.session(agent_id="maintainer", goal="Quick look") as again:
+            sid = again.session_id
+            quick = runtime.precheck(
+                sid, "github.file.read", {"repo": "nope"}, check_parameters=False
+            )
+            assert quick.result == "allow"  # the policy's answer alone
+            runtime.authorize(sid, "github.file.read", {"repo": "a/b", "path": "R"})
+            cached = runtime.precheck(sid, "github.file.read", {}, check_parameters=False)
+            assert cached.result == "allow"
 
     def test_an_answer_given_for_the_call(self):
         """authorize(approval=...) records the given answer instead of asking the handler."""

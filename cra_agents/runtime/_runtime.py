@@ -1002,17 +1002,34 @@ class Runtime:
         self._collector.committed(chain, sequence)
         return sequence
 
-    def precheck(self, session_id: str, action_id: str, arguments: Mapping[str, Any]) -> Precheck:
+    def precheck(
+        self,
+        session_id: str,
+        action_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        check_parameters: bool = True,
+    ) -> Precheck:
         """What :meth:`authorize` would decide for this call, recording nothing.
 
         No event is written and no rate-limit slot is taken: for callers that must know in
         advance whether to ask a person (a LangGraph interrupt) before the recorded decision.
         Arguments that cannot be recorded or fail the schema come back as a denial with
-        reason ``invalid_parameters``.
+        reason ``invalid_parameters`` (skipped with ``check_parameters=False``, for callers
+        that only need the policy's answer: ``authorize`` checks them anyway).
         """
         session = self._active(session_id)
         found = self.engine.action(action_id)
         risk = found[1].risk_tier if found is not None else "low"
+        if not check_parameters:
+            decision = self._gate_decisions.get((action_id, session.agent_id, risk))
+            if decision is None:
+                decision = self.engine.decide(
+                    action_id, ConditionContext(agent_id=session.agent_id, risk_tier=risk)
+                )
+            return Precheck(
+                action_id, decision.result, decision.policy_id, decision.reason, risk, None
+            )
         try:
             digest(dict(arguments))
             problem = (

@@ -193,7 +193,7 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         action_id = action_for(runtime, call["name"], self.actions)
         arguments = dict(call.get("args") or {})
         approval = None
-        precheck = runtime.precheck(session_id, action_id, arguments)
+        precheck = runtime.precheck(session_id, action_id, arguments, check_parameters=False)
         if precheck.needs_approval and not runtime.shadow:
             answer = interrupt(
                 {

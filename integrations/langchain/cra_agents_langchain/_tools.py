@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -11,7 +12,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackMan
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
 from langchain_core.tools.base import _get_runnable_config_param
-from pydantic import ConfigDict
+from pydantic import ConfigDict, PrivateAttr
 
 import cra_agents as cra
 from cra_agents import ActionDeniedError, Authorization, CRAError, InvalidParametersError, Runtime
@@ -51,6 +52,7 @@ class GuardedTool(BaseTool):
     tool: BaseTool
     action_id: str
     cra_runtime: Any = None
+    _visible: frozenset[str] | None = PrivateAttr(default=None)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Run the tool (keeps the ``tool_call_id`` of a ``ToolCall`` input for the record)."""
@@ -79,7 +81,9 @@ class GuardedTool(BaseTool):
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Model-visible arguments (decided on) and injected ones (passed through)."""
-        visible = set(_fields(self.tool.tool_call_schema))
+        visible = self._visible
+        if visible is None:  # tool_call_schema builds a model on every access: once is enough
+            visible = self._visible = frozenset(_fields(self.tool.tool_call_schema))
         decided = {k: v for k, v in kwargs.items() if k in visible}
         injected = {k: v for k, v in kwargs.items() if k not in visible}
         return decided, injected
@@ -213,12 +217,18 @@ def _positional(tool: BaseTool, args: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(names, args, strict=False))
 
 
+@functools.lru_cache(maxsize=1024)
+def _extra_names(func: Any) -> tuple[bool, str | None]:
+    return "run_manager" in inspect.signature(func).parameters, _get_runnable_config_param(func)
+
+
 def _extras(func: Any, config: RunnableConfig, run_manager: Any) -> dict[str, Any]:
+    """The ``run_manager`` / config keywords the wrapped tool's method takes (as BaseTool.run)."""
+    wants_manager, config_param = _extra_names(getattr(func, "__func__", func))
     extra: dict[str, Any] = {}
-    parameters = inspect.signature(func).parameters
-    if "run_manager" in parameters:
+    if wants_manager:
         extra["run_manager"] = run_manager
-    if config_param := _get_runnable_config_param(func):
+    if config_param:
         extra[config_param] = config
     return extra
 

@@ -1,0 +1,145 @@
+"""`make bench` (part 4): cost of cra-agents in LangChain, per tool call.
+
+- CRAMiddleware.wrap_tool_call around a tool call, against calling the same handler directly
+  (the middleware's whole per-call path: session lookup, precheck, decision, frozen arguments,
+  outcome record; a fresh tool_call_id every call so nothing is answered from memory);
+- guard_tool(tool).invoke against tool.invoke;
+- for scale: one whole create_agent run (model turn, one tool call, final turn) with and
+  without the middleware.
+
+SQLite store in ``async`` mode; the trace writer thread runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from langchain.agents import create_agent
+from langchain.agents.middleware import ToolCallRequest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.prebuilt.tool_node import ToolRuntime
+
+import cra_agents as cra
+from cra_agents_langchain import CRAMiddleware, guard_tool
+from cra_agents_langchain.testing import ScriptedChatModel
+
+ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+
+
+@tool
+def read_file(repo: str, path: str) -> str:
+    """Read a file of a repository."""
+    return path
+
+
+def _time(fn: Callable[[], object], n: int) -> tuple[float, float]:
+    for _ in range(min(n // 10, 500)):
+        fn()
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        samples.append(clock() - t0)
+    samples.sort()
+    return statistics.median(samples) / 1000, samples[int(n * 0.99)] / 1000
+
+
+def main() -> int:
+    load = os.getloadavg()
+    print(f"LangChain integration overhead, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    rows: list[tuple[str, tuple[float, float]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime = cra.configure(atlases=[ATLAS], store=f"sqlite://{tmp}/t.db")
+        middleware = CRAMiddleware(agent_id="bench", actions={"read_file": "github.file.read"})
+        session = runtime.create_session("bench", "benchmark")
+        ids = itertools.count()
+        tool_runtime: ToolRuntime[Any, Any] = ToolRuntime(
+            state={},
+            context=None,
+            config={},
+            stream_writer=lambda _: None,
+            tool_call_id=None,
+            store=None,
+        )
+
+        def request() -> ToolCallRequest:
+            return ToolCallRequest(
+                tool_call={
+                    "name": "read_file",
+                    "args": {"repo": "acme/app", "path": "README.md"},
+                    "id": f"call-{next(ids)}",
+                    "type": "tool_call",
+                },
+                tool=read_file,
+                state={"messages": [], "cra_session_id": session.session_id},
+                runtime=tool_runtime,
+            )
+
+        def handler(req: ToolCallRequest) -> ToolMessage:
+            return ToolMessage(
+                content=read_file.invoke(req.tool_call["args"]),
+                tool_call_id=req.tool_call["id"],
+            )
+
+        rows.append(("tool call without middleware", _time(lambda: handler(request()), 5000)))
+        rows.append(
+            (
+                "tool call through CRAMiddleware",
+                _time(lambda: middleware.wrap_tool_call(request(), handler), 5000),
+            )
+        )
+        args = {"repo": "acme/app", "path": "README.md"}
+        guarded = guard_tool(read_file, action_id="github.file.read")
+        with cra.session(agent_id="bench", goal="guard_tool"):
+            rows.append(("tool.invoke", _time(lambda: read_file.invoke(args), 5000)))
+            rows.append(("guard_tool(tool).invoke", _time(lambda: guarded.invoke(args), 5000)))
+
+        for flag in (False, True):
+            label = "create_agent run, with CRAMiddleware" if flag else "create_agent run"
+            rows.append((label, _time(_agent_run(flag, middleware, args), 300)))
+        cra.shutdown()
+    base = {
+        "tool call through CRAMiddleware": "tool call without middleware",
+        "guard_tool(tool).invoke": "tool.invoke",
+        "create_agent run, with CRAMiddleware": "create_agent run",
+    }
+    medians = {name: figures[0] for name, figures in rows}
+    print(f"{'measure':40} {'median µs':>10} {'p99 µs':>10} {'overhead µs':>12}")
+    for name, (median, p99) in rows:
+        over = f"{median - medians[base[name]]:>12.1f}" if name in base else f"{'':>12}"
+        print(f"{name:40} {median:>10.1f} {p99:>10.1f} {over}")
+    return 0
+
+
+def _agent_run(
+    with_middleware: bool, middleware: CRAMiddleware, args: dict[str, Any]
+) -> Callable[[], Any]:
+    """One agent run: model asks for read_file, the tool runs, the model answers."""
+    model = ScriptedChatModel(script=[])
+    agent = create_agent(model, [read_file], middleware=[middleware] if with_middleware else [])
+    turn = AIMessage("", tool_calls=[{"name": "read_file", "args": args, "id": "c"}])
+    counter = itertools.count()
+
+    def once() -> Any:
+        # Refill the script; a fresh tool_call_id keeps the middleware from answering from memory.
+        call_id = f"run-{next(counter)}"
+        model.script.extend(
+            [AIMessage("", tool_calls=[{**turn.tool_calls[0], "id": call_id}]), AIMessage("done")]
+        )
+        return agent.invoke({"messages": [HumanMessage("go")]})
+
+    return once
+
+
+if __name__ == "__main__":
+    sys.exit(main())
