@@ -34,6 +34,7 @@ bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/trace_bench.py
 	$(PY) benchmarks/guard_bench.py
+	$(PY) benchmarks/langchain_bench.py
 
 conformance: setup
 	$(PY) -m cra_agents.conformance

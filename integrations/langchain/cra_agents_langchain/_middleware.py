@@ -115,7 +115,12 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         if active is not None and active.runtime is runtime_:
             # Inside the caller's own `with cra.session(...)`: record into it, leave it open.
             return {"cra_session_id": active.session_id, "cra_session_owned": False}
-        info = runtime_.create_session(self.agent_id, self._goal(state))
+        thread = runtime.execution_info.thread_id if runtime.execution_info else None
+        info = runtime_.create_session(
+            self.agent_id,
+            self._goal(state),
+            metadata={"langgraph_thread_id": str(thread)} if thread is not None else None,
+        )
         return {"cra_session_id": info.session_id, "cra_session_owned": True}
 
     async def abefore_agent(

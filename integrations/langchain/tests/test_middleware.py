@@ -116,6 +116,8 @@ def test_allowed_runs_and_denied_never_runs(runtime):
     assert "deny-repo-delete" in str(tool_messages["c2"].content)
     assert out["messages"][-1].content == "All done."
     info = only_session(runtime)
+    started = runtime.trace_events(info.session_id)[0]
+    assert started.payload["metadata"] == {"langgraph_thread_id": "t1"}
     assert info.goal == "Tidy up acme/app"
     assert info.agent_id == "gh-agent"
     assert not info.active

@@ -11,6 +11,7 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import InjectedToolCallId, StructuredTool, ToolException, tool
+from langgraph.prebuilt.tool_node import ToolRuntime
 
 import cra_agents as cra
 import cra_agents_langchain
@@ -153,3 +154,31 @@ def test_public_names():
     assert sorted(cra_agents_langchain.__all__) == cra_agents_langchain.__all__
     for name in cra_agents_langchain.__all__:
         assert hasattr(cra_agents_langchain, name)
+
+
+@tool
+def read_with_runtime(repo: str, path: str, runtime: ToolRuntime) -> str:
+    """Read a file, knowing the conversation so far."""
+    SEEN.append((path, runtime.tool_call_id, len(runtime.state["messages"])))
+    return "ok"
+
+
+def test_tool_runtime_still_reaches_the_tool():
+    guarded = guard_tool(read_with_runtime, action_id="github.file.read")
+    assert "runtime" not in guarded.args
+    model = ScriptedChatModel(
+        script=[
+            AIMessage(
+                "",
+                tool_calls=[
+                    {"name": "read_with_runtime", "args": {"repo": "a/b", "path": "P"}, "id": "rt1"}
+                ],
+            ),
+            AIMessage("done"),
+        ]
+    )
+    agent = create_agent(model, [guarded])
+    with cra.session(agent_id="triage-bot", goal="Runtime") as active:
+        agent.invoke({"messages": [HumanMessage("go")]})
+    assert SEEN == [("P", "rt1", 2)]
+    assert cra.get_runtime().verify(active.session_id).valid
