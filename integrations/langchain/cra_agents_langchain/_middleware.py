@@ -6,7 +6,7 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any, NotRequired
+from typing import TYPE_CHECKING, Annotated, Any, NotRequired
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ToolCallRequest
 from langchain.agents.middleware.types import PrivateStateAttr
@@ -24,6 +24,9 @@ from cra_agents import (
     Runtime,
 )
 from cra_agents_langchain._common import action_for, denial_text, runtime_or_default
+
+if TYPE_CHECKING:
+    from cra_agents.otel import ToolSpan
 
 __all__ = ["CRAMiddleware", "CRAState", "ToolFailedError"]
 
@@ -247,18 +250,71 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         self._remember(session_id, call_id, message)
         return message
 
+    def _span(
+        self, request: ToolCallRequest, session_id: str, action_id: str, call_id: str
+    ) -> ToolSpan | None:
+        telemetry = self.runtime.telemetry
+        if telemetry is None:
+            return None
+        return telemetry.tool_span(
+            self.runtime,
+            session_id,
+            action_id,
+            request.tool_call["name"],
+            tool_call_id=call_id or None,
+        )
+
+    @staticmethod
+    def _refused(span: ToolSpan | None, error: BaseException) -> None:
+        """End the span of a call that will not run."""
+        if span is None:
+            return
+        if isinstance(error, ActionDeniedError | InvalidParametersError):
+            span.denied(error)
+            span.finish()  # ends once the recorded action.denied is stored
+        else:
+            span.finish(abandon_watchers=True)
+
+    def _record(
+        self,
+        auth: Authorization,
+        span: ToolSpan | None,
+        *,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if span is not None:
+            if error is None:
+                span.executed(result)
+            else:
+                span.failed(error)
+        try:
+            self.runtime.record_outcome(
+                auth,
+                result=result,
+                error=error,
+                watch=span.outcome_watcher() if span is not None else None,
+            )
+        except BaseException:
+            if span is not None:
+                span.finish(abandon_watchers=True)
+            raise
+        if span is not None:
+            span.finish()
+
     def _finish(
         self,
         auth: Authorization,
+        span: ToolSpan | None,
         session_id: str,
         call_id: str,
         outcome: ToolMessage | Command[Any],
     ) -> ToolMessage | Command[Any]:
         if isinstance(outcome, ToolMessage) and outcome.status == "error":
-            self.runtime.record_outcome(auth, error=ToolFailedError(str(outcome.content)))
+            self._record(auth, span, error=ToolFailedError(str(outcome.content)))
         else:
             content = outcome.content if isinstance(outcome, ToolMessage) else repr(outcome)
-            self.runtime.record_outcome(auth, result=content)
+            self._record(auth, span, result=content)
         return self._remember(session_id, call_id, outcome)
 
     def wrap_tool_call(
@@ -271,19 +327,37 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         if done is not None:  # LangGraph re-ran the node on resume: answered already
             return done
         action_id, arguments, approval = self._prepare(request, session_id, call_id)
+        span = self._span(request, session_id, action_id, call_id)
         try:
             auth = self.runtime.authorize(
-                session_id, action_id, arguments, tool_call_id=call_id or None, approval=approval
+                session_id,
+                action_id,
+                arguments,
+                tool_call_id=call_id or None,
+                approval=approval,
+                watch=span.decision_watcher() if span is not None else None,
             )
         except (ActionDeniedError, InvalidParametersError) as error:
+            self._refused(span, error)
             return self._refusal(request, session_id, call_id, error)
+        except BaseException as error:
+            self._refused(span, error)
+            raise
         frozen = request.override(tool_call={**request.tool_call, "args": auth.arguments})
+        token = None
+        if span is not None:
+            span.allowed(auth)
+            token = span.activate()
         try:
             outcome = handler(frozen)
         except BaseException as error:
-            self.runtime.record_outcome(auth, error=error)
+            if span is not None:
+                span.deactivate(token)
+            self._record(auth, span, error=error)
             raise
-        return self._finish(auth, session_id, call_id, outcome)
+        if span is not None:
+            span.deactivate(token)
+        return self._finish(auth, span, session_id, call_id, outcome)
 
     async def awrap_tool_call(
         self, request: ToolCallRequest, handler: _AsyncHandler
@@ -295,16 +369,34 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         if done is not None:  # LangGraph re-ran the node on resume: answered already
             return done
         action_id, arguments, approval = self._prepare(request, session_id, call_id)
+        span = self._span(request, session_id, action_id, call_id)
         try:
             auth = await self.runtime.aauthorize(
-                session_id, action_id, arguments, tool_call_id=call_id or None, approval=approval
+                session_id,
+                action_id,
+                arguments,
+                tool_call_id=call_id or None,
+                approval=approval,
+                watch=span.decision_watcher() if span is not None else None,
             )
         except (ActionDeniedError, InvalidParametersError) as error:
+            self._refused(span, error)
             return self._refusal(request, session_id, call_id, error)
+        except BaseException as error:
+            self._refused(span, error)
+            raise
         frozen = request.override(tool_call={**request.tool_call, "args": auth.arguments})
+        token = None
+        if span is not None:
+            span.allowed(auth)
+            token = span.activate()
         try:
             outcome = await handler(frozen)
         except BaseException as error:
-            self.runtime.record_outcome(auth, error=error)
+            if span is not None:
+                span.deactivate(token)
+            self._record(auth, span, error=error)
             raise
-        return self._finish(auth, session_id, call_id, outcome)
+        if span is not None:
+            span.deactivate(token)
+        return self._finish(auth, span, session_id, call_id, outcome)

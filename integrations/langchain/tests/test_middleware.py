@@ -278,3 +278,42 @@ def test_the_example_agent_runs(capsys):
     assert "tool DENIED  delete_repo" in out
     assert "approver=alice" in out
     assert "chain VALID" in out
+
+
+def test_tool_calls_become_spans_linked_to_the_chain():
+    """With otel=..., middleware calls produce execute_tool spans whose links verify."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from cra_agents import semconv as sc
+    from cra_agents.otel import ExportedSpan, verify_spans
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    runtime = cra.configure(atlases=[GITHUB_OPS], store="memory://", otel=provider)
+    agent, _ = agent_with(
+        turn(
+            call("read_file", "s1", repo="acme/app", path="README.md"),
+            call("delete_repo", "s2", repo="acme/app", confirm_name="acme/app"),
+        ),
+        turn(call("comment", "s3", repo="acme/app", issue_number=1, body="hi")),
+    )
+    with pytest.raises(RuntimeError):
+        agent.invoke({"messages": [HumanMessage("Spans")]}, CONFIG)
+    runtime.flush()
+    spans = {
+        str(attributes[sc.GEN_AI_TOOL_CALL_ID]): attributes
+        for attributes in (dict(s.attributes or {}) for s in exporter.get_finished_spans())
+        if sc.GEN_AI_TOOL_CALL_ID in attributes
+    }
+    assert set(spans) == {"s1", "s2", "s3"}
+    assert spans["s1"][sc.GEN_AI_TOOL_NAME] == "read_file"
+    assert spans["s1"][sc.CRA_OUTCOME] == "executed"
+    assert spans["s2"][sc.ERROR_TYPE] == sc.POLICY_DENIED
+    assert spans["s3"][sc.CRA_OUTCOME] == "failed"
+    exported = [ExportedSpan("execute_tool", "t", "s", None, a) for a in spans.values()]
+    report = verify_spans(exported, runtime)
+    assert report.valid
+    assert report.checked_links == 5  # three decisions, two outcomes
