@@ -32,7 +32,7 @@ from langchain_core.outputs import LLMResult
 import cra_agents as cra
 from cra_agents import ActionDeniedError, Runtime
 from cra_agents.guard import call_session
-from cra_agents_langchain._common import action_for
+from cra_agents_langchain._common import action_for, runtime_or_default
 
 __all__ = ["CRACallbackHandler"]
 
@@ -81,7 +81,7 @@ class CRACallbackHandler(BaseCallbackHandler):
     # -- plumbing -------------------------------------------------------------------------
 
     def _target(self) -> tuple[Runtime, str]:
-        runtime = self._runtime if self._runtime is not None else cra.get_runtime()
+        runtime = runtime_or_default(self._runtime)
         if self._session_id is not None:
             return runtime, self._session_id
         active = cra.current_session()

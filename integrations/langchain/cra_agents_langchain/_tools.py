@@ -17,7 +17,7 @@ from pydantic import ConfigDict, PrivateAttr
 import cra_agents as cra
 from cra_agents import ActionDeniedError, Authorization, CRAError, InvalidParametersError, Runtime
 from cra_agents.guard import call_session
-from cra_agents_langchain._common import action_for, denial_text
+from cra_agents_langchain._common import action_for, denial_text, runtime_or_default
 
 __all__ = ["GuardedTool", "ToolDeniedError", "guard_tool", "guard_tools"]
 
@@ -158,9 +158,7 @@ def guard_tool(
     or executor equals the tool's name (resolved against ``runtime``, or the configured one).
     Calls use the active ``cra.session`` (or the implicit session).
     """
-    resolved = action_id or action_for(
-        runtime if runtime is not None else cra.get_runtime(), tool.name, actions
-    )
+    resolved = action_id or action_for(runtime_or_default(runtime), tool.name, actions)
     handler = tool.handle_tool_error if tool.handle_tool_error else _handle
     return GuardedTool(
         tool=tool,
