@@ -35,7 +35,14 @@ from cra_agents._exceptions import (
 )
 from cra_agents._requests import execute_request, resolve_request
 from cra_agents._version import __version__
-from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
+from cra_agents.atlas import (
+    Atlas,
+    Finding,
+    ValidationReport,
+    lint_atlas,
+    load_atlas,
+    validate_atlas,
+)
 from cra_agents.guard import configure, current_session, get_runtime, guarded, session, shutdown
 from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
 from cra_agents.runtime import Authorization, Precheck, Runtime, SessionInfo
@@ -104,6 +111,7 @@ __all__ = [
     "execute_request",
     "get_runtime",
     "guarded",
+    "lint_atlas",
     "load_atlas",
     "open_store",
     "resolve_request",
