@@ -25,11 +25,12 @@ event it points at is stored. :func:`verify_spans` checks the links carried by e
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -57,6 +58,7 @@ __all__ = [
     "SpanVerification",
     "Telemetry",
     "TelemetryStats",
+    "otlp_json",
     "read_otlp_json",
     "telemetry_from",
     "verify_spans",
@@ -691,6 +693,16 @@ class SpanVerification:
     def __bool__(self) -> bool:
         return self.valid
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "valid": self.valid,
+            "checked_links": self.checked_links,
+            "spans_without_link": self.spans_without_link,
+            "problems": [asdict(p) for p in self.problems],
+            "chains": {k: v.as_dict() for k, v in self.chains.items()},
+        }
+
 
 def verify_spans(
     spans: Iterable[ExportedSpan],
@@ -777,3 +789,173 @@ def verify_spans(
                 None,
             )
     return report
+
+
+# -- OTLP/JSON from stored events -----------------------------------------------------------------
+
+
+def _span_id(text: str) -> str:
+    """A stable 8-byte span id (hex) derived from an event's span id."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _otlp_attr(key: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"key": key, "value": {"boolValue": value}}
+    if isinstance(value, int):
+        return {"key": key, "value": {"intValue": str(value)}}
+    if isinstance(value, float):
+        return {"key": key, "value": {"doubleValue": value}}
+    return {"key": key, "value": {"stringValue": str(value)}}
+
+
+def _ns(timestamp: str) -> str:
+    from cra_agents._clock import parse_timestamp_ns
+
+    return str(parse_timestamp_ns(timestamp))
+
+
+def _link_attrs(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        sc.CRA_TRACE_ID: event["trace_id"],
+        sc.CRA_TRACE_SEQUENCE: event["sequence"],
+        sc.CRA_TRACE_EVENT_TYPE: event["event_type"],
+        sc.CRA_TRACE_EVENT_HASH: event["event_hash"],
+        sc.CRA_TRACE_PREVIOUS_HASH: event["previous_event_hash"],
+    }
+
+
+def _session_spans(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    first, last = events[0], events[-1]
+    session_id = str(first["session_id"])
+    trace_id = str(first["trace_id"]).replace("-", "")[:32].rjust(32, "0")
+    root_id = _span_id(str(first["span_id"]))
+    agent = str((first.get("payload") or {}).get("agent_id", "agent"))
+    shadow = any((e.get("payload") or {}).get("shadow") for e in events)
+    root_attrs: dict[str, Any] = {
+        sc.GEN_AI_OPERATION_NAME: "invoke_agent",
+        sc.GEN_AI_AGENT_NAME: agent,
+        sc.GEN_AI_AGENT_ID: agent,
+        sc.GEN_AI_CONVERSATION_ID: session_id,
+        sc.OPENINFERENCE_SPAN_KIND: "AGENT",
+        sc.CRA_SESSION_ID: session_id,
+        sc.CRA_AGENT_ID: agent,
+        sc.CRA_TRACE_ID: first["trace_id"],
+    }
+    if shadow:
+        root_attrs[sc.CRA_SHADOW] = True
+    spans = [
+        {
+            "traceId": trace_id,
+            "spanId": root_id,
+            "name": f"invoke_agent {agent}",
+            "kind": 1,
+            "startTimeUnixNano": _ns(first["timestamp"]),
+            "endTimeUnixNano": _ns(last["timestamp"]),
+            "attributes": [_otlp_attr(k, v) for k, v in root_attrs.items()],
+            "status": {"code": 0},
+        }
+    ]
+    calls: dict[str, dict[str, Any]] = {}
+    for event in events:
+        payload = event.get("payload") or {}
+        execution_id = payload.get("execution_id")
+        kind = event["event_type"]
+        if not execution_id or not kind.startswith("action."):
+            continue
+        call = calls.setdefault(str(execution_id), {"events": {}})
+        call["events"].setdefault(kind, event)
+    for execution_id, call in calls.items():
+        found = call["events"]
+        requested = found.get("action.requested")
+        if requested is None:
+            continue
+        action_id = str(requested["payload"].get("action_id", ""))
+        attrs: dict[str, Any] = {
+            sc.GEN_AI_OPERATION_NAME: "execute_tool",
+            sc.GEN_AI_TOOL_NAME: action_id,
+            sc.GEN_AI_TOOL_TYPE: "function",
+            sc.GEN_AI_TOOL_CALL_ID: execution_id,
+            sc.OPENINFERENCE_SPAN_KIND: "TOOL",
+            sc.CRA_SESSION_ID: session_id,
+            sc.CRA_ACTION_ID: action_id,
+            sc.CRA_EXECUTION_ID: execution_id,
+        }
+        status: dict[str, Any] = {"code": 0}
+        end = requested
+        decided = found.get("action.denied") or found.get("action.approved")
+        if decided is not None:
+            end = decided
+            attrs.update(_link_attrs(decided))
+            policy = decided["payload"].get("policy_id")
+            if policy:
+                attrs[sc.CRA_POLICY_ID] = policy
+            if decided["event_type"] == "action.denied":
+                attrs[sc.CRA_DECISION] = "deny"
+                attrs[sc.CRA_OUTCOME] = "denied"
+                attrs[sc.CRA_REASON] = str(decided["payload"].get("reason", ""))
+                attrs[sc.ERROR_TYPE] = sc.POLICY_DENIED
+                status = {"code": 2, "message": attrs[sc.CRA_REASON]}
+            else:
+                attrs[sc.CRA_DECISION] = "allow"
+                if decided["payload"].get("approver"):
+                    attrs[sc.CRA_APPROVER] = decided["payload"]["approver"]
+        outcome = found.get("action.executed") or found.get("action.failed")
+        if outcome is not None:
+            end = outcome
+            attrs[sc.CRA_OUTCOME_SEQUENCE] = outcome["sequence"]
+            attrs[sc.CRA_OUTCOME_EVENT_HASH] = outcome["event_hash"]
+            if outcome["event_type"] == "action.executed":
+                attrs[sc.CRA_OUTCOME] = "executed"
+            else:
+                attrs[sc.CRA_OUTCOME] = "failed"
+                attrs[sc.ERROR_TYPE] = str(outcome["payload"].get("error_code") or "error")
+                status = {"code": 2, "message": str(outcome["payload"].get("error_message", ""))}
+        if any((e.get("payload") or {}).get("shadow") for e in found.values()):
+            attrs[sc.CRA_SHADOW] = True
+        spans.append(
+            {
+                "traceId": trace_id,
+                "spanId": _span_id(str(requested["span_id"])),
+                "parentSpanId": root_id,
+                "name": f"execute_tool {action_id}",
+                "kind": 1,
+                "startTimeUnixNano": _ns(requested["timestamp"]),
+                "endTimeUnixNano": _ns(end["timestamp"]),
+                "attributes": [_otlp_attr(k, v) for k, v in attrs.items()],
+                "status": status,
+            }
+        )
+    return spans
+
+
+def otlp_json(
+    sessions: Iterable[Sequence[TraceEvent | Mapping[str, Any]]],
+    *,
+    service_name: str = "cra-agents",
+) -> dict[str, Any]:
+    """Stored sessions as one OTLP/JSON ``ExportTraceServiceRequest``.
+
+    Each session becomes an ``invoke_agent`` span with one ``execute_tool`` child per guarded
+    call, carrying the same GenAI and ``cra.*`` attributes (chain links included) as the spans
+    the runtime emits live, so :func:`read_otlp_json` and :func:`verify_spans` check them
+    against the store. Span ids are derived from the events' span ids, so an export is
+    reproducible. Arguments and results are never exported (the chain holds digests only).
+    """
+    spans: list[dict[str, Any]] = []
+    for session in sessions:
+        events = [
+            e.model_dump(mode="json") if isinstance(e, TraceEvent) else dict(e) for e in session
+        ]
+        if events:
+            spans.extend(_session_spans(events))
+    from cra_agents._version import __version__
+
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [_otlp_attr("service.name", service_name)]},
+                "scopeSpans": [{"scope": {"name": _SCOPE, "version": __version__}, "spans": spans}],
+            }
+        ]
+    }

@@ -15,7 +15,7 @@ Replay sits above the runtime: it drives a real :class:`~cra_agents.Runtime` in 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 EventsSource = Iterable[TraceEvent | Mapping[str, Any]] | str | os.PathLike[str]
+_RESULTS = frozenset({"allow", "deny", "requires_approval"})
 _RUNTIME_REASONS = frozenset(
     {
         "duplicate_request_id",
@@ -153,6 +154,7 @@ def replay_session(
     atlases: Iterable[AtlasSource],
     *,
     default_deny: bool = False,
+    progress: Callable[[int], object] | None = None,
 ) -> ReplayReport:
     """Re-decide every resolve and execute of one stored session against ``atlases``.
 
@@ -160,6 +162,8 @@ def replay_session(
         events: The session's events (models, dicts or a ``.trace.jsonl`` path).
         atlases: The atlases to decide with: the recorded ones, or a candidate version.
         default_deny: Replay with declared actions default-denied.
+        progress: Called with the number of events consumed, as the replay advances (for a
+            progress bar); the calls add up to the number of events.
 
     Returns:
         A :class:`ReplayReport`; ``report.changed`` lists the decisions that would differ.
@@ -185,9 +189,13 @@ def replay_session(
     session = runtime.create_session(start["payload"]["agent_id"], start["payload"]["goal"])
     report = ReplayReport(session_id=str(start["session_id"]))
     contexts: dict[str, ConditionContext] = {}
+    done = 0
     index = 1
     try:
         while index < len(records):
+            if progress is not None:
+                progress(index - done)
+                done = index
             event = records[index]
             clock.ns = parse_timestamp_ns(event["timestamp"])
             kind = event["event_type"]
@@ -202,6 +210,8 @@ def replay_session(
             index += 1
     finally:
         runtime.close()
+    if progress is not None:
+        progress(len(records) - done)
     return report
 
 
@@ -285,8 +295,23 @@ def _replay_execute(
     requested = records[index]
     payload = requested["payload"]
     action_id = str(payload["action_id"])
-    outcome = records[index + 1] if index + 1 < len(records) else None
-    end = index + 2 if outcome is not None else index + 1
+    # The gate (guarded calls, middleware) records the policy's answer between the request and
+    # its outcome; shadow mode adds policy.violated there too.
+    evaluated: Mapping[str, Any] | None = None
+    position = index + 1
+    while position < len(records) and records[position]["event_type"] in (
+        "policy.evaluated",
+        "policy.violated",
+    ):
+        between = records[position]
+        if (
+            between["event_type"] == "policy.evaluated"
+            and between["payload"].get("action_id") == action_id
+        ):
+            evaluated = between["payload"]
+        position += 1
+    outcome = records[position] if position < len(records) else None
+    end = position + 1
     if outcome is None or outcome["event_type"] not in ("action.approved", "action.denied"):
         report.skipped.append((int(requested["sequence"]), "no recorded outcome"))
         return index + 1
@@ -296,10 +321,17 @@ def _replay_execute(
     ):
         report.skipped.append((int(requested["sequence"]), f"runtime rule: {reason}"))
         return end
-    ctx = contexts.get(str(payload.get("resolution_id"))) or ConditionContext(agent_id=agent_id)
+    ctx = contexts.get(str(payload.get("resolution_id")))
+    if ctx is None:  # a gate call: decided on the action's own risk tier, as the runtime does
+        found = runtime.engine.action(action_id)
+        ctx = ConditionContext(
+            agent_id=agent_id, risk_tier=found[1].risk_tier if found is not None else "low"
+        )
     decision = runtime.engine.decide(action_id, ctx, consume=True)
-    if outcome["event_type"] == "action.approved":
-        before: tuple[str, str | None] = ("allow", outcome["payload"].get("policy_id"))
+    if evaluated is not None and evaluated.get("result") in _RESULTS:
+        before: tuple[str, str | None] = (str(evaluated["result"]), evaluated.get("policy_id"))
+    elif outcome["event_type"] == "action.approved":
+        before = ("allow", outcome["payload"].get("policy_id"))
     elif reason == "approval_required":
         before = ("requires_approval", outcome["payload"].get("policy_id"))
     else:

@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.harness.collector import Collector, rotel_binary, start_collector
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO_ROOT / "examples" / "atlases"
@@ -60,3 +63,17 @@ def make_manifest():
         return manifest
 
     return make
+
+
+@pytest.fixture(scope="session")
+def otel_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
+    """A real OTLP collector (rotel) on free loopback ports, stopped at the end of the run."""
+    binary = rotel_binary()
+    if binary is None:
+        message = "the rotel collector wheel is not installed (uv sync installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    running = start_collector(binary, tmp_path_factory.mktemp("rotel") / "rotel.log")
+    yield running
+    running.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from cra_agents.otel import (
     verify_spans,
 )
 from cra_agents.trace import open_store
-from tests.harness.collector import Collector, rotel_binary, start_collector
+from tests.harness.collector import Collector
 
 GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
 
@@ -329,17 +328,9 @@ class TestConfiguration:
 # -- a real collector ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
-    binary = rotel_binary()
-    if binary is None:
-        message = "the rotel collector wheel is not installed (uv sync installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    running = start_collector(binary, tmp_path_factory.mktemp("rotel") / "rotel.log")
-    yield running
-    running.stop()
+@pytest.fixture
+def collector(otel_collector: Collector) -> Collector:
+    return otel_collector
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])

@@ -1,0 +1,566 @@
+"""``cra trace …`` on real stores: verify, show, list, tail, replay, diff, export, report, keys."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cra_agents as cra
+from cra_agents.cli import main
+from cra_agents.otel import otlp_json, read_otlp_json, verify_spans
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    code, out, _ = run(capsys, *argv, "--json")
+    return code, json.loads(out)
+
+
+def record_session(runtime: cra.Runtime, agent: str = "triage-bot") -> str:
+    """One session with a resolution and four calls: allowed, denied, approved + failed."""
+    session = runtime.create_session(agent, "Triage new issues and merge the fix")
+    runtime.resolve(cra.resolve_request(session, risk_tier="medium"))
+    sid = session.session_id
+    allowed = runtime.authorize(sid, "github.issue.create", {"repo": "acme/app", "title": "Bug"})
+    runtime.record_outcome(allowed, result={"number": 7})
+    with pytest.raises(cra.ActionDenied):
+        runtime.authorize(
+            sid, "github.repo.delete", {"repo": "acme/app", "confirm_name": "acme/app"}
+        )
+    merge = runtime.authorize(
+        sid,
+        "github.pr.merge",
+        {"repo": "acme/app", "pr_number": 3, "expected_head_sha": "a" * 40},
+        approval=cra.ApprovalDecision(approved=True, approver="alice", reason="reviewed"),
+    )
+    runtime.record_outcome(merge, error=RuntimeError("merge conflict"))
+    runtime.end_session(sid)
+    return sid
+
+
+@pytest.fixture
+def store(tmp_path: Path, github_ops: Path) -> tuple[str, list[str]]:
+    url = f"sqlite://{tmp_path}/traces.db"
+    runtime = cra.Runtime(atlases=[github_ops], store=url)
+    ids = [record_session(runtime), record_session(runtime, "release-bot")]
+    runtime.close()
+    return url, ids
+
+
+@pytest.fixture
+def jsonl(tmp_path: Path, github_ops: Path) -> Path:
+    directory = tmp_path / "jsonl"
+    runtime = cra.Runtime(atlases=[github_ops], store=f"jsonl://{directory}")
+    sid = record_session(runtime)
+    runtime.close()
+    return directory / f"{sid}.trace.jsonl"
+
+
+# -- sources ------------------------------------------------------------------------------------
+
+
+def test_session_by_id_prefix_last_and_file(capsys, store, jsonl):
+    url, ids = store
+    for target in (ids[0], ids[0][:20], "last"):
+        code, document = run_json(capsys, "trace", "verify", target, "--store", url)
+        assert code == 0
+        assert document["valid"] is True
+    assert document["traces"][0]["target"] == ids[1]
+    code, document = run_json(capsys, "trace", "verify", str(jsonl))
+    assert code == 0
+    assert document["traces"][0]["event_count"] == 33
+
+
+def test_unknown_ambiguous_and_missing_sources(capsys, store, tmp_path):
+    url, ids = store
+    code, _, err = run(capsys, "trace", "show", "nope", "--store", url)
+    assert code == 2
+    assert "cra trace list" in err
+    code, _, err = run(capsys, "trace", "show", ids[0][:4], "--store", url)
+    assert code == 2
+    assert "ambiguous_session" in err
+    code, _, err = run(capsys, "trace", "show", "last", "--store", f"sqlite://{tmp_path}/x.db")
+    assert code == 2
+    assert "there is no trace store" in err
+    code, _, err = run(capsys, "trace", "show", "missing.trace.jsonl")
+    assert code == 2
+    assert "there is no trace file" in err
+    code, _, err = run(capsys, "trace", "show", "last", "--store", "memory://")
+    assert code == 2
+    assert "cannot be read from here" in err
+    code, _, err = run(capsys, "trace", "verify", "--store", url)
+    assert code == 2
+    assert "--all" in err
+
+
+def test_empty_store_has_no_last_session(capsys, tmp_path):
+    runtime = cra.Runtime(store=f"sqlite://{tmp_path}/e.db")
+    runtime.close()
+    code, _, err = run(capsys, "trace", "show", "last", "--store", f"sqlite://{tmp_path}/e.db")
+    assert code == 2
+    assert "holds no sessions" in err
+
+
+# -- verify -------------------------------------------------------------------------------------
+
+
+def test_verify_all_and_a_tampered_copy(capsys, store, jsonl, tmp_path):
+    url, _ = store
+    code, out, _ = run(capsys, "trace", "verify", "--all", "--store", url)
+    assert code == 0
+    assert out.count("VALID") == 2
+    tampered = tmp_path / "tampered.trace.jsonl"
+    lines = jsonl.read_text().splitlines()
+    event = json.loads(lines[9])
+    event["payload"]["policy_id"] = "allow-everything"
+    lines[9] = json.dumps(event)
+    tampered.write_text("\n".join(lines) + "\n")
+    code, out, _ = run(capsys, "trace", "verify", str(tampered))
+    assert code == 1
+    assert "INVALID" in out
+    assert "event 9: hash_mismatch" in out
+    code, document = run_json(capsys, "trace", "verify", str(jsonl), str(tampered))
+    assert code == 1
+    first, second = document["traces"]
+    assert first["valid"] is True
+    assert (second["first_invalid_index"], second["error_type"]) == (9, "hash_mismatch")
+
+
+def test_verify_reports_a_torn_tail_not_tampering(capsys, jsonl, tmp_path):
+    torn = tmp_path / "torn.trace.jsonl"
+    torn.write_bytes(jsonl.read_bytes()[:-40])
+    code, document = run_json(capsys, "trace", "verify", str(torn))
+    assert code == 1
+    assert document["traces"][0]["error_type"] == "torn_tail"
+
+
+def test_keygen_checkpoint_and_truncation(capsys, jsonl, tmp_path):
+    prefix = tmp_path / "keys" / "audit"
+    code, document = run_json(capsys, "trace", "keygen", str(prefix))
+    assert code == 0
+    assert Path(document["private_key"]).stat().st_mode & 0o777 == 0o600
+    code, _, err = run(capsys, "trace", "keygen", str(prefix))
+    assert code == 2
+    assert "--force" in err
+    checkpoints = tmp_path / "cps"
+    code, document = run_json(
+        capsys, "trace", "checkpoint", str(jsonl), "--key", f"{prefix}.key", "-o", str(checkpoints)
+    )
+    assert code == 0
+    assert document["checkpoint"]["size"] == 33
+    pub = f"{prefix}.pub"
+    code, document = run_json(
+        capsys, "trace", "verify", str(jsonl), "--checkpoint", str(checkpoints), "--pubkey", pub
+    )
+    assert code == 0
+    assert document["traces"][0]["checkpoint_size"] == 33
+    # Cut the last three events: the chain alone still verifies, the checkpoint does not.
+    cut = tmp_path / "cut" / jsonl.name
+    cut.parent.mkdir()
+    cut.write_text("\n".join(jsonl.read_text().splitlines()[:-3]) + "\n")
+    assert run(capsys, "trace", "verify", str(cut))[0] == 0
+    code, out, _ = run(
+        capsys, "trace", "verify", str(cut), "--checkpoint", str(checkpoints), "--pubkey", pub
+    )
+    assert code == 1
+    assert "truncated" in out
+    # A key that did not sign it.
+    run(capsys, "trace", "keygen", str(tmp_path / "other"))
+    code, document = run_json(
+        capsys,
+        "trace",
+        "verify",
+        str(jsonl),
+        "--checkpoint",
+        str(checkpoints),
+        "--pubkey",
+        str(tmp_path / "other.pub"),
+    )
+    assert code == 1
+    assert document["traces"][0]["error_type"] == "checkpoint_invalid"
+
+
+def test_checkpoint_option_errors(capsys, jsonl, tmp_path):
+    code, _, err = run(capsys, "trace", "verify", str(jsonl), "--pubkey", "k.pub")
+    assert code == 2
+    assert "go together" in err
+    (tmp_path / "k.pub").write_text("not a key")
+    code, _, err = run(
+        capsys,
+        "trace",
+        "verify",
+        str(jsonl),
+        "--checkpoint",
+        "x",
+        "--pubkey",
+        str(tmp_path / "k.pub"),
+    )
+    assert code == 2
+    assert "cra trace keygen" in err
+    run(capsys, "trace", "keygen", str(tmp_path / "real"))
+    empty = tmp_path / "none"
+    empty.mkdir()
+    code, _, err = run(
+        capsys,
+        "trace",
+        "verify",
+        str(jsonl),
+        "--checkpoint",
+        str(empty),
+        "--pubkey",
+        str(tmp_path / "real.pub"),
+    )
+    assert code == 2
+    assert "cra trace checkpoint" in err
+    bad = tmp_path / "bad.checkpoints.jsonl"
+    bad.write_text('{"size": 1}\n')
+    code, _, err = run(
+        capsys,
+        "trace",
+        "verify",
+        str(jsonl),
+        "--checkpoint",
+        str(bad),
+        "--pubkey",
+        str(tmp_path / "real.pub"),
+    )
+    assert code == 2
+    assert "bad_checkpoint" in err
+    code, _, err = run(capsys, "trace", "checkpoint", str(jsonl), "--key", str(tmp_path / "k.pub"))
+    assert code == 2
+    assert "bad_key" in err
+
+
+def test_checkpoint_refuses_an_invalid_chain(capsys, jsonl, tmp_path):
+    run(capsys, "trace", "keygen", str(tmp_path / "k"))
+    tampered = tmp_path / "t.trace.jsonl"
+    tampered.write_text(jsonl.read_text().replace("triage-bot", "evil-bot", 1))
+    code, _, err = run(
+        capsys, "trace", "checkpoint", str(tampered), "--key", str(tmp_path / "k.key")
+    )
+    assert code == 1
+    assert "hash_mismatch" in err
+
+
+# -- show, list, tail ---------------------------------------------------------------------------
+
+
+def test_show_tree(capsys, store):
+    url, ids = store
+    code, out, _ = run(capsys, "trace", "show", ids[0], "--store", url)
+    assert code == 0
+    assert "chain VALID" in out
+    assert "github.issue.create" in out
+    assert "DENIED" in out
+    assert "Deleting repositories is never automated" in out
+    assert "approved by alice" in out
+    assert "failed" in out
+    assert "merge conflict" in out
+    assert "context" in out
+    code, document = run_json(capsys, "trace", "show", ids[0], "--store", url)
+    assert document["verification"]["valid"] is True
+    decisions = [c["decision"] for c in document["calls"]]
+    assert decisions == ["allowed", "denied", "approved"]
+
+
+def test_show_of_a_tampered_file_exits_1(capsys, jsonl, tmp_path):
+    tampered = tmp_path / "t.trace.jsonl"
+    tampered.write_text(jsonl.read_text().replace("acme", "evil", 0).replace("triage-bot", "x", 1))
+    code, out, _ = run(capsys, "trace", "show", str(tampered))
+    assert code == 1
+    assert "chain INVALID at event 0" in out
+
+
+def test_list(capsys, store):
+    url, ids = store
+    code, out, _ = run(capsys, "trace", "list", "--store", url)
+    assert code == 0
+    assert ids[0] in out
+    assert "release-bot" in out
+    code, document = run_json(capsys, "trace", "list", "--store", url, "-n", "1")
+    assert document["total"] == 2
+    assert [s["session_id"] for s in document["sessions"]] == [ids[1]]
+    assert document["sessions"][0]["ended"] is True
+
+
+def test_tail_filters_by_type(capsys, store):
+    url, ids = store
+    code, out, _ = run(capsys, "trace", "tail", "--store", url, "-n", "3")
+    assert code == 0
+    assert len(out.strip().splitlines()) == 3
+    assert "session.ended" in out.splitlines()[-1]
+    code, out, _ = run(
+        capsys, "trace", "tail", ids[0], "--store", url, "--type", "action.denied", "--json"
+    )
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["event_type"] for e in events] == ["action.denied"]
+    assert events[0]["payload"]["policy_id"] == "deny-repo-delete"
+
+
+def test_tail_follow_sees_new_events(capsys, tmp_path, github_ops):
+    url = f"sqlite://{tmp_path}/live.db"
+    runtime = cra.Runtime(atlases=[github_ops], store=url, durability="sync")
+    first = runtime.create_session("bot", "first")
+    runtime.end_session(first.session_id)
+
+    def later() -> None:
+        time.sleep(0.6)
+        record_session(runtime, "late-bot")
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    code, out, _ = run(
+        capsys,
+        "trace",
+        "tail",
+        "-f",
+        "--store",
+        url,
+        "--interval",
+        "0.1",
+        "--max-seconds",
+        "3",
+        "--type",
+        "action.denied",
+        "--type",
+        "session.started",
+        "--json",
+    )
+    writer.join()
+    runtime.close()
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["event_type"] for e in events] == [
+        "session.started",
+        "session.started",
+        "action.denied",
+    ]
+    assert events[1]["payload"]["agent_id"] == "late-bot"
+
+
+def test_tail_follow_a_file(capsys, jsonl, tmp_path):
+    live = tmp_path / "live.trace.jsonl"
+    lines = jsonl.read_bytes().splitlines(keepends=True)
+    live.write_bytes(b"".join(lines[:5]))
+
+    def grow() -> None:
+        time.sleep(0.4)
+        with live.open("ab") as handle:
+            handle.write(b"".join(lines[5:]))
+
+    writer = threading.Thread(target=grow)
+    writer.start()
+    code, out, _ = run(
+        capsys,
+        "trace",
+        "tail",
+        str(live),
+        "-f",
+        "-n",
+        "0",
+        "--interval",
+        "0.1",
+        "--max-seconds",
+        "1.5",
+        "--json",
+    )
+    writer.join()
+    assert code == 0
+    sequences = [json.loads(line)["sequence"] for line in out.splitlines()]
+    assert sequences == list(range(5, 33))
+
+
+# -- replay and diff ----------------------------------------------------------------------------
+
+
+def stricter(github_ops: Path, tmp_path: Path) -> Path:
+    candidate = tmp_path / "candidate"
+    shutil.copytree(github_ops, candidate)
+    manifest = json.loads((candidate / "atlas.json").read_text())
+    manifest["version"] = "1.3.0"
+    manifest["policies"].append(
+        {
+            "policy_id": "freeze-issue-create",
+            "type": "deny",
+            "actions": ["github.issue.create"],
+            "parameters": {"reason": "Issue creation is frozen"},
+        }
+    )
+    (candidate / "atlas.json").write_text(json.dumps(manifest))
+    return candidate
+
+
+def test_replay_same_atlas_changes_nothing(capsys, store, github_ops):
+    url, ids = store
+    code, out, _ = run(
+        capsys, "trace", "replay", ids[0], "--atlas", str(github_ops), "--store", url
+    )
+    assert code == 0
+    assert "0 would change" in out
+    assert "no decision would change" in out
+
+
+def test_replay_against_a_stricter_candidate(capsys, store, github_ops, tmp_path):
+    url, ids = store
+    candidate = stricter(github_ops, tmp_path)
+    argv = ["trace", "replay", ids[0], "--atlas", str(candidate), "--store", url]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "freeze-issue-create" in out
+    code, document = run_json(capsys, *argv, "--fail-on-change")
+    assert code == 1
+    changed = {(d["kind"], d["action_id"]): d for d in document["changed"]}
+    execute = changed[("execute", "github.issue.create")]
+    assert execute["before"] == ["allow", "allow-issue-triage"]
+    assert execute["after"] == ["deny", "freeze-issue-create"]
+
+
+def test_replay_refuses_a_tampered_trace(capsys, jsonl, github_ops, tmp_path):
+    tampered = tmp_path / "t.trace.jsonl"
+    tampered.write_text(jsonl.read_text().replace("triage-bot", "x", 1))
+    code, _, err = run(capsys, "trace", "replay", str(tampered), "--atlas", str(github_ops))
+    assert code == 1
+    assert "cra trace verify" in err
+    code, _, err = run(capsys, "trace", "replay", str(jsonl), "--atlas", str(tmp_path / "no"))
+    assert code == 2
+    assert "candidate atlas" in err
+
+
+def test_diff(capsys, store, jsonl):
+    url, ids = store
+    code, out, _ = run(capsys, "trace", "diff", ids[0], str(jsonl), "--store", url)
+    assert code == 0
+    assert "SEMANTICALLY EQUIVALENT" in out or "IDENTICAL" in out
+    code, document = run_json(capsys, "trace", "diff", ids[0], ids[1], "--store", url)
+    assert code == 1
+    assert document["compatibility"] == "different"
+    assert any("agent_id" in d["path"] for d in document["differences"])
+    code, out, _ = run(capsys, "trace", "diff", ids[0], ids[1], "--store", url)
+    assert "DIFFERENT" in out
+    assert "release-bot" in out
+
+
+# -- export -------------------------------------------------------------------------------------
+
+
+def test_export_jsonl_round_trips(capsys, store, tmp_path):
+    url, ids = store
+    target = tmp_path / "out.jsonl"
+    code, document = run_json(capsys, "trace", "export", ids[0], "-o", str(target), "--store", url)
+    assert code == 0
+    assert document["events"] == 33
+    assert run(capsys, "trace", "verify", str(target))[0] == 0
+    code, out, _ = run(capsys, "trace", "export", ids[0], "--store", url)
+    assert out.encode() == target.read_bytes()
+
+
+def test_export_otlp_verifies_against_the_store(capsys, store, tmp_path):
+    url, _ = store
+    target = tmp_path / "spans.json"
+    code, _, _ = run(
+        capsys, "trace", "export", "--all", "--format", "otlp", "-o", str(target), "--store", url
+    )
+    assert code == 0
+    spans = read_otlp_json(target)
+    assert len(spans) == 2 * (1 + 3)  # a session span and three tool calls per session
+    names = sorted({s.name for s in spans})
+    assert "execute_tool github.pr.merge" in names
+    assert "invoke_agent triage-bot" in names
+    denied = next(s for s in spans if s.name == "execute_tool github.repo.delete")
+    assert denied.status_code == "ERROR"
+    assert denied.attributes["cra.policy.id"] == "deny-repo-delete"
+    merge = next(s for s in spans if s.name == "execute_tool github.pr.merge")
+    assert merge.attributes["cra.approval.approver"] == "alice"
+    assert merge.attributes["cra.outcome"] == "failed"
+    roots = {s.span_id for s in spans if s.parent_span_id is None}
+    assert all(s.parent_span_id in roots for s in spans if s.parent_span_id)
+    code, document = run_json(capsys, "trace", "verify", "--from-otlp", str(target), "--store", url)
+    assert code == 0
+    assert document["spans"]["checked_links"] == 2 * (3 + 2)
+
+
+def test_verify_from_otlp_catches_a_rewritten_store(capsys, store, tmp_path, github_ops):
+    url, ids = store
+    target = tmp_path / "spans.json"
+    run(capsys, "trace", "export", ids[0], "--format", "otlp", "-o", str(target), "--store", url)
+    # The same spans against another store whose session has other hashes.
+    other = f"sqlite://{tmp_path}/other.db"
+    store_b = cra.open_store(other)
+    events = cra.open_store(url).read(ids[0])
+    forged = [
+        e.model_copy(update={"event_hash": "f" * 64}) if e.sequence == 23 else e for e in events
+    ]
+    store_b.append(forged)
+    store_b.close()
+    code, out, _ = run(capsys, "trace", "verify", "--from-otlp", str(target), "--store", other)
+    assert code == 1
+    assert "hash_mismatch" in out
+    code, _, err = run(capsys, "trace", "verify", "--from-otlp", str(tmp_path / "no.json"))
+    assert code == 2
+    assert "file exporter" in err
+
+
+def test_otlp_json_matches_what_verify_spans_expects(store):
+    url, ids = store
+    events = cra.open_store(url).read(ids[0])
+    document = otlp_json([events], service_name="svc")
+    path = Path(url.removeprefix("sqlite://")).with_name("spans.json")
+    path.write_text(json.dumps(document))
+    result = verify_spans(read_otlp_json(path), cra.open_store(url))
+    assert result.valid
+    assert result.as_dict()["valid"] is True
+    resource = document["resourceSpans"][0]["resource"]["attributes"][0]
+    assert resource == {"key": "service.name", "value": {"stringValue": "svc"}}
+    assert otlp_json([[]])["resourceSpans"][0]["scopeSpans"][0]["spans"] == []
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def test_report_writes_one_self_contained_file(capsys, store, tmp_path):
+    url, ids = store
+    target = tmp_path / "r.html"
+    code, out, _ = run(capsys, "trace", "report", ids[0], "-o", str(target), "--store", url)
+    assert code == 0
+    assert "chain VALID" in out
+    html = target.read_text()
+    assert html.startswith("<!DOCTYPE html>") or html.lower().startswith("<!doctype html>")
+    assert "deny-repo-delete" in html
+    assert "alice" in html
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in html
+
+
+def test_report_with_checkpoint_and_default_name(capsys, jsonl, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run(capsys, "trace", "keygen", "k")
+    run(capsys, "trace", "checkpoint", str(jsonl), "--key", "k.key", "-o", "cps")
+    code, document = run_json(
+        capsys, "trace", "report", str(jsonl), "--checkpoint", "cps", "--pubkey", "k.pub"
+    )
+    assert code == 0
+    assert document["verification"]["checkpoint_size"] == 33
+    html = Path(document["output"]).read_text()
+    assert Path(document["output"]).name.startswith("report-")
+    assert "33" in html
+
+
+def test_verify_from_otlp_rejects_other_json(capsys, store, tmp_path):
+    url, _ = store
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"spans": []}')
+    code, _, err = run(capsys, "trace", "verify", "--from-otlp", str(wrong), "--store", url)
+    assert code == 2
+    assert "not_otlp_json" in err
+    assert "--format otlp" in err
