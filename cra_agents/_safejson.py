@@ -68,7 +68,8 @@ def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def _check_depth(value: Any, max_depth: int) -> None:
+def _deep_path(value: Any, max_depth: int) -> str:
+    """The JSON pointer of the first container nested deeper than ``max_depth``."""
     stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
         node, depth, path = stack.pop()
@@ -79,10 +80,26 @@ def _check_depth(value: Any, max_depth: int) -> None:
         else:
             continue
         if depth > max_depth:
-            raise JSONInputError(
-                f"document nests deeper than {max_depth} levels", reason="too_deep", path=path
-            )
+            return path
         stack.extend((child, depth + 1, child_path) for child, child_path in children)
+    return ""  # pragma: no cover - only called for a document that is too deep
+
+
+def _check_depth(value: Any, max_depth: int) -> None:
+    # Paths are only built for the error (the common case, a shallow document, pays nothing
+    # for them); the walk visits containers in the same order as _deep_path.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    container = (dict, list)
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise JSONInputError(
+                f"document nests deeper than {max_depth} levels",
+                reason="too_deep",
+                path=_deep_path(value, max_depth),
+            )
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, container))
 
 
 def loads_strict(data: bytes | str, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
@@ -130,5 +147,6 @@ def loads_strict(data: bytes | str, *, max_bytes: int, max_depth: int = DEFAULT_
             f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
             reason="invalid_json",
         ) from exc
-    _check_depth(value, max_depth)
+    if isinstance(value, dict | list):
+        _check_depth(value, max_depth)
     return value

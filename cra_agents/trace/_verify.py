@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +108,17 @@ def _fields(item: TraceEvent | Mapping[str, Any]) -> Mapping[str, Any]:
 # Where the spec's json.dumps may write a payload differently from canonical JSON (besides
 # non-ASCII text): floats in exponent form, small floats Python writes as 1e-05, and DEL,
 # which json.dumps escapes as \u007f while serde_json writes it raw.
-_FLOATISH = re.compile(rb"\de|0\.0000|\x7f")
+def _has_float(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, float):
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def _rule(event: Mapping[str, Any]) -> set[str] | None:
@@ -126,7 +135,12 @@ def _rule(event: Mapping[str, Any]) -> set[str] | None:
         rust = hashlib.sha256(_material(event, normalized, payload_json)).hexdigest()
         if rust == stored:
             matched.add("normalized")
-        if normalized == written and payload_json.isascii() and not _FLOATISH.search(payload_json):
+        if (
+            normalized == written
+            and payload_json.isascii()
+            and b"\x7f" not in payload_json
+            and not _has_float(event["payload"])
+        ):
             # Same timestamp string, same payload bytes: the spec rule hashes the same material.
             if rust == stored:
                 matched.add("as_written")
