@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTENT_SECURITY_POLICY",
     "DECISION_COLORS",
+    "LANES_FROM",
+    "MAX_RAW_EVENTS",
+    "MAX_TABLE_ROWS",
     "Decision",
     "EventsSource",
     "Outcome",
@@ -627,6 +630,12 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 # -- SVG timeline ---------------------------------------------------------------------------
 
+#: More calls than this: the timeline draws one lane per action instead of one row per call.
+LANES_FROM: Final = 60
+#: The decision table lists every call that was not simply allowed, and allowed calls up to
+#: this many rows in all; the raw event list keeps this many events (first and last half).
+MAX_TABLE_ROWS: Final = 5000
+MAX_RAW_EVENTS: Final = 2000
 _ROW: Final = 22
 _BAR: Final = 14
 _AXIS: Final = 30
@@ -656,7 +665,15 @@ class _TimelineSvg:
 
     def render(self, *, xmlns: bool) -> str:
         calls = self.tl.calls
-        height = _AXIS + max(len(calls), 1) * _ROW + 10
+        # Up to LANES_FROM calls: one row each. More: one row (lane) per action, every call a
+        # bar on its action's lane, so a long session stays a readable picture.
+        lanes: dict[str, int] | None = None
+        if len(calls) > LANES_FROM:
+            lanes = {}
+            for call in calls:
+                lanes.setdefault(call.action_id, len(lanes))
+        rows = len(lanes) if lanes is not None else len(calls)
+        height = _AXIS + max(rows, 1) * _ROW + 10
         ns = f' xmlns="{_SVG_NS}"' if xmlns else ""
         parts = [
             f'<svg{ns} class="cra-timeline" width="{self.width}" height="{height}" '
@@ -671,8 +688,15 @@ class _TimelineSvg:
                 f'<text class="empty" x="{self.x0}" y="{_AXIS + 15}" fill="#666">'
                 "No tool calls recorded</text>"
             )
-        for index, call in enumerate(calls):
-            parts.append(self._row(index, call))
+        if lanes is None:
+            for index, call in enumerate(calls):
+                parts.append(self._lane(index, call.action_id))
+                parts.append(self._bar(index, call))
+        else:
+            for action_id, index in lanes.items():
+                parts.append(self._lane(index, action_id))
+            for call in calls:
+                parts.append(self._bar(lanes[call.action_id], call))
         parts.extend(self._resolutions(height))
         parts.append("</svg>")
         return "".join(parts)
@@ -725,7 +749,21 @@ class _TimelineSvg:
             tick += step
         return out
 
-    def _row(self, index: int, call: ToolCall) -> str:
+    def _lane(self, index: int, action_id: str) -> str:
+        y = _AXIS + index * _ROW
+        stripe = "#f6f8fa" if index % 2 else "#ffffff"
+        max_chars = max(int((self.label_w - 8) / 6.6), 6)
+        label = action_id
+        if len(label) > max_chars:
+            label = label[: max_chars - 1] + "…"
+        return (
+            f'<rect class="row-bg" x="0" y="{y}" width="{self.width}" height="{_ROW}" '
+            f'fill="{stripe}"/>'
+            f'<text class="label" x="{self.label_w}" y="{y + 15}" text-anchor="end" '
+            f'fill="#24292f">{_e(label)}</text>'
+        )
+
+    def _bar(self, index: int, call: ToolCall) -> str:
         y = _AXIS + index * _ROW
         status = call.status
         color = DECISION_COLORS[status]
@@ -736,19 +774,10 @@ class _TimelineSvg:
         left = round(self.x(start))
         bar_w = max(round(self.x(end)) - left, _MIN_BAR)
         left = min(left, self.x1 - bar_w)
-        stripe = "#f6f8fa" if index % 2 else "#ffffff"
-        max_chars = max(int((self.label_w - 8) / 6.6), 6)
-        label = call.action_id
-        if len(label) > max_chars:
-            label = label[: max_chars - 1] + "…"
         dash = ' stroke="#212121" stroke-width="1.5" stroke-dasharray="3 2"' if call.shadow else ""
         return (
             f'<g class="call call-{status}" data-status="{status}" data-sequence="{call.sequence}">'
             f"<title>{_e(_tooltip(call, start - self.t0))}</title>"
-            f'<rect class="row-bg" x="0" y="{y}" width="{self.width}" height="{_ROW}" '
-            f'fill="{stripe}"/>'
-            f'<text class="label" x="{self.label_w}" y="{y + 15}" text-anchor="end" '
-            f'fill="#24292f">{_e(label)}</text>'
             f'<rect class="bar bar-{status}" x="{left}" y="{y + (_ROW - _BAR) // 2}" '
             f'width="{bar_w}" height="{_BAR}" rx="2" fill="{color}" '
             f'shape-rendering="crispEdges"{dash}/></g>'
@@ -1089,10 +1118,15 @@ class _Report:
         )
 
     def timeline(self) -> str:
+        rows = (
+            f"One row per action ({len(self.tl.calls):,} calls)"
+            if len(self.tl.calls) > LANES_FROM
+            else "One row per tool call"
+        )
         return (
             '<section id="timeline"><h2>Timeline</h2>'
-            '<p class="muted">One row per tool call, from its request to its last event, '
-            "scaled to the session. Hover a bar for its policy and reason.</p>"
+            f'<p class="muted">{rows}, each bar a tool call from its request to its last '
+            "event, scaled to the session. Hover a bar for its policy and reason.</p>"
             f'<div class="figure">{self.tl.svg(width=1160, xmlns=False)}'
             f'<div class="legend">{self.tl.legend_svg(xmlns=False)}</div></div></section>'
         )
@@ -1123,11 +1157,25 @@ class _Report:
                 ("Outcome", "text", ""),
             )
         )
-        rows = "".join(self._decision_row(call) for call in calls)
+        shown = calls
+        note = ""
+        if len(calls) > MAX_TABLE_ROWS:
+            notable = [c for c in calls if c.status != "allowed"]
+            room = max(MAX_TABLE_ROWS - len(notable), 0)
+            allowed = [c for c in calls if c.status == "allowed"][:room]
+            keep = {id(c) for c in notable} | {id(c) for c in allowed}
+            shown = [c for c in calls if id(c) in keep]
+            note = (
+                f'<p class="muted omitted">{len(calls) - len(shown):,} allowed calls are not '
+                f"listed (the table keeps every denied, approved, failed and pending call and "
+                f"the first allowed ones, {len(shown):,} rows); <code>cra trace export</code> "
+                "has them all.</p>"
+            )
+        rows = "".join(self._decision_row(call) for call in shown)
         return (
             '<section id="decisions"><h2>Decisions</h2>'
             f'<fieldset id="decision-filters" class="filters" hidden><legend>Show</legend>'
-            f"{boxes}</fieldset>"
+            f"{boxes}</fieldset>{note}"
             f'<div class="scroll"><table id="decision-table"><thead><tr>{header}</tr></thead>'
             f"<tbody>{rows}</tbody></table></div></section>"
         )
@@ -1360,14 +1408,27 @@ class _Report:
         )
 
     def raw_events(self) -> str:
-        rows = "".join(
-            f'<tr><td class="num">{_e(e.get("sequence"))}</td>'
-            f"<td>{_e(e.get('timestamp'))}</td>"
-            f"<td><code>{_e(e.get('event_type'))}</code></td>"
-            f"<td><pre>{_e(_json(e.get('payload')))}</pre></td>"
-            f'<td class="hash">{_e(e.get("event_hash"))}</td></tr>'
-            for e in self.tl.events
-        )
+        def row(e: Mapping[str, Any]) -> str:
+            return (
+                f'<tr><td class="num">{_e(e.get("sequence"))}</td>'
+                f"<td>{_e(e.get('timestamp'))}</td>"
+                f"<td><code>{_e(e.get('event_type'))}</code></td>"
+                f"<td><pre>{_e(_json(e.get('payload')))}</pre></td>"
+                f'<td class="hash">{_e(e.get("event_hash"))}</td></tr>'
+            )
+
+        events = self.tl.events
+        if len(events) <= MAX_RAW_EVENTS:
+            rows = "".join(row(e) for e in events)
+        else:
+            half = MAX_RAW_EVENTS // 2
+            omitted = len(events) - 2 * half
+            rows = (
+                "".join(row(e) for e in events[:half])
+                + f'<tr class="omitted"><td colspan="5">… {omitted:,} events omitted here; '
+                "<code>cra trace export</code> writes them all …</td></tr>"
+                + "".join(row(e) for e in events[-half:])
+            )
         return (
             '<section id="events"><h2>Events</h2>'
             f'<details id="raw-events"><summary>Raw events ({len(self.tl.events)})</summary>'

@@ -564,3 +564,25 @@ def test_verify_from_otlp_rejects_other_json(capsys, store, tmp_path):
     assert code == 2
     assert "not_otlp_json" in err
     assert "--format otlp" in err
+
+
+def test_show_of_a_long_session_keeps_what_matters(capsys, tmp_path, github_ops):
+    runtime = cra.Runtime(atlases=[github_ops], store=f"jsonl://{tmp_path}/long")
+    session = runtime.create_session("bulk-bot", "list a lot")
+    for _ in range(30):
+        auth = runtime.authorize(session.session_id, "github.issue.list", {"repo": "acme/app"})
+        runtime.record_outcome(auth, result=[])
+    with pytest.raises(cra.ActionDenied):
+        runtime.authorize(
+            session.session_id, "github.repo.delete", {"repo": "acme/a", "confirm_name": "acme/a"}
+        )
+    runtime.end_session(session.session_id)
+    runtime.close()
+    path = tmp_path / "long" / f"{session.session_id}.trace.jsonl"
+    code, out, _ = run(capsys, "trace", "show", str(path), "--max-calls", "5")
+    assert code == 0
+    assert out.count("github.issue.list") == 4
+    assert "DENIED" in out
+    assert "26 allowed calls not shown" in out
+    code, out, _ = run(capsys, "trace", "show", str(path), "--max-calls", "0")
+    assert out.count("github.issue.list") == 30

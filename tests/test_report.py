@@ -845,3 +845,54 @@ def test_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# -- long sessions --------------------------------------------------------------------------
+
+
+def long_session(calls: int) -> list[cra.TraceEvent]:
+    with cra.Runtime([GITHUB_OPS], store="memory://", approval_handler=approve) as runtime:
+        session = runtime.create_session("bulk-bot", "list a lot")
+        sid = session.session_id
+        for index in range(calls):
+            action = "github.issue.list" if index % 2 else "github.pr.list"
+            runtime.record_outcome(runtime.authorize(sid, action, {"repo": "acme/app"}), result=[])
+        with pytest.raises(cra.ActionDeniedError):
+            runtime.authorize(sid, "github.repo.delete", {"repo": "a/b", "confirm_name": "a/b"})
+        runtime.end_session(sid)
+        return runtime.trace_events(sid)
+
+
+def test_many_calls_share_one_lane_per_action():
+    from cra_agents import report
+
+    events = long_session(report.LANES_FROM + 10)
+    svg = timeline(events).svg()
+    assert svg.count('class="row-bg"') == 3  # issue.list, pr.list, repo.delete
+    assert svg.count('class="call ') == report.LANES_FROM + 11  # every call still a bar
+    few = timeline(long_session(3)).svg()
+    assert few.count('class="row-bg"') == 4
+
+
+def test_long_reports_keep_every_notable_call_and_cap_the_rest(monkeypatch):
+    from cra_agents import report
+
+    monkeypatch.setattr(report, "MAX_TABLE_ROWS", 5)
+    monkeypatch.setattr(report, "MAX_RAW_EVENTS", 10)
+    events = long_session(20)
+    page = render_report(events)
+    table = _section(page, "decisions")
+    assert table.count('<tr class="row-') == 5
+    assert "github.repo.delete" in table  # the denial is never dropped
+    assert "16 allowed calls are not listed" in table
+    raw = _section(page, "events")
+    assert f"{len(events) - 10:,} events omitted" in raw
+    assert raw.count('<tr><td class="num">') == 10
+
+
+def test_lane_mode_says_so():
+    from cra_agents import report
+
+    page = render_report(long_session(report.LANES_FROM + 1))
+    assert f"One row per action ({report.LANES_FROM + 2:,} calls)" in _section(page, "timeline")
+    assert "One row per tool call" in _section(render_report(long_session(2)), "timeline")

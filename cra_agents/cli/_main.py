@@ -184,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     _store_option(p)
     p = command(group, "show", _trace.show, "a session as a tree of decisions and actions")
     p.add_argument("target", metavar="PATH|SESSION")
+    p.add_argument(
+        "--max-calls",
+        type=int,
+        default=200,
+        metavar="N",
+        help="list every call that was not simply allowed, allowed ones up to N in all "
+        "(default 200; 0: all)",
+    )
     _store_option(p)
     p = command(group, "list", _trace.list_sessions, "sessions in the store, newest last")
     p.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20, 0 all)")

@@ -250,8 +250,21 @@ def show(args: argparse.Namespace, out: Output) -> int:
                     f"[cyan]context[/] {_esc(block.get('block_id'))}"
                     + (f" [dim](~{tokens:g} tokens)[/]" if isinstance(tokens, int | float) else "")
                 )
-    for call in line.calls:
+    calls = line.calls
+    if 0 < args.max_calls < len(calls):
+        notable = [c for c in calls if c.status != "allowed"]
+        room = max(args.max_calls - len(notable), 0)
+        keep = {id(c) for c in notable} | {
+            id(c) for c in [c for c in calls if c.status == "allowed"][:room]
+        }
+        calls = [c for c in calls if id(c) in keep]
+    for call in calls:
         root.add(_call_line(call, out))
+    if len(calls) < len(line.calls):
+        root.add(
+            f"[dim]… {len(line.calls) - len(calls):,} allowed calls not shown "
+            "(--max-calls 0 shows all)[/]"
+        )
     if not line.calls and not line.resolutions:
         root.add("[dim]no decisions recorded[/]")
     out.print(root)
