@@ -35,6 +35,7 @@ bench: setup
 	$(PY) benchmarks/trace_bench.py
 	$(PY) benchmarks/guard_bench.py
 	$(PY) benchmarks/langchain_bench.py
+	$(PY) benchmarks/cli_bench.py
 
 conformance: setup
 	$(PY) -m cra_agents.conformance
