@@ -546,3 +546,14 @@ def test_python_dash_m_entry_points(monkeypatch, capsys):
         runpy.run_module("cra_agents.cli", run_name="__main__")
     assert exited.value.code == 0
     assert "cra-agents" in capsys.readouterr().out
+
+
+def test_resolve_json_is_valid_against_the_upstream_schema(capsys, github_ops, conformance_dir):
+    import jsonschema
+
+    schema = json.loads((conformance_dir / "schemas" / "carp-resolution.schema.json").read_text())
+    code, document = run_json(
+        capsys, "resolve", "--atlas", str(github_ops), "--goal", "Triage", "--hint", "labels"
+    )
+    assert code == 0
+    jsonschema.Draft202012Validator(schema).validate(document)

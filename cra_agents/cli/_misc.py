@@ -60,7 +60,7 @@ def resolve(args: argparse.Namespace, out: Output) -> int:
         runtime.close()
     code = 1 if resolution.decision.type == "deny" else 0
     if out.json_mode:
-        out.json(resolution.model_dump(mode="json", exclude_none=True))
+        out.json(resolution.model_dump(mode="json"))  # the wire form, as the golden cases
         return code
     decision = resolution.decision
     out.print(
