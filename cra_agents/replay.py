@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from cra_agents._clock import parse_timestamp_ns
 from cra_agents._requests import resolve_request
 from cra_agents.atlas import AtlasSource
@@ -28,7 +30,7 @@ from cra_agents.policy import ConditionContext, Effect, RateLimiter
 from cra_agents.protocol import TraceEvent
 from cra_agents.runtime import Runtime
 from cra_agents.trace import verify_chain
-from cra_agents.trace._files import _parse
+from cra_agents.trace._verify import _read_jsonl
 
 __all__ = [
     "DecisionReplay",
@@ -66,8 +68,21 @@ def load_events(source: EventsSource) -> list[dict[str, Any]]:
         ValueError: a line of the file is not a valid event.
     """
     if isinstance(source, str | os.PathLike):
-        with Path(source).open("rb") as handle:
-            return [_parse(line).model_dump(mode="json") for line in handle if line.strip()]
+        # The verifier's strict reader: duplicate keys, NaN, bad UTF-8 and torn lines are
+        # refused here exactly as verify_chain refuses them, and nothing is coerced.
+        events: list[dict[str, Any]] = []
+        for number, item in enumerate(_read_jsonl(Path(source)), 1):
+            if isinstance(item, BaseException):
+                raise ValueError(f"{source}: line {number}: {item}")
+            try:
+                TraceEvent.model_validate(item, strict=True)
+            except ValidationError as exc:
+                raise ValueError(
+                    f"{source}: line {number} is not a TRACE event: "
+                    f"{exc.errors(include_url=False)[0]['msg']}"
+                ) from exc
+            events.append(dict(item))
+        return events
     return [e.model_dump(mode="json") if isinstance(e, TraceEvent) else dict(e) for e in source]
 
 

@@ -115,7 +115,7 @@ def test_cra_error_maps_to_its_code(capsys, tmp_path):
     broken.write_text("{not json")
     code, _, err = run(capsys, "atlas", "show", str(broken))
     assert code == 2
-    assert "ATLAS_LOAD_ERROR" in err or "INVALID_ATLAS" in err
+    assert "INVALID_ATLAS_MANIFEST" in err
     assert "cra atlas validate" in err
 
 
@@ -557,3 +557,18 @@ def test_resolve_json_is_valid_against_the_upstream_schema(capsys, github_ops, c
     )
     assert code == 0
     jsonschema.Draft202012Validator(schema).validate(document)
+
+
+def test_atlas_convert_from_inside_the_directory(capsys, conformance_dir, tmp_path, monkeypatch):
+    import shutil
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(conformance_dir / "atlases" / "github-ops-legacy", legacy)
+    monkeypatch.chdir(legacy)
+    for target in ("atlas.json", "."):
+        code, document = run_json(capsys, "atlas", "convert", target, "--force")
+        assert code == 0, document
+        assert Path(document["converted"][0]["output"]) == tmp_path / "legacy-1.0"
+    code, _, err = run(capsys, "atlas", "convert", "https://example.com/atlas.json")
+    assert code == 2
+    assert "-o DIR" in err

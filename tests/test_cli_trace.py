@@ -437,11 +437,22 @@ def test_replay_refuses_a_tampered_trace(capsys, jsonl, github_ops, tmp_path):
     assert "candidate atlas" in err
 
 
-def test_diff(capsys, store, jsonl):
+def test_diff(capsys, store, tmp_path):
     url, ids = store
-    code, out, _ = run(capsys, "trace", "diff", ids[0], str(jsonl), "--store", url)
+    copy = tmp_path / "copy.jsonl"
+    run(capsys, "trace", "export", ids[0], "-o", str(copy), "--store", url)
+    code, out, _ = run(capsys, "trace", "diff", ids[0], str(copy), "--store", url)
     assert code == 0
-    assert "SEMANTICALLY EQUIVALENT" in out or "IDENTICAL" in out
+    assert "IDENTICAL" in out
+    slower = tmp_path / "slower.jsonl"
+    lines = [json.loads(line) for line in copy.read_text().splitlines()]
+    executed = next(e for e in lines if e["event_type"] == "action.executed")
+    executed["payload"]["duration_ms"] += 250  # timings differ, decisions do not
+    slower.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    code, out, _ = run(capsys, "trace", "diff", str(copy), str(slower))
+    assert code == 0
+    assert "SEMANTICALLY EQUIVALENT" in out
+    assert "minor" in out
     code, document = run_json(capsys, "trace", "diff", ids[0], ids[1], "--store", url)
     assert code == 1
     assert document["compatibility"] == "different"
@@ -586,3 +597,227 @@ def test_show_of_a_long_session_keeps_what_matters(capsys, tmp_path, github_ops)
     assert "26 allowed calls not shown" in out
     code, out, _ = run(capsys, "trace", "show", str(path), "--max-calls", "0")
     assert out.count("github.issue.list") == 30
+
+
+# -- review findings: files of several sessions, strict reading, checkpoints, tail, IO ------
+
+
+def test_an_export_of_several_sessions_verifies_and_shows_per_session(capsys, store, tmp_path):
+    url, ids = store
+    target = tmp_path / "all.jsonl"
+    assert run(capsys, "trace", "export", "--all", "-o", str(target), "--store", url)[0] == 0
+    code, document = run_json(capsys, "trace", "verify", str(target))
+    assert code == 0
+    assert [t["target"] for t in document["traces"]] == [f"{target}#{sid}" for sid in ids]
+    code, _, err = run(capsys, "trace", "show", str(target))
+    assert code == 2
+    assert "several_sessions" in err
+    assert f"{target}#" in err
+    code, out, _ = run(capsys, "trace", "show", f"{target}#{ids[1][:20]}")
+    assert code == 0
+    assert "release-bot" in out
+    code, _, err = run(capsys, "trace", "show", f"{target}#nope")
+    assert code == 2
+    assert "pick one of" in err
+    spans = tmp_path / "spans.json"
+    assert run(capsys, "trace", "export", str(target), "--format", "otlp", "-o", str(spans))[0] == 0
+    roots = [s for s in read_otlp_json(spans) if s.parent_span_id is None]
+    assert len(roots) == 2  # one root per session, not both sessions under the first
+    code, document = run_json(capsys, "trace", "verify", "--from-otlp", str(spans), "--store", url)
+    assert code == 0
+
+
+def test_interleaved_sessions_in_one_file_are_one_broken_chain(capsys, store, tmp_path):
+    url, ids = store
+    events = [cra.open_store(url).read(sid) for sid in ids]
+    mixed = [e.model_dump_json() for pair in zip(events[0], events[1], strict=False) for e in pair]
+    target = tmp_path / "mixed.jsonl"
+    target.write_text("\n".join(mixed) + "\n")
+    code, document = run_json(capsys, "trace", "verify", str(target))
+    assert code == 1
+    assert document["traces"][0]["error_type"] == "chain_broken"
+
+
+def test_every_command_reads_files_as_strictly_as_verify(capsys, jsonl, tmp_path):
+    lines = jsonl.read_text().splitlines()
+    duplicated = lines[26].replace('"policy_id":', '"policy_id":"allow-everything","policy_id":', 1)
+    assert duplicated != lines[26]
+    bad = tmp_path / "dup.trace.jsonl"
+    bad.write_text("\n".join([*lines[:26], duplicated, *lines[27:]]) + "\n")
+    code, document = run_json(capsys, "trace", "verify", str(bad))
+    assert code == 1
+    assert document["traces"][0]["error_type"] == "malformed_event"
+    for argv in (["show"], ["report", "-o", str(tmp_path / "r.html")], ["tail"]):
+        code, _, err = run(capsys, "trace", argv[0], str(bad), *argv[1:])
+        assert code == 2, argv
+        assert "duplicate key" in err
+    run(capsys, "trace", "keygen", str(tmp_path / "k"))
+    code, _, err = run(capsys, "trace", "checkpoint", str(bad), "--key", str(tmp_path / "k.key"))
+    assert code == 2
+    assert "duplicate key" in err
+    coerced = tmp_path / "coerced.trace.jsonl"
+    coerced.write_text(jsonl.read_text().replace('"sequence":3,', '"sequence":"3",', 1))
+    code, _, err = run(capsys, "trace", "show", str(coerced))
+    assert code == 2
+    assert "not a TRACE event" in err
+
+
+def test_checkpoint_of_any_file_name_is_for_the_session(capsys, jsonl, tmp_path):
+    renamed = tmp_path / "evidence.jsonl"
+    renamed.write_bytes(jsonl.read_bytes())
+    run(capsys, "trace", "keygen", str(tmp_path / "k"))
+    code, document = run_json(
+        capsys,
+        "trace",
+        "checkpoint",
+        str(renamed),
+        "--key",
+        str(tmp_path / "k.key"),
+        "-o",
+        str(tmp_path / "cps"),
+    )
+    assert code == 0
+    session_id = json.loads(jsonl.read_text().splitlines()[0])["session_id"]
+    assert document["checkpoint"]["log_id"] == session_id
+    code, document = run_json(
+        capsys,
+        "trace",
+        "verify",
+        str(renamed),
+        "--checkpoint",
+        str(tmp_path / "cps"),
+        "--pubkey",
+        str(tmp_path / "k.pub"),
+    )
+    assert code == 0
+    assert document["traces"][0]["checkpoint_size"] == 33
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    code, _, err = run(capsys, "trace", "checkpoint", str(empty), "--key", str(tmp_path / "k.key"))
+    assert code == 2
+    assert "nothing to vouch for" in err
+    code, document = run_json(capsys, "trace", "verify", str(empty))
+    assert code == 1
+    assert document["traces"][0]["error_type"] == "empty_trace"
+
+
+def test_verify_all_with_a_checkpoint_directory_covering_some_sessions(capsys, store, tmp_path):
+    url, ids = store
+    run(capsys, "trace", "keygen", str(tmp_path / "k"))
+    cps = str(tmp_path / "cps")
+    run(
+        capsys,
+        "trace",
+        "checkpoint",
+        ids[0],
+        "--key",
+        str(tmp_path / "k.key"),
+        "-o",
+        cps,
+        "--store",
+        url,
+    )
+    code, document = run_json(
+        capsys,
+        "trace",
+        "verify",
+        "--all",
+        "--checkpoint",
+        cps,
+        "--pubkey",
+        str(tmp_path / "k.pub"),
+        "--store",
+        url,
+    )
+    assert code == 0
+    first, second = document["traces"]
+    assert first["checkpoint_size"] == 33
+    assert second["checkpoint"] == "missing"
+    code, out, _ = run(
+        capsys,
+        "trace",
+        "verify",
+        "--all",
+        "--checkpoint",
+        cps,
+        "--pubkey",
+        str(tmp_path / "k.pub"),
+        "--store",
+        url,
+    )
+    assert "no checkpoint for this session" in out
+
+
+def test_tail_follow_prints_only_new_events_of_old_sessions(capsys, tmp_path, github_ops):
+    url = f"sqlite://{tmp_path}/live.db"
+    runtime = cra.Runtime(atlases=[github_ops], store=url, durability="sync")
+    old = runtime.create_session("old-bot", "long running")
+    for _ in range(5):
+        runtime.record_outcome(
+            runtime.authorize(old.session_id, "github.issue.list", {"repo": "a/b"}), result=[]
+        )
+    newer = runtime.create_session("new-bot", "short")
+    runtime.end_session(newer.session_id)
+
+    def later() -> None:
+        time.sleep(0.6)
+        runtime.end_session(old.session_id)  # an old session, not loaded by `-n 1`
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    code, out, _ = run(
+        capsys,
+        "trace",
+        "tail",
+        "-n",
+        "1",
+        "-f",
+        "--store",
+        url,
+        "--interval",
+        "0.1",
+        "--max-seconds",
+        "2",
+        "--json",
+    )
+    writer.join()
+    runtime.close()
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [(e["payload"].get("agent_id"), e["event_type"]) for e in events] == [
+        (None, "session.ended"),  # the last event at start: new-bot's end
+        (None, "session.ended"),  # then only what was written since: old-bot's end
+    ]
+    assert events[1]["session_id"] == old.session_id
+
+
+def test_unwritable_output_is_an_input_error_with_a_hint(capsys, jsonl, tmp_path):
+    for argv in (
+        ["trace", "report", str(jsonl), "-o", str(tmp_path / "missing" / "r.html")],
+        ["trace", "export", str(jsonl), "-o", str(tmp_path / "missing" / "x.jsonl")],
+    ):
+        code, _, err = run(capsys, *argv)
+        assert code == 2, argv
+        assert "io_error" in err
+        assert "writable" in err
+
+
+def test_control_characters_from_a_trace_never_reach_the_terminal(capsys, tmp_path, github_ops):
+    runtime = cra.Runtime(atlases=[github_ops], store=f"jsonl://{tmp_path}/t")
+    session = runtime.create_session("bot", "Triage\x1b[8m hidden")
+    auth = runtime.authorize(session.session_id, "github.issue.list", {"repo": "a/b"})
+    runtime.record_outcome(auth, error=RuntimeError("boom \x1b[1A\x1b[2K\x1b]52;c;ZWNobw==\x07"))
+    runtime.end_session(session.session_id)
+    runtime.close()
+    path = tmp_path / "t" / f"{session.session_id}.trace.jsonl"
+    for argv in (
+        ["show", str(path)],
+        ["tail", str(path)],
+        ["list", "--store", f"jsonl://{tmp_path}/t"],
+    ):
+        code, out, _ = run(capsys, "trace", *argv)
+        assert code == 0
+        assert "\x1b" not in out and "\x07" not in out, argv
+    code, out, _ = run(capsys, "trace", "show", str(path))
+    assert "\\x1b[8m hidden" in out
+    assert "\\x1b]52;c;" in out

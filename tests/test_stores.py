@@ -377,3 +377,28 @@ class TestShutdown:
             result = runtime.verify(huge.session_id)
             assert result.valid
             assert result.event_count > 2
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+def test_last_sequence_without_reading_the_session(tmp_path, kind):
+    from cra_agents.trace import SessionChain, open_store
+
+    store = open_store(f"{kind}://{tmp_path}/s" + (".db" if kind == "sqlite" else ""))
+    assert store.last_sequence("none") == -1  # type: ignore[attr-defined]
+    chain = SessionChain(
+        "00000000-0000-7000-8000-000000000001", "00000000-0000-7000-8000-000000000002"
+    )
+    for index in range(3000):  # JSONL: more than one 64 KiB block from the end
+        chain.append("policy.evaluated", {"i": index, "pad": "x" * 40})
+    store.append(chain.flush())
+    store.sync()
+    assert store.last_sequence(chain.session_id) == 2999  # type: ignore[attr-defined]
+    store.close()
+    if kind == "jsonl":
+        path = tmp_path / "s" / f"{chain.session_id}.trace.jsonl"
+        with path.open("ab") as handle:
+            handle.write(b'{"torn": ')
+        reopened = open_store(f"jsonl://{tmp_path}/s")
+        assert reopened.last_sequence(chain.session_id) == 2999  # type: ignore[attr-defined]
+        path.write_bytes(b"")
+        assert reopened.last_sequence(chain.session_id) == -1  # type: ignore[attr-defined]

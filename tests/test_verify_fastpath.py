@@ -116,3 +116,20 @@ def test_del_character_takes_the_full_comparison():
     assert _rule(event) == {"normalized"}
     event["event_hash"] = spec_event_hash(event)
     assert _rule(event) == {"as_written"}
+
+
+def test_floats_inside_tuples_still_take_the_spec_rule_check():
+    """A payload held in memory may carry tuples; a float inside one changes the spec rule."""
+    import cra_agents as cra
+    from cra_agents.trace import spec_event_hash
+
+    with cra.Runtime(store="memory://") as runtime:
+        session = runtime.create_session("agent", "goal")
+        runtime.resolve(cra.resolve_request(session, context={"scores": (1e-05, 2.5e-7)}))
+        events = runtime.trace_events(session.session_id)
+    received = next(e for e in events if e.event_type == "carp.request.received")
+    spec_matches = spec_event_hash(received.model_dump(mode="json")) == received.event_hash
+    result = cra.verify_chain(events)
+    assert result.valid
+    assert result.hash_rule == ("both" if spec_matches else "normalized")
+    assert not spec_matches  # 1e-05 is written differently by json.dumps

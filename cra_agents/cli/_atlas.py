@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cra_agents.cli._output import CLIError, Output
+from cra_agents.cli._output import CLIError, Output, esc
 
 __all__ = ["convert", "init", "lint", "show", "validate"]
 
@@ -55,10 +55,8 @@ def _report_findings(out: Output, reports: list[Any], verb: str, fail_on: str) -
     return 1 if failed else 0
 
 
-def _esc(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+def _esc(text: object) -> str:
+    return esc(text)
 
 
 def validate(args: argparse.Namespace, out: Output) -> int:
@@ -274,11 +272,20 @@ def convert(args: argparse.Namespace, out: Output) -> int:
     with out.progress("converting", len(args.paths)) as advance:
         for path in args.paths:
             _require_exists(path)
-            source = Path(path)
-            base = source if source.is_dir() else source.parent
-            target = Path(args.output) if args.output else base.with_name(base.name + "-1.0")
+            if "://" in path and not args.output:
+                raise CLIError(
+                    "usage",
+                    f"{path} is a URL: there is no directory beside it to write to",
+                    "pass -o DIR for the converted atlas",
+                )
+            source = Path(path).resolve() if "://" not in path else None
+            if source is not None:
+                base = source if source.is_dir() else source.parent
+                target = Path(args.output) if args.output else base.with_name(base.name + "-1.0")
+            else:
+                target = Path(args.output)
             try:
-                conversion = convert_legacy_atlas(source)
+                conversion = convert_legacy_atlas(source if source is not None else path)
                 written = conversion.write(target, overwrite=args.force)
             except AtlasError as exc:
                 failed = True

@@ -294,6 +294,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CRAError as exc:
         out.error(CLIError(exc.code, str(exc), _hint_for(exc)))
         return EXIT_USAGE
+    except OSError as exc:  # a path the user gave cannot be read or written
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        out.error(
+            CLIError(
+                "io_error",
+                f"{exc.strerror or exc}{where}",
+                "check that the path exists, is the kind expected (file or directory) and "
+                "is writable",
+            )
+        )
+        return EXIT_USAGE
     except KeyboardInterrupt:
         out.error(CLIError("interrupted", "interrupted", "", exit_code=EXIT_INTERRUPTED))
         return EXIT_INTERRUPTED

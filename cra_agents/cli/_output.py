@@ -19,7 +19,28 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.table import Table
 
-__all__ = ["STYLE", "CLIError", "Output"]
+__all__ = ["STYLE", "CLIError", "Output", "clean", "esc"]
+
+# C0 and C1 control characters (and DEL) in trace content would reach the terminal as escape
+# sequences (cursor moves, erased lines, OSC 52 clipboard writes): they are shown escaped.
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+}
+
+
+def clean(text: object) -> str:
+    r"""``text`` with control characters written as escapes (``\\n``, ``\\x1b``...)."""
+    return str(text).translate(_CONTROL)
+
+
+def esc(text: object) -> str:
+    """``text`` cleaned and escaped for rich markup: safe to interpolate into a styled line."""
+    from rich.markup import escape
+
+    return escape(clean(text))
+
 
 #: Rich styles per outcome word, shared by every command.
 STYLE = {
@@ -157,13 +178,13 @@ class Output:
     def line(self, text: str = "") -> None:
         """Print one line of plain text (no markup interpretation)."""
         if not self.json_mode:
-            self.console.print(text, markup=False)
+            self.console.print(clean(text), markup=False)
 
     def styled(self, word: str, text: str | None = None) -> str:
         """``text`` (default ``word``) marked up with the style of ``word``."""
         from rich.markup import escape
 
-        shown = escape(text if text is not None else word)
+        shown = escape(clean(text if text is not None else word))
         style = STYLE.get(word.lower())
         return f"[{style}]{shown}[/]" if style else shown
 
@@ -195,7 +216,7 @@ class Output:
                 *(
                     ("" if cell is None else str(cell))
                     if markup
-                    else escape("" if cell is None else str(cell))
+                    else escape(clean("" if cell is None else cell))
                     for cell in row
                 )
             )
@@ -208,15 +229,17 @@ class Output:
             return
         from rich.markup import escape
 
-        self.err.print(f"[bold red]error[/] [dim]\\[{error.code}][/]: {escape(error.message)}")
+        self.err.print(
+            f"[bold red]error[/] [dim]\\[{error.code}][/]: {escape(clean(error.message))}"
+        )
         if error.hint:
-            self.err.print(f"  [cyan]hint[/]: {escape(error.hint)}")
+            self.err.print(f"  [cyan]hint[/]: {escape(clean(error.hint))}")
 
     def warn(self, message: str) -> None:
         """A warning on stderr (also in JSON mode: stdout stays one document)."""
         from rich.markup import escape
 
-        self.err.print(f"[yellow]warning[/]: {escape(message)}")
+        self.err.print(f"[yellow]warning[/]: {escape(clean(message))}")
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:

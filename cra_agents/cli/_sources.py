@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from cra_agents.cli._output import CLIError
 from cra_agents.trace import TraceStore, open_store
 
-__all__ = ["Source", "StoreRef", "load_checkpoints", "resolve_target"]
+__all__ = ["Source", "StoreRef", "iter_targets", "load_checkpoints", "read_file", "resolve_target"]
 
 _DEFAULT = "sqlite://.cra/traces.db"
 
@@ -74,44 +76,113 @@ class StoreRef:
 
 @dataclass
 class Source:
-    """One session's trace, from a file or a store."""
+    """One session's trace: a session in a store, or one session's events in a file.
+
+    A file may hold several sessions one after the other (``cra trace export --all``); each
+    is then a source of its own, labelled ``FILE#SESSION``. ``items`` are the file's lines as
+    the verifier reads them: dicts, and an exception for an unreadable last line.
+    """
 
     label: str
     session_id: str | None
     path: Path | None = None
     store: StoreRef | None = None
+    items: list[Any] | None = None
 
     def events(self) -> list[dict[str, Any]]:
         """The events as dicts, in stored order.
 
         Raises:
-            CLIError: the file holds something other than TRACE events.
+            CLIError: a line of the file is not a TRACE event (``cra trace verify`` says more).
         """
-        from cra_agents.replay import load_events
+        if self.items is not None:
+            from cra_agents.protocol import TraceEvent
 
-        if self.path is not None:
-            try:
-                return load_events(self.path)
-            except (ValueError, OSError) as exc:
-                raise CLIError(
-                    "bad_trace_file",
-                    f"{self.path} is not a readable TRACE file: {exc}",
-                    f"run 'cra trace verify {self.path}' to locate the bad line",
-                ) from exc
+            for number, item in enumerate(self.items, 1):
+                problem: object = item if isinstance(item, BaseException) else None
+                if problem is None:
+                    try:
+                        TraceEvent.model_validate(item, strict=True)
+                    except ValidationError as exc:
+                        problem = f"not a TRACE event ({exc.errors()[0]['msg']})"
+                if problem is not None:
+                    raise CLIError(
+                        "bad_trace_file",
+                        f"{self.label}: event {number} cannot be read: {problem}",
+                        f"run 'cra trace verify {self.path}' to locate the damage",
+                    )
+            return [dict(item) for item in self.items]
         if self.store is None or self.session_id is None:  # pragma: no cover - invariant
             raise CLIError("internal", "a source without a file or a session", "report it")
         return [e.model_dump(mode="json") for e in self.store.open().read(self.session_id)]
 
+    @property
+    def log_id(self) -> str | None:
+        """The session id the events carry (what checkpoints are signed for)."""
+        if self.session_id is not None:
+            return self.session_id
+        first = next((i for i in self.items or [] if isinstance(i, dict)), None)
+        return str(first["session_id"]) if first and "session_id" in first else None
 
-def resolve_target(target: str, store: StoreRef) -> Source:
-    """A file path, a session id, a unique prefix of one, or ``last``.
+
+def read_file(path: Path) -> list[Source]:
+    """The sessions of a trace file, one source each (one for an empty or damaged file).
 
     Raises:
-        CLIError: nothing matches, or a prefix matches several sessions.
+        CLIError: the file cannot be read.
     """
-    path = Path(target)
+    from cra_agents.trace._verify import _read_jsonl
+
+    try:
+        items = list(_read_jsonl(path))
+    except OSError as exc:
+        raise CLIError(
+            "trace_not_readable", f"cannot read {path}: {exc}", "check the path and permissions"
+        ) from exc
+    groups: list[tuple[str | None, list[Any]]] = []
+    seen: set[str | None] = set()
+    for item in items:
+        sid = item.get("session_id") if isinstance(item, dict) else None
+        sid = sid if isinstance(sid, str) else None
+        if isinstance(item, dict) and (not groups or groups[-1][0] != sid):
+            if sid in seen:  # sessions interleave: not an export, verify it as one chain
+                return [Source(str(path), None, path=path, items=items)]
+            seen.add(sid)
+            groups.append((sid, []))
+        if not groups:
+            groups.append((None, []))
+        groups[-1][1].append(item)
+    if len(groups) <= 1:
+        return [Source(str(path), None, path=path, items=items)]
+    return [Source(f"{path}#{sid}", sid, path=path, items=group) for sid, group in groups]
+
+
+def resolve_target(target: str, store: StoreRef) -> Source:
+    """One session: a file (``FILE#SESSION`` for one of several), an id, a prefix, ``last``.
+
+    Raises:
+        CLIError: nothing matches, a prefix matches several sessions, or a file holds several.
+    """
+    name, _, wanted = target.partition("#")
+    path = Path(name)
     if path.is_file():
-        return Source(str(path), None, path=path)
+        sources = read_file(path)
+        if wanted:
+            picked = [s for s in sources if (s.log_id or "").startswith(wanted)]
+            if len(picked) == 1:
+                return picked[0]
+            raise CLIError(
+                "session_not_found" if not picked else "ambiguous_session",
+                f"{path} holds {'no' if not picked else len(picked)} sessions matching {wanted!r}",
+                f"pick one of: {', '.join(str(s.log_id) for s in sources[:5])}",
+            )
+        if len(sources) > 1:
+            raise CLIError(
+                "several_sessions",
+                f"{path} holds {len(sources)} sessions",
+                f"name one as FILE#SESSION, e.g. {path}#{sources[0].log_id}",
+            )
+        return sources[0]
     if target.endswith(".jsonl") or os.sep in target:
         raise CLIError(
             "trace_not_found",
@@ -146,7 +217,7 @@ def resolve_target(target: str, store: StoreRef) -> Source:
 
 
 def iter_targets(targets: list[str], all_sessions: bool, store: StoreRef) -> Iterator[Source]:
-    """The sources named on the command line, or every session with ``--all``.
+    """The sources named on the command line (every session of a file), or ``--all``.
 
     Raises:
         CLIError: neither targets nor ``--all``.
@@ -159,13 +230,19 @@ def iter_targets(targets: list[str], all_sessions: bool, store: StoreRef) -> Ite
             "usage", "name a trace file or session, or pass --all", "see 'cra trace list'"
         )
     for target in targets:
-        yield resolve_target(target, store)
+        if "#" not in target and Path(target).is_file():
+            yield from read_file(Path(target))
+        else:
+            yield resolve_target(target, store)
 
 
 def load_checkpoints(
-    checkpoint: str | None, pubkey: str | None, log_id: str | None
+    checkpoint: str | None, pubkey: str | None, log_id: str | None, *, required: bool = True
 ) -> tuple[list[Any], Any]:
     """Checkpoints (from a ``.checkpoints.jsonl`` file or a directory) and the verify key.
+
+    With ``required=False`` a directory without a checkpoint of this log gives none (the key is
+    still returned), for ``verify --all`` over sessions of which only some are checkpointed.
 
     Raises:
         CLIError: only one of the two options, or unreadable files.
@@ -212,6 +289,8 @@ def load_checkpoints(
             f"cannot read checkpoints from {checkpoint}: {exc}",
             "pass a .checkpoints.jsonl file written by 'cra trace checkpoint'",
         ) from exc
+    if not found and not required and path.is_dir():
+        return [], key
     if not found:
         raise CLIError(
             "bad_checkpoint",

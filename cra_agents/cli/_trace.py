@@ -12,14 +12,16 @@ from typing import IO, Any
 
 import orjson
 
-from cra_agents.cli._output import CLIError, Output
+from cra_agents.cli._output import CLIError, Output, esc
 from cra_agents.cli._sources import (
     Source,
     StoreRef,
     iter_targets,
     load_checkpoints,
+    read_file,
     resolve_target,
 )
+from cra_agents.trace._verify import _Torn
 
 __all__ = [
     "checkpoint",
@@ -36,21 +38,11 @@ __all__ = [
 
 
 def _esc(text: object) -> str:
-    from rich.markup import escape
-
-    return escape(str(text))
+    return esc(text)
 
 
 def _short(value: str | None, n: int = 12) -> str:
     return "" if not value else value if len(value) <= n else value[:n] + "…"
-
-
-def _log_id(source: Source) -> str | None:
-    if source.session_id is not None:
-        return source.session_id
-    if source.path is not None and source.path.name.endswith(".trace.jsonl"):
-        return source.path.name.removesuffix(".trace.jsonl")
-    return None
 
 
 # -- verify -------------------------------------------------------------------------------------
@@ -64,18 +56,8 @@ def _counted(items: Iterable[Any], advance: Callable[[int], None]) -> Iterator[A
 
 def _verify_source(source: Source, out: Output, checkpoints: list[Any], key: Any) -> Any:
     from cra_agents.trace import verify_chain
-    from cra_agents.trace._verify import _read_jsonl
 
-    items: list[Any]
-    if source.path is not None:
-        try:
-            items = list(_read_jsonl(source.path))
-        except OSError as exc:
-            raise CLIError(
-                "trace_not_readable", f"cannot read {source.path}: {exc}", "check the path"
-            ) from exc
-    else:
-        items = source.events()
+    items: list[Any] = source.items if source.items is not None else source.events()
     with out.progress(f"verifying {_short(source.label, 20)}", len(items)) as advance:
         return verify_chain(_counted(items, advance), checkpoints=checkpoints, verify_key=key)
 
@@ -91,28 +73,44 @@ def verify(args: argparse.Namespace, out: Output) -> int:
         if args.targets or args.all or not args.from_otlp
         else []
     )
+    several = len(sources) > 1
     for source in sources:
-        checkpoints, key = load_checkpoints(args.checkpoint, args.pubkey, _log_id(source))
-        result = _verify_source(source, out, checkpoints, key)
-        failed = failed or not result.valid
-        results.append({"target": source.label, **result.as_dict()})
-        where = (
-            f"event {result.first_invalid_index}: {result.error_type}: {result.error_message}"
-            if not result.valid
-            else f"head {_short(result.last_valid_hash, 16)}"
+        checkpoints, key = load_checkpoints(
+            args.checkpoint, args.pubkey, source.log_id, required=not several
         )
+        result = _verify_source(source, out, checkpoints, key)
+        empty = result.valid and result.event_count == 0
+        failed = failed or not result.valid or empty
+        entry = {"target": source.label, **result.as_dict()}
+        if empty:
+            entry.update(valid=False, error_type="empty_trace", error_message="no events")
+        if args.checkpoint and not checkpoints:
+            entry["checkpoint"] = "missing"
+        results.append(entry)
+        if empty:
+            where = "no events: an empty trace proves nothing"
+        elif not result.valid:
+            at = (
+                f"event {result.first_invalid_index}: "
+                if result.first_invalid_index is not None
+                else ""
+            )
+            where = f"{at}{result.error_type}: {result.error_message}"
+        else:
+            where = f"head {_short(result.last_valid_hash, 16)}"
         tail = ""
         if result.checkpoint_size is not None and result.valid:
             tail = (
                 f"checkpoint at {result.checkpoint_size}, "
                 f"{result.unverifiable_tail} events after it"
             )
+        elif args.checkpoint and not checkpoints:
+            tail = "no checkpoint for this session"
+        ok = result.valid and not empty
         rows.append(
             (
                 _esc(source.label),
-                out.styled(
-                    "valid" if result.valid else "invalid", "VALID" if result.valid else "INVALID"
-                ),
+                out.styled("valid" if ok else "invalid", "VALID" if ok else "INVALID"),
                 str(result.event_count),
                 _esc(where),
                 _esc(result.hash_rule or ""),
@@ -355,13 +353,26 @@ def tail(args: argparse.Namespace, out: Output) -> int:
     def wanted(event: Mapping[str, Any]) -> bool:
         return not types or event["event_type"] in types
 
-    source = resolve_target(args.target, store) if args.target else None
+    source: Source | None = None
     seen: dict[str, int] = {}
     offset = 0
-    if source is not None and source.path is not None:
-        events = source.events()
-        offset = source.path.stat().st_size
-    elif source is not None:
+    if args.target and "#" not in args.target and Path(args.target).is_file():
+        path = Path(args.target)  # a file, whatever sessions it holds
+        source = Source(str(path), None, path=path)
+        items = [i for part in read_file(path) for i in part.items or []]
+        for number, item in enumerate(items, 1):
+            if isinstance(item, BaseException) and not isinstance(item, _Torn):
+                raise CLIError(
+                    "bad_trace_file",
+                    f"{path}: event {number} cannot be read: {item}",
+                    f"run 'cra trace verify {path}' to locate the damage",
+                )
+        events = [i for i in items if isinstance(i, dict)]
+        with path.open("rb") as reader:  # follow from the end of the last complete line
+            data = reader.read()
+        offset = data.rfind(b"\n") + 1
+    elif args.target:
+        source = resolve_target(args.target, store)
         events = source.events()
     else:
         events = []
@@ -378,6 +389,10 @@ def tail(args: argparse.Namespace, out: Output) -> int:
         _print_event(event, out)
     if not args.follow:
         return 0
+    if source is None:  # follow every session: only what is written from now on
+        for session_id in store.sessions():
+            if session_id not in seen:
+                seen[session_id] = _last_sequence(store, session_id)
     deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
     try:
         while deadline is None or time.monotonic() < deadline:
@@ -396,6 +411,16 @@ def tail(args: argparse.Namespace, out: Output) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _last_sequence(store: StoreRef, session_id: str) -> int:
+    opened = store.open()
+    last = getattr(opened, "last_sequence", None)
+    if last is not None:
+        value: int = last(session_id)
+        return value
+    events = opened.read(session_id)  # pragma: no cover - stores without last_sequence
+    return events[-1].sequence if events else -1  # pragma: no cover
 
 
 def _follow_file(
@@ -542,7 +567,7 @@ def export(args: argparse.Namespace, out: Output) -> int:
     """Sessions as JSONL events or one OTLP/JSON document, to a file or stdout."""
     store = StoreRef(args.store)
     sources = list(iter_targets(args.targets, args.all, store))
-    sessions: list[list[dict[str, Any]]] = []
+    sessions: list[list[dict[str, Any]]] = []  # one list per session (files split by session)
     with out.progress("reading", len(sources)) as advance:
         for source in sources:
             sessions.append(source.events())
@@ -592,7 +617,7 @@ def report(args: argparse.Namespace, out: Output) -> int:
     events = source.events()
     if not events:
         raise CLIError("empty_trace", f"{source.label} has no events", "check the session id")
-    checkpoints, key = load_checkpoints(args.checkpoint, args.pubkey, _log_id(source))
+    checkpoints, key = load_checkpoints(args.checkpoint, args.pubkey, source.log_id)
     verification = verify_chain(events, checkpoints=checkpoints, verify_key=key)
     latest = max(checkpoints, key=lambda c: c.size) if checkpoints else None
     session_id = str(events[0]["session_id"])
@@ -615,7 +640,7 @@ def report(args: argparse.Namespace, out: Output) -> int:
             f"wrote {_esc(str(written))} [dim]({len(events)} events, {status}; one file, "
             "opens offline in any browser)[/]"
         )
-    return 0
+    return 0 if verification.valid else 1
 
 
 # -- keys and checkpoints -----------------------------------------------------------------------
@@ -654,6 +679,12 @@ def checkpoint(args: argparse.Namespace, out: Output) -> int:
 
     source = resolve_target(args.target, StoreRef(args.store))
     events = source.events()
+    if not events:
+        raise CLIError(
+            "empty_trace",
+            f"{source.label} has no events: there is nothing to vouch for",
+            "checkpoint a session that has recorded events",
+        )
     check = verify_chain(events)
     if not check.valid:
         raise CLIError(
@@ -673,7 +704,7 @@ def checkpoint(args: argparse.Namespace, out: Output) -> int:
             "pass the PREFIX.key written by 'cra trace keygen' (set CRA_CHECKPOINT_KEY_PASSWORD "
             "if it is encrypted)",
         ) from exc
-    signed = sign_checkpoint(events, key, log_id=_log_id(source))
+    signed = sign_checkpoint(events, key)  # signed for the session id the events carry
     path = append_checkpoint(signed, args.output)
     if out.json_mode:
         out.json({"checkpoint": signed.as_dict(), "file": str(path)})

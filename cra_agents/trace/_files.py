@@ -139,6 +139,32 @@ class JsonlStore:
                     break
         return out
 
+    def last_sequence(self, session_id: str) -> int:
+        """The sequence of the session's last complete line (-1: none), read from the end."""
+        path = self.path(session_id)
+        with self._lock:
+            handle = self._files.get(session_id)
+            if handle is not None:
+                handle.flush()
+        if not path.exists():
+            return -1
+        with path.open("rb") as reader:
+            size = reader.seek(0, os.SEEK_END)
+            block = b""
+            position = size
+            while position > 0:
+                step = min(65536, position)
+                position -= step
+                reader.seek(position)
+                block = reader.read(step) + block
+                lines = block.split(b"\n")
+                # The last piece is torn or empty; the first may be cut by the block edge.
+                whole = lines[1:-1] if position > 0 else lines[:-1]
+                complete = [line for line in whole if line.strip()]
+                if complete:
+                    return _parse(complete[-1]).sequence
+        return -1
+
     def sessions(self) -> list[str]:
         """Session ids with a file, oldest file first."""
         files = sorted(self.directory.glob(f"*{_SUFFIX}"), key=lambda p: p.stat().st_mtime_ns)
@@ -277,6 +303,14 @@ class SqliteStore:
         with self._lock:
             rows = self._db.execute(query, args).fetchall()
         return [_parse(row[0]) for row in rows]
+
+    def last_sequence(self, session_id: str) -> int:
+        """The sequence of the session's last stored event (-1: none), from the index."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(sequence) FROM events WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return -1 if row is None or row[0] is None else int(row[0])
 
     def sessions(self) -> list[str]:
         """Session ids, oldest first."""

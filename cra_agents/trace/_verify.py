@@ -109,14 +109,15 @@ def _fields(item: TraceEvent | Mapping[str, Any]) -> Mapping[str, Any]:
 # non-ASCII text): floats in exponent form, small floats Python writes as 1e-05, and DEL,
 # which json.dumps escapes as \u007f while serde_json writes it raw.
 def _has_float(value: Any) -> bool:
+    """Whether a payload holds a float anywhere (canonical JSON takes mappings and sequences)."""
     stack = [value]
     while stack:
         node = stack.pop()
         if isinstance(node, float):
             return True
-        if isinstance(node, dict):
+        if isinstance(node, Mapping):
             stack.extend(node.values())
-        elif isinstance(node, list):
+        elif isinstance(node, list | tuple):
             stack.extend(node)
     return False
 
