@@ -821,3 +821,60 @@ def test_control_characters_from_a_trace_never_reach_the_terminal(capsys, tmp_pa
     code, out, _ = run(capsys, "trace", "show", str(path))
     assert "\\x1b[8m hidden" in out
     assert "\\x1b]52;c;" in out
+
+
+# -- a real upstream atlas, end to end ----------------------------------------------------------
+
+
+def test_every_trace_command_on_a_session_under_the_upstream_atlas(
+    capsys, conformance_dir, tmp_path
+):
+    """The CRA self-governance atlas (real upstream): resolve, calls, then each trace command."""
+    atlas = conformance_dir / "atlases" / "cra-development.json"
+    url = f"sqlite://{tmp_path}/dev.db"
+    approvals = iter([True, False])
+    runtime = cra.Runtime(
+        atlases=[atlas], store=url, approval_handler=lambda request: next(approvals)
+    )
+    session = runtime.create_session("cra-dev-agent", "Fix the hash chain verification")
+    runtime.resolve(cra.resolve_request(session, context_hints=["trace", "hash"]))
+    sid = session.session_id
+    edit = runtime.authorize(sid, "trace.edit_chain", {"file": "trace/chain.rs"})
+    runtime.record_outcome(edit, result="patched")
+    with pytest.raises(cra.ActionDenied):  # the approver says no
+        runtime.authorize(sid, "carp.edit_policy", {"file": "carp/policy.rs"})
+    manifest = runtime.authorize(sid, "atlas.edit_manifest", {"file": "atlas.json"})
+    runtime.record_outcome(manifest, result="ok")
+    runtime.end_session(sid)
+    runtime.close()
+    for argv in (["atlas", "validate", str(atlas)], ["atlas", "lint", str(atlas)]):
+        assert run(capsys, *argv)[0] == 0, argv
+    code, out, _ = run(capsys, "trace", "show", sid, "--store", url)
+    assert code == 0
+    assert "trace.edit_chain" in out
+    assert "approved by handler" in out
+    assert "hash-computation-rule" in out  # the context block injected for the hints
+    assert run(capsys, "trace", "verify", sid, "--store", url)[0] == 0
+    report = tmp_path / "dev.html"
+    assert run(capsys, "trace", "report", sid, "-o", str(report), "--store", url)[0] == 0
+    assert "require-read-before-modify" in report.read_text()
+    candidate = tmp_path / "stricter.json"
+    document = json.loads(atlas.read_text())
+    document["policies"].append(
+        {"policy_id": "freeze-atlas", "type": "deny", "actions": ["atlas.*"], "reason": "frozen"}
+    )
+    candidate.write_text(json.dumps(document))
+    code, document = run_json(
+        capsys, "trace", "replay", sid, "--atlas", str(candidate), "--store", url
+    )
+    assert code == 0
+    changed = {(d["kind"], d["action_id"]): d["after"] for d in document["changed"]}
+    assert changed[("execute", "atlas.edit_manifest")] == ["deny", "freeze-atlas"]
+    out_file = tmp_path / "dev.otlp.json"
+    assert (
+        run(
+            capsys, "trace", "export", sid, "--format", "otlp", "-o", str(out_file), "--store", url
+        )[0]
+        == 0
+    )
+    assert run(capsys, "trace", "verify", "--from-otlp", str(out_file), "--store", url)[0] == 0
