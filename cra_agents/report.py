@@ -29,7 +29,7 @@ import html
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +56,7 @@ __all__ = [
     "Status",
     "Timeline",
     "ToolCall",
+    "notable_calls",
     "render_report",
     "timeline",
     "write_report",
@@ -264,6 +265,26 @@ class Timeline:
             f"{'' if len(self.calls) == 1 else 's'}</div>"
             f"{self.svg(xmlns=False)}<div>{self.legend_svg(xmlns=False)}</div></div>"
         )
+
+
+def notable_calls(calls: Sequence[ToolCall], limit: int) -> list[ToolCall]:
+    """Calls in order: every one not simply allowed, then allowed ones up to ``limit`` in all.
+
+    Denied, approved, failed and pending calls are always kept (they are what an audit looks
+    for), so more than ``limit`` come back when there are more of those. ``limit <= 0``: all.
+    """
+    if limit <= 0 or len(calls) <= limit:
+        return list(calls)
+    notable = sum(call.status != "allowed" for call in calls)
+    room = max(limit - notable, 0)
+    out: list[ToolCall] = []
+    for call in calls:
+        if call.status != "allowed":
+            out.append(call)
+        elif room:
+            out.append(call)
+            room -= 1
+    return out
 
 
 # -- building a timeline -------------------------------------------------------------------
@@ -1157,14 +1178,9 @@ class _Report:
                 ("Outcome", "text", ""),
             )
         )
-        shown = calls
+        shown = notable_calls(calls, MAX_TABLE_ROWS)
         note = ""
-        if len(calls) > MAX_TABLE_ROWS:
-            notable = [c for c in calls if c.status != "allowed"]
-            room = max(MAX_TABLE_ROWS - len(notable), 0)
-            allowed = [c for c in calls if c.status == "allowed"][:room]
-            keep = {id(c) for c in notable} | {id(c) for c in allowed}
-            shown = [c for c in calls if id(c) in keep]
+        if len(shown) < len(calls):
             note = (
                 f'<p class="muted omitted">{len(calls) - len(shown):,} allowed calls are not '
                 f"listed (the table keeps every denied, approved, failed and pending call and "

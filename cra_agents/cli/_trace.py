@@ -209,7 +209,7 @@ def show(args: argparse.Namespace, out: Output) -> int:
     """A session as a tree: resolutions with their context, then each tool call."""
     from rich.tree import Tree
 
-    from cra_agents.report import timeline
+    from cra_agents.report import notable_calls, timeline
     from cra_agents.trace import verify_chain
 
     source = resolve_target(args.target, StoreRef(args.store))
@@ -248,14 +248,7 @@ def show(args: argparse.Namespace, out: Output) -> int:
                     f"[cyan]context[/] {_esc(block.get('block_id'))}"
                     + (f" [dim](~{tokens:g} tokens)[/]" if isinstance(tokens, int | float) else "")
                 )
-    calls = line.calls
-    if 0 < args.max_calls < len(calls):
-        notable = [c for c in calls if c.status != "allowed"]
-        room = max(args.max_calls - len(notable), 0)
-        keep = {id(c) for c in notable} | {
-            id(c) for c in [c for c in calls if c.status == "allowed"][:room]
-        }
-        calls = [c for c in calls if id(c) in keep]
+    calls = notable_calls(line.calls, args.max_calls)
     for call in calls:
         root.add(_call_line(call, out))
     if len(calls) < len(line.calls):
