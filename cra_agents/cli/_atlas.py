@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cra_agents.cli._output import CLIError, Output, esc
+from cra_agents.cli._output import CLIError, Output
+from cra_agents.cli._output import esc as _esc
 
 __all__ = ["convert", "init", "lint", "show", "validate"]
 
@@ -53,10 +54,6 @@ def _report_findings(out: Output, reports: list[Any], verb: str, fail_on: str) -
     if failed and verb == "lint" and fail_on == "warning":
         out.print("[dim]exit 1: warnings fail with --fail-on warning[/]")
     return 1 if failed else 0
-
-
-def _esc(text: object) -> str:
-    return esc(text)
 
 
 def validate(args: argparse.Namespace, out: Output) -> int:

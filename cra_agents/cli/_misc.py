@@ -18,14 +18,11 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from cra_agents._version import __version__
-from cra_agents.cli._output import CLIError, Output, esc
+from cra_agents.cli._output import CLIError, Output
+from cra_agents.cli._output import esc as _esc
 from cra_agents.cli._sources import StoreRef
 
 __all__ = ["Check", "conformance", "doctor", "resolve", "serve"]
-
-
-def _esc(text: object) -> str:
-    return esc(text)
 
 
 # -- resolve ------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from typing import IO, Any
 
 import orjson
 
-from cra_agents.cli._output import CLIError, Output, esc
+from cra_agents.cli._output import CLIError, Output
+from cra_agents.cli._output import esc as _esc
 from cra_agents.cli._sources import (
     Source,
     StoreRef,
@@ -35,10 +36,6 @@ __all__ = [
     "tail",
     "verify",
 ]
-
-
-def _esc(text: object) -> str:
-    return esc(text)
 
 
 def _short(value: str | None, n: int = 12) -> str:
