@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cra_agents as cra
-from cra_agents import guard
 from cra_agents.policy import PolicyEngine
-from cra_agents.runtime import _runtime as runtime_module
+from cra_agents.runtime import ToolMap
+from cra_agents.runtime import _gate as gate_module
+from cra_agents.runtime import _sessions as sessions_module
 from cra_agents.trace import TraceCollector
 
 GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
@@ -418,11 +419,12 @@ class TestShadowMode:
 
 STAGES = {
     "decide": (PolicyEngine, "decide"),
-    "schema": (runtime_module, "_schema_problem"),
-    "digest": (runtime_module, "digest"),
+    "schema": (gate_module, "first_error"),
+    "digest": (gate_module, "sha256_hex"),
+    "canonical": (gate_module, "canonical_json"),
     "commit": (TraceCollector, "committed"),
     "check": (TraceCollector, "check"),
-    "resolve_action": (guard, "_resolve_action"),
+    "map_tool": (ToolMap, "map"),
 }
 FAULTS = [
     Exception,
@@ -457,7 +459,7 @@ def test_any_internal_failure_denies(monkeypatch, stage, fault, issue):
         runs.append(issue_number)
 
     session = runtime.create_session("triage-bot", "Triage")
-    token = guard._current.set(guard.ActiveSession(session, runtime))
+    token = sessions_module._current.set(cra.runtime.ActiveSession(session, runtime))
 
     def boom(*args: object, **kwargs: object) -> None:
         raise fault()
@@ -471,7 +473,7 @@ def test_any_internal_failure_denies(monkeypatch, stage, fault, issue):
         except cra.CRAError as exc:
             refused = exc
         finally:
-            guard._current.reset(token)
+            sessions_module._current.reset(token)
     assert refused is not None
     assert refused.code
     TALLY["faults"] += 1

@@ -16,7 +16,7 @@ import pytest
 import cra_agents as cra
 from cra_agents._clock import format_timestamp, parse_timestamp_ns
 from cra_agents.protocol import AllowedAction, CARPResolution, TraceEvent
-from cra_agents.runtime import _runtime as runtime_module
+from cra_agents.runtime import _gate as gate_module
 
 GITHUB_OPS = Path(__file__).parents[1] / "examples" / "atlases" / "github-ops"
 OPS_ID = "com.example.github-ops"
@@ -733,8 +733,8 @@ class TestExecute:
         assert response.resolution_id == resolution.resolution_id
         assert response.trace_id == session.trace_id
         events = rt.trace_events(session.session_id)
-        assert _types(events[-2:]) == ["action.requested", "action.approved"]
-        requested, approved = events[-2].payload, events[-1].payload
+        assert _types(events[-3:]) == ["action.requested", "policy.evaluated", "action.approved"]
+        requested, approved = events[-3].payload, events[-1].payload
         assert requested["action_id"] == "github.issue.list"
         assert requested["resolution_id"] == resolution.resolution_id
         assert requested["execution_id"] == response.execution_id
@@ -951,13 +951,13 @@ class TestExecute:
         """Concurrent executes sharing an idempotency key run the action once."""
         session = rt.create_session("maintainer-bot", "Work")
         resolution = _resolve(rt, session)
-        real = runtime_module._schema_problem
+        real = gate_module.first_error
 
         def slow(schema: Any, parameters: Any) -> Any:
             time.sleep(0.05)  # widen the window between the check and the store
             return real(schema, parameters)
 
-        monkeypatch.setattr(runtime_module, "_schema_problem", slow)
+        monkeypatch.setattr(gate_module, "first_error", slow)
         requests = [
             cra.execute_request(
                 session, resolution.resolution_id, "github.issue.list", REPO, idempotency_key="c"

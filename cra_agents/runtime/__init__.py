@@ -1,13 +1,38 @@
-"""The runtime: sessions, CARP resolution, context selection and the execution gate."""
+"""The runtime: sessions, CARP resolution, context selection and the call gate.
+
+One tool call's life lives in one place: :class:`Runtime` ``.call`` / ``.acall`` over the gate
+(:mod:`cra_agents.runtime._gate`); observers (:class:`RuntimeObserver`) hear what happened.
+"""
 
 from __future__ import annotations
 
-from cra_agents.runtime._runtime import (
-    DEFAULT_TTL_SECONDS,
-    Authorization,
-    Precheck,
-    Runtime,
+from cra_agents.runtime._gate import Authorization, Call, Precheck
+from cra_agents.runtime._mapping import ToolMap, map_tool
+from cra_agents.runtime._observers import Observer, RuntimeObserver
+from cra_agents.runtime._runtime import DEFAULT_TTL_SECONDS, Runtime
+from cra_agents.runtime._sessions import (
+    ActiveSession,
     SessionInfo,
+    SessionScope,
+    current_session,
+    propagate,
+    session_for_call,
 )
 
-__all__ = ["DEFAULT_TTL_SECONDS", "Authorization", "Precheck", "Runtime", "SessionInfo"]
+__all__ = [
+    "DEFAULT_TTL_SECONDS",
+    "ActiveSession",
+    "Authorization",
+    "Call",
+    "Observer",
+    "Precheck",
+    "Runtime",
+    "RuntimeObserver",
+    "SessionInfo",
+    "SessionScope",
+    "ToolMap",
+    "current_session",
+    "map_tool",
+    "propagate",
+    "session_for_call",
+]

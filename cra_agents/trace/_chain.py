@@ -22,9 +22,13 @@ from cra_agents._exceptions import TraceError
 from cra_agents._ids import uuid7_batch
 from cra_agents.protocol import GENESIS_HASH, TRACE_VERSION, TraceEvent
 
-__all__ = ["SessionChain", "build_event"]
+__all__ = ["SessionChain", "Watcher", "build_event"]
 
 logger = logging.getLogger(__name__)
+
+#: Called on the writer's thread with the stored events of a batch, or None when the trace failed
+#: and they will never be stored.
+Watcher = Callable[[Sequence[TraceEvent] | None], None]
 
 _FIELDS_SET: Final = set(TraceEvent.model_fields)
 _new = object.__new__
@@ -83,8 +87,8 @@ class SessionChain:
         self._pending: list[tuple[int, int, Sequence[tuple[str, Mapping[str, Any]]]]] = []
         self._head = GENESIS_HASH
         self._root_span: str | None = None
-        # sequence -> callback wanting the finalised event (see notify()).
-        self._watch: dict[int, Callable[[TraceEvent | None], None]] = {}
+        # last sequence of a batch -> (first sequence, callback wanting the finalised batch).
+        self._watch: dict[int, tuple[int, Watcher]] = {}
         #: Highest sequence known to be in the store (-1: none); maintained by the collector.
         self.durable = -1
         #: Highest sequence handed to the collector (-1: none); maintained by the collector.
@@ -94,11 +98,11 @@ class SessionChain:
         self,
         event_type: str,
         payload: Mapping[str, Any],
-        watch: Callable[[TraceEvent | None], None] | None = None,
+        watch: Watcher | None = None,
     ) -> int:
         """Queue an event; return its sequence number.
 
-        ``watch`` is called with the finalised event once the collector has stored it, or
+        ``watch`` is called with ``[event]``, finalised, once the collector has stored it, or
         with None if it never will be (the trace failed).
         """
         now = time.time_ns()
@@ -107,17 +111,17 @@ class SessionChain:
             self._next = sequence + 1
             self._pending.append((sequence, now, ((event_type, payload),)))
             if watch is not None:
-                self._watch[sequence] = watch
+                self._watch[sequence] = (sequence, watch)
         return sequence
 
     def extend(
         self,
         events: Sequence[tuple[str, Mapping[str, Any]]],
-        watch: Callable[[TraceEvent | None], None] | None = None,
+        watch: Watcher | None = None,
     ) -> int:
         """Queue several events at once (one lock, one timestamp); return the first sequence.
 
-        ``watch`` is called with the last of them, finalised, once the collector stored it.
+        ``watch`` is called with all of them, finalised, once the collector stored the last.
         """
         now = time.time_ns()
         with self._lock:
@@ -125,14 +129,14 @@ class SessionChain:
             self._next = first + len(events)
             self._pending.append((first, now, events))
             if watch is not None:
-                self._watch[first + len(events) - 1] = watch
+                self._watch[first + len(events) - 1] = (first, watch)
         return first
 
     def abandon(self) -> None:
         """Tell every watcher its event will never be stored (called with None)."""
         with self._lock:
             watchers, self._watch = list(self._watch.values()), {}
-        for callback in watchers:
+        for _, callback in watchers:
             try:
                 callback(None)
             except Exception:
@@ -142,11 +146,15 @@ class SessionChain:
         """Hand stored ``events`` to the callbacks watching them (errors are logged)."""
         if not self._watch:
             return
-        for event in events:
-            callback = self._watch.pop(event.sequence, None)
-            if callback is not None:
+        start = events[0].sequence if events else 0
+        for index, event in enumerate(events):
+            watched = self._watch.pop(event.sequence, None)
+            if watched is not None:
+                first, callback = watched
+                # A batch is flushed whole, in order: its events are all in ``events``.
+                batch = events[max(first - start, 0) : index + 1]
                 try:
-                    callback(event)
+                    callback(batch)
                 except Exception:
                     logger.exception("a trace event watcher failed (ignored)")
 

@@ -236,8 +236,7 @@ class TraceCollector:
                     events = chain.flush(_CHUNK)
                     if events:
                         self.store.append(events)
-                        flushed.append((chain, events[-1].sequence, len(events)))
-                        chain.notify(events)
+                        flushed.append((chain, events))
                     if threading.current_thread() is self._thread:
                         time.sleep(0)  # let callers run: recording is background work
             if flushed:
@@ -248,12 +247,15 @@ class TraceCollector:
             for chain in chains:
                 chain.abandon()
             return
-        for chain, last, count in flushed:
-            chain.durable = last
-            self._written += count
+        for chain, events in flushed:
+            chain.durable = events[-1].sequence
+            self._written += len(events)
         if flushed and self.durability == "group":
             with self._cond:
                 self._cond.notify_all()
+        # Watchers (observers) hear of events only once they are durable.
+        for chain, events in flushed:
+            chain.notify(events)
 
     def _fail(self, exc: BaseException) -> None:
         with self._cond:

@@ -1,0 +1,261 @@
+"""Sessions: their state, the ``cra.session`` scope, and the one rule for a call's session.
+
+**Which session a call belongs to** (:func:`session_for_call`, used by every adapter):
+
+1. the innermost ``cra.session(...)`` block of this runtime in the caller's context. Context
+   follows ``asyncio`` tasks and ``asyncio.to_thread`` by itself; for threads and pools
+   (``threading.Thread``, ``concurrent.futures`` executors, ``loop.run_in_executor``) wrap the
+   function with :func:`propagate` — ``pool.submit(cra.propagate(work), ...)``;
+2. otherwise, while any ``cra.session`` block of this runtime is open anywhere in the process,
+   the call is **refused**: it escaped its session (a thread started without
+   :func:`propagate`), and deciding it under another identity could be more permissive;
+3. otherwise the runtime's implicit session (agent ``cra-implicit``), unless implicit sessions
+   are off, in which case the call is refused.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from cra_agents._clock import format_timestamp
+from cra_agents._exceptions import InvalidRequestError
+from cra_agents.trace import SessionChain
+
+if TYPE_CHECKING:
+    from cra_agents.protocol import ExecuteResponse
+    from cra_agents.runtime._resolve import StoredResolution
+    from cra_agents.runtime._runtime import Runtime
+
+__all__ = [
+    "ActiveSession",
+    "SessionInfo",
+    "SessionScope",
+    "SessionState",
+    "current_session",
+    "propagate",
+    "session_for_call",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A session as the caller sees it."""
+
+    session_id: str
+    agent_id: str
+    goal: str
+    trace_id: str
+    parent_session_id: str | None
+    created_at: str
+    active: bool
+    ended_at: str | None = None
+    resolution_count: int = 0
+    action_count: int = 0
+    #: Events appended to the session's chain so far.
+    event_count: int = 0
+    #: Events known to be in the store (what a crash cannot take back in group/sync mode).
+    durable_count: int = 0
+
+
+@dataclass(slots=True)
+class SessionState:
+    """A session inside the runtime (its chain, counters and per-session CARP state)."""
+
+    session_id: str
+    agent_id: str
+    goal: str
+    trace_id: str
+    parent_session_id: str | None
+    created_ns: int
+    chain: SessionChain
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Serialises executions that carry an idempotency key, so a key runs at most once.
+    keyed: threading.Lock = field(default_factory=threading.Lock)
+    ended_ns: int | None = None
+    # request_id -> monotonic time first seen; pruned once the clock-skew rule alone would
+    # refuse a replay, so a long session keeps bounded state.
+    request_ids: dict[str, float] = field(default_factory=dict)
+    resolutions: dict[str, StoredResolution] = field(default_factory=dict)
+    idempotency: dict[str, tuple[str, str, ExecuteResponse]] = field(default_factory=dict)
+    resolution_count: int = 0
+    action_count: int = 0
+    #: Calls between their start and their last event: session.ended waits for them.
+    inflight: int = 0
+    #: ``session.ended`` payload and watcher, while it waits for in-flight calls.
+    ending: tuple[dict[str, Any], Any] | None = None
+    #: What observers returned from ``on_session_start``.
+    observed: tuple[Any, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        """Whether the session accepts new calls."""
+        return self.ended_ns is None
+
+    def info(self) -> SessionInfo:
+        """The public view."""
+        return SessionInfo(
+            session_id=self.session_id,
+            agent_id=self.agent_id,
+            goal=self.goal,
+            trace_id=self.trace_id,
+            parent_session_id=self.parent_session_id,
+            created_at=format_timestamp(self.created_ns),
+            active=self.ended_ns is None,
+            ended_at=None if self.ended_ns is None else format_timestamp(self.ended_ns),
+            resolution_count=self.resolution_count,
+            action_count=self.action_count,
+            event_count=len(self.chain),
+            durable_count=self.chain.durable + 1,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSession:
+    """The session a ``cra.session`` block opened."""
+
+    info: SessionInfo
+    runtime: Runtime
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self.info.session_id
+
+
+_current: contextvars.ContextVar[ActiveSession | None] = contextvars.ContextVar(
+    "cra_session", default=None
+)
+
+
+def current_session() -> ActiveSession | None:
+    """The innermost active ``cra.session`` of this thread or task, if any."""
+    return _current.get()
+
+
+def propagate(func: Callable[P, R]) -> Callable[P, R]:
+    """``func``, made to run in the caller's ``cra.session`` wherever it is called.
+
+    For threads and executors, which do not carry context by themselves::
+
+        with cra.session(agent_id="bot", goal="..."):
+            pool.submit(cra.propagate(create_issue), "acme/app", "Crash")
+            await loop.run_in_executor(None, cra.propagate(work))
+
+    Each call runs in its own copy of the context captured here, so the wrapper may run in
+    several threads at once.
+    """
+    captured = contextvars.copy_context()
+
+    @functools.wraps(func)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return captured.copy().run(func, *args, **kwargs)
+
+    return run
+
+
+def session_for_call(runtime: Runtime) -> str:
+    """The session a call made now through ``runtime`` belongs to (see the module docstring).
+
+    Raises:
+        InvalidRequestError: the call escaped an open ``cra.session`` (reason
+            ``session_not_propagated``), or implicit sessions are off (``no_session``).
+    """
+    active = _current.get()
+    if active is not None and active.runtime is runtime:
+        return active.session_id
+    return runtime.implicit_session_id()
+
+
+def escaped_error(open_sessions: int) -> InvalidRequestError:
+    """The refusal of a call made outside every open ``cra.session`` of its runtime."""
+    return InvalidRequestError(
+        f"this call is outside every cra.session block, while {open_sessions} "
+        "session(s) of this runtime are open: it was probably started in a thread or pool "
+        "that does not carry the session. Wrap the function with cra.propagate(func) "
+        "(pool.submit(cra.propagate(func), ...), loop.run_in_executor(None, "
+        "cra.propagate(func))), or run it with contextvars.copy_context().run(...); "
+        "asyncio tasks and asyncio.to_thread carry it already",
+        details={"reason": "session_not_propagated", "open_sessions": open_sessions},
+    )
+
+
+class SessionScope:
+    """``with`` / ``async with`` block of one session: it is current inside, ended after.
+
+    Ends with ``session.ended`` reason ``completed``, or ``error`` (with the exception) when the
+    block raised. A block opened inside another of the same runtime records the outer one as
+    ``parent_session_id``.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime | Callable[[], Runtime],
+        agent_id: str,
+        goal: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._runtime = runtime
+        self._args = (agent_id, goal, metadata)
+        self._active: ActiveSession | None = None
+        self._token: contextvars.Token[ActiveSession | None] | None = None
+        self._tokens: tuple[Any, ...] = ()
+
+    def _enter(self) -> ActiveSession:
+        from cra_agents.runtime._runtime import Runtime
+
+        runtime = self._runtime if isinstance(self._runtime, Runtime) else self._runtime()
+        agent_id, goal, metadata = self._args
+        parent = _current.get()
+        info = runtime.create_session(
+            agent_id,
+            goal,
+            metadata=metadata,
+            parent_session_id=(
+                parent.session_id if parent is not None and parent.runtime is runtime else None
+            ),
+        )
+        self._active = ActiveSession(info, runtime)
+        self._token = _current.set(self._active)
+        runtime.scope_opened(info.session_id)
+        self._tokens = runtime.activate_session(info.session_id)
+        return self._active
+
+    def _exit(self, exc: BaseException | None) -> None:
+        active = self._active
+        if active is None:
+            return
+        runtime = active.runtime
+        runtime.deactivate_session(active.session_id, self._tokens)
+        if self._token is not None:
+            _current.reset(self._token)
+        runtime.scope_closed(active.session_id)
+        try:
+            runtime.end_session(
+                active.session_id,
+                "error" if exc is not None else "completed",
+                error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
+                cause=exc,
+            )
+        except Exception:
+            if exc is None:
+                raise
+
+    def __enter__(self) -> ActiveSession:
+        return self._enter()
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> ActiveSession:
+        return self._enter()
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._exit(exc)
