@@ -36,10 +36,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cra_agents._clock import parse_timestamp_ns
-from cra_agents._safejson import JSONInputError, loads_strict
 from cra_agents._version import __version__
 from cra_agents.protocol import TraceEvent
-from cra_agents.trace import ChainVerification, verify_chain
+from cra_agents.trace import ChainVerification, iter_jsonl, verify_chain
 
 if TYPE_CHECKING:
     from cra_agents.trace import Checkpoint
@@ -89,7 +88,6 @@ _FONT: Final = (
     "'Liberation Sans', sans-serif"
 )
 _MONO: Final = "ui-monospace, 'SFMono-Regular', Menlo, Consolas, 'Liberation Mono', monospace"
-_MAX_LINE: Final = 64 * 1024 * 1024
 _SVG_NS: Final = "http://www.w3.org/2000/svg"
 _RESOLVE: Final = "#6f42c1"
 
@@ -621,7 +619,13 @@ def _load(source: EventsSource | Timeline) -> tuple[list[dict[str, Any]], Path |
         return source.events, None
     if isinstance(source, str | os.PathLike):
         path = Path(source)
-        return _read_jsonl(path), path
+        read: list[dict[str, Any]] = []
+        # Up to the first unreadable line, which the verifier reports (torn or not).
+        for line in iter_jsonl(path):
+            if not isinstance(line, dict):
+                break
+            read.append(line)
+        return read, path
     out: list[dict[str, Any]] = []
     for item in source:
         if isinstance(item, TraceEvent):
@@ -631,22 +635,6 @@ def _load(source: EventsSource | Timeline) -> tuple[list[dict[str, Any]], Path |
         else:
             raise TypeError(f"expected TraceEvent or mapping, got {type(item).__name__}")
     return out, None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Events of a JSONL file, up to the first line that is not a JSON object."""
-    out: list[dict[str, Any]] = []
-    for line in path.read_bytes().split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            value = loads_strict(line, max_bytes=_MAX_LINE)
-        except JSONInputError:
-            break
-        if not isinstance(value, dict):
-            break
-        out.append(value)
-    return out
 
 
 # -- SVG timeline ---------------------------------------------------------------------------

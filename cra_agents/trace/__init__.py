@@ -17,6 +17,7 @@ from cra_agents.trace._checkpoint import (
 from cra_agents.trace._collector import DURABILITY_MODES, Durability, TraceCollector
 from cra_agents.trace._files import JsonlStore, SqliteStore, open_store, repair_torn_tail
 from cra_agents.trace._hash import compute_event_hash, spec_event_hash
+from cra_agents.trace._read import TornTail, iter_jsonl, read_events
 from cra_agents.trace._store import MemoryStore, TraceStore
 from cra_agents.trace._verify import ChainVerification, verify_chain
 
@@ -29,15 +30,18 @@ __all__ = [
     "MemoryStore",
     "SessionChain",
     "SqliteStore",
+    "TornTail",
     "TraceCollector",
     "TraceStore",
     "append_checkpoint",
     "compute_event_hash",
     "generate_signing_key",
+    "iter_jsonl",
     "load_signing_key",
     "load_verify_key",
     "open_store",
     "read_checkpoints",
+    "read_events",
     "repair_torn_tail",
     "save_signing_key",
     "save_verify_key",
