@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from cra_agents.trace._calls import (
+    CallRecord,
+    ContextRecord,
+    EventLike,
+    OutcomeKind,
+    ResolutionRecord,
+    SessionRecord,
+    event_field,
+    event_payload,
+    fold_calls,
+    fold_session,
+)
 from cra_agents.trace._chain import SessionChain
 from cra_agents.trace._checkpoint import (
     Checkpoint,
@@ -23,18 +35,28 @@ from cra_agents.trace._verify import ChainVerification, verify_chain
 
 __all__ = [
     "DURABILITY_MODES",
+    "CallRecord",
     "ChainVerification",
     "Checkpoint",
+    "ContextRecord",
     "Durability",
+    "EventLike",
     "JsonlStore",
     "MemoryStore",
+    "OutcomeKind",
+    "ResolutionRecord",
     "SessionChain",
+    "SessionRecord",
     "SqliteStore",
     "TornTail",
     "TraceCollector",
     "TraceStore",
     "append_checkpoint",
     "compute_event_hash",
+    "event_field",
+    "event_payload",
+    "fold_calls",
+    "fold_session",
     "generate_signing_key",
     "iter_jsonl",
     "load_signing_key",
