@@ -39,23 +39,7 @@ from typing import Any, Literal, TypeAlias
 
 from cra_agents._clock import parse_timestamp_ns
 from cra_agents.protocol import TraceEvent
-from cra_agents.protocol._events import (
-    ACTION_APPROVED,
-    ACTION_DENIED,
-    ACTION_EXECUTED,
-    ACTION_FAILED,
-    ACTION_REQUESTED,
-    CONTEXT_INJECTED,
-    DECISION_EVENTS,
-    OUTCOME_EVENTS,
-    POLICY_EVALUATED,
-    POLICY_VIOLATED,
-    REQUEST_RECEIVED,
-    RESOLUTION_CACHED,
-    RESOLUTION_COMPLETED,
-    SESSION_ENDED,
-    SESSION_STARTED,
-)
+from cra_agents.protocol import _events as ev
 
 __all__ = [
     "CallRecord",
@@ -141,15 +125,15 @@ class CallRecord:
     @property
     def has_request(self) -> bool:
         """Whether ``requested`` is an ``action.requested`` event."""
-        return _kind(self.requested) == ACTION_REQUESTED
+        return _kind(self.requested) == ev.ACTION_REQUESTED
 
     @property
     def decision(self) -> Literal["allow", "deny"] | None:
         """``allow`` (approved), ``deny`` (denied) or ``None`` (no decision recorded)."""
         kind = _kind(self.decided)
-        if kind == ACTION_APPROVED:
+        if kind == ev.ACTION_APPROVED:
             return "allow"
-        if kind == ACTION_DENIED:
+        if kind == ev.ACTION_DENIED:
             return "deny"
         return None
 
@@ -192,9 +176,9 @@ class CallRecord:
     def outcome_kind(self) -> OutcomeKind:
         """``executed``/``failed`` (ran), ``denied``, ``approved`` (not run yet) or ``pending``."""
         kind = _kind(self.outcome)
-        if kind == ACTION_EXECUTED:
+        if kind == ev.ACTION_EXECUTED:
             return "executed"
-        if kind == ACTION_FAILED:
+        if kind == ev.ACTION_FAILED:
             return "failed"
         decision = self.decision
         if decision == "deny":
@@ -232,12 +216,12 @@ class CallRecord:
     @property
     def error_code(self) -> str | None:
         """The exception type of a failed call."""
-        return _get(self.outcome, "error_code") if _kind(self.outcome) == ACTION_FAILED else None
+        return _get(self.outcome, "error_code") if _kind(self.outcome) == ev.ACTION_FAILED else None
 
     @property
     def error_message(self) -> str | None:
         """The exception message of a failed call."""
-        if _kind(self.outcome) != ACTION_FAILED:
+        if _kind(self.outcome) != ev.ACTION_FAILED:
             return None
         return _get(self.outcome, "error_message")
 
@@ -292,14 +276,14 @@ class ResolutionRecord:
     @property
     def decision_type(self) -> str | None:
         """The overall decision (``allow``, ``deny``, ``partial``, ``requires_approval``)."""
-        if _kind(self.completed) != RESOLUTION_COMPLETED:
+        if _kind(self.completed) != ev.RESOLUTION_COMPLETED:
             return None
         return _get(self.completed, "decision_type")
 
     @property
     def cached(self) -> bool:
         """Whether the answer came from the cache (``carp.resolution.cached``)."""
-        if self.completed is None or _kind(self.completed) != RESOLUTION_CACHED:
+        if self.completed is None or _kind(self.completed) != ev.RESOLUTION_CACHED:
             return False
         return bool(event_payload(self.completed).get("cache_hit", True))
 
@@ -426,40 +410,40 @@ class _Fold:
         position = len(self.events)
         self.events.append(event)
         kind = _kind(event)
-        if kind == SESSION_STARTED:
+        if kind == ev.SESSION_STARTED:
             self.started = self.started if self.started is not None else event
-        elif kind == SESSION_ENDED:
+        elif kind == ev.SESSION_ENDED:
             self.ended = event
-        elif kind == REQUEST_RECEIVED:
+        elif kind == ev.REQUEST_RECEIVED:
             self.open = _Resolution(position, event)
             self.resolutions.append(self.open)
-        elif kind in (RESOLUTION_COMPLETED, RESOLUTION_CACHED):
+        elif kind in (ev.RESOLUTION_COMPLETED, ev.RESOLUTION_CACHED):
             resolution = self.open
             if resolution is None:  # a cached answer, or a trace that starts mid-resolution
                 resolution = _Resolution(position, None)
                 self.resolutions.append(resolution)
             resolution.completed = event
             self.open = None
-        elif kind == CONTEXT_INJECTED:
+        elif kind == ev.CONTEXT_INJECTED:
             if self.open is not None:
                 self.open.injected.append(event)
             self.context.append((event, self.open))
-        elif kind == POLICY_EVALUATED:
+        elif kind == ev.POLICY_EVALUATED:
             call = self._gate_call(event, "evaluated")
             if call is not None:
                 call.evaluated = event
                 call.events.append(event)
             elif self.open is not None:
                 self.open.evaluated.append(event)
-        elif kind == POLICY_VIOLATED:
+        elif kind == ev.POLICY_VIOLATED:
             call = self._gate_call(event, "violated")
             if call is not None:
                 call.violated = event
                 call.events.append(event)
-        elif kind == ACTION_REQUESTED:
+        elif kind == ev.ACTION_REQUESTED:
             self._start(position, event, has_request=True)
-        elif kind in DECISION_EVENTS or kind in OUTCOME_EVENTS:
-            self._settle(position, event, decision=kind in DECISION_EVENTS)
+        elif kind in ev.DECISION_EVENTS or kind in ev.OUTCOME_EVENTS:
+            self._settle(position, event, decision=kind in ev.DECISION_EVENTS)
 
     def _start(self, position: int, event: EventLike, *, has_request: bool) -> _Call:
         execution_id = _get(event, "execution_id") or ""
