@@ -18,10 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
-
-from pydantic import ValidationError
 
 from cra_agents._clock import parse_timestamp_ns
 from cra_agents._requests import resolve_request
@@ -29,8 +26,7 @@ from cra_agents.atlas import AtlasSource
 from cra_agents.policy import ConditionContext, Effect, RateLimiter
 from cra_agents.protocol import TraceEvent
 from cra_agents.runtime import Runtime
-from cra_agents.trace import verify_chain
-from cra_agents.trace._verify import _read_jsonl
+from cra_agents.trace import read_events, verify_chain
 
 __all__ = [
     "DecisionReplay",
@@ -64,25 +60,16 @@ _RUNTIME_REASONS = frozenset(
 def load_events(source: EventsSource) -> list[dict[str, Any]]:
     """Events as plain dicts from models, dicts or a ``.trace.jsonl`` file.
 
+    A file is read by the one strict reader, :func:`~cra_agents.trace.read_events`:
+    duplicate keys, NaN, bad UTF-8 and torn lines are refused exactly as
+    :func:`~cra_agents.verify_chain` refuses them, and nothing is coerced.
+
     Raises:
-        ValueError: a line of the file is not a valid event.
+        ValueError: a line of the file is not a valid event (:class:`~cra_agents.trace.TornTail`
+            when the last line is incomplete).
     """
     if isinstance(source, str | os.PathLike):
-        # The verifier's strict reader: duplicate keys, NaN, bad UTF-8 and torn lines are
-        # refused here exactly as verify_chain refuses them, and nothing is coerced.
-        events: list[dict[str, Any]] = []
-        for number, item in enumerate(_read_jsonl(Path(source)), 1):
-            if isinstance(item, BaseException):
-                raise ValueError(f"{source}: line {number}: {item}")
-            try:
-                TraceEvent.model_validate(item, strict=True)
-            except ValidationError as exc:
-                raise ValueError(
-                    f"{source}: line {number} is not a TRACE event: "
-                    f"{exc.errors(include_url=False)[0]['msg']}"
-                ) from exc
-            events.append(dict(item))
-        return events
+        return read_events(source)
     return [e.model_dump(mode="json") if isinstance(e, TraceEvent) else dict(e) for e in source]
 
 

@@ -36,10 +36,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cra_agents._clock import parse_timestamp_ns
-from cra_agents._safejson import JSONInputError, loads_strict
 from cra_agents._version import __version__
 from cra_agents.protocol import TraceEvent
-from cra_agents.trace import ChainVerification, verify_chain
+from cra_agents.protocol import _events as ev
+from cra_agents.trace import (
+    CallRecord,
+    ChainVerification,
+    EventLike,
+    ResolutionRecord,
+    event_field,
+    event_payload,
+    fold_session,
+    iter_jsonl,
+    verify_chain,
+)
 
 if TYPE_CHECKING:
     from cra_agents.trace import Checkpoint
@@ -89,7 +99,6 @@ _FONT: Final = (
     "'Liberation Sans', sans-serif"
 )
 _MONO: Final = "ui-monospace, 'SFMono-Regular', Menlo, Consolas, 'Liberation Mono', monospace"
-_MAX_LINE: Final = 64 * 1024 * 1024
 _SVG_NS: Final = "http://www.w3.org/2000/svg"
 _RESOLVE: Final = "#6f42c1"
 
@@ -183,7 +192,7 @@ class Timeline:
     @property
     def errors(self) -> list[dict[str, Any]]:
         """``error.occurred`` events (e.g. a payload the chain could not record)."""
-        return [e for e in self.events if e.get("event_type") == "error.occurred"]
+        return [e for e in self.events if e.get("event_type") == ev.ERROR_OCCURRED]
 
     def counts(self) -> dict[str, int]:
         """Calls per :data:`Status`, plus ``calls`` and ``executed``."""
@@ -290,276 +299,151 @@ def notable_calls(calls: Sequence[ToolCall], limit: int) -> list[ToolCall]:
 # -- building a timeline -------------------------------------------------------------------
 
 
-@dataclass
-class _Draft:
-    execution_id: str | None
-    action_id: str
-    sequence: int
-    started_at: str
-    resolution_id: str | None
-    decision: Decision = "pending"
-    outcome: Outcome | None = None
-    policy_id: str | None = None
-    policy_result: str | None = None
-    reason: str | None = None
-    approver: str | None = None
-    approval_reason: str | None = None
+def _text_at(event: EventLike | None) -> str | None:
+    """An event's timestamp as text (``None`` without an event, ``""`` without a time)."""
+    return None if event is None else _str(event_field(event, "timestamp")) or ""
+
+
+def _tool_call(call: CallRecord) -> ToolCall:
+    """A call record as the report shows it."""
+    decided = call.decision
+    if decided == "deny":
+        decision: Decision = "denied"
+    elif decided == "allow":
+        needed_approval = call.result == "requires_approval" and not call.shadow
+        decision = "approved" if call.approver or needed_approval else "allowed"
+    else:  # a call first seen by its outcome ran, so something allowed it
+        decision = "allowed" if call.outcome is not None and not call.has_request else "pending"
+    kind = call.outcome_kind
+    outcome: Outcome | None = kind if kind == "executed" or kind == "failed" else None
+    started_at = _text_at(call.requested) or ""
     ended_at: str | None = None
-    decided_at: str | None = None
-    duration_ms: float | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    shadow: bool = False
-
-    def freeze(self) -> ToolCall:
-        duration = self.duration_ms
-        if duration is None:
-            start, end = _ns(self.started_at), _ns(self.ended_at)
-            if start is not None and end is not None:
-                duration = max(end - start, 0) / 1e6
-        return ToolCall(
-            execution_id=self.execution_id,
-            action_id=self.action_id,
-            decision=self.decision,
-            outcome=self.outcome,
-            policy_id=self.policy_id,
-            reason=self.reason,
-            approver=self.approver,
-            started_at=self.started_at,
-            ended_at=self.ended_at,
-            duration_ms=duration,
-            error_code=self.error_code,
-            error_message=self.error_message,
-            sequence=self.sequence,
-            shadow=self.shadow,
-            decided_at=self.decided_at,
-            resolution_id=self.resolution_id,
-            approval_reason=self.approval_reason,
-        )
+    for event in call.events:  # the call's latest decision or outcome
+        if event_field(event, "event_type") in _SETTLING:
+            ended_at = _text_at(event) or ended_at
+    duration = None if call.outcome is None else _ms(event_payload(call.outcome).get("duration_ms"))
+    if duration is None:
+        start, end = _ns(started_at), _ns(ended_at)
+        if start is not None and end is not None:
+            duration = max(end - start, 0) / 1e6
+    approved = decided == "allow"
+    return ToolCall(
+        execution_id=call.execution_id or None,
+        action_id=call.action_id or "?",
+        decision=decision,
+        outcome=outcome,
+        policy_id=call.policy_id,
+        reason=call.reason,
+        approver=call.approver if approved else None,
+        started_at=started_at,
+        ended_at=ended_at,
+        duration_ms=duration,
+        error_code=call.error_code,
+        error_message=call.error_message,
+        sequence=_int(event_field(call.requested, "sequence")),
+        shadow=call.shadow,
+        decided_at=_text_at(call.decided),
+        resolution_id=call.resolution_id,
+        approval_reason=call.approval_reason if approved else None,
+    )
 
 
-_RESOLUTION_EVENTS: Final = frozenset(
-    {"carp.request.received", "carp.resolution.completed", "carp.resolution.cached"}
-)
-_ACTION_EVENTS: Final = frozenset(
-    {"action.requested", "action.approved", "action.denied", "action.executed", "action.failed"}
-)
+_SETTLING: Final = ev.DECISION_EVENTS | ev.OUTCOME_EVENTS
 
 
-class _Builder:
-    """Walks one session's events in order and pairs each call's events."""
-
-    def __init__(self) -> None:
-        self.drafts: list[_Draft] = []
-        self.by_execution: dict[str, _Draft] = {}
-        self.resolutions: list[dict[str, Any]] = []
-        self.open_resolution: dict[str, Any] | None = None
-        self.blocks: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
-        self.last_requested: _Draft | None = None
-        self.agent_id: str | None = None
-        self.goal: str | None = None
-        self.started_at: str | None = None
-        self.ended_at: str | None = None
-        self.end_reason: str | None = None
-        self.recorded_duration: float | None = None
-
-    def feed(self, event: Mapping[str, Any]) -> None:
-        kind = _str(event.get("event_type")) or ""
-        raw = event.get("payload")
-        payload: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-        timestamp = _str(event.get("timestamp")) or ""
-        sequence = _int(event.get("sequence"))
-        if self.started_at is None and timestamp:
-            self.started_at = timestamp
-        if kind == "session.started":
-            self.agent_id = _str(payload.get("agent_id"))
-            self.goal = _str(payload.get("goal"))
-            self.started_at = timestamp or self.started_at
-        elif kind == "session.ended":
-            self.ended_at = timestamp or None
-            self.end_reason = _str(payload.get("reason"))
-            self.recorded_duration = _ms(payload.get("duration_ms"))
-        elif kind in _RESOLUTION_EVENTS:
-            self._resolution(kind, payload, timestamp, sequence)
-        elif kind == "context.injected":
-            self.blocks.append((_block(payload, timestamp, sequence), self.open_resolution))
-        elif kind == "policy.evaluated":
-            self._evaluated(payload)
-        elif kind == "policy.violated":
-            self._violated(payload)
-        elif kind in _ACTION_EVENTS:
-            self._action(kind, payload, timestamp, sequence)
-
-    def _resolution(
-        self, kind: str, payload: Mapping[str, Any], timestamp: str, sequence: int
-    ) -> None:
-        if kind == "carp.request.received":
-            atlas_ids = payload.get("atlas_ids")
-            self.open_resolution = {
-                "sequence": sequence,
-                "requested_at": timestamp,
-                "request_id": _str(payload.get("request_id")),
-                "operation": _str(payload.get("operation")),
-                "goal": _str(payload.get("goal")),
-                "risk_tier": _str(payload.get("risk_tier")) or "low",
-                "atlas_ids": [str(a) for a in atlas_ids] if isinstance(atlas_ids, list) else [],
-                "resolution_id": None,
-                "completed_at": None,
-                "decision_type": None,
-                "allowed_count": None,
-                "denied_count": None,
-                "context_block_count": None,
-                "ttl_seconds": None,
-                "cached": False,
-                "policies": [],
-                "context_block_ids": [],
-            }
-            self.resolutions.append(self.open_resolution)
-            return
-        resolution = self.open_resolution
-        if resolution is None:  # a cached answer, or a trace that starts mid-resolution
-            resolution = {
-                "sequence": sequence,
-                "requested_at": None,
-                "request_id": _str(payload.get("request_id")),
-                "policies": [],
-                "context_block_ids": [],
-                "cached": False,
-            }
-            self.resolutions.append(resolution)
-        resolution["resolution_id"] = _str(payload.get("resolution_id"))
-        resolution["completed_at"] = timestamp
-        if kind == "carp.resolution.cached":
-            resolution["cached"] = bool(payload.get("cache_hit", True))
+def _resolution(record: ResolutionRecord) -> dict[str, Any]:
+    """A resolution record as the report shows it (policies; context ids are added later)."""
+    resolution: dict[str, Any]
+    if record.received is not None:
+        payload = event_payload(record.received)
+        atlas_ids = payload.get("atlas_ids")
+        resolution = {
+            "sequence": _int(event_field(record.received, "sequence")),
+            "requested_at": _text_at(record.received),
+            "request_id": _str(payload.get("request_id")),
+            "operation": _str(payload.get("operation")),
+            "goal": _str(payload.get("goal")),
+            "risk_tier": _str(payload.get("risk_tier")) or "low",
+            "atlas_ids": [str(a) for a in atlas_ids] if isinstance(atlas_ids, list) else [],
+            "resolution_id": None,
+            "completed_at": None,
+            "decision_type": None,
+            "allowed_count": None,
+            "denied_count": None,
+            "context_block_count": None,
+            "ttl_seconds": None,
+            "cached": False,
+            "policies": [
+                {
+                    "action_id": _str(event_payload(e).get("action_id")),
+                    "policy_id": _str(event_payload(e).get("policy_id")),
+                    "result": _str(event_payload(e).get("result")),
+                }
+                for e in record.evaluated
+            ],
+            "context_block_ids": [],
+        }
+    else:  # a cached answer, or a trace that starts mid-resolution
+        resolution = {
+            "sequence": _int(
+                None if record.completed is None else event_field(record.completed, "sequence")
+            ),
+            "requested_at": None,
+            "request_id": record.request_id,
+            "policies": [],
+            "context_block_ids": [],
+            "cached": False,
+        }
+    if record.completed is not None:
+        payload = event_payload(record.completed)
+        resolution["resolution_id"] = record.resolution_id
+        resolution["completed_at"] = _text_at(record.completed)
+        if event_field(record.completed, "event_type") == ev.RESOLUTION_CACHED:
+            resolution["cached"] = record.cached
         else:
-            resolution["decision_type"] = _str(payload.get("decision_type"))
+            resolution["decision_type"] = record.decision_type
             for key in ("allowed_count", "denied_count", "ttl_seconds"):
                 resolution[key] = _number(payload.get(key))
             count = payload.get("context_block_count", payload.get("context_count"))
             resolution["context_block_count"] = _number(count)
-        self.open_resolution = None
+    return resolution
 
-    def _evaluated(self, payload: Mapping[str, Any]) -> None:
-        action_id = _str(payload.get("action_id"))
-        entry = {
-            "action_id": action_id,
-            "policy_id": _str(payload.get("policy_id")),
-            "result": _str(payload.get("result")),
-        }
-        call = self.last_requested
-        # The gate writes action.requested then policy.evaluated; inside a resolve, policy
-        # results belong to the resolution instead.
-        if (
-            self.open_resolution is None
-            and call is not None
-            and call.decision == "pending"
-            and call.policy_result is None
-            and call.action_id == action_id
-        ):
-            call.policy_id = entry["policy_id"]
-            call.policy_result = entry["result"]
-        elif self.open_resolution is not None:
-            self.open_resolution["policies"].append(entry)
 
-    def _violated(self, payload: Mapping[str, Any]) -> None:
-        call = self._find(payload, want_decision=False)
-        if call is None:
-            return
-        details = payload.get("details")
-        reason = details.get("reason") if isinstance(details, Mapping) else None
-        call.policy_id = _str(payload.get("policy_id")) or call.policy_id
-        call.reason = _str(reason) or _str(payload.get("violation_type"))
-        if isinstance(details, Mapping) and details.get("shadow"):
-            call.shadow = True
-
-    def _action(self, kind: str, payload: Mapping[str, Any], timestamp: str, sequence: int) -> None:
-        if kind == "action.requested":
-            draft = _Draft(
-                execution_id=_str(payload.get("execution_id")),
-                action_id=_str(payload.get("action_id")) or "?",
-                sequence=sequence,
-                started_at=timestamp,
-                resolution_id=_str(payload.get("resolution_id")),
-                shadow=bool(payload.get("shadow")),
-            )
-            self._add(draft)
-            self.last_requested = draft
-            return
-        outcome_event = kind in ("action.executed", "action.failed")
-        call = self._find(payload, want_decision=not outcome_event)
-        if call is None:  # a trace that starts after the request: keep what is known
-            call = _Draft(
-                execution_id=_str(payload.get("execution_id")),
-                action_id=_str(payload.get("action_id")) or "?",
-                sequence=sequence,
-                started_at=timestamp,
-                resolution_id=_str(payload.get("resolution_id")),
-                decision="allowed" if outcome_event else "pending",
-            )
-            self._add(call)
-        call.ended_at = timestamp or call.ended_at
-        call.shadow = call.shadow or bool(payload.get("shadow"))
-        if kind == "action.approved":
-            call.decided_at = timestamp
-            call.policy_id = _str(payload.get("policy_id")) or call.policy_id
-            call.approver = _str(payload.get("approver"))
-            call.approval_reason = _str(payload.get("approval_reason"))
-            needed_approval = call.policy_result == "requires_approval" and not call.shadow
-            call.decision = "approved" if call.approver or needed_approval else "allowed"
-        elif kind == "action.denied":
-            call.decided_at = timestamp
-            call.decision = "denied"
-            call.policy_id = _str(payload.get("policy_id")) or call.policy_id
-            call.reason = _str(payload.get("reason"))
-        else:
-            call.outcome = "executed" if kind == "action.executed" else "failed"
-            call.duration_ms = _ms(payload.get("duration_ms"))
-            if kind == "action.failed":
-                call.error_code = _str(payload.get("error_code"))
-                call.error_message = _str(payload.get("error_message"))
-
-    def _add(self, draft: _Draft) -> None:
-        self.drafts.append(draft)
-        if draft.execution_id is not None:
-            self.by_execution[draft.execution_id] = draft
-
-    def _find(self, payload: Mapping[str, Any], *, want_decision: bool) -> _Draft | None:
-        execution_id = _str(payload.get("execution_id"))
-        if execution_id is not None and execution_id in self.by_execution:
-            return self.by_execution[execution_id]
-        # Rust-core traces carry no execution id on decisions: take the latest open call of
-        # the same action.
-        action_id = _str(payload.get("action_id"))
-        for draft in reversed(self.drafts):
-            if draft.action_id != action_id:
-                continue
-            if want_decision and draft.decision == "pending":
-                return draft
-            if not want_decision and draft.outcome is None:
-                return draft
-        return None
-
-    def build(self, session_id: str | None, events: list[dict[str, Any]]) -> Timeline:
-        blocks = []
-        for block, resolution in self.blocks:
-            if resolution is not None:
-                block["resolution_id"] = resolution.get("resolution_id")
-                block["request_id"] = resolution.get("request_id")
-                resolution["context_block_ids"].append(block["block_id"])
-            blocks.append(block)
-        return Timeline(
-            session_id=session_id,
-            agent_id=self.agent_id,
-            goal=self.goal,
-            started_at=self.started_at,
-            ended_at=self.ended_at,
-            end_reason=self.end_reason,
-            calls=[draft.freeze() for draft in self.drafts],
-            resolutions=self.resolutions,
-            context_blocks=blocks,
-            events=events,
-            recorded_duration_ms=self.recorded_duration,
+def _build(session_id: str | None, events: list[dict[str, Any]]) -> Timeline:
+    folded = fold_session(events)
+    started_at = next((t for e in events if (t := _str(e.get("timestamp")))), None)
+    if folded.started is not None:
+        started_at = _text_at(folded.started) or started_at
+    resolutions = {id(record): _resolution(record) for record in folded.resolutions}
+    blocks = []
+    for context in folded.context:
+        block = _block(
+            event_payload(context.event),
+            _text_at(context.event) or "",
+            _int(event_field(context.event, "sequence")),
         )
+        if context.resolution is not None:
+            resolution = resolutions[id(context.resolution)]
+            block["resolution_id"] = resolution.get("resolution_id")
+            block["request_id"] = resolution.get("request_id")
+            resolution["context_block_ids"].append(block["block_id"])
+        blocks.append(block)
+    ended = folded.ended
+    return Timeline(
+        session_id=session_id,
+        agent_id=folded.agent_id,
+        goal=folded.goal,
+        started_at=started_at,
+        ended_at=_text_at(ended) or None,
+        end_reason=folded.end_reason,
+        calls=[_tool_call(call) for call in folded.calls],
+        resolutions=list(resolutions.values()),
+        context_blocks=blocks,
+        events=events,
+        recorded_duration_ms=None
+        if ended is None
+        else _ms(event_payload(ended).get("duration_ms")),
+    )
 
 
 def _block(payload: Mapping[str, Any], timestamp: str, sequence: int) -> dict[str, Any]:
@@ -610,10 +494,7 @@ def _timeline(events: list[dict[str, Any]]) -> Timeline:
             f"a timeline shows one session; these events belong to {len(sessions)}: "
             f"{', '.join(sorted(sessions)[:5])}"
         )
-    builder = _Builder()
-    for event in events:
-        builder.feed(event)
-    return builder.build(next(iter(sessions)) if sessions else None, events)
+    return _build(next(iter(sessions)) if sessions else None, events)
 
 
 def _load(source: EventsSource | Timeline) -> tuple[list[dict[str, Any]], Path | None]:
@@ -621,7 +502,13 @@ def _load(source: EventsSource | Timeline) -> tuple[list[dict[str, Any]], Path |
         return source.events, None
     if isinstance(source, str | os.PathLike):
         path = Path(source)
-        return _read_jsonl(path), path
+        read: list[dict[str, Any]] = []
+        # Up to the first unreadable line, which the verifier reports (torn or not).
+        for line in iter_jsonl(path):
+            if not isinstance(line, dict):
+                break
+            read.append(line)
+        return read, path
     out: list[dict[str, Any]] = []
     for item in source:
         if isinstance(item, TraceEvent):
@@ -631,22 +518,6 @@ def _load(source: EventsSource | Timeline) -> tuple[list[dict[str, Any]], Path |
         else:
             raise TypeError(f"expected TraceEvent or mapping, got {type(item).__name__}")
     return out, None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Events of a JSONL file, up to the first line that is not a JSON object."""
-    out: list[dict[str, Any]] = []
-    for line in path.read_bytes().split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            value = loads_strict(line, max_bytes=_MAX_LINE)
-        except JSONInputError:
-            break
-        if not isinstance(value, dict):
-            break
-        out.append(value)
-    return out
 
 
 # -- SVG timeline ---------------------------------------------------------------------------

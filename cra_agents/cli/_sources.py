@@ -131,10 +131,10 @@ def read_file(path: Path) -> list[Source]:
     Raises:
         CLIError: the file cannot be read.
     """
-    from cra_agents.trace._verify import _read_jsonl
+    from cra_agents.trace import iter_jsonl
 
     try:
-        items = list(_read_jsonl(path))
+        items: list[Any] = list(iter_jsonl(path))
     except OSError as exc:
         raise CLIError(
             "trace_not_readable", f"cannot read {path}: {exc}", "check the path and permissions"

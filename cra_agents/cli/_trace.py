@@ -22,7 +22,7 @@ from cra_agents.cli._sources import (
     read_file,
     resolve_target,
 )
-from cra_agents.trace._verify import _Torn
+from cra_agents.trace import TornTail
 
 __all__ = [
     "checkpoint",
@@ -351,7 +351,7 @@ def tail(args: argparse.Namespace, out: Output) -> int:
         source = Source(str(path), None, path=path)
         items = [i for part in read_file(path) for i in part.items or []]
         for number, item in enumerate(items, 1):
-            if isinstance(item, BaseException) and not isinstance(item, _Torn):
+            if isinstance(item, BaseException) and not isinstance(item, TornTail):
                 raise CLIError(
                     "bad_trace_file",
                     f"{path}: event {number} cannot be read: {item}",

@@ -6,16 +6,15 @@ import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cra_agents._canonical import canonical_json
 from cra_agents._clock import normalize_timestamp
 from cra_agents._exceptions import TraceError
-from cra_agents._safejson import JSONInputError, loads_strict
 from cra_agents.protocol import GENESIS_HASH, TraceEvent
 from cra_agents.trace._checkpoint import Checkpoint, _as_list
 from cra_agents.trace._hash import _material, spec_event_hash
+from cra_agents.trace._read import TornTail, iter_jsonl
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -37,7 +36,6 @@ ErrorType = Literal[
 #: ``normalized``: the Rust rule; ``as_written``: the spec's Appendix B; ``both``: every event
 #: hashes identically under both (what we write); ``mixed``: events differ in the rule they need.
 HashRule = Literal["normalized", "as_written", "both", "mixed"]
-_MAX_LINE = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,31 +70,6 @@ class ChainVerification:
             "checkpoint_size": self.checkpoint_size,
             "unverifiable_tail": self.unverifiable_tail,
         }
-
-
-class _Torn(Exception):  # noqa: N818 - internal signal
-    pass
-
-
-def _read_jsonl(path: Path) -> Iterable[Mapping[str, Any] | BaseException]:
-    data = path.read_bytes()
-    if not data:
-        return
-    lines = data.split(b"\n")
-    complete = data.endswith(b"\n")
-    if complete:
-        lines.pop()
-    for index, line in enumerate(lines):
-        last = index == len(lines) - 1
-        try:
-            value = loads_strict(line, max_bytes=_MAX_LINE)
-        except JSONInputError as exc:
-            yield _Torn(str(exc)) if last and not complete else exc
-            return
-        if not isinstance(value, dict):
-            yield ValueError(f"line {index + 1} is not a JSON object")
-            return
-        yield value
 
 
 def _fields(item: TraceEvent | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -202,7 +175,7 @@ def verify_chain(
     session_ids: set[str] = set()
     source: Iterable[Any]
     if isinstance(events_or_path, str | os.PathLike):
-        source = _read_jsonl(Path(events_or_path))
+        source = iter_jsonl(events_or_path)
     else:
         source = events_or_path
     previous = GENESIS_HASH
@@ -215,7 +188,7 @@ def verify_chain(
         return ChainVerification(False, count, count, kind, message, previous, None)
 
     for item in source:
-        if isinstance(item, _Torn):
+        if isinstance(item, TornTail):
             return fail("torn_tail", f"the last line is incomplete ({item}); repair it explicitly")
         if isinstance(item, BaseException):
             return fail("malformed_event", f"event {count} cannot be read: {item}")
