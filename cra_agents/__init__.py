@@ -43,9 +43,25 @@ from cra_agents.atlas import (
     load_atlas,
     validate_atlas,
 )
-from cra_agents.guard import configure, current_session, get_runtime, guarded, session, shutdown
+from cra_agents.guard import (
+    configure,
+    current_session,
+    get_runtime,
+    guarded,
+    propagate,
+    session,
+    shutdown,
+)
 from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
-from cra_agents.runtime import Authorization, Precheck, Runtime, SessionInfo
+from cra_agents.runtime import (
+    Authorization,
+    Call,
+    Observer,
+    Precheck,
+    Runtime,
+    RuntimeObserver,
+    SessionInfo,
+)
 from cra_agents.runtime._approvals import (
     Approval,
     ApprovalDecision,
@@ -81,6 +97,7 @@ __all__ = [
     "CARPRequest",
     "CARPResolution",
     "CRAError",
+    "Call",
     "ChainVerification",
     "ConsoleApprover",
     "ExecuteResponse",
@@ -91,11 +108,13 @@ __all__ = [
     "InvalidRequestError",
     "JsonlStore",
     "MemoryStore",
+    "Observer",
     "Precheck",
     "RateLimitExceededError",
     "ResolutionExpiredError",
     "ResolutionNotFoundError",
     "Runtime",
+    "RuntimeObserver",
     "SessionEndedError",
     "SessionInfo",
     "SessionNotFoundError",
@@ -114,6 +133,7 @@ __all__ = [
     "lint_atlas",
     "load_atlas",
     "open_store",
+    "propagate",
     "resolve_request",
     "session",
     "shutdown",

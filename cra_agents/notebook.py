@@ -633,6 +633,20 @@ class NotebookApprover:
             return prompt.wait()
         return asyncio.to_thread(self._text, request)
 
+    async def acall(self, request: ApprovalRequest) -> ApprovalDecision:
+        """Answer ``request`` from an awaited async call (on the event loop: buttons work).
+
+        The runtime awaits this, when a handler has it, instead of running the handler on a
+        worker thread.
+        """
+        if self._buttons():
+            prompt = approval_prompt(request, approver=self.approver, widgets=True)
+            self.prompts.append(prompt)
+            if self.on_prompt is not None:
+                self.on_prompt(prompt)
+            return await prompt.wait()
+        return await asyncio.to_thread(self._text, request)
+
     def _text(self, request: ApprovalRequest) -> ApprovalDecision:
         prompt = ApprovalPrompt(request, approver=self.approver)
         prompt.ask_text(self.ask)

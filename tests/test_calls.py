@@ -253,14 +253,17 @@ class TestCarp:
         assert not resolution.cached
         assert resolution.goal == "Triage bug reports, write release notes"
         assert resolution.session_id == carp[0].session_id
-        assert len(resolution.evaluated) == sum(e.event_type == "policy.evaluated" for e in carp)
+        # Every policy.evaluated belongs to the resolution or to exactly one execute call.
+        in_calls = sum(c.evaluated is not None for c in session.calls)
+        total = sum(e.event_type == "policy.evaluated" for e in carp)
+        assert len(resolution.evaluated) + in_calls == total
         assert len(resolution.injected) == len(session.context) > 0
         assert all(c.resolution is resolution for c in session.context)
         listed, merged = session.calls
-        assert (listed.decision, listed.outcome_kind, listed.evaluated) == (
+        assert (listed.decision, listed.outcome_kind, listed.result) == (
             "allow",
             "approved",
-            None,
+            "allow",
         )
         assert listed.resolution_id == resolution.resolution_id
         assert (merged.decision, merged.outcome_kind, merged.reason) == (

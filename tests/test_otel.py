@@ -432,7 +432,7 @@ def test_spans_that_fail_everywhere_cost_nothing_but_spans():
         runtime.flush()
         assert runtime.verify(active.session_id).valid
         assert runtime.telemetry is not None
-        assert runtime.telemetry.stats.errors > 10
+        assert runtime.telemetry.stats.errors >= 5  # at least one per span: 4 calls, 1 session
     finally:
         cra.shutdown()
 
@@ -464,4 +464,5 @@ def test_trace_failure_ends_open_spans(memory_spans, monkeypatch):
         for s in memory_spans.get_finished_spans()
         if (s.attributes or {}).get(sc.CRA_TRACE_UNAVAILABLE)
     ]
-    assert len(unlinked) == 2  # the call queued when the store failed, and the session
+    # The call queued when the store failed, the call refused because of it, and the session.
+    assert len(unlinked) == 3

@@ -197,7 +197,12 @@ class TestTimeline:
         assert resolution["denied_count"] == completed.payload["denied_count"]
         assert resolution["operation"] == "resolve"
         assert resolution["atlas_ids"] == ["com.example.github-ops"]
-        evaluated = [e for e in resolve_events if e.event_type == "policy.evaluated"]
+        completed_at = completed.sequence  # execute calls record their own policy.evaluated
+        evaluated = [
+            e
+            for e in resolve_events
+            if e.event_type == "policy.evaluated" and e.sequence < completed_at
+        ]
         assert len(resolution["policies"]) == len(evaluated)
         assert {"action_id": "github.repo.delete", "policy_id": "deny-repo-delete"}.items() <= (
             next(p for p in resolution["policies"] if p["action_id"] == "github.repo.delete")

@@ -52,11 +52,16 @@ from cra_agents._exceptions import (
     SessionEndedError,
 )
 from cra_agents._ids import new_id
-from cra_agents.policy import ConditionContext, Effect, PolicyDecision, PolicyEngine
+from cra_agents.policy import (
+    UNDECLARED_ACTION,
+    ConditionContext,
+    Effect,
+    PolicyDecision,
+    PolicyEngine,
+)
 from cra_agents.protocol import _events as ev
 from cra_agents.runtime._approvals import Approval, ApprovalDecision, ApprovalRequest, ApprovalStore
 from cra_agents.runtime._mapping import ToolMap
-from cra_agents.runtime._params import first_error
 
 if TYPE_CHECKING:
     from cra_agents.protocol import TraceEvent
@@ -107,6 +112,7 @@ class Call:
 
     __slots__ = (
         "_events",
+        "_failure",
         "_runtime",
         "_states",
         "_tokens",
@@ -183,6 +189,7 @@ class Call:
         self._states: tuple[Any, ...] = ()
         self._tokens: tuple[Any, ...] = ()
         self._events: list[TraceEvent] | None = []
+        self._failure: BaseException | None = None
         #: Whether a tool runs after the decision (CARP execute decides only).
         self.runs_tool = True
         #: The call is over: refused, or its outcome recorded.
@@ -198,6 +205,14 @@ class Call:
 
     # -- running the tool inside the call --------------------------------------------------
 
+    def fail(self, error: BaseException) -> None:
+        """Record the call as failed with ``error`` on exit, though no exception left the block.
+
+        For tools that report failure in their result (a LangChain error ``ToolMessage``, an
+        MCP result with ``is_error``).
+        """
+        self._failure = error
+
     def __enter__(self) -> Call:
         runtime = self._runtime
         if runtime is None or self.done:
@@ -212,7 +227,7 @@ class Call:
         if runtime is not None:
             runtime.call_returned(self)
             try:
-                runtime.record_outcome(self, result=self.result, error=exc)
+                runtime.record_outcome(self, result=self.result, error=exc or self._failure)
             except CRAError:
                 # The tool ran: its caller gets its result or exception, whatever the trace
                 # does. A failed trace is sticky: every later call is refused
@@ -480,9 +495,12 @@ class Gate:
                 RUNTIME_POLICY,
             )
         if call.mapping_error is not None:
-            if not isinstance(call.mapping_error, ActionNotFoundError):
-                raise call.mapping_error  # the shell denies it as an internal failure
-            return call.mapping_error, "unmapped_tool", "undeclared-action"
+            error = call.mapping_error
+            if not isinstance(error, ActionNotFoundError):
+                raise error  # the shell denies it as an internal failure
+            error.details.setdefault("action_id", call.action_id)
+            error.details.setdefault("policy_id", UNDECLARED_ACTION)
+            return error, "unmapped_tool", UNDECLARED_ACTION
         if call.refusal is not None:
             return call.refusal
         found = self.engine.action(call.action_id)
@@ -636,6 +654,13 @@ class Gate:
         accepted = yield Record(events, final=True)
         if not accepted:
             raise _ended(call)
+
+
+def first_error(schema: Mapping[str, Any], parameters: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first way ``parameters`` fail ``schema`` (validators load on first use)."""
+    from cra_agents.runtime._params import first_error as check
+
+    return check(schema, parameters)
 
 
 def _granted(approval: Approval) -> ApprovalDecision:

@@ -54,7 +54,6 @@ from cra_agents.runtime._approvals import (
     auto_deny,
 )
 from cra_agents.runtime._gate import (
-    INTERNAL_POLICY,
     RUNTIME_POLICY,
     Call,
     Gate,
@@ -121,7 +120,9 @@ class Runtime:
             (default), ``"console"``, or a callable (sync or async) taking an
             :class:`ApprovalRequest` and returning ``True``/``False`` or an
             :class:`ApprovalDecision`. Sync handlers run off the caller's thread (and off the
-            event loop for async calls), so ``approval_timeout`` always holds.
+            event loop for async calls), so ``approval_timeout`` always holds; a handler
+            object with an ``async def acall(request)`` method is awaited on the loop by async
+            calls instead.
         approval_timeout: Seconds an approver may take; then the call is denied
             (``approval_timeout``) and a late answer is ignored.
         shadow: Record what would have been denied as ``policy.violated`` but let guarded
@@ -286,6 +287,7 @@ class Runtime:
         session = SessionState(
             session_id, agent_id, goal, chain.trace_id, parent_session_id, time.time_ns(), chain
         )
+        session.shadow = self.shadow
         with self._lock:
             if session_id in self._sessions:
                 raise CRAError(
@@ -866,12 +868,6 @@ class Runtime:
         if session_id is None:
             session_id = session_for_call(self)
         session = self._session(session_id)
-        try:
-            self._collector.check()
-        except CRAError:
-            raise
-        except Exception as exc:
-            raise _unchecked(tool, action_id, exc) from exc
         call = self._gate.new_call(
             session,
             tool,
@@ -890,6 +886,10 @@ class Runtime:
             session.inflight += 1
         if self.observers:
             call._states = self.observers.call_start(call)
+        try:
+            self._collector.check()
+        except BaseException as exc:  # noqa: BLE001 - a trace that cannot record refuses
+            raise self._refused(call, exc) from None
         return call
 
     def gate_sync(self, call: Call, *, ask: bool = True) -> Call:
@@ -1036,8 +1036,11 @@ class Runtime:
             return auto_deny(request)
         deadline = time.monotonic() + self.approval_timeout
         try:
+            native = getattr(handler, "acall", None)  # a handler with an async face
             if inspect.iscoroutinefunction(handler):
                 result: Any = handler(request)
+            elif native is not None and inspect.iscoroutinefunction(native):
+                result = native(request)
             else:
                 # A sync approver (a console prompt, a blocking UI call) must not block the
                 # event loop, and its timeout must hold: it runs in the approval pool.
@@ -1237,17 +1240,6 @@ class Runtime:
                 policy_id,
             )
         return None
-
-
-def _unchecked(tool: str, action_id: str | None, exc: Exception) -> ActionDeniedError:
-    """A call refused before it could be recorded, because checking the trace failed."""
-    action = action_id or tool
-    return ActionDeniedError(
-        f"{action} denied: the trace could not be checked ({type(exc).__name__}: {exc})",
-        action_id=action,
-        policy_id=INTERNAL_POLICY,
-        reason="internal_error",
-    )
 
 
 def _shut(collector: TraceCollector, observers: ObserverSet) -> None:

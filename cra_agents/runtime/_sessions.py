@@ -63,6 +63,8 @@ class SessionInfo:
     event_count: int = 0
     #: Events known to be in the store (what a crash cannot take back in group/sync mode).
     durable_count: int = 0
+    #: The runtime records this session in shadow mode.
+    shadow: bool = False
 
 
 @dataclass(slots=True)
@@ -93,6 +95,7 @@ class SessionState:
     ending: tuple[dict[str, Any], Any] | None = None
     #: What observers returned from ``on_session_start``.
     observed: tuple[Any, ...] = ()
+    shadow: bool = False
 
     @property
     def active(self) -> bool:
@@ -114,6 +117,7 @@ class SessionState:
             action_count=self.action_count,
             event_count=len(self.chain),
             durable_count=self.chain.durable + 1,
+            shadow=self.shadow,
         )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -30,9 +31,9 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
 import cra_agents as cra
-from cra_agents import ActionDeniedError, Runtime
+from cra_agents import Call, Runtime
 from cra_agents.guard import call_session
-from cra_agents_langchain._common import action_for, runtime_or_default
+from cra_agents_langchain._common import runtime_or_default
 
 __all__ = ["CRACallbackHandler"]
 
@@ -48,14 +49,19 @@ class CRACallbackHandler(BaseCallbackHandler):
             implicit session).
         capture_content: Record prompts, inputs and outputs themselves, not only digests.
         chains: Also record chain (graph node) start and end.
-        enforce: Refuse tools the runtime would deny, from ``on_tool_start``. This sets
-            ``raise_error = True``; a refusal then raises :class:`cra_agents.ActionDenied` out
-            of the whole run (not as a message the model reads), the tool does not run, and
-            nothing is recorded as a decision (use ``CRAMiddleware`` for that). It can block
-            only when LangChain runs this handler synchronously: it is a sync handler, so it
-            blocks in ``invoke``/``stream`` and in ``ainvoke``/``astream`` alike. It cannot
-            block a tool that is called without callbacks, and an *async* copy of this logic
-            would fail open on the sync path (LangChain swallows those errors).
+        enforce: Decide every tool call through the runtime's gate (``Runtime.call``) from
+            ``on_tool_start``: the decision is recorded as for any guarded call, the approver is
+            asked when a policy says so, and ``on_tool_end`` / ``on_tool_error`` record the
+            outcome. This sets ``raise_error = True``; a refusal then raises
+            :class:`cra_agents.ActionDenied` (or ``InvalidParametersError`` /
+            ``ActionNotFoundError``) out of the whole run (not as a message the model reads),
+            and the tool does not run. The tool runs with its own arguments (a callback cannot
+            replace them), so prefer ``CRAMiddleware`` or ``guard_tool``, which run it with the
+            decided ones. It can block only when LangChain runs this handler synchronously: it
+            is a sync handler, so it blocks in ``invoke``/``stream`` and in
+            ``ainvoke``/``astream`` alike. It cannot block a tool that is called without
+            callbacks, and an *async* copy of this logic would fail open on the sync path
+            (LangChain swallows those errors).
     """
 
     def __init__(
@@ -77,6 +83,9 @@ class CRACallbackHandler(BaseCallbackHandler):
         self.raise_error = enforce
         #: Events that could not be recorded (logged).
         self.errors = 0
+        # run_id -> the enforced call awaiting its outcome (handlers may run in threads).
+        self._calls: dict[UUID, Call] = {}
+        self._lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -215,20 +224,38 @@ class CRACallbackHandler(BaseCallbackHandler):
         )
         if self.enforce:
             runtime, session_id = self._target()
-            action_id = action_for(runtime, name, self.actions)
-            check = runtime.precheck(session_id, action_id, dict(inputs or {}))
-            if check.result != "allow":
-                raise ActionDeniedError(
-                    f"{name} refused by the callback handler: {check.reason or check.result}",
-                    action_id=action_id,
-                    policy_id=check.policy_id,
-                    reason=check.reason or check.result,
-                )
+            call = runtime.call(
+                name,
+                dict(inputs or {}),
+                actions=self.actions,
+                session_id=session_id,
+                tool_call_id=call_id,
+            )
+            runtime.gate_sync(call)  # a refusal raises, recorded; the tool does not run
+            with self._lock:
+                self._calls[run_id] = call
+
+    def _finish(
+        self, run_id: UUID, *, result: Any = None, error: BaseException | None = None
+    ) -> None:
+        """Record the outcome of an enforced call (``on_tool_end`` / ``on_tool_error``)."""
+        with self._lock:
+            call = self._calls.pop(run_id, None)
+        if call is None:
+            return
+        try:
+            runtime = runtime_or_default(self._runtime)
+            runtime.record_outcome(call, result=result, error=error)
+        except Exception:
+            self.errors += 1
+            logger.warning("CRACallbackHandler could not record a tool outcome", exc_info=True)
 
     def on_tool_end(
         self, output: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
-        """``langchain.tool.ended``."""
+        """``langchain.tool.ended`` (and, with ``enforce``, the call's ``action.executed``)."""
+        if self.enforce:
+            self._finish(run_id, result=_plain(getattr(output, "content", output)))
         self._record(
             "langchain.tool.ended",
             run_id,
@@ -246,7 +273,9 @@ class CRACallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        """``langchain.tool.failed``."""
+        """``langchain.tool.failed`` (and, with ``enforce``, the call's ``action.failed``)."""
+        if self.enforce:
+            self._finish(run_id, error=error)
         self._record(
             "langchain.tool.failed",
             run_id,
@@ -310,3 +339,7 @@ def _name(serialized: Mapping[str, Any], kwargs: Mapping[str, Any]) -> str:
 
 def _error(error: BaseException) -> dict[str, Any]:
     return {"error_type": type(error).__name__, "error_message": str(error)[:2000]}
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool | list | dict) else repr(value)

@@ -6,32 +6,23 @@ from collections.abc import Mapping
 from typing import Any
 
 import cra_agents as cra
-from cra_agents import CRAError, Runtime
+from cra_agents import (
+    ActionDeniedError,
+    ActionNotFoundError,
+    CRAError,
+    InvalidParametersError,
+    Runtime,
+)
 
-__all__ = ["action_for", "denial_text", "runtime_or_default"]
+__all__ = ["REFUSALS", "denial_text", "runtime_or_default"]
+
+#: What the gate raises for a call it refused and recorded: the model reads why.
+REFUSALS = (ActionDeniedError, ActionNotFoundError, InvalidParametersError)
 
 
 def runtime_or_default(runtime: Runtime | None) -> Runtime:
     """``runtime``, or the one ``cra.configure`` set up."""
     return runtime if runtime is not None else cra.get_runtime()
-
-
-def action_for(runtime: Runtime, tool_name: str, mapping: Mapping[str, str] | None) -> str:
-    """The atlas action a tool maps to.
-
-    An explicit ``mapping`` entry wins; then an action whose id, ``name`` or ``executor``
-    equals the tool's name. An unmapped tool maps to its own name, which no atlas declares,
-    so the runtime denies it (``undeclared-action``) and records that.
-    """
-    if mapping and tool_name in mapping:
-        return mapping[tool_name]
-    matches = [
-        action.action_id
-        for atlas in runtime.atlases
-        for action in atlas.actions
-        if tool_name in (action.action_id, action.name, action.executor)
-    ]
-    return matches[0] if len(matches) == 1 else tool_name
 
 
 def denial_text(error: CRAError) -> str:
@@ -42,6 +33,12 @@ def denial_text(error: CRAError) -> str:
     reason = details.get("reason") or error.message
     if error.code == "INVALID_PARAMETERS":
         return f"Refused: the arguments for {action} are invalid ({error.message}). Fix them."
+    if error.code == "ACTION_NOT_FOUND":
+        return (
+            f"Denied: {details.get('tool', action)} is not an action any loaded atlas declares "
+            f"(policy {policy}: {error.message}). Do not retry it; choose another way or ask "
+            "the user."
+        )
     return (
         f"Denied: {action} is not permitted (policy {policy}: {reason}). "
         f"Do not retry it; choose another way or ask the user."

@@ -6,7 +6,7 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any, NotRequired
+from typing import Annotated, Any, NotRequired
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ToolCallRequest
 from langchain.agents.middleware.types import PrivateStateAttr
@@ -15,18 +15,8 @@ from langgraph.runtime import Runtime as GraphRuntime
 from langgraph.types import Command, interrupt
 
 import cra_agents as cra
-from cra_agents import (
-    ActionDeniedError,
-    ApprovalDecision,
-    Authorization,
-    CRAError,
-    InvalidParametersError,
-    Runtime,
-)
-from cra_agents_langchain._common import action_for, denial_text, runtime_or_default
-
-if TYPE_CHECKING:
-    from cra_agents.otel import ToolSpan
+from cra_agents import ActionNotFoundError, ApprovalDecision, Call, CRAError, Runtime
+from cra_agents_langchain._common import REFUSALS, denial_text, runtime_or_default
 
 __all__ = ["CRAMiddleware", "CRAState", "ToolFailedError"]
 
@@ -194,12 +184,15 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
 
     def _prepare(
         self, request: ToolCallRequest, session_id: str, call_id: str
-    ) -> tuple[str, dict[str, Any], ApprovalDecision | None]:
-        """Action, arguments and (after an interrupt) the human's answer."""
+    ) -> tuple[dict[str, Any], ApprovalDecision | None]:
+        """Arguments and (after an interrupt) the human's answer."""
         runtime = self.runtime
         call = request.tool_call
-        action_id = action_for(runtime, call["name"], self.actions)
         arguments = dict(call.get("args") or {})
+        try:
+            action_id = runtime.map_tool(call["name"], actions=self.actions)
+        except ActionNotFoundError:
+            return arguments, None  # the gate refuses it, recorded
         approval = None
         precheck = runtime.precheck(session_id, action_id, arguments, check_parameters=False)
         if precheck.needs_approval and not runtime.shadow:
@@ -220,7 +213,7 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
             approval, edited = self._read_answer(answer)
             if edited is not None:
                 arguments = edited
-        return action_id, arguments, approval
+        return arguments, approval
 
     def _read_answer(self, answer: Any) -> tuple[ApprovalDecision, dict[str, Any] | None]:
         if isinstance(answer, bool):
@@ -250,153 +243,62 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         self._remember(session_id, call_id, message)
         return message
 
-    def _span(
-        self, request: ToolCallRequest, session_id: str, action_id: str, call_id: str
-    ) -> ToolSpan | None:
-        telemetry = self.runtime.telemetry
-        if telemetry is None:
-            return None
-        return telemetry.tool_span(
-            self.runtime,
-            session_id,
-            action_id,
+    def _start(
+        self, request: ToolCallRequest
+    ) -> tuple[str, str, Call | ToolMessage | Command[Any]]:
+        """The call through the gate (not yet decided), or the answer already given."""
+        session_id = self._session(request)
+        call_id = str(request.tool_call.get("id") or "")
+        done = self._seen(session_id, call_id) if call_id else None
+        if done is not None:  # LangGraph re-ran the node on resume: answered already
+            return session_id, call_id, done
+        arguments, approval = self._prepare(request, session_id, call_id)
+        call = self.runtime.call(
             request.tool_call["name"],
+            arguments,
+            actions=self.actions,
+            session_id=session_id,
             tool_call_id=call_id or None,
+            approval=approval,
         )
+        return session_id, call_id, call
 
-    @staticmethod
-    def _refused(span: ToolSpan | None, error: BaseException) -> None:
-        """End the span of a call that will not run."""
-        if span is None:
-            return
-        if isinstance(error, ActionDeniedError | InvalidParametersError):
-            span.denied(error)
-            span.finish()  # ends once the recorded action.denied is stored
-        else:
-            span.finish(abandon_watchers=True)
-
-    def _record(
-        self,
-        auth: Authorization,
-        span: ToolSpan | None,
-        *,
-        result: Any = None,
-        error: BaseException | None = None,
-    ) -> None:
-        if span is not None:
-            if error is None:
-                span.executed(result)
-            else:
-                span.failed(error)
-        try:
-            self.runtime.record_outcome(
-                auth,
-                result=result,
-                error=error,
-                watch=span.outcome_watcher() if span is not None else None,
-            )
-        except BaseException:
-            if span is not None:
-                span.finish(abandon_watchers=True)
-            raise
-        if span is not None:
-            span.finish()
-
-    def _finish(
-        self,
-        auth: Authorization,
-        span: ToolSpan | None,
-        session_id: str,
-        call_id: str,
-        outcome: ToolMessage | Command[Any],
+    def _run_in(
+        self, call: Call, outcome: ToolMessage | Command[Any], session_id: str, call_id: str
     ) -> ToolMessage | Command[Any]:
+        """Classify what the handler returned (inside ``with call``) and remember it."""
         if isinstance(outcome, ToolMessage) and outcome.status == "error":
-            self._record(auth, span, error=ToolFailedError(str(outcome.content)))
+            call.fail(ToolFailedError(str(outcome.content)))
         else:
-            content = outcome.content if isinstance(outcome, ToolMessage) else repr(outcome)
-            self._record(auth, span, result=content)
+            call.result = outcome.content if isinstance(outcome, ToolMessage) else repr(outcome)
         return self._remember(session_id, call_id, outcome)
 
     def wrap_tool_call(
         self, request: ToolCallRequest, handler: _Handler
     ) -> ToolMessage | Command[Any]:
-        """Decide the call, ask for approval if needed, run it with frozen arguments."""
-        session_id = self._session(request)
-        call_id = str(request.tool_call.get("id") or "")
-        done = self._seen(session_id, call_id) if call_id else None
-        if done is not None:  # LangGraph re-ran the node on resume: answered already
-            return done
-        action_id, arguments, approval = self._prepare(request, session_id, call_id)
-        span = self._span(request, session_id, action_id, call_id)
+        """Decide the call, ask for approval if needed, run it with the decided arguments."""
+        session_id, call_id, call = self._start(request)
+        if not isinstance(call, Call):
+            return call
         try:
-            auth = self.runtime.authorize(
-                session_id,
-                action_id,
-                arguments,
-                tool_call_id=call_id or None,
-                approval=approval,
-                watch=span.decision_watcher() if span is not None else None,
-            )
-        except (ActionDeniedError, InvalidParametersError) as error:
-            self._refused(span, error)
+            self.runtime.gate_sync(call)
+        except REFUSALS as error:
             return self._refusal(request, session_id, call_id, error)
-        except BaseException as error:
-            self._refused(span, error)
-            raise
-        frozen = request.override(tool_call={**request.tool_call, "args": auth.arguments})
-        token = None
-        if span is not None:
-            span.allowed(auth)
-            token = span.activate()
-        try:
-            outcome = handler(frozen)
-        except BaseException as error:
-            if span is not None:
-                span.deactivate(token)
-            self._record(auth, span, error=error)
-            raise
-        if span is not None:
-            span.deactivate(token)
-        return self._finish(auth, span, session_id, call_id, outcome)
+        with call:
+            frozen = request.override(tool_call={**request.tool_call, "args": call.arguments})
+            return self._run_in(call, handler(frozen), session_id, call_id)
 
     async def awrap_tool_call(
         self, request: ToolCallRequest, handler: _AsyncHandler
     ) -> ToolMessage | Command[Any]:
         """Async :meth:`wrap_tool_call` (async approval handlers are awaited)."""
-        session_id = self._session(request)
-        call_id = str(request.tool_call.get("id") or "")
-        done = self._seen(session_id, call_id) if call_id else None
-        if done is not None:  # LangGraph re-ran the node on resume: answered already
-            return done
-        action_id, arguments, approval = self._prepare(request, session_id, call_id)
-        span = self._span(request, session_id, action_id, call_id)
+        session_id, call_id, call = self._start(request)
+        if not isinstance(call, Call):
+            return call
         try:
-            auth = await self.runtime.aauthorize(
-                session_id,
-                action_id,
-                arguments,
-                tool_call_id=call_id or None,
-                approval=approval,
-                watch=span.decision_watcher() if span is not None else None,
-            )
-        except (ActionDeniedError, InvalidParametersError) as error:
-            self._refused(span, error)
+            await self.runtime.gate_async(call)
+        except REFUSALS as error:
             return self._refusal(request, session_id, call_id, error)
-        except BaseException as error:
-            self._refused(span, error)
-            raise
-        frozen = request.override(tool_call={**request.tool_call, "args": auth.arguments})
-        token = None
-        if span is not None:
-            span.allowed(auth)
-            token = span.activate()
-        try:
-            outcome = await handler(frozen)
-        except BaseException as error:
-            if span is not None:
-                span.deactivate(token)
-            self._record(auth, span, error=error)
-            raise
-        if span is not None:
-            span.deactivate(token)
-        return self._finish(auth, span, session_id, call_id, outcome)
+        async with call:
+            frozen = request.override(tool_call={**request.tool_call, "args": call.arguments})
+            return self._run_in(call, await handler(frozen), session_id, call_id)

@@ -14,10 +14,9 @@ from langchain_core.tools import BaseTool, ToolException
 from langchain_core.tools.base import _get_runnable_config_param
 from pydantic import ConfigDict, PrivateAttr
 
-import cra_agents as cra
-from cra_agents import ActionDeniedError, Authorization, CRAError, InvalidParametersError, Runtime
+from cra_agents import Call, CRAError, Runtime
 from cra_agents.guard import call_session
-from cra_agents_langchain._common import action_for, denial_text, runtime_or_default
+from cra_agents_langchain._common import REFUSALS, denial_text
 
 __all__ = ["GuardedTool", "ToolDeniedError", "guard_tool", "guard_tools"]
 
@@ -50,7 +49,9 @@ class GuardedTool(BaseTool):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     tool: BaseTool
-    action_id: str
+    #: The action, when named; else the tool's name is mapped by the runtime's one rule.
+    action_id: str | None = None
+    actions: dict[str, str] | None = None
     cra_runtime: Any = None
     _visible: frozenset[str] | None = PrivateAttr(default=None)
 
@@ -70,14 +71,9 @@ class GuardedTool(BaseTool):
         finally:
             _CALL_ID.reset(token)
 
-    def _session(self) -> tuple[Runtime, str]:
+    def _runtime(self) -> Runtime:
         runtime: Runtime | None = self.cra_runtime
-        active = cra.current_session()
-        if runtime is None:
-            return call_session()
-        if active is not None and active.runtime is runtime:
-            return runtime, active.session_id
-        return runtime, _implicit_session(runtime)
+        return runtime if runtime is not None else call_session()[0]
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Model-visible arguments (decided on) and injected ones (passed through)."""
@@ -88,16 +84,22 @@ class GuardedTool(BaseTool):
         injected = {k: v for k, v in kwargs.items() if k not in visible}
         return decided, injected
 
-    def _authorize(self, kwargs: dict[str, Any]) -> tuple[Runtime, Authorization, dict[str, Any]]:
-        runtime, session_id = self._session()
+    def _call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Runtime, Call, dict[str, Any]]:
+        """The call through the gate (the one session and mapping rules), not yet decided."""
+        if args:
+            kwargs = {**_positional(self.tool, args), **kwargs}
         decided, injected = self._split(kwargs)
-        try:
-            auth = runtime.authorize(
-                session_id, self.action_id, decided, tool_call_id=_CALL_ID.get()
-            )
-        except (ActionDeniedError, InvalidParametersError) as error:
-            raise ToolDeniedError(error) from error
-        return runtime, auth, injected
+        runtime = self._runtime()
+        call = runtime.call(
+            self.tool.name,
+            decided,
+            action_id=self.action_id,
+            actions=self.actions,
+            tool_call_id=_CALL_ID.get(),
+        )
+        return runtime, call, injected
 
     def _run(
         self,
@@ -106,16 +108,15 @@ class GuardedTool(BaseTool):
         run_manager: CallbackManagerForToolRun | None = None,
         **kwargs: Any,
     ) -> Any:
-        if args:
-            kwargs = {**_positional(self.tool, args), **kwargs}
-        runtime, auth, injected = self._authorize(kwargs)
-        call = _extras(self.tool._run, config, run_manager)
+        runtime, call, injected = self._call(args, kwargs)
         try:
-            result = self.tool._run(**auth.arguments, **injected, **call)
-        except BaseException as error:
-            runtime.record_outcome(auth, error=error)
-            raise
-        runtime.record_outcome(auth, result=_recordable(result))
+            runtime.gate_sync(call)  # a refusal raises here, recorded
+        except REFUSALS as error:
+            raise ToolDeniedError(error) from error
+        with call:
+            extra = _extras(self.tool._run, config, run_manager)
+            result = self.tool._run(**call.arguments, **injected, **extra)
+            call.result = _recordable(result)
         return result
 
     async def _arun(
@@ -125,23 +126,15 @@ class GuardedTool(BaseTool):
         run_manager: AsyncCallbackManagerForToolRun | None = None,
         **kwargs: Any,
     ) -> Any:
-        if args:
-            kwargs = {**_positional(self.tool, args), **kwargs}
-        runtime, session_id = self._session()
-        decided, injected = self._split(kwargs)
+        runtime, call, injected = self._call(args, kwargs)
         try:
-            auth = await runtime.aauthorize(
-                session_id, self.action_id, decided, tool_call_id=_CALL_ID.get()
-            )
-        except (ActionDeniedError, InvalidParametersError) as error:
+            await runtime.gate_async(call)
+        except REFUSALS as error:
             raise ToolDeniedError(error) from error
-        call = _extras(self.tool._arun, config, run_manager)
-        try:
-            result = await self.tool._arun(**auth.arguments, **injected, **call)
-        except BaseException as error:
-            runtime.record_outcome(auth, error=error)
-            raise
-        runtime.record_outcome(auth, result=_recordable(result))
+        async with call:
+            extra = _extras(self.tool._arun, config, run_manager)
+            result = await self.tool._arun(**call.arguments, **injected, **extra)
+            call.result = _recordable(result)
         return result
 
 
@@ -154,15 +147,17 @@ def guard_tool(
 ) -> GuardedTool:
     """Wrap ``tool`` so each call is decided (CARP) and recorded (TRACE) first.
 
-    The action is ``action_id``, else ``actions[tool.name]``, else the action whose id, name
-    or executor equals the tool's name (resolved against ``runtime``, or the configured one).
-    Calls use the active ``cra.session`` (or the implicit session).
+    Every call goes through ``Runtime.call``: the action is ``action_id``, else
+    ``actions[tool.name]``, else the action whose id, name or executor equals the tool's name
+    (the runtime's one mapping rule, at call time: an unmapped tool is refused and recorded).
+    Calls belong to the active ``cra.session`` (the runtime's one session rule), and get spans
+    like every other call when the runtime has ``otel=``.
     """
-    resolved = action_id or action_for(runtime_or_default(runtime), tool.name, actions)
     handler = tool.handle_tool_error if tool.handle_tool_error else _handle
     return GuardedTool(
         tool=tool,
-        action_id=resolved,
+        action_id=action_id,
+        actions=dict(actions) if actions else None,
         cra_runtime=runtime,
         name=tool.name,
         description=tool.description,
@@ -184,17 +179,6 @@ def guard_tools(
 ) -> list[GuardedTool]:
     """:func:`guard_tool` for each tool."""
     return [guard_tool(tool, runtime=runtime, actions=actions) for tool in tools]
-
-
-_implicit: dict[int, tuple[Runtime, str]] = {}
-
-
-def _implicit_session(runtime: Runtime) -> str:
-    hit = _implicit.get(id(runtime))
-    if hit is None or hit[0] is not runtime:
-        info = runtime.create_session("cra-implicit", "guarded LangChain tools")
-        hit = _implicit[id(runtime)] = (runtime, info.session_id)
-    return hit[1]
 
 
 def _call_id(value: Any) -> str | None:

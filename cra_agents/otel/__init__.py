@@ -1,0 +1,62 @@
+"""OpenTelemetry spans for guarded calls and sessions.
+
+Turn it on with ``cra.configure(..., otel=...)`` or ``Runtime(..., otel=...)``:
+
+``otel="http://127.0.0.1:4318"`` / ``"grpc://127.0.0.1:4317"``
+    cra-agents exports to that collector itself over OTLP/HTTP or gRPC (extra
+    ``cra-agents[otel]``), through a batch processor with a large queue and a short export
+    timeout; :attr:`Telemetry.stats` counts what was exported and what was dropped.
+``otel=True`` or a ``TracerProvider``
+    Spans go to the application's provider (the global one for ``True``), beside its own.
+``otel=OTelConfig(...)``
+    Everything above, plus ``capture_content`` (arguments and results on spans, off by default).
+
+Each guarded call becomes an ``execute_tool {tool}`` span (INTERNAL) with the GenAI attributes,
+``openinference.span.kind=TOOL`` and the ``cra.*`` attributes of :mod:`cra_agents.semconv`,
+including the hash link of the deciding TRACE event; a denial has status ERROR and
+``error.type=policy_denied``. A ``cra.session`` block becomes an ``invoke_agent {agent}`` span
+with ``gen_ai.conversation.id`` = session id, parent of the calls made in it.
+
+The chain is the record; spans are best effort. Nothing here raises into the caller or waits
+on the network: a span is ended, with its hash attributes, by the trace writer once the TRACE
+event it points at is stored. :func:`verify_spans` checks the links carried by exported spans
+(read back with :func:`read_otlp_json`) against the stored chain.
+"""
+
+from __future__ import annotations
+
+from cra_agents.otel._attributes import (
+    CallFacts,
+    call_attributes,
+    link_attributes,
+    session_attributes,
+)
+from cra_agents.otel._config import OTelConfig, OTelSpec, observer_from, telemetry_from
+from cra_agents.otel._export import otlp_json
+from cra_agents.otel._observer import Telemetry, TelemetryStats
+from cra_agents.otel._verify import (
+    ExportedSpan,
+    SpanLinkProblem,
+    SpanVerification,
+    read_otlp_json,
+    verify_spans,
+)
+
+__all__ = [
+    "CallFacts",
+    "ExportedSpan",
+    "OTelConfig",
+    "OTelSpec",
+    "SpanLinkProblem",
+    "SpanVerification",
+    "Telemetry",
+    "TelemetryStats",
+    "call_attributes",
+    "link_attributes",
+    "observer_from",
+    "otlp_json",
+    "read_otlp_json",
+    "session_attributes",
+    "telemetry_from",
+    "verify_spans",
+]

@@ -1,0 +1,187 @@
+"""How spans are produced and where they go: ``otel=`` in, a :class:`Telemetry` observer out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace as otel_trace
+
+from cra_agents._exceptions import InvalidRequestError
+from cra_agents.otel._observer import Telemetry, TelemetryStats
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+__all__ = ["OTelConfig", "OTelSpec", "observer_from", "telemetry_from"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OTelConfig:
+    """How spans are produced and where they go.
+
+    Attributes:
+        endpoint: A collector to export to: ``http(s)://host:port`` (OTLP/HTTP; ``/v1/traces``
+            is added when no path is given) or ``grpc://host:port`` (OTLP/gRPC, plaintext;
+            ``grpcs://`` for TLS). None: use ``tracer_provider`` or the global provider.
+        tracer_provider: The provider to create spans with (ignored with ``endpoint``).
+        capture_content: Put the frozen arguments and the result on tool spans.
+        service_name: ``service.name`` of the provider cra-agents creates for ``endpoint``.
+        headers: Extra export headers (e.g. an API key for a hosted backend).
+        max_queue_size: Spans held for export; more are dropped (and counted).
+        max_export_batch_size: Spans per export request.
+        schedule_delay: Seconds between exports.
+        export_timeout: Seconds an export request may take.
+        shutdown_timeout: Longest :meth:`Telemetry.shutdown` waits for the last export.
+    """
+
+    endpoint: str | None = None
+    tracer_provider: Any = None
+    capture_content: bool = False
+    service_name: str = "cra-agents"
+    headers: Mapping[str, str] | None = None
+    max_queue_size: int = 16_384
+    max_export_batch_size: int = 512
+    schedule_delay: float = 0.5
+    export_timeout: float = 2.0
+    shutdown_timeout: float = 2.0
+
+
+#: What ``otel=`` accepts.
+OTelSpec = bool | str | OTelConfig | otel_trace.TracerProvider | None
+
+
+def observer_from(spec: OTelSpec) -> Telemetry | None:
+    """The runtime's ``otel=`` plug-in (see :func:`telemetry_from`)."""
+    return telemetry_from(spec)
+
+
+def telemetry_from(spec: OTelSpec) -> Telemetry | None:
+    """A :class:`Telemetry` for an ``otel=`` argument (None when off).
+
+    Raises:
+        InvalidRequestError: an unknown endpoint scheme, or the ``otel`` extra is missing.
+    """
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return Telemetry(otel_trace.get_tracer_provider())
+    if isinstance(spec, str):
+        spec = OTelConfig(endpoint=spec)
+    if not isinstance(spec, OTelConfig):
+        return Telemetry(spec)
+    if spec.endpoint is None:
+        provider = spec.tracer_provider or otel_trace.get_tracer_provider()
+        return Telemetry(provider, capture_content=spec.capture_content)
+    return _exporting(spec)
+
+
+def _exporting(config: OTelConfig) -> Telemetry:
+    endpoint = config.endpoint or ""
+    scheme = endpoint.split("://", 1)[0].lower() if "://" in endpoint else ""
+    if scheme not in ("http", "https", "grpc", "grpcs"):
+        raise InvalidRequestError(
+            f"otel endpoint {endpoint!r}: use http(s)://host:port for OTLP/HTTP or "
+            "grpc://host:port for OTLP/gRPC",
+            details={"reason": "bad_otel_endpoint"},
+        )
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+
+        if scheme.startswith("grpc"):
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
+
+            exporter: SpanExporter = GrpcExporter(
+                endpoint=endpoint.split("://", 1)[1],
+                insecure=scheme == "grpc",
+                headers=dict(config.headers or {}),
+                timeout=config.export_timeout,
+            )
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter as HttpExporter,
+            )
+
+            url = endpoint
+            if url.count("/") <= 2:
+                url = url.rstrip("/") + "/v1/traces"
+            exporter = HttpExporter(
+                endpoint=url, headers=dict(config.headers or {}), timeout=config.export_timeout
+            )
+    except ImportError as exc:
+        raise InvalidRequestError(
+            f"exporting spans needs the otel extra: pip install 'cra-agents[otel]' ({exc})",
+            details={"reason": "otel_extra_missing"},
+        ) from exc
+    stats = TelemetryStats()
+    processor = _batch_processor(_CountingExporter(exporter, stats), config, stats)
+    provider = TracerProvider(resource=Resource.create({"service.name": config.service_name}))
+    provider.add_span_processor(processor)
+    return Telemetry(
+        provider,
+        capture_content=config.capture_content,
+        owned_processor=processor,
+        shutdown_timeout=config.shutdown_timeout,
+        stats=stats,
+    )
+
+
+def _batch_processor(exporter: Any, config: OTelConfig, stats: TelemetryStats) -> Any:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    class _Counting(BatchSpanProcessor):
+        """Counts the spans the SDK drops because its queue is full."""
+
+        def on_end(self, span: ReadableSpan) -> None:
+            queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+            if queue is not None and len(queue) >= config.max_queue_size:
+                stats.spans_dropped += 1
+            super().on_end(span)
+
+    return _Counting(
+        exporter,
+        max_queue_size=config.max_queue_size,
+        max_export_batch_size=config.max_export_batch_size,
+        schedule_delay_millis=config.schedule_delay * 1000,
+        export_timeout_millis=config.export_timeout * 1000,
+    )
+
+
+class _CountingExporter:
+    """Wraps an exporter: counts exported and failed spans; never raises."""
+
+    def __init__(self, exporter: SpanExporter, stats: TelemetryStats) -> None:
+        self._exporter = exporter
+        self._stats = stats
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        try:
+            result = self._exporter.export(spans)
+        except Exception:
+            logger.warning("exporting %d spans failed (dropped)", len(spans), exc_info=True)
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self._stats.spans_exported += len(spans)
+        else:
+            self._stats.export_failures += 1
+            self._stats.spans_dropped += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        try:
+            self._exporter.shutdown()
+        except Exception:
+            logger.warning("shutting down the span exporter failed", exc_info=True)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return bool(self._exporter.force_flush(timeout_millis))
