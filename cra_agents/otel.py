@@ -826,12 +826,17 @@ def _link_attrs(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _session_spans(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    from typing import cast
+
+    from cra_agents.trace import fold_session
+
+    folded = fold_session(events)  # the records keep the dicts they were given
     first, last = events[0], events[-1]
     session_id = str(first["session_id"])
     trace_id = str(first["trace_id"]).replace("-", "")[:32].rjust(32, "0")
     root_id = _span_id(str(first["span_id"]))
     agent = str((first.get("payload") or {}).get("agent_id", "agent"))
-    shadow = any((e.get("payload") or {}).get("shadow") for e in events)
+    shadow = folded.shadow
     root_attrs: dict[str, Any] = {
         sc.GEN_AI_OPERATION_NAME: "invoke_agent",
         sc.GEN_AI_AGENT_NAME: agent,
@@ -856,21 +861,13 @@ def _session_spans(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "status": {"code": 0},
         }
     ]
-    calls: dict[str, dict[str, Any]] = {}
-    for event in events:
-        payload = event.get("payload") or {}
-        execution_id = payload.get("execution_id")
-        kind = event["event_type"]
-        if not execution_id or not kind.startswith("action."):
+    for call in folded.calls:
+        execution_id = call.execution_id
+        # Calls seen without their request (a trace that starts mid-call) have no span.
+        if not execution_id or not call.has_request:
             continue
-        call = calls.setdefault(str(execution_id), {"events": {}})
-        call["events"].setdefault(kind, event)
-    for execution_id, call in calls.items():
-        found = call["events"]
-        requested = found.get("action.requested")
-        if requested is None:
-            continue
-        action_id = str(requested["payload"].get("action_id", ""))
+        requested = cast("Mapping[str, Any]", call.requested)
+        action_id = call.action_id
         attrs: dict[str, Any] = {
             sc.GEN_AI_OPERATION_NAME: "execute_tool",
             sc.GEN_AI_TOOL_NAME: action_id,
@@ -883,14 +880,14 @@ def _session_spans(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         }
         status: dict[str, Any] = {"code": 0}
         end = requested
-        decided = found.get("action.denied") or found.get("action.approved")
+        decided = cast("Mapping[str, Any] | None", call.decided)
         if decided is not None:
             end = decided
             attrs.update(_link_attrs(decided))
             policy = decided["payload"].get("policy_id")
             if policy:
                 attrs[sc.CRA_POLICY_ID] = policy
-            if decided["event_type"] == "action.denied":
+            if call.decision == "deny":
                 attrs[sc.CRA_DECISION] = "deny"
                 attrs[sc.CRA_OUTCOME] = "denied"
                 attrs[sc.CRA_REASON] = str(decided["payload"].get("reason", ""))
@@ -900,18 +897,18 @@ def _session_spans(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 attrs[sc.CRA_DECISION] = "allow"
                 if decided["payload"].get("approver"):
                     attrs[sc.CRA_APPROVER] = decided["payload"]["approver"]
-        outcome = found.get("action.executed") or found.get("action.failed")
+        outcome = cast("Mapping[str, Any] | None", call.outcome)
         if outcome is not None:
             end = outcome
             attrs[sc.CRA_OUTCOME_SEQUENCE] = outcome["sequence"]
             attrs[sc.CRA_OUTCOME_EVENT_HASH] = outcome["event_hash"]
-            if outcome["event_type"] == "action.executed":
+            if call.outcome_kind == "executed":
                 attrs[sc.CRA_OUTCOME] = "executed"
             else:
                 attrs[sc.CRA_OUTCOME] = "failed"
                 attrs[sc.ERROR_TYPE] = str(outcome["payload"].get("error_code") or "error")
                 status = {"code": 2, "message": str(outcome["payload"].get("error_message", ""))}
-        if any((e.get("payload") or {}).get("shadow") for e in found.values()):
+        if call.shadow:
             attrs[sc.CRA_SHADOW] = True
         spans.append(
             {
