@@ -478,8 +478,13 @@ def test_otlp_json_pairs_a_denial_without_execution_id():
     chain.append("action.requested", {"action_id": "a.b", "execution_id": "e1"})
     chain.append("action.denied", {"action_id": "a.b", "reason": "internal", "policy_id": "p"})
     chain.append("action.denied", {"action_id": "a.b", "reason": "alone", "policy_id": "p"})
+    chain.append("action.requested", {"action_id": "a.c", "execution_id": "e2", "shadow": True})
     document = otlp_json([chain.flush()])
-    root, call = document["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    root, call, pending = document["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    shadow = {"key": sc.CRA_SHADOW, "value": {"boolValue": True}}
+    assert shadow in root["attributes"] and shadow in pending["attributes"]
+    assert pending["status"] == {"code": 0}
+    assert pending["startTimeUnixNano"] == pending["endTimeUnixNano"]
     attrs = {a["key"]: next(iter(a["value"].values())) for a in call["attributes"]}
     assert (attrs[sc.CRA_EXECUTION_ID], attrs[sc.CRA_DECISION], attrs[sc.CRA_REASON]) == (
         "e1",
