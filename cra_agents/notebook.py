@@ -52,6 +52,7 @@ import orjson
 
 from cra_agents._exceptions import CRAError
 from cra_agents.protocol import TraceEvent
+from cra_agents.protocol import _events as ev
 from cra_agents.replay import ReplayReport, load_events
 from cra_agents.runtime._approvals import ApprovalDecision, ApprovalRequest, _user
 
@@ -659,11 +660,11 @@ class NotebookApprover:
 
 
 _ROW_COLOURS = {
-    "action.denied": "#fdecea",
-    "policy.violated": "#fff4e5",
-    "action.failed": "#fdecea",
-    "action.approved": "#edf7ed",
-    "action.executed": "#e8f4fd",
+    ev.ACTION_DENIED: "#fdecea",
+    ev.POLICY_VIOLATED: "#fff4e5",
+    ev.ACTION_FAILED: "#fdecea",
+    ev.ACTION_APPROVED: "#edf7ed",
+    ev.ACTION_EXECUTED: "#e8f4fd",
 }
 _DETAIL_KEYS = (
     "result",

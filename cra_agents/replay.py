@@ -15,7 +15,7 @@ Replay sits above the runtime: it drives a real :class:`~cra_agents.Runtime` in 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,8 +25,17 @@ from cra_agents._requests import resolve_request
 from cra_agents.atlas import AtlasSource
 from cra_agents.policy import ConditionContext, Effect, RateLimiter
 from cra_agents.protocol import TraceEvent
+from cra_agents.protocol import _events as ev
 from cra_agents.runtime import Runtime
-from cra_agents.trace import read_events, verify_chain
+from cra_agents.trace import (
+    CallRecord,
+    ResolutionRecord,
+    event_field,
+    event_payload,
+    fold_session,
+    read_events,
+    verify_chain,
+)
 
 __all__ = [
     "DecisionReplay",
@@ -179,8 +188,16 @@ def replay_session(
     check = verify_chain(records)
     if not check.valid:
         raise ValueError(f"the trace does not verify ({check.error_type}): {check.error_message}")
-    if not records or records[0]["event_type"] != "session.started":
+    if not records or records[0]["event_type"] != ev.SESSION_STARTED:
         raise ValueError("a replay needs a whole session, starting with session.started")
+    folded = fold_session(records)
+    # What each request and each call start is: decisions replay in the order they began.
+    starts: dict[int, ResolutionRecord | CallRecord] = {
+        id(resolution.received): resolution
+        for resolution in folded.resolutions
+        if resolution.received is not None
+    }
+    starts.update((id(call.requested), call) for call in folded.calls if call.has_request)
     clock = _ReplayClock()
     runtime = Runtime(
         atlases, store="memory://", default_deny=default_deny, clock_skew_seconds=float("inf")
@@ -188,28 +205,24 @@ def replay_session(
     runtime.engine.limiter = RateLimiter(clock=clock.monotonic)
     runtime.engine.clock = clock.wall
     start = records[0]
-    session = runtime.create_session(start["payload"]["agent_id"], start["payload"]["goal"])
+    agent_id = start["payload"]["agent_id"]
+    session = runtime.create_session(agent_id, start["payload"]["goal"])
     report = ReplayReport(session_id=str(start["session_id"]))
     contexts: dict[str, ConditionContext] = {}
     done = 0
-    index = 1
     try:
-        while index < len(records):
+        for index, event in enumerate(records):
+            begun = starts.get(id(event))
+            if begun is None:
+                continue
             if progress is not None:
                 progress(index - done)
                 done = index
-            event = records[index]
             clock.ns = parse_timestamp_ns(event["timestamp"])
-            kind = event["event_type"]
-            if kind == "carp.request.received":
-                index = _replay_resolve(runtime, session, records, index, report, contexts)
-                continue
-            if kind == "action.requested":
-                index = _replay_execute(
-                    runtime, records, index, report, contexts, start["payload"]["agent_id"]
-                )
-                continue
-            index += 1
+            if isinstance(begun, ResolutionRecord):
+                _replay_resolve(runtime, session, event, begun, report, contexts)
+            else:
+                _replay_execute(runtime, begun, report, contexts, agent_id)
     finally:
         runtime.close()
     if progress is not None:
@@ -220,26 +233,19 @@ def replay_session(
 def _replay_resolve(
     runtime: Runtime,
     session: Any,
-    records: Sequence[Mapping[str, Any]],
-    index: int,
+    requested: Mapping[str, Any],
+    record: ResolutionRecord,
     report: ReplayReport,
     contexts: dict[str, ConditionContext],
-) -> int:
-    request = records[index]["payload"]
+) -> None:
+    request = requested["payload"]
     before: dict[str, tuple[str, str | None]] = {}
+    for recorded in record.evaluated:
+        payload = event_payload(recorded)
+        before[str(payload.get("action_id"))] = (str(payload["result"]), payload["policy_id"])
     completed: Mapping[str, Any] | None = None
-    end = index + 1
-    while end < len(records):
-        event = records[end]
-        if event["event_type"] == "policy.evaluated":
-            payload = event["payload"]
-            before[str(payload.get("action_id"))] = (str(payload["result"]), payload["policy_id"])
-        elif event["event_type"] == "carp.resolution.completed":
-            completed = event["payload"]
-            break
-        elif event["event_type"] == "carp.request.received":
-            break
-        end += 1
+    if record.completed is not None and record.decision_type is not None:
+        completed = event_payload(record.completed)
     loaded = {atlas.atlas_id for atlas in runtime.atlases}
     wanted = [a for a in request.get("atlas_ids") or [] if a in loaded]
     last = runtime.session(session.session_id).event_count - 1
@@ -256,11 +262,11 @@ def _replay_resolve(
     )
     after: dict[str, tuple[str, str | None]] = {}
     for replayed in runtime.trace_events(
-        session.session_id, event_type="policy.evaluated", since_sequence=last
+        session.session_id, event_type=ev.POLICY_EVALUATED, since_sequence=last
     ):
         evaluated = replayed.payload
         after[evaluated["action_id"]] = (evaluated["result"], evaluated["policy_id"])
-    sequence = int(records[index]["sequence"])
+    sequence = int(requested["sequence"])
     for action_id in list(before) + [a for a in after if a not in before]:
         report.decisions.append(
             DecisionReplay(
@@ -283,46 +289,31 @@ def _replay_resolve(
             capabilities=frozenset(request.get("required_capabilities", ())),
             context=request.get("context"),
         )
-    return end + 1 if completed is not None else end
 
 
 def _replay_execute(
     runtime: Runtime,
-    records: Sequence[Mapping[str, Any]],
-    index: int,
+    call: CallRecord,
     report: ReplayReport,
     contexts: dict[str, ConditionContext],
     agent_id: str,
-) -> int:
-    requested = records[index]
-    payload = requested["payload"]
+) -> None:
+    payload = event_payload(call.requested)
+    sequence = int(event_field(call.requested, "sequence"))
     action_id = str(payload["action_id"])
     # The gate (guarded calls, middleware) records the policy's answer between the request and
-    # its outcome; shadow mode adds policy.violated there too.
-    evaluated: Mapping[str, Any] | None = None
-    position = index + 1
-    while position < len(records) and records[position]["event_type"] in (
-        "policy.evaluated",
-        "policy.violated",
+    # its decision; CARP execute records none.
+    evaluated = None if call.evaluated is None else event_payload(call.evaluated)
+    outcome = None if call.decided is None else event_payload(call.decided)
+    if outcome is None:
+        report.skipped.append((sequence, "no recorded outcome"))
+        return
+    reason = str(outcome.get("reason", ""))
+    if call.decision == "deny" and (
+        reason in _RUNTIME_REASONS or outcome.get("policy_id") == "carp-runtime"
     ):
-        between = records[position]
-        if (
-            between["event_type"] == "policy.evaluated"
-            and between["payload"].get("action_id") == action_id
-        ):
-            evaluated = between["payload"]
-        position += 1
-    outcome = records[position] if position < len(records) else None
-    end = position + 1
-    if outcome is None or outcome["event_type"] not in ("action.approved", "action.denied"):
-        report.skipped.append((int(requested["sequence"]), "no recorded outcome"))
-        return index + 1
-    reason = str(outcome["payload"].get("reason", ""))
-    if outcome["event_type"] == "action.denied" and (
-        reason in _RUNTIME_REASONS or outcome["payload"].get("policy_id") == "carp-runtime"
-    ):
-        report.skipped.append((int(requested["sequence"]), f"runtime rule: {reason}"))
-        return end
+        report.skipped.append((sequence, f"runtime rule: {reason}"))
+        return
     ctx = contexts.get(str(payload.get("resolution_id")))
     if ctx is None:  # a gate call: decided on the action's own risk tier, as the runtime does
         found = runtime.engine.action(action_id)
@@ -332,12 +323,12 @@ def _replay_execute(
     decision = runtime.engine.decide(action_id, ctx, consume=True)
     if evaluated is not None and evaluated.get("result") in _RESULTS:
         before: tuple[str, str | None] = (str(evaluated["result"]), evaluated.get("policy_id"))
-    elif outcome["event_type"] == "action.approved":
-        before = ("allow", outcome["payload"].get("policy_id"))
+    elif call.decision == "allow":
+        before = ("allow", outcome.get("policy_id"))
     elif reason == "approval_required":
-        before = ("requires_approval", outcome["payload"].get("policy_id"))
+        before = ("requires_approval", outcome.get("policy_id"))
     else:
-        before = ("deny", outcome["payload"].get("policy_id"))
+        before = ("deny", outcome.get("policy_id"))
     after_result = {
         Effect.ALLOW: "allow",
         Effect.DENY: "deny",
@@ -347,16 +338,8 @@ def _replay_execute(
     if before[1] is None:  # older traces did not record the allowing policy
         after = (after_result, None) if after_result == "allow" else after
     report.decisions.append(
-        DecisionReplay(
-            "execute",
-            int(requested["sequence"]),
-            action_id,
-            before,
-            after,
-            note=decision.reason or "",
-        )
+        DecisionReplay("execute", sequence, action_id, before, after, note=decision.reason or "")
     )
-    return end
 
 
 # -- diff ---------------------------------------------------------------------------------------
@@ -471,11 +454,11 @@ def diff_traces(first: EventsSource, second: EventsSource) -> TraceDiff:
 # -- state --------------------------------------------------------------------------------------
 
 _STATUS: dict[str, Literal["requested", "approved", "denied", "executed", "failed"]] = {
-    "action.requested": "requested",
-    "action.approved": "approved",
-    "action.denied": "denied",
-    "action.executed": "executed",
-    "action.failed": "failed",
+    "pending": "requested",
+    "approved": "approved",
+    "denied": "denied",
+    "executed": "executed",
+    "failed": "failed",
 }
 
 
@@ -532,7 +515,7 @@ def reconstruct_session(events: EventsSource) -> SessionState:
         ValueError: the events do not start with ``session.started``.
     """
     records = load_events(events)
-    if not records or records[0]["event_type"] != "session.started":
+    if not records or records[0]["event_type"] != ev.SESSION_STARTED:
         raise ValueError("a session's events start with session.started")
     first = records[0]
     state = SessionState(
@@ -541,64 +524,46 @@ def reconstruct_session(events: EventsSource) -> SessionState:
         goal=str(first["payload"].get("goal")),
         started_at=str(first["timestamp"]),
     )
-    pending: dict[str, Any] = {}
-    executions: dict[str, ExecutionState] = {}
-    for event in records[1:]:
-        kind, payload = event["event_type"], event["payload"]
-        if kind == "carp.request.received":
-            pending = {
-                "request": payload,
-                "allowed": [],
-                "denied": {},
-                "approval": [],
-                "blocks": [],
-            }
-        elif kind == "policy.evaluated" and pending:
+    folded = fold_session(records)
+    for resolution in folded.resolutions:
+        if resolution.received is None or resolution.decision_type is None:
+            continue  # only completed resolutions of a request count
+        request = event_payload(resolution.received)
+        completed = event_payload(resolution.completed) if resolution.completed else {}
+        rebuilt = ResolutionState(
+            resolution_id=str(completed["resolution_id"]),
+            request_id=str(request.get("request_id")),
+            goal=str(request.get("goal")),
+            decision_type=str(completed["decision_type"]),
+            context_blocks=[str(event_payload(e).get("block_id")) for e in resolution.injected],
+        )
+        for evaluated in resolution.evaluated:
+            payload = event_payload(evaluated)
             action_id = str(payload.get("action_id"))
             if payload["result"] == "deny":
-                pending["denied"][action_id] = str(payload["policy_id"])
+                rebuilt.denied[action_id] = str(payload["policy_id"])
             else:
-                pending["allowed"].append(action_id)
+                rebuilt.allowed.append(action_id)
                 if payload["result"] == "requires_approval":
-                    pending["approval"].append(action_id)
-        elif kind == "context.injected" and pending:
-            pending["blocks"].append(str(payload.get("block_id")))
-        elif kind == "carp.resolution.completed" and pending:
-            state.resolutions.append(
-                ResolutionState(
-                    resolution_id=str(payload["resolution_id"]),
-                    request_id=str(pending["request"].get("request_id")),
-                    goal=str(pending["request"].get("goal")),
-                    decision_type=str(payload["decision_type"]),
-                    allowed=pending["allowed"],
-                    denied=pending["denied"],
-                    needs_approval=pending["approval"],
-                    context_blocks=pending["blocks"],
-                )
+                    rebuilt.needs_approval.append(action_id)
+        state.resolutions.append(rebuilt)
+    for call in folded.calls:
+        failed = call.outcome_kind == "failed"
+        reason = call.error_message if failed else call.reason if call.decision == "deny" else None
+        outcome = None if call.outcome is None else event_payload(call.outcome)
+        decided = None if call.decided is None else event_payload(call.decided)
+        state.executions.append(
+            ExecutionState(
+                execution_id=call.execution_id,
+                action_id=str(event_payload(call.requested)["action_id"]),
+                resolution_id=event_payload(call.requested).get("resolution_id"),
+                status=_STATUS[call.outcome_kind],
+                policy_id=None if decided is None else decided.get("policy_id"),
+                reason=reason,
+                duration_ms=None if outcome is None else outcome.get("duration_ms"),
             )
-            pending = {}
-        elif kind in (
-            "action.requested",
-            "action.approved",
-            "action.denied",
-            "action.executed",
-            "action.failed",
-        ):
-            execution_id = str(payload.get("execution_id"))
-            current = executions.get(execution_id)
-            if current is None:
-                current = executions[execution_id] = ExecutionState(
-                    execution_id,
-                    str(payload["action_id"]),
-                    payload.get("resolution_id"),
-                    "requested",
-                )
-                state.executions.append(current)
-            current.status = _STATUS[kind]
-            current.policy_id = payload.get("policy_id", current.policy_id)
-            current.reason = payload.get("reason", payload.get("error_message", current.reason))
-            current.duration_ms = payload.get("duration_ms", current.duration_ms)
-        elif kind == "session.ended":
-            state.ended_at = str(event["timestamp"])
-            state.end_reason = str(payload.get("reason"))
+        )
+    if folded.ended is not None:
+        state.ended_at = str(event_field(folded.ended, "timestamp"))
+        state.end_reason = str(event_payload(folded.ended).get("reason"))
     return state

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +10,15 @@ import pytest
 
 import cra_agents as cra
 from cra_agents._clock import parse_timestamp_ns
-from cra_agents._ids import new_id
 from cra_agents.trace import (
     CallRecord,
     ResolutionRecord,
-    SessionChain,
     event_field,
     event_payload,
     fold_calls,
     fold_session,
 )
+from tests.test_report import chain, dicts
 
 GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
 MERGE_ARGS = {"repo": "acme/app", "pr_number": 7, "expected_head_sha": "a" * 40}
@@ -46,18 +44,6 @@ _PROPERTIES = (
     "start_ns",
     "end_ns",
 )
-
-
-def chain(*events: tuple[str, Mapping[str, Any]]) -> list[cra.TraceEvent]:
-    """A valid hash chain of arbitrary events (for shapes the runtime does not write)."""
-    session = SessionChain(new_id(), new_id())
-    for event_type, payload in events:
-        session.append(event_type, payload)
-    return session.flush()
-
-
-def dicts(events: Sequence[cra.TraceEvent]) -> list[dict[str, Any]]:
-    return [e.model_dump(mode="json") for e in events]
 
 
 def plain(event: Any) -> Any:

@@ -466,3 +466,31 @@ def test_trace_failure_ends_open_spans(memory_spans, monkeypatch):
     ]
     # The call queued when the store failed, the call refused because of it, and the session.
     assert len(unlinked) == 3
+
+
+def test_otlp_json_pairs_a_denial_without_execution_id():
+    """The export reads calls through fold_session: an id-less denial ends its call's span."""
+    from cra_agents._ids import new_id
+    from cra_agents.otel import otlp_json
+    from cra_agents.trace import SessionChain
+
+    chain = SessionChain(new_id(), new_id())
+    chain.append("session.started", {"agent_id": "bot", "goal": "g"})
+    chain.append("action.requested", {"action_id": "a.b", "execution_id": "e1"})
+    chain.append("action.denied", {"action_id": "a.b", "reason": "internal", "policy_id": "p"})
+    chain.append("action.denied", {"action_id": "a.b", "reason": "alone", "policy_id": "p"})
+    chain.append("action.requested", {"action_id": "a.c", "execution_id": "e2", "shadow": True})
+    document = otlp_json([chain.flush()])
+    root, call, pending = document["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    shadow = {"key": sc.CRA_SHADOW, "value": {"boolValue": True}}
+    assert shadow in root["attributes"] and shadow in pending["attributes"]
+    assert pending["status"] == {"code": 0}
+    assert pending["startTimeUnixNano"] == pending["endTimeUnixNano"]
+    attrs = {a["key"]: next(iter(a["value"].values())) for a in call["attributes"]}
+    assert (attrs[sc.CRA_EXECUTION_ID], attrs[sc.CRA_DECISION], attrs[sc.CRA_REASON]) == (
+        "e1",
+        "deny",
+        "internal",
+    )
+    assert call["status"] == {"code": 2, "message": "internal"}
+    assert "parentSpanId" not in root and call["parentSpanId"] == root["spanId"]

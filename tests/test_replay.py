@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 
 import cra_agents as cra
+from cra_agents._ids import new_id
 from cra_agents.replay import (
     diff_traces,
     load_events,
     reconstruct_session,
     replay_session,
 )
-from cra_agents.trace import JsonlStore
+from cra_agents.trace import JsonlStore, SessionChain
 
 GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
 ISSUE = {"repo": "acme/app", "issue_number": 1, "body": "Thanks, looking into it."}
@@ -201,3 +202,34 @@ class TestReconstruct:
         """Events that do not begin a session are refused."""
         with pytest.raises(ValueError, match=r"session\.started"):
             reconstruct_session([])
+
+
+class TestUnfinished:
+    def test_open_request_and_undecided_call(self):
+        """A request without completion replays its actions; a call without decision is skipped."""
+        chain = SessionChain(new_id(), new_id())
+        chain.append("session.started", {"agent_id": "triage-bot", "goal": "Triage"})
+        chain.append(
+            "carp.request.received",
+            {"request_id": "q", "operation": "resolve", "goal": "Triage", "atlas_ids": []},
+        )
+        chain.append(
+            "action.requested",
+            {"action_id": "github.issue.list", "execution_id": "e", "parameters_hash": ""},
+        )
+        chain.append(
+            "action.failed",
+            {"action_id": "github.issue.list", "execution_id": "e", "error_message": "boom"},
+        )
+        events = chain.flush()
+        report = replay_session(events, [GITHUB_OPS])
+        assert report.skipped == [(2, "no recorded outcome")]
+        assert report.decisions and {d.kind for d in report.decisions} == {"action"}
+        state = reconstruct_session(events)
+        assert state.resolutions == [] and state.ended_at is None
+        (execution,) = state.executions
+        assert (execution.execution_id, execution.status, execution.reason) == (
+            "e",
+            "failed",
+            "boom",
+        )

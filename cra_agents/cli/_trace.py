@@ -22,6 +22,7 @@ from cra_agents.cli._sources import (
     read_file,
     resolve_target,
 )
+from cra_agents.protocol import _events as ev
 from cra_agents.trace import TornTail
 
 __all__ = [
@@ -285,7 +286,7 @@ def list_sessions(args: argparse.Namespace, out: Output) -> int:
                 "goal": payload.get("goal"),
                 "started_at": first.timestamp if first else None,
                 "events": len(events),
-                "ended": bool(last and last.event_type == "session.ended"),
+                "ended": bool(last and last.event_type == ev.SESSION_ENDED),
             }
         )
     if out.json_mode:

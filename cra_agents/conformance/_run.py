@@ -22,6 +22,7 @@ from cra_agents.atlas import load_atlas, validate_atlas
 from cra_agents.atlas._load import pointer
 from cra_agents.policy import ConditionContext, Effect, PolicyEngine, RateLimiter
 from cra_agents.protocol import GENESIS_HASH, CARPRequest
+from cra_agents.protocol import _events as ev
 from cra_agents.runtime import Runtime
 from cra_agents.trace import compute_event_hash, spec_event_hash, verify_chain
 
@@ -145,7 +146,7 @@ _SINGLE_EVENT = {
     "session_id": "33333333-3333-3333-3333-333333333333",
     "sequence": 0,
     "timestamp": "2024-12-28T12:00:00.000000Z",
-    "event_type": "session.started",
+    "event_type": ev.SESSION_STARTED,
     "payload": {"agent_id": "test-agent", "goal": "Test session"},
     "previous_event_hash": GENESIS_HASH,
 }
@@ -338,7 +339,7 @@ def _diff_semantic(suite: Path) -> dict[str, Any]:
     def trace(duration: int) -> list[dict[str, Any]]:
         return [
             {
-                "event_type": "action.executed",
+                "event_type": ev.ACTION_EXECUTED,
                 "payload": {"action_id": "resource.create", "duration_ms": duration},
             }
         ]
@@ -449,9 +450,9 @@ def _rust_simple_resolve(suite: Path) -> dict[str, Any]:
     events = runtime.trace_events(session.session_id)
     types = [e.event_type for e in events]
     _expect(
-        types[0] == "session.started"
-        and types[-1] == "carp.resolution.completed"
-        and types.count("policy.evaluated") == 5,
+        types[0] == ev.SESSION_STARTED
+        and types[-1] == ev.RESOLUTION_COMPLETED
+        and types.count(ev.POLICY_EVALUATED) == 5,
         f"events {types}",
     )
     completed = events[-1].payload
@@ -550,7 +551,7 @@ def _rust_context(suite: Path) -> dict[str, Any]:
     _expect(block.priority == 75, f"priority {block.priority}")
     _expect(block.content == _CONTENT, "content not byte-exact")
     injected = [
-        e for e in runtime.trace_events(session.session_id) if e.event_type == "context.injected"
+        e for e in runtime.trace_events(session.session_id) if e.event_type == ev.CONTEXT_INJECTED
     ]
     _expect(
         len(injected) == 1
