@@ -23,7 +23,7 @@ from typing import Any, Literal
 from cra_agents._clock import parse_timestamp_ns
 from cra_agents._requests import resolve_request
 from cra_agents.atlas import AtlasSource
-from cra_agents.policy import ConditionContext, Effect, RateLimiter
+from cra_agents.policy import ConditionContext, RateLimiter
 from cra_agents.protocol import TraceEvent
 from cra_agents.protocol import _events as ev
 from cra_agents.runtime import Runtime
@@ -200,10 +200,13 @@ def replay_session(
     starts.update((id(call.requested), call) for call in folded.calls if call.has_request)
     clock = _ReplayClock()
     runtime = Runtime(
-        atlases, store="memory://", default_deny=default_deny, clock_skew_seconds=float("inf")
+        atlases,
+        store="memory://",
+        default_deny=default_deny,
+        clock_skew_seconds=float("inf"),
+        clock=clock.wall,
+        rate_limiter=RateLimiter(clock=clock.monotonic),
     )
-    runtime.engine.limiter = RateLimiter(clock=clock.monotonic)
-    runtime.engine.clock = clock.wall
     start = records[0]
     agent_id = start["payload"]["agent_id"]
     session = runtime.create_session(agent_id, start["payload"]["goal"])
@@ -222,7 +225,7 @@ def replay_session(
             if isinstance(begun, ResolutionRecord):
                 _replay_resolve(runtime, session, event, begun, report, contexts)
             else:
-                _replay_execute(runtime, begun, report, contexts, agent_id)
+                _replay_execute(runtime, begun, report, contexts, session.session_id)
     finally:
         runtime.close()
     if progress is not None:
@@ -296,7 +299,7 @@ def _replay_execute(
     call: CallRecord,
     report: ReplayReport,
     contexts: dict[str, ConditionContext],
-    agent_id: str,
+    session_id: str,
 ) -> None:
     payload = event_payload(call.requested)
     sequence = int(event_field(call.requested, "sequence"))
@@ -314,13 +317,14 @@ def _replay_execute(
     ):
         report.skipped.append((sequence, f"runtime rule: {reason}"))
         return
-    ctx = contexts.get(str(payload.get("resolution_id")))
-    if ctx is None:  # a gate call: decided on the action's own risk tier, as the runtime does
-        found = runtime.engine.action(action_id)
-        ctx = ConditionContext(
-            agent_id=agent_id, risk_tier=found[1].risk_tier if found is not None else "low"
-        )
-    decision = runtime.engine.decide(action_id, ctx, consume=True)
+    # Through the gate's own decision (phases, risk rule, rate limits on the recorded clock):
+    # a resolution's execute call on that resolution's context, a gate call on its own.
+    decision = runtime.decide(
+        session_id,
+        action_id,
+        risk_tier=payload.get("risk_tier"),
+        context=contexts.get(str(payload.get("resolution_id"))),
+    )
     if evaluated is not None and evaluated.get("result") in _RESULTS:
         before: tuple[str, str | None] = (str(evaluated["result"]), evaluated.get("policy_id"))
     elif call.decision == "allow":
@@ -329,11 +333,7 @@ def _replay_execute(
         before = ("requires_approval", outcome.get("policy_id"))
     else:
         before = ("deny", outcome.get("policy_id"))
-    after_result = {
-        Effect.ALLOW: "allow",
-        Effect.DENY: "deny",
-        Effect.REQUIRE_APPROVAL: "requires_approval",
-    }[decision.effect]
+    after_result = decision.result
     after: tuple[str, str | None] = (after_result, decision.policy_id)
     if before[1] is None:  # older traces did not record the allowing policy
         after = (after_result, None) if after_result == "allow" else after

@@ -39,7 +39,7 @@ from cra_agents._exceptions import (
 from cra_agents._ids import new_id
 from cra_agents.atlas import Atlas, AtlasSource, load_atlas
 from cra_agents.atlas._load import pointer
-from cra_agents.policy import PolicyEngine, RateLimiter
+from cra_agents.policy import ConditionContext, PolicyEngine, RateLimiter
 from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
 from cra_agents.protocol import _events as ev
 from cra_agents.protocol._common import trusted
@@ -802,6 +802,32 @@ class Runtime:
         session = self._active(session_id)
         call = self._gate.new_call(session, action_id, arguments, action_id=action_id)
         return self._gate.precheck(call, check_parameters=check_parameters)
+
+    def decide(
+        self,
+        session_id: str,
+        action_id: str,
+        *,
+        risk_tier: str | None = None,
+        context: ConditionContext | None = None,
+        consume: bool = True,
+    ) -> Precheck:
+        """The gate's policy decision for one call of ``action_id``, recording nothing.
+
+        For replays and dry runs: the same phases, risk rule (the higher of ``risk_tier``,
+        the context's and the declared tier) and memo as a real call; with ``consume`` an
+        allowed decision takes its rate-limit slot, so a replayed sequence of calls meets
+        the limits the recorded one met.
+        """
+        session = self._session(session_id)
+        call = self._gate.new_call(session, action_id, {}, action_id=action_id, risk_tier=risk_tier)
+        if context is not None:
+            call.risk_tier = higher_risk(context.risk_tier, call.risk_tier)
+            call.context = context
+        decision = self._gate.decide(call, consume=consume)
+        return Precheck(
+            action_id, decision.result, decision.policy_id, decision.reason, call.risk_tier, None
+        )
 
     def map_tool(
         self,
