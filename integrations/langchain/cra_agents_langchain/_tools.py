@@ -54,6 +54,7 @@ class GuardedTool(BaseTool):
     actions: dict[str, str] | None = None
     cra_runtime: Any = None
     _visible: frozenset[str] | None = PrivateAttr(default=None)
+    _optional: frozenset[str] | None = PrivateAttr(default=None)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Run the tool (keeps the ``tool_call_id`` of a ``ToolCall`` input for the record)."""
@@ -80,7 +81,14 @@ class GuardedTool(BaseTool):
         visible = self._visible
         if visible is None:  # tool_call_schema builds a model on every access: once is enough
             visible = self._visible = frozenset(_fields(self.tool.tool_call_schema))
-        decided = {k: v for k, v in kwargs.items() if k in visible}
+        # LangChain fills in the schema's defaults; a None default the model left out is not
+        # an argument (the gate's rule for every adapter: see cra.guarded).
+        optional = self._optional
+        if optional is None:
+            optional = self._optional = frozenset(_none_defaults(self.tool.tool_call_schema))
+        decided = {
+            k: v for k, v in kwargs.items() if k in visible and not (v is None and k in optional)
+        }
         injected = {k: v for k, v in kwargs.items() if k not in visible}
         return decided, injected
 
@@ -194,6 +202,22 @@ def _fields(schema: Any) -> list[str]:
     return list(getattr(schema, "model_fields", {}))
 
 
+def _none_defaults(schema: Any) -> list[str]:
+    """The fields of a tool's schema that default to None (optional, not required)."""
+    if isinstance(schema, dict):
+        required = set(schema.get("required", ()))
+        return [
+            name
+            for name, spec in schema.get("properties", {}).items()
+            if name not in required and isinstance(spec, dict) and spec.get("default", None) is None
+        ]
+    return [
+        name
+        for name, field in getattr(schema, "model_fields", {}).items()
+        if not field.is_required() and field.default is None
+    ]
+
+
 def _positional(tool: BaseTool, args: tuple[Any, ...]) -> dict[str, Any]:
     names = list(_fields(tool.args_schema)) if tool.args_schema is not None else ["tool_input"]
     return dict(zip(names, args, strict=False))
@@ -216,5 +240,9 @@ def _extras(func: Any, config: RunnableConfig, run_manager: Any) -> dict[str, An
 
 
 def _recordable(result: Any) -> Any:
-    content = getattr(result, "content", result)
-    return content if isinstance(content, str | int | float | bool | list | dict) else repr(result)
+    """What to digest of a tool's result: its content, else the result (the gate copes)."""
+    try:
+        content = getattr(result, "content", result)
+    except Exception:  # noqa: BLE001 - a hostile property: digest the object itself
+        return result
+    return content if isinstance(content, str | int | float | bool | list | dict) else result
