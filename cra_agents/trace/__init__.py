@@ -15,9 +15,11 @@ from cra_agents.trace._checkpoint import (
     sign_checkpoint,
 )
 from cra_agents.trace._collector import DURABILITY_MODES, Durability, TraceCollector
-from cra_agents.trace._files import JsonlStore, SqliteStore, open_store, repair_torn_tail
 from cra_agents.trace._hash import compute_event_hash, spec_event_hash
-from cra_agents.trace._store import MemoryStore, TraceStore
+from cra_agents.trace._jsonl import JsonlStore, repair_torn_tail
+from cra_agents.trace._memory import MemoryStore
+from cra_agents.trace._sqlite import SqliteStore
+from cra_agents.trace._store import TraceStore, open_store
 from cra_agents.trace._verify import ChainVerification, verify_chain
 
 __all__ = [

@@ -1,44 +1,14 @@
-"""Trace stores. The in-memory store; durable stores come behind the same interface."""
+"""The in-memory trace store."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 from cra_agents.protocol import TraceEvent
 
-__all__ = ["MemoryStore", "TraceStore"]
-
-
-@runtime_checkable
-class TraceStore(Protocol):
-    """Where finalised TRACE events go. Implementations must be thread-safe."""
-
-    def append(self, events: Sequence[TraceEvent]) -> None:
-        """Persist ``events`` (one session's, in sequence order)."""
-
-    def read(
-        self,
-        session_id: str,
-        *,
-        event_type: str | None = None,
-        since_sequence: int | None = None,
-        limit: int | None = None,
-    ) -> list[TraceEvent]:
-        """Events of a session in sequence order, optionally filtered."""
-        ...
-
-    def sessions(self) -> list[str]:
-        """Ids of the sessions with events, oldest first."""
-        ...
-
-    def sync(self) -> None:
-        """Make everything appended so far durable (fsync or commit)."""
-
-    def close(self) -> None:
-        """Release resources; further appends fail."""
+__all__ = ["MemoryStore"]
 
 
 class MemoryStore:
@@ -84,6 +54,12 @@ class MemoryStore:
         if event_type is not None:
             events = [e for e in events if e.event_type == event_type]
         return events if limit is None else events[:limit]
+
+    def last_sequence(self, session_id: str) -> int:
+        """The sequence of the session's last event (-1: none)."""
+        with self._lock:
+            chain = self._events.get(session_id)
+            return chain[-1].sequence if chain else -1
 
     def sessions(self) -> list[str]:
         """Session ids, oldest first."""
