@@ -13,6 +13,9 @@ record every step in a SHA-256 hash-chained audit log (TRACE/1.0)::
 
 from __future__ import annotations
 
+import importlib
+import typing
+
 from cra_agents._exceptions import (
     ActionDeniedError,
     ActionNotFoundError,
@@ -37,14 +40,7 @@ from cra_agents._exceptions import (
 )
 from cra_agents._requests import execute_request, resolve_request
 from cra_agents._version import __version__
-from cra_agents.atlas import (
-    Atlas,
-    Finding,
-    ValidationReport,
-    lint_atlas,
-    load_atlas,
-    validate_atlas,
-)
+from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
 from cra_agents.guard import configure, current_session, get_runtime, guarded, session, shutdown
 from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
 from cra_agents.runtime import Authorization, Precheck, Runtime, SessionInfo
@@ -63,6 +59,9 @@ from cra_agents.trace import (
     open_store,
     verify_chain,
 )
+
+if typing.TYPE_CHECKING:
+    from cra_agents.tools import lint_atlas
 
 #: The name the guard documentation uses for a denied call.
 ActionDenied = ActionDeniedError
@@ -124,3 +123,20 @@ __all__ = [
     "validate_atlas",
     "verify_chain",
 ]
+
+# Loaded on first use: the tools sit above the policy engine and ``import cra_agents`` does not
+# need them (PEP 562).
+_LAZY = {"lint_atlas": "cra_agents.tools"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY.keys())

@@ -6,6 +6,7 @@ from cra_agents.policy._conditions import ConditionContext
 from cra_agents.policy._engine import (
     DEFAULT_ALLOW,
     DEFAULT_DENY,
+    POLICY_PHASES,
     UNDECLARED_ACTION,
     CompiledPolicy,
     Effect,
@@ -19,6 +20,7 @@ from cra_agents.policy._ratelimit import RateLimiter, RateRule
 __all__ = [
     "DEFAULT_ALLOW",
     "DEFAULT_DENY",
+    "POLICY_PHASES",
     "UNDECLARED_ACTION",
     "CompiledPolicy",
     "ConditionContext",

@@ -16,9 +16,10 @@ import dataclasses
 import enum
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
 from cachetools import LRUCache
 
@@ -35,6 +36,7 @@ from cra_agents.protocol import Action, Policy
 __all__ = [
     "DEFAULT_ALLOW",
     "DEFAULT_DENY",
+    "POLICY_PHASES",
     "UNDECLARED_ACTION",
     "CompiledPolicy",
     "Effect",
@@ -47,7 +49,10 @@ __all__ = [
 DEFAULT_ALLOW = "default-allow"
 DEFAULT_DENY = "default-deny"
 UNDECLARED_ACTION = "undeclared-action"
-_PHASES = {"deny": 0, "require_approval": 1, "rate_limit": 2, "budget": 3, "scope": 3, "allow": 4}
+#: Policy type -> phase; lower phases decide first (deny, approval, rate limit, budget, allow).
+POLICY_PHASES: Mapping[str, int] = MappingProxyType(
+    {"deny": 0, "require_approval": 1, "rate_limit": 2, "budget": 3, "scope": 3, "allow": 4}
+)
 
 
 class Effect(enum.Enum):
@@ -135,7 +140,7 @@ def compile_policy(policy: Policy, order: int) -> CompiledPolicy:
             rate = RateRule(policy.policy_id, 0, 1)
     return CompiledPolicy(
         policy=policy,
-        phase=_PHASES[policy.type],
+        phase=POLICY_PHASES[policy.type],
         order=order,
         matches=compile_globs(policy.patterns),
         conditions=CompiledConditions(policy.conditions) if policy.conditions else None,

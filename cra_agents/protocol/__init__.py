@@ -32,7 +32,12 @@ from cra_agents.protocol._carp import (
     Requester,
     Task,
 )
-from cra_agents.protocol._common import RiskTier
+from cra_agents.protocol._common import (
+    ACTION_ID_PATTERN,
+    ATLAS_ID_PATTERN,
+    SEMVER_PATTERN,
+    RiskTier,
+)
 from cra_agents.protocol._schemas import bundled_schema, generate_schemas
 from cra_agents.protocol._trace import (
     EVENT_TYPES,
@@ -43,8 +48,11 @@ from cra_agents.protocol._trace import (
 )
 
 __all__ = [
+    "ACTION_ID_PATTERN",
+    "ATLAS_ID_PATTERN",
     "EVENT_TYPES",
     "GENESIS_HASH",
+    "SEMVER_PATTERN",
     "TRACE_VERSION",
     "Action",
     "ActionExample",
