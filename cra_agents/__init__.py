@@ -13,7 +13,6 @@ record every step in a SHA-256 hash-chained audit log (TRACE/1.0)::
 
 from __future__ import annotations
 
-import importlib
 import typing
 
 from cra_agents._exceptions import (
@@ -38,6 +37,7 @@ from cra_agents._exceptions import (
     TraceError,
     TraceUnavailableError,
 )
+from cra_agents._lazy import lazy_exports as _lazy_exports
 from cra_agents._requests import execute_request, resolve_request
 from cra_agents._version import __version__
 from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
@@ -124,19 +124,5 @@ __all__ = [
     "verify_chain",
 ]
 
-# Loaded on first use: the tools sit above the policy engine and ``import cra_agents`` does not
-# need them (PEP 562).
-_LAZY = {"lint_atlas": "cra_agents.tools"}
-
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this hook
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY.keys())
+# The tools sit above the policy engine, and ``import cra_agents`` does not need them.
+__getattr__, __dir__ = _lazy_exports(__name__, {"lint_atlas": "cra_agents.tools"})

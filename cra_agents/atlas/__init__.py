@@ -7,9 +7,9 @@ are no longer listed in ``__all__``.
 
 from __future__ import annotations
 
-import importlib
 import typing
 
+from cra_agents._lazy import lazy_exports as _lazy_exports
 from cra_agents.atlas._load import (
     DEFAULT_MAX_BYTES,
     MAX_CONTEXT_BYTES,
@@ -42,13 +42,10 @@ __all__ = [
     "validate_atlas",
 ]
 
-# Names that moved to cra_agents.tools, which sits above the policy engine: importing them
-# from here must not pull the tools (or the policy engine) into ``import cra_agents.atlas``.
-_MOVED_TO_TOOLS = frozenset({"AtlasConversion", "convert_legacy_atlas", "lint_atlas"})
-
-
-def __getattr__(name: str) -> object:
-    if name in _MOVED_TO_TOOLS:
-        # Not cached in this module's globals: dir() and __all__ keep listing only atlas names.
-        return getattr(importlib.import_module("cra_agents.tools"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Moved to cra_agents.tools, which sits above the policy engine: still importable from here,
+# without ``import cra_agents.atlas`` loading the tools, but no longer listed.
+__getattr__, __dir__ = _lazy_exports(
+    __name__,
+    dict.fromkeys(("AtlasConversion", "convert_legacy_atlas", "lint_atlas"), "cra_agents.tools"),
+    listed=False,
+)

@@ -9,7 +9,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urljoin
 
 from pydantic import ValidationError
@@ -18,7 +18,11 @@ from cra_agents._canonical import canonical_json
 from cra_agents._exceptions import AtlasError, TraceError
 from cra_agents._safejson import JSONInputError, loads_strict
 from cra_agents.atlas._model import Atlas
-from cra_agents.protocol import AtlasManifest
+
+if TYPE_CHECKING:
+    # At run time the Atlas models are imported where an atlas is read: building them is most
+    # of what ``import cra_agents`` would otherwise cost (cra_agents.protocol loads them lazily).
+    from cra_agents.protocol import AtlasManifest
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -234,6 +238,8 @@ def _validate(document: Mapping[str, Any], label: str) -> AtlasManifest:
             source=label,
             code="ATLAS_VERSION_MISMATCH",
         )
+    from cra_agents.protocol import AtlasManifest
+
     try:
         return AtlasManifest.model_validate(document)
     except ValidationError as exc:
@@ -361,6 +367,8 @@ def load_atlas(
         >>> atlas.atlas_id  # doctest: +SKIP
         'com.example.github-ops'
     """
+    from cra_agents.protocol import AtlasManifest
+
     if isinstance(source, Atlas):
         return source
     if isinstance(source, AtlasManifest):

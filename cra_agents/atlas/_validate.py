@@ -36,7 +36,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -50,7 +50,9 @@ from cra_agents.atlas._load import (
     read_document,
 )
 from cra_agents.atlas._model import Atlas
-from cra_agents.protocol import AtlasManifest
+
+if TYPE_CHECKING:
+    from cra_agents.protocol import AtlasManifest  # imported where used: see _load.py
 
 __all__ = ["Finding", "Severity", "ValidationReport", "validate_atlas"]
 
@@ -298,6 +300,8 @@ def validate_atlas(
     Returns:
         A :class:`ValidationReport`; ``report.valid`` is false when any finding is an error.
     """
+    from cra_agents.protocol import AtlasManifest
+
     if isinstance(source, Atlas):
         label, base = source.source, source.base_dir
         document: Mapping[str, Any] = source.manifest.model_dump(mode="json", exclude_none=True)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from cachetools import LRUCache
 
@@ -31,7 +32,9 @@ from cra_agents.policy._conditions import (
     compile_globs,
 )
 from cra_agents.policy._ratelimit import RateLimiter, RateRule
-from cra_agents.protocol import Action, Policy
+
+if TYPE_CHECKING:
+    from cra_agents.protocol import Action, Policy
 
 __all__ = [
     "DEFAULT_ALLOW",
