@@ -108,6 +108,15 @@ class JsonlStore:
                         os.fdatasync(handle.fileno())
             self._unsynced.clear()
 
+    def _written(self, session_id: str) -> Path | None:
+        """The session's file with everything appended so far flushed to it; None: no file."""
+        path = self.path(session_id)
+        with self._lock:
+            handle = self._files.get(session_id)
+            if handle is not None:
+                handle.flush()
+        return path if path.exists() else None
+
     def read(
         self,
         session_id: str,
@@ -121,12 +130,8 @@ class JsonlStore:
         Raises:
             ValueError: a line is not a valid event (use ``verify_chain(path)`` to diagnose).
         """
-        path = self.path(session_id)
-        with self._lock:
-            handle = self._files.get(session_id)
-            if handle is not None:
-                handle.flush()
-        if not path.exists():
+        path = self._written(session_id)
+        if path is None:
             return []
         out: list[TraceEvent] = []
         with path.open("rb") as reader:
@@ -145,12 +150,8 @@ class JsonlStore:
 
     def last_sequence(self, session_id: str) -> int:
         """The sequence of the session's last complete line (-1: none), read from the end."""
-        path = self.path(session_id)
-        with self._lock:
-            handle = self._files.get(session_id)
-            if handle is not None:
-                handle.flush()
-        if not path.exists():
+        path = self._written(session_id)
+        if path is None:
             return -1
         with path.open("rb") as reader:
             size = reader.seek(0, os.SEEK_END)
