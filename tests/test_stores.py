@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -412,4 +413,39 @@ def test_every_store_is_a_trace_store(tmp_path, kind):
     """Each shipped store implements every method of the TraceStore protocol."""
     store = _stores(tmp_path)[kind]
     assert isinstance(store, cra.TraceStore)
+    store.close()
+
+
+SESSION = "00000000-0000-7000-8000-000000000001"
+TRACE = "00000000-0000-7000-8000-000000000002"
+
+
+@pytest.mark.parametrize("kind", ["memory", "jsonl", "sqlite"])
+def test_empty_append_is_a_no_op_and_closed_stores_refuse(tmp_path, kind):
+    """Appending nothing writes nothing; a durable store refuses appends once closed."""
+    store = _stores(tmp_path)[kind]
+    store.append([])
+    assert store.sessions() == []
+    store.close()
+    store.close()  # idempotent
+    chain = SessionChain(SESSION, TRACE)
+    chain.append("policy.evaluated", {"i": 0})
+    if kind == "memory":
+        return
+    with pytest.raises(ValueError, match="closed"):
+        store.append(chain.flush())
+
+
+def test_sqlite_rolls_back_a_failed_batch(tmp_path):
+    """A batch that breaks a constraint leaves nothing of itself behind."""
+    store = SqliteStore(tmp_path / "t.db")
+    chain = SessionChain(SESSION, TRACE)
+    chain.append("policy.evaluated", {"i": 0})
+    events = chain.flush()
+    store.append(events)
+    store.sync()
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        store.append(events)  # same (session, sequence) again
+    store.sync()
+    assert [e.sequence for e in store.read(SESSION)] == [e.sequence for e in events]
     store.close()
