@@ -7,17 +7,17 @@ are wall-clock on whatever machine runs it: read them with the load average prin
 
 from __future__ import annotations
 
-import compileall
 import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from import_bench import STATEMENT, import_costs
 
 import cra_agents as cra
 from cra_agents.policy import ConditionContext, PolicyEngine
@@ -74,27 +74,6 @@ def generated_atlas(actions: int = 200, policies: int = 100) -> dict[str, object
         ],
         "policies": pols,
     }
-
-
-def _import_seconds(code: str, runs: int = 15) -> float:
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603 - our own interpreter
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
-def import_costs() -> tuple[float, float, float]:
-    """Median wall time of: a bare interpreter, importing pydantic's BaseModel, and importing
-    cra_agents with its main names (bytecode compiled first, as an installed package has it)."""
-    compileall.compile_dir(str(ROOT / "cra_agents"), quiet=1)
-    bare = _import_seconds("pass")
-    pydantic = _import_seconds("from pydantic import BaseModel, Field")
-    ours = _import_seconds(
-        "import cra_agents; from cra_agents import Runtime, load_atlas, verify_chain"
-    )
-    return bare, pydantic - bare, ours - bare
 
 
 def main() -> int:
@@ -200,9 +179,8 @@ def main() -> int:
     )
     bare, pydantic, ours = import_costs()
     print(
-        f"import cra_agents + Runtime, load_atlas, verify_chain: {ours * 1000:.0f} ms beyond a "
-        f"bare interpreter ({bare * 1000:.0f} ms); pydantic's BaseModel alone: "
-        f"{pydantic * 1000:.0f} ms"
+        f"{STATEMENT}: {ours * 1000:.0f} ms beyond a bare interpreter ({bare * 1000:.0f} ms); "
+        f"pydantic's BaseModel alone: {pydantic * 1000:.0f} ms (details: import_bench.py)"
     )
     gc.collect()
     return 0

@@ -13,6 +13,8 @@ record every step in a SHA-256 hash-chained audit log (TRACE/1.0)::
 
 from __future__ import annotations
 
+import typing
+
 from cra_agents._exceptions import (
     ActionDeniedError,
     ActionNotFoundError,
@@ -20,11 +22,13 @@ from cra_agents._exceptions import (
     AtlasConflictError,
     AtlasError,
     AtlasNotFoundError,
+    ConfigurationError,
     CRAError,
     IdempotencyConflictError,
     InternalError,
     InvalidParametersError,
     InvalidRequestError,
+    MissingDependencyError,
     RateLimitExceededError,
     ResolutionExpiredError,
     ResolutionNotFoundError,
@@ -33,16 +37,10 @@ from cra_agents._exceptions import (
     TraceError,
     TraceUnavailableError,
 )
+from cra_agents._lazy import lazy_exports as _lazy_exports
 from cra_agents._requests import execute_request, resolve_request
 from cra_agents._version import __version__
-from cra_agents.atlas import (
-    Atlas,
-    Finding,
-    ValidationReport,
-    lint_atlas,
-    load_atlas,
-    validate_atlas,
-)
+from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
 from cra_agents.guard import (
     configure,
     current_session,
@@ -54,19 +52,17 @@ from cra_agents.guard import (
 )
 from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
 from cra_agents.runtime import (
+    Approval,
+    ApprovalDecision,
+    ApprovalRequest,
     Authorization,
     Call,
+    ConsoleApprover,
     Observer,
     Precheck,
     Runtime,
     RuntimeObserver,
     SessionInfo,
-)
-from cra_agents.runtime._approvals import (
-    Approval,
-    ApprovalDecision,
-    ApprovalRequest,
-    ConsoleApprover,
 )
 from cra_agents.trace import (
     ChainVerification,
@@ -77,6 +73,9 @@ from cra_agents.trace import (
     open_store,
     verify_chain,
 )
+
+if typing.TYPE_CHECKING:
+    from cra_agents.tools import lint_atlas
 
 #: The name the guard documentation uses for a denied call.
 ActionDenied = ActionDeniedError
@@ -99,6 +98,7 @@ __all__ = [
     "CRAError",
     "Call",
     "ChainVerification",
+    "ConfigurationError",
     "ConsoleApprover",
     "ExecuteResponse",
     "Finding",
@@ -108,6 +108,7 @@ __all__ = [
     "InvalidRequestError",
     "JsonlStore",
     "MemoryStore",
+    "MissingDependencyError",
     "Observer",
     "Precheck",
     "RateLimitExceededError",
@@ -140,3 +141,6 @@ __all__ = [
     "validate_atlas",
     "verify_chain",
 ]
+
+# The tools sit above the policy engine, and ``import cra_agents`` does not need them.
+__getattr__, __dir__ = _lazy_exports(__name__, {"lint_atlas": "cra_agents.tools"})

@@ -8,7 +8,6 @@ so the nanosecond part is carried separately.
 
 from __future__ import annotations
 
-import calendar
 import functools
 import re
 import time
@@ -21,6 +20,8 @@ __all__ = [
     "parse_timestamp_ns",
 ]
 
+_EPOCH = datetime(1970, 1, 1)  # naive, like the parsed wall time it is subtracted from
+_SECOND = timedelta(seconds=1)
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z"
 )
@@ -76,7 +77,7 @@ def parse_timestamp_ns(value: str) -> int:
         sign = 1 if offset[0] == "+" else -1
         delta = sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
     try:
-        epoch = calendar.timegm((base - delta).timetuple())
+        epoch = (base - delta - _EPOCH) // _SECOND
     except (OverflowError, ValueError) as exc:
         raise ValueError(f"timestamp {value!r} is out of range") from exc
     nanos = int(fraction.ljust(9, "0")) if fraction else 0

@@ -21,6 +21,8 @@ HTTP status and category the upstream reference core maps it to, and keyword-onl
     ├── IdempotencyConflictError(CRAError)              IDEMPOTENCY_CONFLICT
     ├── TraceError(CRAError, ValueError)                INVALID_TRACE_EVENT
     ├── TraceUnavailableError(CRAError)                 TRACE_UNAVAILABLE
+    ├── ConfigurationError(CRAError, ValueError)        CONFIGURATION_ERROR
+    ├── MissingDependencyError(CRAError, ImportError)   MISSING_DEPENDENCY     .package .extra
     └── InternalError(CRAError)                         INTERNAL_ERROR
 
 Callers may catch either our class or the builtin it also derives from.
@@ -38,10 +40,12 @@ __all__ = [
     "AtlasError",
     "AtlasNotFoundError",
     "CRAError",
+    "ConfigurationError",
     "IdempotencyConflictError",
     "InternalError",
     "InvalidParametersError",
     "InvalidRequestError",
+    "MissingDependencyError",
     "RateLimitExceededError",
     "ResolutionExpiredError",
     "ResolutionNotFoundError",
@@ -296,6 +300,60 @@ class TraceUnavailableError(CRAError):
     status = 503
     category = "internal"
     recoverable = True
+
+
+class ConfigurationError(CRAError, ValueError):
+    """cra-agents is set up wrongly: a bad store URL, endpoint or option, or no runtime yet.
+
+    Raised where a setting is read, before anything runs. It is also a ``ValueError``: every
+    such problem is a value given to an argument or an environment variable, and callers that
+    caught the ``ValueError`` these places raised before keep working.
+
+    ``details["reason"]`` is a slug naming the problem, e.g. ``unknown_store_scheme``.
+    """
+
+    default_code = "CONFIGURATION_ERROR"
+    status = 500
+    category = "internal"
+
+
+class MissingDependencyError(CRAError, ImportError):
+    """A feature needs an optional dependency that is not installed.
+
+    The message ends with the command that installs it, ``pip install 'cra-agents[EXTRA]'``.
+    It is also an ``ImportError``, so ``except ImportError`` around an optional feature works.
+
+    Args:
+        message: What needed the dependency, e.g. ``"exporting spans over OTLP"``.
+        package: The missing distribution, e.g. ``"opentelemetry-sdk"``.
+        extra: The cra-agents extra that installs it, e.g. ``"otel"``.
+
+    Attributes:
+        package: The missing distribution.
+        extra: The extra that installs it.
+        install_hint: ``pip install 'cra-agents[EXTRA]'``.
+    """
+
+    default_code = "MISSING_DEPENDENCY"
+    status = 500
+    category = "internal"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        package: str,
+        extra: str,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        hint = f"pip install 'cra-agents[{extra}]'"
+        merged = {"package": package, "extra": extra}
+        merged.update(details or {})
+        super().__init__(f"{message} needs {package}: {hint}", code=code, details=merged)
+        self.package = package
+        self.extra = extra
+        self.install_hint = hint
 
 
 class InternalError(CRAError):

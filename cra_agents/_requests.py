@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cra_agents._clock import format_timestamp
 from cra_agents._ids import new_id
-from cra_agents.protocol import CARPRequest, RiskTier
-from cra_agents.protocol._carp import Execution, Requester, Task
+from cra_agents.protocol import CARPRequest, Execution, Requester, RiskTier, Task
 
 if TYPE_CHECKING:
     from cra_agents.runtime import SessionInfo

@@ -29,10 +29,11 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
-from cra_agents._exceptions import InvalidRequestError
+from cra_agents._exceptions import ConfigurationError
 from cra_agents.atlas import AtlasSource
 from cra_agents.runtime import (
     ActiveSession,
+    ApprovalHandler,
     Runtime,
     RuntimeObserver,
     SessionScope,
@@ -40,9 +41,7 @@ from cra_agents.runtime import (
     propagate,
     session_for_call,
 )
-from cra_agents.runtime._approvals import ApprovalHandler
-from cra_agents.trace import TraceStore
-from cra_agents.trace._collector import Durability
+from cra_agents.trace import Durability, TraceStore
 
 __all__ = [
     "ActiveSession",
@@ -109,11 +108,11 @@ def get_runtime() -> Runtime:
     """The configured runtime.
 
     Raises:
-        InvalidRequestError: :func:`configure` was not called.
+        ConfigurationError: :func:`configure` was not called.
     """
     runtime = _runtime
     if runtime is None:
-        raise InvalidRequestError(
+        raise ConfigurationError(
             "cra_agents is not configured: call cra.configure(atlases=[...]) first",
             details={"reason": "not_configured"},
         )
@@ -151,7 +150,8 @@ def call_session() -> tuple[Runtime, str]:
     """The runtime and session a guarded call made now would use (the one session rule).
 
     Raises:
-        InvalidRequestError: not configured, the call escaped an open ``cra.session``
+        ConfigurationError: not configured.
+        InvalidRequestError: the call escaped an open ``cra.session``
             (``session_not_propagated``), or implicit sessions are off (``no_session``).
     """
     runtime = _runtime_for_call()

@@ -50,11 +50,11 @@ from typing import Any
 
 import orjson
 
-from cra_agents._exceptions import CRAError
+from cra_agents._exceptions import CRAError, MissingDependencyError
 from cra_agents.protocol import TraceEvent
-from cra_agents.protocol import _events as ev
+from cra_agents.protocol import events as ev
 from cra_agents.replay import ReplayReport, load_events
-from cra_agents.runtime._approvals import ApprovalDecision, ApprovalRequest, _user
+from cra_agents.runtime import ApprovalDecision, ApprovalRequest, current_user
 
 __all__ = [
     "ApprovalPrompt",
@@ -112,13 +112,13 @@ def _widgets_module() -> Any:
     """``ipywidgets``, imported on first use.
 
     Raises:
-        ImportError: ipywidgets is not installed (``pip install "cra-agents[notebook]"``).
+        MissingDependencyError: ipywidgets is not installed (an ``ImportError``).
     """
     try:
         return importlib.import_module("ipywidgets")
     except ImportError as exc:
-        raise ImportError(
-            'approval widgets need ipywidgets: pip install "cra-agents[notebook]"'
+        raise MissingDependencyError(
+            "approval widgets", package="ipywidgets", extra="notebook"
         ) from exc
 
 
@@ -158,7 +158,7 @@ def _display(obj: Any) -> None:
 
 
 def _default_approver() -> str:
-    return f"notebook:{_user()}"
+    return f"notebook:{current_user()}"
 
 
 # -- approval requests --------------------------------------------------------------------------

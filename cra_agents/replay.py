@@ -25,7 +25,7 @@ from cra_agents._requests import resolve_request
 from cra_agents.atlas import AtlasSource
 from cra_agents.policy import ConditionContext, RateLimiter
 from cra_agents.protocol import TraceEvent
-from cra_agents.protocol import _events as ev
+from cra_agents.protocol import events as ev
 from cra_agents.runtime import Runtime
 from cra_agents.trace import (
     CallRecord,

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from cra_agents._clock import parse_timestamp_ns
 from cra_agents._version import __version__
 from cra_agents.protocol import TraceEvent
-from cra_agents.protocol import _events as ev
+from cra_agents.protocol import events as ev
 from cra_agents.trace import (
     CallRecord,
     ChainVerification,

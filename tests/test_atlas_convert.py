@@ -15,13 +15,8 @@ from hypothesis import strategies as st
 
 import cra_agents as cra
 from cra_agents import AtlasError
-from cra_agents.atlas import (
-    AtlasConversion,
-    Finding,
-    convert_legacy_atlas,
-    load_atlas,
-    validate_atlas,
-)
+from cra_agents.atlas import Finding, load_atlas, validate_atlas
+from cra_agents.tools import AtlasConversion, convert_legacy_atlas
 
 CREATE_ISSUE = "api.github.create.issue"
 CLOSE_ISSUE = "api.github.close.issue"

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from cra_agents import AtlasError
-from cra_agents.atlas import Finding, ValidationReport, lint_atlas, load_atlas
-from cra_agents.atlas import _lint as lint_module
+from cra_agents.atlas import Finding, ValidationReport, load_atlas
 from cra_agents.protocol import AtlasManifest
+from cra_agents.tools import _lint as lint_module
+from cra_agents.tools import lint_atlas
 
 CLOSED = {"type": "object", "properties": {"service": {"type": "string"}}}
 Mutation = Callable[[dict[str, Any]], object]

@@ -241,7 +241,7 @@ class TestSessions:
     def test_not_configured(self):
         """Using the guard before configure() says what to do."""
         cra.shutdown()
-        with pytest.raises(cra.InvalidRequestError, match=r"cra\.configure"):
+        with pytest.raises(cra.ConfigurationError, match=r"cra\.configure"):
             comment("acme/app", 1, "a")
 
 

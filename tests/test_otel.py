@@ -244,7 +244,7 @@ class TestConfiguration:
         assert telemetry_from(False) is None
         assert isinstance(telemetry_from(True), Telemetry)
         assert isinstance(telemetry_from(OTelConfig()), Telemetry)
-        with pytest.raises(cra.InvalidRequestError, match="grpc://host:port"):
+        with pytest.raises(cra.ConfigurationError, match="grpc://host:port"):
             telemetry_from("ftp://collector:21")
         exporting = telemetry_from("http://127.0.0.1:9")
         assert exporting is not None

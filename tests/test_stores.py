@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -101,14 +102,18 @@ class TestStoreUrls:
         ],
     )
     def test_bad_urls(self, url, message):
-        """Unknown or incomplete store URLs are refused with a hint."""
-        with pytest.raises(ValueError, match=message):
+        """Unknown or incomplete store URLs are refused with a hint, as configuration errors."""
+        with pytest.raises(cra.ConfigurationError, match=message) as caught:
             open_store(url)
+        assert isinstance(caught.value, ValueError)
+        assert caught.value.code == "CONFIGURATION_ERROR"
+        assert caught.value.details["reason"]
 
     def test_bad_durability(self):
-        """An unknown durability mode is refused."""
-        with pytest.raises(ValueError, match="durability"):
+        """An unknown durability mode is refused as a configuration error."""
+        with pytest.raises(cra.ConfigurationError, match="durability") as caught:
             TraceCollector(MemoryStore(), durability="eventually")  # type: ignore[arg-type]
+        assert caught.value.details == {"reason": "unknown_durability"}
 
 
 class TestCrossStoreAgreement:
@@ -379,12 +384,11 @@ class TestShutdown:
             assert result.event_count > 2
 
 
-@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+@pytest.mark.parametrize("kind", ["memory", "jsonl", "sqlite"])
 def test_last_sequence_without_reading_the_session(tmp_path, kind):
-    from cra_agents.trace import SessionChain, open_store
-
+    """Every store answers last_sequence: -1 for no events, else the last one's sequence."""
     store = open_store(f"{kind}://{tmp_path}/s" + (".db" if kind == "sqlite" else ""))
-    assert store.last_sequence("none") == -1  # type: ignore[attr-defined]
+    assert store.last_sequence("none") == -1
     chain = SessionChain(
         "00000000-0000-7000-8000-000000000001", "00000000-0000-7000-8000-000000000002"
     )
@@ -392,13 +396,56 @@ def test_last_sequence_without_reading_the_session(tmp_path, kind):
         chain.append("policy.evaluated", {"i": index, "pad": "x" * 40})
     store.append(chain.flush())
     store.sync()
-    assert store.last_sequence(chain.session_id) == 2999  # type: ignore[attr-defined]
+    assert store.last_sequence(chain.session_id) == 2999
     store.close()
     if kind == "jsonl":
         path = tmp_path / "s" / f"{chain.session_id}.trace.jsonl"
         with path.open("ab") as handle:
             handle.write(b'{"torn": ')
         reopened = open_store(f"jsonl://{tmp_path}/s")
-        assert reopened.last_sequence(chain.session_id) == 2999  # type: ignore[attr-defined]
+        assert reopened.last_sequence(chain.session_id) == 2999
         path.write_bytes(b"")
-        assert reopened.last_sequence(chain.session_id) == -1  # type: ignore[attr-defined]
+        assert reopened.last_sequence(chain.session_id) == -1
+
+
+@pytest.mark.parametrize("kind", ["memory", "jsonl", "sqlite"])
+def test_every_store_is_a_trace_store(tmp_path, kind):
+    """Each shipped store implements every method of the TraceStore protocol."""
+    store = _stores(tmp_path)[kind]
+    assert isinstance(store, cra.TraceStore)
+    store.close()
+
+
+SESSION = "00000000-0000-7000-8000-000000000001"
+TRACE = "00000000-0000-7000-8000-000000000002"
+
+
+@pytest.mark.parametrize("kind", ["memory", "jsonl", "sqlite"])
+def test_empty_append_is_a_no_op_and_closed_stores_refuse(tmp_path, kind):
+    """Appending nothing writes nothing; a durable store refuses appends once closed."""
+    store = _stores(tmp_path)[kind]
+    store.append([])
+    assert store.sessions() == []
+    store.close()
+    store.close()  # idempotent
+    chain = SessionChain(SESSION, TRACE)
+    chain.append("policy.evaluated", {"i": 0})
+    if kind == "memory":
+        return
+    with pytest.raises(ValueError, match="closed"):
+        store.append(chain.flush())
+
+
+def test_sqlite_rolls_back_a_failed_batch(tmp_path):
+    """A batch that breaks a constraint leaves nothing of itself behind."""
+    store = SqliteStore(tmp_path / "t.db")
+    chain = SessionChain(SESSION, TRACE)
+    chain.append("policy.evaluated", {"i": 0})
+    events = chain.flush()
+    store.append(events)
+    store.sync()
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        store.append(events)  # same (session, sequence) again
+    store.sync()
+    assert [e.sequence for e in store.read(SESSION)] == [e.sequence for e in events]
+    store.close()

@@ -6,10 +6,10 @@ import hashlib
 import hmac
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urljoin
 
 from pydantic import ValidationError
@@ -18,13 +18,19 @@ from cra_agents._canonical import canonical_json
 from cra_agents._exceptions import AtlasError, TraceError
 from cra_agents._safejson import JSONInputError, loads_strict
 from cra_agents.atlas._model import Atlas
-from cra_agents.protocol import AtlasManifest
+
+if TYPE_CHECKING:
+    # At run time the Atlas models are imported where an atlas is read: building them is most
+    # of what ``import cra_agents`` would otherwise cost (cra_agents.protocol loads them lazily).
+    from cra_agents.protocol import AtlasManifest
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "MAX_CONTEXT_BYTES",
     "AtlasSource",
+    "json_pointer",
     "load_atlas",
-    "pointer",
+    "read_context_file",
     "read_document",
 ]
 
@@ -37,9 +43,20 @@ DEFAULT_TIMEOUT = 10.0
 AtlasSource: TypeAlias = "Atlas | AtlasManifest | Mapping[str, Any] | str | os.PathLike[str]"
 
 
-def pointer(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as a JSON pointer (``/policies/0/type``)."""
+def json_pointer(loc: Iterable[int | str]) -> str:
+    """A location (pydantic's error ``loc``, jsonschema's ``absolute_path``) as a JSON pointer.
+
+    RFC 6901: each part is prefixed with ``/``; ``~`` and ``/`` inside a part are escaped.
+
+    Example:
+        >>> json_pointer(("policies", 0, "a/b"))
+        '/policies/0/a~1b'
+    """
     return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in loc)
+
+
+#: The former private name of :func:`json_pointer`, kept while callers move.
+pointer = json_pointer
 
 
 def _is_url(source: object) -> bool:
@@ -136,6 +153,52 @@ def read_document(
     return _parse(data, label=label, max_bytes=max_bytes), label, base
 
 
+def read_context_file(
+    base: Path, name: str, *, where: str, source: str, max_bytes: int = DEFAULT_MAX_BYTES
+) -> bytes | None:
+    """Up to ``max_bytes + 1`` bytes of the context file ``name`` of the atlas directory ``base``.
+
+    The caller compares the length with ``max_bytes``: one byte more means the file is too large.
+
+    Args:
+        base: The atlas directory.
+        name: The file as the manifest names it, relative to ``base``.
+        where: JSON pointer of the name in the manifest, for errors.
+        source: Where the atlas came from, for errors.
+        max_bytes: The largest size accepted.
+
+    Returns:
+        The bytes read, or ``None`` when the file does not exist.
+
+    Raises:
+        AtlasError: ``path_escape`` (absolute, or outside ``base``), ``not_a_file`` (a FIFO,
+            device or socket) or ``io_error``.
+    """
+    root = base.resolve()
+    target = (root / name).resolve()
+    if Path(name).is_absolute() or not target.is_relative_to(root):
+        raise AtlasError(
+            f"context file {name!r} lies outside the atlas directory",
+            reason="path_escape",
+            path=where,
+            source=source,
+        )
+    _require_regular(target, source, where)
+    try:
+        with target.open("rb") as handle:
+            return handle.read(max_bytes + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AtlasError(
+            f"cannot read context file {name!r}: {exc.strerror}",
+            reason="io_error",
+            path=where,
+            source=source,
+            code="ATLAS_LOAD_ERROR",
+        ) from exc
+
+
 def _require_regular(path: Path, label: str, where: str) -> None:
     """Refuse FIFOs, devices and sockets, which would block or never end."""
     try:
@@ -175,17 +238,19 @@ def _validate(document: Mapping[str, Any], label: str) -> AtlasManifest:
             source=label,
             code="ATLAS_VERSION_MISMATCH",
         )
+    from cra_agents.protocol import AtlasManifest
+
     try:
         return AtlasManifest.model_validate(document)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         first = errors[0]
-        summary = [{"path": pointer(e["loc"]), "message": e["msg"]} for e in errors[:20]]
+        summary = [{"path": json_pointer(e["loc"]), "message": e["msg"]} for e in errors[:20]]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise AtlasError(
             f"{first['msg']}{more}",
             reason="schema",
-            path=pointer(first["loc"]),
+            path=json_pointer(first["loc"]),
             source=label,
             details={"errors": summary},
         ) from exc
@@ -237,31 +302,9 @@ def _read_context(
     if base is None:
         names = dict.fromkeys(f for pack in manifest.context_packs for f in pack.files)
         return {}, list(names)
-    root = base.resolve()
 
     def read(name: str, where: str) -> bytes | None:
-        target = (root / name).resolve()
-        if Path(name).is_absolute() or not target.is_relative_to(root):
-            raise AtlasError(
-                f"context file {name!r} lies outside the atlas directory",
-                reason="path_escape",
-                path=where,
-                source=label,
-            )
-        _require_regular(target, label, where)
-        try:
-            with target.open("rb") as handle:
-                return handle.read(max_bytes + 1)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise AtlasError(
-                f"cannot read context file {name!r}: {exc.strerror}",
-                reason="io_error",
-                path=where,
-                source=label,
-                code="ATLAS_LOAD_ERROR",
-            ) from exc
+        return read_context_file(base, name, where=where, source=label, max_bytes=max_bytes)
 
     return _collect_context(manifest, label, max_bytes, read)
 
@@ -324,6 +367,8 @@ def load_atlas(
         >>> atlas.atlas_id  # doctest: +SKIP
         'com.example.github-ops'
     """
+    from cra_agents.protocol import AtlasManifest
+
     if isinstance(source, Atlas):
         return source
     if isinstance(source, AtlasManifest):

@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from cra_agents.protocol import Action, AtlasManifest
+if TYPE_CHECKING:
+    from cra_agents.protocol import Action, AtlasManifest
 
 __all__ = ["Atlas"]
 

@@ -36,7 +36,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -46,14 +46,17 @@ from cra_agents.atlas._load import (
     DEFAULT_MAX_BYTES,
     AtlasSource,
     _read_context,
-    pointer,
+    json_pointer,
     read_document,
 )
 from cra_agents.atlas._model import Atlas
-from cra_agents.protocol import AtlasManifest
 
-__all__ = ["Finding", "ValidationReport", "validate_atlas"]
+if TYPE_CHECKING:
+    from cra_agents.protocol import AtlasManifest  # imported where used: see _load.py
 
+__all__ = ["Finding", "Severity", "ValidationReport", "validate_atlas"]
+
+#: How bad a :class:`Finding` is.
 Severity = Literal["error", "warning", "info"]
 
 
@@ -117,7 +120,7 @@ def _schema_findings(document: Mapping[str, Any]) -> list[Finding]:
     validator = jsonschema.Draft202012Validator(bundled_schema("atlas-manifest.strict"))
     found = []
     for error in sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path)):
-        found.append(Finding("E100", "error", pointer(tuple(error.absolute_path)), error.message))
+        found.append(Finding("E100", "error", json_pointer(error.absolute_path), error.message))
     return found
 
 
@@ -297,6 +300,8 @@ def validate_atlas(
     Returns:
         A :class:`ValidationReport`; ``report.valid`` is false when any finding is an error.
     """
+    from cra_agents.protocol import AtlasManifest
+
     if isinstance(source, Atlas):
         label, base = source.source, source.base_dir
         document: Mapping[str, Any] = source.manifest.model_dump(mode="json", exclude_none=True)
@@ -326,7 +331,7 @@ def validate_atlas(
     except ValidationError as exc:
         if not strict:
             for error in exc.errors(include_url=False, include_input=False):
-                findings.append(Finding("E100", "error", pointer(error["loc"]), error["msg"]))
+                findings.append(Finding("E100", "error", json_pointer(error["loc"]), error["msg"]))
     try:
         canonical_json(document)
     except TraceError as exc:

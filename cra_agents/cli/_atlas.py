@@ -71,7 +71,7 @@ def validate(args: argparse.Namespace, out: Output) -> int:
 
 def lint(args: argparse.Namespace, out: Output) -> int:
     """Lint atlases; exit 1 on errors (or warnings with ``--fail-on warning``)."""
-    from cra_agents.atlas import lint_atlas
+    from cra_agents.tools import lint_atlas
 
     reports = []
     with out.progress("linting", len(args.paths)) as advance:
@@ -256,7 +256,8 @@ def init(args: argparse.Namespace, out: Output) -> int:
 def convert(args: argparse.Namespace, out: Output) -> int:
     """Convert legacy 0.1 atlases to Atlas 1.0 directories."""
     from cra_agents._exceptions import AtlasError
-    from cra_agents.atlas import convert_legacy_atlas, validate_atlas
+    from cra_agents.atlas import validate_atlas
+    from cra_agents.tools import convert_legacy_atlas
 
     if args.output and len(args.paths) > 1:
         raise CLIError(

@@ -22,7 +22,7 @@ from cra_agents.cli._sources import (
     read_file,
     resolve_target,
 )
-from cra_agents.protocol import _events as ev
+from cra_agents.protocol import events as ev
 from cra_agents.trace import TornTail
 
 __all__ = [
@@ -639,8 +639,7 @@ def report(args: argparse.Namespace, out: Output) -> int:
 
 def keygen(args: argparse.Namespace, out: Output) -> int:
     """Write an Ed25519 key pair for signing checkpoints."""
-    from cra_agents.trace import generate_signing_key, save_signing_key, save_verify_key
-    from cra_agents.trace._checkpoint import key_id
+    from cra_agents.trace import generate_signing_key, key_id, save_signing_key, save_verify_key
 
     private, public = Path(f"{args.prefix}.key"), Path(f"{args.prefix}.pub")
     for path in (private, public):

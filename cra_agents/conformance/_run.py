@@ -18,11 +18,10 @@ from cra_agents._clock import now_timestamp
 from cra_agents._exceptions import CRAError
 from cra_agents._requests import resolve_request
 from cra_agents._version import __version__
-from cra_agents.atlas import load_atlas, validate_atlas
-from cra_agents.atlas._load import pointer
+from cra_agents.atlas import json_pointer, load_atlas, validate_atlas
 from cra_agents.policy import ConditionContext, Effect, PolicyEngine, RateLimiter
 from cra_agents.protocol import GENESIS_HASH, CARPRequest
-from cra_agents.protocol import _events as ev
+from cra_agents.protocol import events as ev
 from cra_agents.runtime import Runtime
 from cra_agents.trace import compute_event_hash, spec_event_hash, verify_chain
 
@@ -80,7 +79,7 @@ def _request_case(document: dict[str, Any], error_path: str | None) -> Callable[
         try:
             CARPRequest.model_validate(document)
         except ValidationError as exc:
-            paths = [pointer(e["loc"]) for e in exc.errors()]
+            paths = [json_pointer(e["loc"]) for e in exc.errors()]
             if error_path is None:
                 raise CaseFailedError(f"expected VALID, got INVALID at {paths}") from exc
             # An "after" validator reports at the root; the missing field is named in the text.

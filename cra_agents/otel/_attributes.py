@@ -14,9 +14,8 @@ from typing import Any
 import orjson
 
 from cra_agents import semconv as sc
-from cra_agents.protocol import _events as ev
-from cra_agents.trace import CallRecord
-from cra_agents.trace._calls import EventLike, event_field
+from cra_agents.protocol import events as ev
+from cra_agents.trace import CallRecord, EventLike, event_field
 
 __all__ = [
     "CallFacts",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace as otel_trace
 
-from cra_agents._exceptions import InvalidRequestError
+from cra_agents._exceptions import ConfigurationError, MissingDependencyError
 from cra_agents.otel._observer import Telemetry, TelemetryStats
 
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ def telemetry_from(spec: OTelSpec) -> Telemetry | None:
     """A :class:`Telemetry` for an ``otel=`` argument (None when off).
 
     Raises:
-        InvalidRequestError: an unknown endpoint scheme, or the ``otel`` extra is missing.
+        ConfigurationError: an unknown endpoint scheme.
+        MissingDependencyError: exporting needs the ``otel`` extra, which is not installed.
     """
     if spec is None or spec is False:
         return None
@@ -85,7 +86,7 @@ def _exporting(config: OTelConfig) -> Telemetry:
     endpoint = config.endpoint or ""
     scheme = endpoint.split("://", 1)[0].lower() if "://" in endpoint else ""
     if scheme not in ("http", "https", "grpc", "grpcs"):
-        raise InvalidRequestError(
+        raise ConfigurationError(
             f"otel endpoint {endpoint!r}: use http(s)://host:port for OTLP/HTTP or "
             "grpc://host:port for OTLP/gRPC",
             details={"reason": "bad_otel_endpoint"},
@@ -117,9 +118,8 @@ def _exporting(config: OTelConfig) -> Telemetry:
                 endpoint=url, headers=dict(config.headers or {}), timeout=config.export_timeout
             )
     except ImportError as exc:
-        raise InvalidRequestError(
-            f"exporting spans needs the otel extra: pip install 'cra-agents[otel]' ({exc})",
-            details={"reason": "otel_extra_missing"},
+        raise MissingDependencyError(
+            f"exporting spans ({exc})", package="opentelemetry-sdk", extra="otel"
         ) from exc
     stats = TelemetryStats()
     processor = _batch_processor(_CountingExporter(exporter, stats), config, stats)

@@ -9,8 +9,7 @@ from typing import Any
 from cra_agents._clock import parse_timestamp_ns
 from cra_agents.otel._attributes import call_attributes, session_attributes, tool_span_name
 from cra_agents.protocol import TraceEvent
-from cra_agents.trace import fold_session
-from cra_agents.trace._calls import event_field
+from cra_agents.trace import event_field, fold_session
 
 __all__ = ["otlp_json"]
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from cra_agents.policy._conditions import ConditionContext
+from cra_agents.policy._conditions import CompiledConditions, ConditionContext, Unevaluable
 from cra_agents.policy._engine import (
     DEFAULT_ALLOW,
     DEFAULT_DENY,
+    POLICY_PHASES,
     UNDECLARED_ACTION,
     CompiledPolicy,
     Effect,
@@ -19,7 +20,9 @@ from cra_agents.policy._ratelimit import RateLimiter, RateRule
 __all__ = [
     "DEFAULT_ALLOW",
     "DEFAULT_DENY",
+    "POLICY_PHASES",
     "UNDECLARED_ACTION",
+    "CompiledConditions",
     "CompiledPolicy",
     "ConditionContext",
     "Effect",
@@ -27,6 +30,7 @@ __all__ = [
     "PolicyEngine",
     "RateLimiter",
     "RateRule",
+    "Unevaluable",
     "compile_atlas_policies",
     "compile_policy",
 ]

@@ -12,9 +12,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cra_agents.protocol import Conditions
+if TYPE_CHECKING:
+    from cra_agents.protocol import Conditions
 
 __all__ = ["CompiledConditions", "ConditionContext", "Unevaluable", "compile_globs"]
 

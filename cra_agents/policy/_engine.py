@@ -16,9 +16,11 @@ import dataclasses
 import enum
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from cachetools import LRUCache
 
@@ -30,11 +32,14 @@ from cra_agents.policy._conditions import (
     compile_globs,
 )
 from cra_agents.policy._ratelimit import RateLimiter, RateRule
-from cra_agents.protocol import Action, Policy
+
+if TYPE_CHECKING:
+    from cra_agents.protocol import Action, Policy
 
 __all__ = [
     "DEFAULT_ALLOW",
     "DEFAULT_DENY",
+    "POLICY_PHASES",
     "UNDECLARED_ACTION",
     "CompiledPolicy",
     "Effect",
@@ -47,7 +52,10 @@ __all__ = [
 DEFAULT_ALLOW = "default-allow"
 DEFAULT_DENY = "default-deny"
 UNDECLARED_ACTION = "undeclared-action"
-_PHASES = {"deny": 0, "require_approval": 1, "rate_limit": 2, "budget": 3, "scope": 3, "allow": 4}
+#: Policy type -> phase; lower phases decide first (deny, approval, rate limit, budget, allow).
+POLICY_PHASES: Mapping[str, int] = MappingProxyType(
+    {"deny": 0, "require_approval": 1, "rate_limit": 2, "budget": 3, "scope": 3, "allow": 4}
+)
 
 
 class Effect(enum.Enum):
@@ -135,7 +143,7 @@ def compile_policy(policy: Policy, order: int) -> CompiledPolicy:
             rate = RateRule(policy.policy_id, 0, 1)
     return CompiledPolicy(
         policy=policy,
-        phase=_PHASES[policy.type],
+        phase=POLICY_PHASES[policy.type],
         order=order,
         matches=compile_globs(policy.patterns),
         conditions=CompiledConditions(policy.conditions) if policy.conditions else None,

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from cra_agents.protocol._atlas import (
-    Action,
-    ActionExample,
-    ActionRateLimit,
-    AdapterConfig,
-    AtlasManifest,
-    Capability,
-    Conditions,
-    ContextPack,
-    InlineContextBlock,
-    Policy,
-    PolicyType,
-    TimeWindow,
-)
+import typing
+
+from cra_agents._lazy import lazy_exports as _lazy_exports
+from cra_agents.protocol import _events as events
 from cra_agents.protocol._carp import (
     AllowedAction,
     CARPRequest,
@@ -32,8 +22,13 @@ from cra_agents.protocol._carp import (
     Requester,
     Task,
 )
-from cra_agents.protocol._common import RiskTier
-from cra_agents.protocol._schemas import bundled_schema, generate_schemas
+from cra_agents.protocol._common import (
+    ACTION_ID_PATTERN,
+    ATLAS_ID_PATTERN,
+    SEMVER_PATTERN,
+    RiskTier,
+    trusted,
+)
 from cra_agents.protocol._trace import (
     EVENT_TYPES,
     GENESIS_HASH,
@@ -42,9 +37,29 @@ from cra_agents.protocol._trace import (
     TraceEvent,
 )
 
+if typing.TYPE_CHECKING:
+    from cra_agents.protocol._atlas import (
+        Action,
+        ActionExample,
+        ActionRateLimit,
+        AdapterConfig,
+        AtlasManifest,
+        Capability,
+        Conditions,
+        ContextPack,
+        InlineContextBlock,
+        Policy,
+        PolicyType,
+        TimeWindow,
+    )
+    from cra_agents.protocol._schemas import bundled_schema, generate_schemas
+
 __all__ = [
+    "ACTION_ID_PATTERN",
+    "ATLAS_ID_PATTERN",
     "EVENT_TYPES",
     "GENESIS_HASH",
+    "SEMVER_PATTERN",
     "TRACE_VERSION",
     "Action",
     "ActionExample",
@@ -76,5 +91,32 @@ __all__ = [
     "TimeWindow",
     "TraceEvent",
     "bundled_schema",
+    "events",
     "generate_schemas",
+    "trusted",
 ]
+
+# Loaded on first use (PEP 562): the Atlas models cost a third of the package's import time and
+# only loading an atlas needs them; the schema helpers only strict validation and ``make
+# schemas``. The CARP and TRACE models are needed by every call and stay eager.
+_ATLAS_MODELS = (
+    "Action",
+    "ActionExample",
+    "ActionRateLimit",
+    "AdapterConfig",
+    "AtlasManifest",
+    "Capability",
+    "Conditions",
+    "ContextPack",
+    "InlineContextBlock",
+    "Policy",
+    "PolicyType",
+    "TimeWindow",
+)
+__getattr__, __dir__ = _lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(_ATLAS_MODELS, "cra_agents.protocol._atlas"),
+        **dict.fromkeys(("bundled_schema", "generate_schemas"), "cra_agents.protocol._schemas"),
+    },
+)

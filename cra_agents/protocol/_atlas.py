@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from cra_agents.protocol._common import ActionId, AtlasId, RiskTier, WireModel
+from cra_agents.protocol._common import SEMVER_PATTERN, ActionId, AtlasId, RiskTier, WireModel
 
 __all__ = [
     "Action",
@@ -32,11 +32,6 @@ __all__ = [
 
 PolicyType = Literal["allow", "deny", "rate_limit", "require_approval", "budget", "scope"]
 
-_SEMVER = (
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
 _TIME = r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})?$"
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -181,7 +176,7 @@ class AtlasManifest(WireModel):
 
     atlas_version: Literal["1.0"]
     atlas_id: AtlasId
-    version: str = Field(pattern=_SEMVER)
+    version: str = Field(pattern=SEMVER_PATTERN)
     name: str = Field(min_length=1, max_length=100)
     description: str = Field(max_length=1000)
     authors: list[str] = Field(default_factory=list)

@@ -11,6 +11,7 @@ __all__ = [
     "ATLAS_ID_PATTERN",
     "LENIENT_ACTION_ID_PATTERN",
     "RFC3339_PATTERN",
+    "SEMVER_PATTERN",
     "UUID_PATTERN",
     "ActionId",
     "AtlasId",
@@ -28,6 +29,12 @@ ACTION_ID_PATTERN = r"^[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)+$"
 #: What real atlases use as well (``trace.edit_event``): ``_`` and ``-`` inside segments.
 LENIENT_ACTION_ID_PATTERN = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$"
 ATLAS_ID_PATTERN = r"^[a-z][a-z0-9]*(\.[a-z][a-z0-9-]*)+$"
+#: A Semantic Versioning 2.0.0 version (an atlas's ``version``).
+SEMVER_PATTERN = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
 
 Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
 Timestamp = Annotated[str, Field(pattern=RFC3339_PATTERN)]

@@ -6,6 +6,14 @@ One tool call's life lives in one place: :class:`Runtime` ``.call`` / ``.acall``
 
 from __future__ import annotations
 
+from cra_agents.runtime._approvals import (
+    Approval,
+    ApprovalDecision,
+    ApprovalHandler,
+    ApprovalRequest,
+    ConsoleApprover,
+    current_user,
+)
 from cra_agents.runtime._gate import Authorization, Call, Precheck
 from cra_agents.runtime._mapping import ToolMap, map_tool
 from cra_agents.runtime._observers import Observer, RuntimeObserver
@@ -22,8 +30,13 @@ from cra_agents.runtime._sessions import (
 __all__ = [
     "DEFAULT_TTL_SECONDS",
     "ActiveSession",
+    "Approval",
+    "ApprovalDecision",
+    "ApprovalHandler",
+    "ApprovalRequest",
     "Authorization",
     "Call",
+    "ConsoleApprover",
     "Observer",
     "Precheck",
     "Runtime",
@@ -32,6 +45,7 @@ __all__ = [
     "SessionScope",
     "ToolMap",
     "current_session",
+    "current_user",
     "map_tool",
     "propagate",
     "session_for_call",

@@ -27,6 +27,7 @@ __all__ = [
     "ApprovalStore",
     "ConsoleApprover",
     "auto_deny",
+    "current_user",
 ]
 
 
@@ -100,7 +101,7 @@ class ConsoleApprover:
         ask: Callable[[str], str] | None = None,
         output: TextIO | None = None,
     ) -> None:
-        self.approver = approver or f"console:{_user()}"
+        self.approver = approver or f"console:{current_user()}"
         self._ask = ask
         self._output = output
         self._lock = threading.Lock()
@@ -138,7 +139,7 @@ class ConsoleApprover:
         return ApprovalDecision(False, self.approver, "approval_denied")
 
 
-def _user() -> str:
+def current_user() -> str:
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name (containers): still an identity

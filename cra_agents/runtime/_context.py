@@ -25,10 +25,8 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 
 from cra_agents.atlas import Atlas
-from cra_agents.policy import ConditionContext
-from cra_agents.policy._conditions import CompiledConditions, Unevaluable
-from cra_agents.protocol import ContextBlock
-from cra_agents.protocol._common import trusted
+from cra_agents.policy import CompiledConditions, ConditionContext, Unevaluable
+from cra_agents.protocol import ContextBlock, trusted
 
 __all__ = ["ContextCandidate", "compile_context", "select_context"]
 

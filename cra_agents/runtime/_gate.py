@@ -59,7 +59,7 @@ from cra_agents.policy import (
     PolicyDecision,
     PolicyEngine,
 )
-from cra_agents.protocol import _events as ev
+from cra_agents.protocol import events as ev
 from cra_agents.runtime._approvals import Approval, ApprovalDecision, ApprovalRequest, ApprovalStore
 from cra_agents.runtime._mapping import ToolMap
 

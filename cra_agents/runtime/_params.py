@@ -17,7 +17,7 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 
-from cra_agents.atlas._load import pointer
+from cra_agents.atlas import json_pointer
 
 __all__ = ["FAST_KEYWORDS", "first_error"]
 
@@ -133,4 +133,4 @@ def first_error(schema: Mapping[str, Any], parameters: Mapping[str, Any]) -> tup
         return "", f"the action's parameters_schema is itself invalid: {exc.message}"
     if error is None:
         return None
-    return pointer(tuple(error.absolute_path)), error.message
+    return json_pointer(error.absolute_path), error.message

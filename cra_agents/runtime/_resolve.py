@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cra_agents._canonical import canonical_json
 from cra_agents._clock import format_timestamp
@@ -21,7 +21,6 @@ from cra_agents._ids import new_id
 from cra_agents.atlas import Atlas
 from cra_agents.policy import ConditionContext, Effect, PolicyEngine, RateRule
 from cra_agents.protocol import (
-    Action,
     AllowedAction,
     CARPRequest,
     CARPResolution,
@@ -31,10 +30,13 @@ from cra_agents.protocol import (
     DeniedAction,
     RateLimit,
     Task,
+    trusted,
 )
-from cra_agents.protocol import _events as ev
-from cra_agents.protocol._common import trusted
+from cra_agents.protocol import events as ev
 from cra_agents.runtime._context import ContextCandidate, compile_context, select_context
+
+if TYPE_CHECKING:
+    from cra_agents.protocol import Action
 
 __all__ = ["Resolver", "StoredResolution"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import copy
 import inspect
@@ -37,13 +36,17 @@ from cra_agents._exceptions import (
     TraceError,
 )
 from cra_agents._ids import new_id
-from cra_agents.atlas import Atlas, AtlasSource, load_atlas
-from cra_agents.atlas._load import pointer
+from cra_agents.atlas import Atlas, AtlasSource, json_pointer, load_atlas
 from cra_agents.policy import ConditionContext, PolicyEngine, RateLimiter
-from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
-from cra_agents.protocol import _events as ev
-from cra_agents.protocol._common import trusted
-from cra_agents.protocol._trace import EVENT_TYPES
+from cra_agents.protocol import (
+    EVENT_TYPES,
+    CARPRequest,
+    CARPResolution,
+    ExecuteResponse,
+    TraceEvent,
+    trusted,
+)
+from cra_agents.protocol import events as ev
 from cra_agents.runtime._approvals import (
     Approval,
     ApprovalDecision,
@@ -72,10 +75,17 @@ from cra_agents.runtime._sessions import (
     escaped_error,
     session_for_call,
 )
-from cra_agents.trace import ChainVerification, SessionChain, TraceStore, verify_chain
-from cra_agents.trace._checkpoint import Checkpoint, sign_checkpoint
-from cra_agents.trace._collector import Durability, TraceCollector
-from cra_agents.trace._files import open_store
+from cra_agents.trace import (
+    ChainVerification,
+    Checkpoint,
+    Durability,
+    SessionChain,
+    TraceCollector,
+    TraceStore,
+    open_store,
+    sign_checkpoint,
+    verify_chain,
+)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -526,8 +536,8 @@ class Runtime:
         except ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
             raise InvalidRequestError(
-                f"invalid CARP request: {first['msg']} at {pointer(first['loc']) or '/'}",
-                details={"path": pointer(first["loc"]), "reason": "schema"},
+                f"invalid CARP request: {first['msg']} at {json_pointer(first['loc']) or '/'}",
+                details={"path": json_pointer(first["loc"]), "reason": "schema"},
             ) from exc
 
     def _admit(self, session: SessionState, request: CARPRequest) -> None:
@@ -1060,6 +1070,8 @@ class Runtime:
         handler = self.approval_handler
         if isinstance(handler, str):  # "auto_deny" ("console" became a ConsoleApprover)
             return auto_deny(request)
+        import asyncio  # only async callers get here (import cra_agents stays light)
+
         deadline = time.monotonic() + self.approval_timeout
         try:
             native = getattr(handler, "acall", None)  # a handler with an async face

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from cra_agents.trace._calls import (
-    CallRecord,
-    ContextRecord,
-    EventLike,
-    OutcomeKind,
-    ResolutionRecord,
-    SessionRecord,
-    event_field,
-    event_payload,
-    fold_calls,
-    fold_session,
-)
+from typing import TYPE_CHECKING
+
+from cra_agents._lazy import lazy_exports as _lazy_exports
 from cra_agents.trace._chain import SessionChain
 from cra_agents.trace._checkpoint import (
     Checkpoint,
     append_checkpoint,
     generate_signing_key,
+    key_id,
     load_signing_key,
     load_verify_key,
     read_checkpoints,
@@ -27,10 +19,12 @@ from cra_agents.trace._checkpoint import (
     sign_checkpoint,
 )
 from cra_agents.trace._collector import DURABILITY_MODES, Durability, TraceCollector
-from cra_agents.trace._files import JsonlStore, SqliteStore, open_store, repair_torn_tail
 from cra_agents.trace._hash import compute_event_hash, spec_event_hash
+from cra_agents.trace._jsonl import JsonlStore, repair_torn_tail
+from cra_agents.trace._memory import MemoryStore
 from cra_agents.trace._read import TornTail, iter_jsonl, read_events
-from cra_agents.trace._store import MemoryStore, TraceStore
+from cra_agents.trace._sqlite import SqliteStore
+from cra_agents.trace._store import TraceStore, open_store
 from cra_agents.trace._verify import ChainVerification, verify_chain
 
 __all__ = [
@@ -59,6 +53,7 @@ __all__ = [
     "fold_session",
     "generate_signing_key",
     "iter_jsonl",
+    "key_id",
     "load_signing_key",
     "load_verify_key",
     "open_store",
@@ -71,3 +66,31 @@ __all__ = [
     "spec_event_hash",
     "verify_chain",
 ]
+
+# The fold (report, replay, export, notebooks) loads on first use: the hot path never needs it.
+_CALLS = (
+    "CallRecord",
+    "ContextRecord",
+    "EventLike",
+    "OutcomeKind",
+    "ResolutionRecord",
+    "SessionRecord",
+    "event_field",
+    "event_payload",
+    "fold_calls",
+    "fold_session",
+)
+if TYPE_CHECKING:
+    from cra_agents.trace._calls import (
+        CallRecord,
+        ContextRecord,
+        EventLike,
+        OutcomeKind,
+        ResolutionRecord,
+        SessionRecord,
+        event_field,
+        event_payload,
+        fold_calls,
+        fold_session,
+    )
+__getattr__, __dir__ = _lazy_exports(__name__, dict.fromkeys(_CALLS, "cra_agents.trace._calls"))

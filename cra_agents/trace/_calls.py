@@ -39,7 +39,7 @@ from typing import Any, Literal, TypeAlias
 
 from cra_agents._clock import parse_timestamp_ns
 from cra_agents.protocol import TraceEvent
-from cra_agents.protocol import _events as ev
+from cra_agents.protocol import events as ev
 
 __all__ = [
     "CallRecord",

@@ -32,7 +32,7 @@ import time
 import weakref
 from typing import Literal
 
-from cra_agents._exceptions import TraceUnavailableError
+from cra_agents._exceptions import ConfigurationError, TraceUnavailableError
 from cra_agents.trace._chain import SessionChain
 from cra_agents.trace._store import TraceStore
 
@@ -59,6 +59,9 @@ class TraceCollector:
         backpressure_timeout: Longest a caller is held back before its call is refused.
         commit_delay: In ``group`` mode, how long the writer waits after waking for more
             callers to join the batch, in seconds (0 disables).
+
+    Raises:
+        ConfigurationError: an unknown ``durability`` (also a ``ValueError``).
     """
 
     def __init__(
@@ -72,8 +75,9 @@ class TraceCollector:
         commit_delay: float = 0.0002,
     ) -> None:
         if durability not in DURABILITY_MODES:
-            raise ValueError(
-                f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}"
+            raise ConfigurationError(
+                f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}",
+                details={"reason": "unknown_durability"},
             )
         self.store = store
         self.durability: Durability = durability

@@ -1,23 +1,48 @@
-"""Trace stores. The in-memory store; durable stores come behind the same interface."""
+"""The trace store interface, and the one place a store URL becomes a store."""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import os
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from cra_agents.protocol import TraceEvent
+from cra_agents._exceptions import ConfigurationError
+from cra_agents.trace._jsonl import JsonlStore
+from cra_agents.trace._memory import MemoryStore
+from cra_agents.trace._sqlite import SqliteStore
 
-__all__ = ["MemoryStore", "TraceStore"]
+if TYPE_CHECKING:
+    from cra_agents.protocol import TraceEvent
+
+__all__ = ["TraceStore", "open_store"]
+
+_DEFAULT_URL = "sqlite://.cra/traces.db"
+_SCHEMES = "memory://, jsonl://DIR or sqlite://FILE"
 
 
 @runtime_checkable
 class TraceStore(Protocol):
-    """Where finalised TRACE events go. Implementations must be thread-safe."""
+    """Where finalised TRACE events go.
+
+    The runtime's writer calls ``append`` then ``sync`` once per batch, and ``close`` at
+    shutdown; readers (the runtime, the CLI, replay, reports, OTel span checks) call ``read``,
+    ``sessions`` and ``last_sequence``, possibly from other threads while the writer runs.
+    Implementations must be thread-safe. :class:`~cra_agents.trace.MemoryStore`,
+    :class:`~cra_agents.trace.JsonlStore` and :class:`~cra_agents.trace.SqliteStore` are the
+    stores that ship; :func:`open_store` picks one from a URL.
+    """
 
     def append(self, events: Sequence[TraceEvent]) -> None:
-        """Persist ``events`` (one session's, in sequence order)."""
+        """Persist ``events``: one session's, hashed and in sequence order.
+
+        They need not be durable before :meth:`sync` returns.
+
+        Raises:
+            ValueError: the store is closed.
+        """
+
+    def sync(self) -> None:
+        """Make everything appended so far durable (fsync or commit), as the store allows."""
 
     def read(
         self,
@@ -27,71 +52,72 @@ class TraceStore(Protocol):
         since_sequence: int | None = None,
         limit: int | None = None,
     ) -> list[TraceEvent]:
-        """Events of a session in sequence order, optionally filtered."""
+        """Events of a session in sequence order (``[]`` for an unknown session).
+
+        Args:
+            session_id: The session.
+            event_type: Only events of this type.
+            since_sequence: Only events after this sequence (exclusive).
+            limit: At most this many events, the first ones.
+        """
+        ...
+
+    def last_sequence(self, session_id: str) -> int:
+        """The sequence of the session's last stored event, ``-1`` when it has none.
+
+        Cheaper than :meth:`read`: a follower (``cra trace tail -f``) starts from here.
+        """
         ...
 
     def sessions(self) -> list[str]:
         """Ids of the sessions with events, oldest first."""
         ...
 
-    def sync(self) -> None:
-        """Make everything appended so far durable (fsync or commit)."""
-
     def close(self) -> None:
-        """Release resources; further appends fail."""
+        """Sync and release resources; later appends fail. Idempotent."""
 
 
-class MemoryStore:
-    """Keeps events in RAM: for tests, notebooks and short-lived processes.
+def open_store(
+    store: TraceStore | str | os.PathLike[str] | None, *, durable: bool = True
+) -> TraceStore:
+    """A store object from a store or a URL.
+
+    ``memory://``; ``jsonl:///absolute/dir`` or ``jsonl://relative/dir``;
+    ``sqlite:///absolute/file.db`` or ``sqlite://relative/file.db``. ``None`` means the
+    embedded default, SQLite at ``./.cra/traces.db``, unless ``CRA_AGENTS_STORE`` names
+    another URL. A store object is returned as it is.
 
     Args:
-        max_sessions: Keep at most this many sessions, dropping the oldest (whole sessions
-            only) once exceeded; ``None`` keeps everything.
+        store: A store, a store URL, or ``None``.
+        durable: For the file stores: sync to the disk (see each store), not only to the OS.
+
+    Raises:
+        ConfigurationError: not a URL, a URL without a path, or an unknown scheme (also a
+            ``ValueError``).
     """
+    if store is None:
+        store = os.environ.get("CRA_AGENTS_STORE") or _DEFAULT_URL
+    if not isinstance(store, str | os.PathLike):
+        return store
+    url = os.fspath(store)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise _bad_url(f"store {url!r} is not a URL; use {_SCHEMES}", "store_not_a_url")
+    if scheme == "memory":
+        return MemoryStore()
+    if not rest:
+        raise _bad_url(f"store URL {url!r} names no path", "store_url_without_path")
+    if scheme == "jsonl":
+        return JsonlStore(rest, durable=durable)
+    if scheme == "sqlite":
+        return SqliteStore(rest, durable=durable)
+    if scheme in ("postgresql", "postgres"):
+        raise _bad_url(
+            "the PostgreSQL store is not available yet; use sqlite:// or jsonl://",
+            "store_unavailable",
+        )
+    raise _bad_url(f"unknown store scheme {scheme!r}; use {_SCHEMES}", "unknown_store_scheme")
 
-    def __init__(self, max_sessions: int | None = None) -> None:
-        self._lock = threading.Lock()
-        self._events: OrderedDict[str, list[TraceEvent]] = OrderedDict()
-        self._max_sessions = max_sessions
 
-    def append(self, events: Sequence[TraceEvent]) -> None:
-        """Keep ``events``."""
-        if not events:
-            return
-        with self._lock:
-            session_id = events[0].session_id
-            chain = self._events.get(session_id)
-            if chain is None:
-                chain = self._events[session_id] = []
-                if self._max_sessions is not None:
-                    while len(self._events) > self._max_sessions:
-                        self._events.popitem(last=False)
-            chain.extend(events)
-
-    def read(
-        self,
-        session_id: str,
-        *,
-        event_type: str | None = None,
-        since_sequence: int | None = None,
-        limit: int | None = None,
-    ) -> list[TraceEvent]:
-        """Events of a session in sequence order; ``since_sequence`` is exclusive."""
-        with self._lock:
-            events = list(self._events.get(session_id, ()))
-        if since_sequence is not None:
-            events = [e for e in events if e.sequence > since_sequence]
-        if event_type is not None:
-            events = [e for e in events if e.event_type == event_type]
-        return events if limit is None else events[:limit]
-
-    def sessions(self) -> list[str]:
-        """Session ids, oldest first."""
-        with self._lock:
-            return list(self._events)
-
-    def sync(self) -> None:
-        """Nothing to sync: memory is as durable as it gets."""
-
-    def close(self) -> None:
-        """Nothing to release."""
+def _bad_url(message: str, reason: str) -> ConfigurationError:
+    return ConfigurationError(message, details={"reason": reason})

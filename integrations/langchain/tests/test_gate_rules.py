@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import StructuredTool, ToolException
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
@@ -133,7 +134,12 @@ def read_stats(day: str) -> str:
     return "42"
 
 
-TOOLS = {"deploy": deploy, "drop": drop, "write_note": write_note, "read_stats": read_stats}
+TOOLS: dict[str, Callable[..., Any]] = {
+    "deploy": deploy,
+    "drop": drop,
+    "write_note": write_note,
+    "read_stats": read_stats,
+}
 ACTIONS = {
     "deploy": "ops.deploy.run",
     "drop": "ops.db.drop",
@@ -200,7 +206,7 @@ def via_middleware(runtime: cra.Runtime, tool: str, args: dict[str, Any]) -> Out
         middleware=[CRAMiddleware(agent_id="ops-agent", actions=ACTIONS)],
         checkpointer=InMemorySaver(),
     )
-    config = {"configurable": {"thread_id": f"t-{time.monotonic_ns()}"}}
+    config: RunnableConfig = {"configurable": {"thread_id": f"t-{time.monotonic_ns()}"}}
     out = agent.invoke({"messages": [HumanMessage("go")]}, config)
     while out.get("__interrupt__"):
         out = agent.invoke(Command(resume={"decision": "approve", "approver": "alice"}), config)
@@ -306,7 +312,7 @@ def test_tool_gets_arguments_rebuilt_from_the_decided_json(runtime, adapter):
         def __eq__(self, other: object) -> bool:
             return True
 
-        __hash__ = None  # type: ignore[assignment]
+        __hash__ = None
 
     args: dict[str, Any] = {"text": "hi", "tags": ("a", "b")}
     if adapter == "guarded":
@@ -485,7 +491,7 @@ def test_an_approval_granted_for_zero_seconds_is_expired(runtime):
 def test_a_call_escaping_its_session_is_refused(runtime):
     """A thread started inside a session without propagate() is refused, not run implicitly."""
     guarded = cra.guarded("ops.stats.read")(read_stats)
-    errors: list[BaseException] = []
+    errors: list[cra.CRAError] = []
 
     def bare() -> None:
         try:
@@ -497,7 +503,11 @@ def test_a_call_escaping_its_session_is_refused(runtime):
         thread = threading.Thread(target=bare)
         thread.start()
         thread.join(5)
-        propagated = threading.Thread(target=cra.propagate(lambda: guarded(day="tue")))
+
+        def tuesday() -> None:
+            guarded(day="tue")
+
+        propagated = threading.Thread(target=cra.propagate(tuesday))
         propagated.start()
         propagated.join(5)
     assert len(errors) == 1
@@ -517,12 +527,20 @@ def test_pools_and_to_thread_keep_the_session(runtime):
     async def main() -> None:
         await asyncio.to_thread(guarded, text="thread")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, cra.propagate(lambda: guarded(text="executor")))
+
+        def executor() -> None:
+            guarded(text="executor")
+
+        await loop.run_in_executor(None, cra.propagate(executor))
 
     with cra.session(agent_id="ops-bot", goal="Notes") as active:
         asyncio.run(main())
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            list(pool.map(cra.propagate(lambda t: guarded(text=t)), ["a", "b"]))
+
+            def note(text: str) -> None:
+                guarded(text=text)
+
+            list(pool.map(cra.propagate(note), ["a", "b"]))
     kinds = _events(runtime, active.session_id)
     assert kinds.count("action.executed") == 4
     assert len(runtime.sessions()) == 1

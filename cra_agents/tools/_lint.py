@@ -45,15 +45,22 @@ from __future__ import annotations
 import fnmatch
 
 from cra_agents._exceptions import AtlasError
-from cra_agents.atlas._load import DEFAULT_MAX_BYTES, AtlasSource, load_atlas
-from cra_agents.atlas._validate import Finding, Severity, ValidationReport, validate_atlas
+from cra_agents.atlas import (
+    DEFAULT_MAX_BYTES,
+    AtlasSource,
+    Finding,
+    Severity,
+    ValidationReport,
+    load_atlas,
+    validate_atlas,
+)
+from cra_agents.policy import POLICY_PHASES
 from cra_agents.protocol import Action, AtlasManifest, Conditions, Policy
 
 __all__ = ["lint_atlas"]
 
 _TIERS = frozenset({"low", "medium", "high", "critical"})
 _HIGH = frozenset({"high", "critical"})
-_PHASE = {"deny": 0, "require_approval": 1, "rate_limit": 2, "budget": 3, "scope": 3, "allow": 4}
 _MIN_DESCRIPTION = 20
 _ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -100,7 +107,7 @@ class _Linter:
         # Policies in evaluation order, each with its index and the declared actions it covers.
         ranked = sorted(
             enumerate(manifest.policies),
-            key=lambda item: (_PHASE[item[1].type], -item[1].priority, item[0]),
+            key=lambda item: (POLICY_PHASES[item[1].type], -item[1].priority, item[0]),
         )
         self.ranked = [(index, policy, self._covered(policy.patterns)) for index, policy in ranked]
 
@@ -196,7 +203,7 @@ class _Linter:
     def shadowed_by(self, position: int, action_id: str) -> Policy | None:
         """The unconditional policy that always decides ``action_id`` before ranked[position]."""
         _, policy, _ = self.ranked[position]
-        phase = _PHASE[policy.type]
+        phase = POLICY_PHASES[policy.type]
         for _, earlier, covered in self.ranked[:position]:
             if action_id not in covered or not _unconditional(earlier):
                 continue

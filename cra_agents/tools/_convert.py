@@ -100,21 +100,20 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from cra_agents._exceptions import AtlasError
-from cra_agents.atlas._load import (
+from cra_agents.atlas import (
     DEFAULT_MAX_BYTES,
     MAX_CONTEXT_BYTES,
-    _require_regular,
+    Finding,
+    read_context_file,
     read_document,
 )
-from cra_agents.atlas._validate import Finding
-from cra_agents.protocol._atlas import _SEMVER
-from cra_agents.protocol._common import ACTION_ID_PATTERN, ATLAS_ID_PATTERN
+from cra_agents.protocol import ACTION_ID_PATTERN, ATLAS_ID_PATTERN, SEMVER_PATTERN
 
 __all__ = ["AtlasConversion", "convert_legacy_atlas"]
 
 _ACTION_ID = re.compile(ACTION_ID_PATTERN)
 _ATLAS_ID = re.compile(ATLAS_ID_PATTERN)
-_SEMVER_RE = re.compile(_SEMVER)
+_SEMVER_RE = re.compile(SEMVER_PATTERN)
 _SHORT_VERSION = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))?$")
 _RISK_TIERS = ("low", "medium", "high", "critical")
 _EFFECTS = {
@@ -860,20 +859,10 @@ class _Converter:
     def read_file(self, name: str, where: str) -> str:
         if self.base is None or name in self.files:
             return name
-        root = self.base.resolve()
-        target = (root / name).resolve()
-        if not target.is_relative_to(root):
-            raise AtlasError(
-                f"context file {name!r} lies outside the atlas directory",
-                reason="path_escape",
-                path=where,
-                source=self.label,
-            )
-        _require_regular(target, self.label, where)
-        try:
-            with target.open("rb") as handle:
-                data = handle.read(self.max_bytes + 1)
-        except FileNotFoundError:
+        data = read_context_file(
+            self.base, name, where=where, source=self.label, max_bytes=self.max_bytes
+        )
+        if data is None:
             self.note(
                 "C010",
                 "warning",
@@ -882,14 +871,6 @@ class _Converter:
                 "until you add it to the converted atlas",
             )
             return name
-        except OSError as exc:
-            raise AtlasError(
-                f"cannot read context file {name!r}: {exc.strerror}",
-                reason="io_error",
-                path=where,
-                source=self.label,
-                code="ATLAS_LOAD_ERROR",
-            ) from exc
         self.context_bytes += len(data)
         if len(data) > self.max_bytes or self.context_bytes > MAX_CONTEXT_BYTES:
             raise AtlasError(

@@ -1,0 +1,77 @@
+"""The error classes of ``cra_agents._exceptions``: bases, codes, context and pickling."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import cra_agents as cra
+
+
+class TestConfigurationError:
+    def test_bases_and_code(self):
+        """A ConfigurationError is a CRAError and a ValueError with a stable code."""
+        error = cra.ConfigurationError("bad store", details={"reason": "unknown_store_scheme"})
+        assert isinstance(error, cra.CRAError)
+        assert isinstance(error, ValueError)
+        assert error.code == "CONFIGURATION_ERROR"
+        assert error.to_error_response()["error"] == {
+            "code": "CONFIGURATION_ERROR",
+            "message": "bad store",
+            "category": "internal",
+            "recoverable": False,
+            "details": {"reason": "unknown_store_scheme"},
+        }
+
+    def test_caught_as_value_error(self):
+        """Code that caught the ValueError a bad store URL raised before still catches it."""
+        with pytest.raises(ValueError, match="unknown store scheme"):
+            cra.open_store("ftp://x")
+
+    def test_pickle(self):
+        """Pickling keeps the class, message and details."""
+        error = cra.ConfigurationError("bad", details={"reason": "r"})
+        clone = pickle.loads(pickle.dumps(error))
+        assert type(clone) is cra.ConfigurationError
+        assert (str(clone), clone.details) == ("bad", {"reason": "r"})
+
+
+class TestMissingDependencyError:
+    def test_install_hint(self):
+        """The message names the package and ends with the pip command of the extra."""
+        error = cra.MissingDependencyError(
+            "exporting spans", package="opentelemetry-sdk", extra="otel"
+        )
+        assert str(error) == (
+            "exporting spans needs opentelemetry-sdk: pip install 'cra-agents[otel]'"
+        )
+        assert (error.package, error.extra) == ("opentelemetry-sdk", "otel")
+        assert error.install_hint == "pip install 'cra-agents[otel]'"
+        assert error.code == "MISSING_DEPENDENCY"
+        assert error.details == {"package": "opentelemetry-sdk", "extra": "otel"}
+
+    def test_caught_as_import_error(self):
+        """``except ImportError`` around an optional feature catches it, with its cause."""
+
+        def read_yaml() -> None:
+            try:
+                import cra_agents_no_such_module  # type: ignore[import-not-found]  # noqa: F401
+            except ImportError as exc:
+                raise cra.MissingDependencyError(
+                    "reading YAML atlases", package="pyyaml", extra="yaml"
+                ) from exc
+
+        with pytest.raises(ImportError) as caught:
+            read_yaml()
+        assert isinstance(caught.value, cra.CRAError)
+        assert isinstance(caught.value.__cause__, ModuleNotFoundError)
+
+    def test_pickle(self):
+        """Pickling keeps package, extra and the hint."""
+        error = cra.MissingDependencyError("x", package="p", extra="e", details={"more": 1})
+        clone = pickle.loads(pickle.dumps(error))
+        assert type(clone) is cra.MissingDependencyError
+        assert (clone.package, clone.extra, clone.install_hint) == ("p", "e", error.install_hint)
+        assert clone.details == {"package": "p", "extra": "e", "more": 1}
+        assert str(clone) == str(error)
