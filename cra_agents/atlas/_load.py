@@ -55,10 +55,6 @@ def json_pointer(loc: Iterable[int | str]) -> str:
     return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in loc)
 
 
-#: The former private name of :func:`json_pointer`, kept while callers move.
-pointer = json_pointer
-
-
 def _is_url(source: object) -> bool:
     return isinstance(source, str) and source.startswith(("http://", "https://"))
 

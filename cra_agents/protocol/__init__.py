@@ -5,7 +5,9 @@ from __future__ import annotations
 import typing
 
 from cra_agents._lazy import lazy_exports as _lazy_exports
-from cra_agents.protocol import _events as events
+
+# Event names and payload builders: a topic module (``from cra_agents.protocol import events``).
+from cra_agents.protocol import _events as events  # noqa: F401 - public by path, not by __all__
 from cra_agents.protocol._carp import (
     AllowedAction,
     CARPRequest,
@@ -91,7 +93,6 @@ __all__ = [
     "TimeWindow",
     "TraceEvent",
     "bundled_schema",
-    "events",
     "generate_schemas",
     "trusted",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import typing
 
 from cra_agents._lazy import lazy_exports as _lazy_exports
 from cra_agents.trace._chain import SessionChain
@@ -80,7 +80,7 @@ _CALLS = (
     "fold_calls",
     "fold_session",
 )
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from cra_agents.trace._calls import (
         CallRecord,
         ContextRecord,
