@@ -9,7 +9,9 @@ refused.
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import getpass
+import inspect
 import sys
 import threading
 import time
@@ -25,6 +27,7 @@ __all__ = [
     "ApprovalHandler",
     "ApprovalRequest",
     "ApprovalStore",
+    "Approvers",
     "ConsoleApprover",
     "auto_deny",
     "current_user",
@@ -189,3 +192,102 @@ class ApprovalStore:
             del self._granted[approval_id]
             self._used.add(approval_id)
             return approval, ""
+
+
+class Approvers:
+    """Who answers approval requests, and how long they may take (``approval_timeout``).
+
+    Sync handlers always run on a worker thread, so the timeout holds for synchronous and
+    asynchronous callers alike; a timed-out handler's late answer is ignored. Async handlers
+    (and handler objects with an ``async def acall(request)``) are awaited by async callers.
+    """
+
+    def __init__(self, handler: ApprovalHandler, timeout: float) -> None:
+        self.handler: ApprovalHandler = ConsoleApprover() if handler == "console" else handler
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def ask_sync(self, request: ApprovalRequest) -> ApprovalDecision:
+        """Ask from synchronous code: the handler runs on a worker thread, with the timeout."""
+        handler = self.handler
+        if isinstance(handler, str):  # "auto_deny" ("console" became a ConsoleApprover)
+            return auto_deny(request)
+        if inspect.iscoroutinefunction(handler):
+            return ApprovalDecision(
+                False, "runtime", "approval_error: the handler is async; call the async API"
+            )
+        future = self._pool().submit(handler, request)
+        try:
+            answer = future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            return ApprovalDecision(False, "runtime", "approval_timeout")
+        except Exception as exc:  # noqa: BLE001 - a failing approver approves nothing
+            return ApprovalDecision(False, "runtime", f"approval_error: {exc!r}")
+        if inspect.isawaitable(answer):
+            _discard(answer)
+            return ApprovalDecision(
+                False, "runtime", "approval_error: the handler is async; call the async API"
+            )
+        return _as_decision(answer)
+
+    async def ask_async(self, request: ApprovalRequest) -> ApprovalDecision:
+        """Ask from async code: async handlers awaited, sync ones off the loop; timeout holds."""
+        handler = self.handler
+        if isinstance(handler, str):  # "auto_deny" ("console" became a ConsoleApprover)
+            return auto_deny(request)
+        import asyncio  # only async callers get here (import cra_agents stays light)
+
+        deadline = time.monotonic() + self.timeout
+        try:
+            native = getattr(handler, "acall", None)  # a handler with an async face
+            if inspect.iscoroutinefunction(handler):
+                result: Any = handler(request)
+            elif native is not None and inspect.iscoroutinefunction(native):
+                result = native(request)
+            else:
+                # A sync approver (a console prompt, a blocking UI call) must not block the
+                # event loop, and its timeout must hold: it runs in the approval pool.
+                loop = asyncio.get_running_loop()
+                result = await asyncio.wait_for(
+                    loop.run_in_executor(self._pool(), handler, request),
+                    timeout=self.timeout,
+                )
+            if inspect.isawaitable(result):
+                result = await asyncio.wait_for(
+                    result, timeout=max(deadline - time.monotonic(), 0.0)
+                )
+        except TimeoutError:
+            return ApprovalDecision(False, "runtime", "approval_timeout")
+        except Exception as exc:  # noqa: BLE001 - a failing approver approves nothing
+            return ApprovalDecision(False, "runtime", f"approval_error: {exc!r}")
+        return _as_decision(result)
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=4, thread_name_prefix="cra-approval"
+                )
+            return self._executor
+
+    def close(self) -> None:
+        """Stop the worker threads (answers still pending are ignored)."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _as_decision(answer: object) -> ApprovalDecision:
+    if isinstance(answer, ApprovalDecision):
+        return answer
+    if answer is True:
+        return ApprovalDecision(True, "handler")
+    return ApprovalDecision(False, "handler", "approval_denied")
+
+
+def _discard(awaitable: object) -> None:
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -148,101 +148,69 @@ class ObserverSet:
         name = type(observer).__name__
         logger.warning("observer %s failed in %s (ignored)", name, hook, exc_info=True)  # noqa: LOG014
 
-    def session_start(self, session: SessionInfo) -> tuple[Any, ...]:
-        """``on_session_start`` of each observer."""
-        states = []
-        for observer in self.observers:
+    def _dispatch(
+        self, hook: str, args: Callable[[int], tuple[Any, ...]], *, reverse: bool = False
+    ) -> tuple[Any, ...]:
+        """Call ``hook`` of each observer with ``args(index)``; what each returned, or None."""
+        results: list[Any] = [None] * len(self.observers)
+        order = range(len(self.observers))
+        for index in reversed(order) if reverse else order:
+            observer = self.observers[index]
             try:
-                states.append(observer.on_session_start(session))
+                results[index] = getattr(observer, hook)(*args(index))
             except Exception:  # noqa: BLE001 - observers never raise into the host
-                self._failed(observer, "on_session_start")
-                states.append(None)
-        return tuple(states)
+                self._failed(observer, hook)
+        return tuple(results)
+
+    def session_start(self, session: SessionInfo) -> tuple[Any, ...]:
+        """``on_session_start`` of each observer; their states."""
+        return self._dispatch("on_session_start", lambda _: (session,))
 
     def session_end(
         self,
         session: SessionInfo,
-        states: tuple[Any, ...],
+        states: Sequence[Any],
         event: TraceEvent | None,
         error: BaseException | None,
     ) -> None:
         """``on_session_end`` of each observer."""
-        for observer, state in zip(self.observers, states, strict=False):
-            try:
-                observer.on_session_end(session, state, event, error)
-            except Exception:  # noqa: BLE001 - observers never raise into the host
-                self._failed(observer, "on_session_end")
+        self._dispatch("on_session_end", lambda i: (session, _at(states, i), event, error))
 
     def call_start(self, call: Call) -> tuple[Any, ...]:
-        """``on_call_start`` of each observer."""
-        states = []
-        for observer in self.observers:
-            try:
-                states.append(observer.on_call_start(call))
-            except Exception:  # noqa: BLE001 - observers never raise into the host
-                self._failed(observer, "on_call_start")
-                states.append(None)
-        return tuple(states)
+        """``on_call_start`` of each observer; their states."""
+        return self._dispatch("on_call_start", lambda _: (call,))
 
-    def activate(self, states: tuple[Any, ...]) -> tuple[Any, ...]:
-        """``activate`` of each observer; returns the tokens."""
-        tokens = []
-        for observer, state in zip(self.observers, states, strict=False):
-            try:
-                tokens.append(observer.activate(state))
-            except Exception:  # noqa: BLE001 - observers never raise into the host
-                self._failed(observer, "activate")
-                tokens.append(None)
-        return tuple(tokens)
+    def activate(self, states: Sequence[Any]) -> tuple[Any, ...]:
+        """``activate`` of each observer; their tokens."""
+        return self._dispatch("activate", lambda i: (_at(states, i),))
 
-    def deactivate(self, states: tuple[Any, ...], tokens: tuple[Any, ...]) -> None:
+    def deactivate(self, states: Sequence[Any], tokens: Sequence[Any]) -> None:
         """``deactivate`` of each observer, innermost first."""
-        for observer, state, token in reversed(
-            list(zip(self.observers, states, tokens, strict=False))
-        ):
-            try:
-                observer.deactivate(state, token)
-            except Exception:  # noqa: BLE001 - observers never raise into the host
-                self._failed(observer, "deactivate")
+        self._dispatch("deactivate", lambda i: (_at(states, i), _at(tokens, i)), reverse=True)
 
     def call_decided(
-        self, call: Call, states: tuple[Any, ...], events: Sequence[TraceEvent] | None
+        self, call: Call, states: Sequence[Any], events: Sequence[TraceEvent] | None
     ) -> None:
         """``on_call_decided`` of each observer."""
-        for observer, state in zip(self.observers, states, strict=False):
-            try:
-                observer.on_call_decided(call, state, events)
-            except Exception:  # noqa: BLE001 - observers never raise into the host
-                self._failed(observer, "on_call_decided")
+        self._dispatch("on_call_decided", lambda i: (call, _at(states, i), events))
 
     def call_end(
-        self, call: Call, states: tuple[Any, ...], events: Sequence[TraceEvent] | None
+        self, call: Call, states: Sequence[Any], events: Sequence[TraceEvent] | None
     ) -> None:
         """``on_call_end`` of each observer."""
-        for observer, state in zip(self.observers, states, strict=False):
-            try:
-                observer.on_call_end(call, state, events)
-            except Exception:  # noqa: BLE001 - observers never raise into the host
-                self._failed(observer, "on_call_end")
+        self._dispatch("on_call_end", lambda i: (call, _at(states, i), events))
 
     def force_flush(self, timeout: float = 5.0) -> bool:
-        """``force_flush`` of each observer; False if any failed."""
-        ok = True
-        for observer in self.observers:
-            try:
-                ok = bool(observer.force_flush(timeout)) and ok
-            except Exception:  # noqa: BLE001 - observers never raise into the host
-                self._failed(observer, "force_flush")
-                ok = False
-        return ok
+        """``force_flush`` of each observer; False if any failed or returned False."""
+        return all(result is True for result in self._dispatch("force_flush", lambda _: (timeout,)))
 
     def shutdown(self) -> None:
         """``shutdown`` of each observer."""
-        for observer in self.observers:
-            try:
-                observer.shutdown()
-            except Exception:  # noqa: BLE001 - observers never raise into the host
-                self._failed(observer, "shutdown")
+        self._dispatch("shutdown", lambda _: ())
+
+
+def _at(values: Sequence[Any], index: int) -> Any:
+    return values[index] if index < len(values) else None
 
 
 #: Observers the runtime can build from a keyword argument, by module path, so that the runtime

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
-import inspect
 import logging
 import os
 import re
@@ -15,49 +13,35 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import ValidationError
-
-from cra_agents._canonical import canonical_json, digest
-from cra_agents._clock import format_timestamp, parse_timestamp_ns
+from cra_agents._canonical import digest
 from cra_agents._exceptions import (
-    ActionDeniedError,
     ActionNotFoundError,
-    ApprovalRequiredError,
     AtlasConflictError,
     AtlasNotFoundError,
     CRAError,
-    IdempotencyConflictError,
-    InvalidParametersError,
     InvalidRequestError,
-    ResolutionExpiredError,
-    ResolutionNotFoundError,
     SessionEndedError,
     SessionNotFoundError,
     TraceError,
 )
 from cra_agents._ids import new_id
-from cra_agents.atlas import Atlas, AtlasSource, json_pointer, load_atlas
+from cra_agents.atlas import Atlas, AtlasSource, load_atlas
 from cra_agents.policy import ConditionContext, PolicyEngine, RateLimiter
 from cra_agents.protocol import (
     EVENT_TYPES,
-    CARPRequest,
-    CARPResolution,
-    ExecuteResponse,
     TraceEvent,
-    trusted,
 )
 from cra_agents.protocol import events as ev
 from cra_agents.runtime._approvals import (
     Approval,
     ApprovalDecision,
     ApprovalHandler,
-    ApprovalRequest,
     ApprovalStore,
+    Approvers,
     ConsoleApprover,
-    auto_deny,
 )
+from cra_agents.runtime._carp import CarpMixin
 from cra_agents.runtime._gate import (
-    RUNTIME_POLICY,
     Call,
     Gate,
     Precheck,
@@ -67,19 +51,16 @@ from cra_agents.runtime._gate import (
 )
 from cra_agents.runtime._mapping import ToolMap
 from cra_agents.runtime._observers import ObserverSet, RuntimeObserver, load_observer
-from cra_agents.runtime._resolve import Resolver, StoredResolution
+from cra_agents.runtime._resolve import Resolver
 from cra_agents.runtime._sessions import (
-    SessionInfo,
-    SessionScope,
     SessionState,
-    escaped_error,
+    check_recordable,
     session_for_call,
 )
 from cra_agents.trace import (
     ChainVerification,
     Checkpoint,
     Durability,
-    SessionChain,
     TraceCollector,
     TraceStore,
     open_store,
@@ -104,7 +85,7 @@ EndReason = Literal["completed", "timeout", "error", "cancelled"]
 _EXTENSION_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 
 
-class Runtime:
+class Runtime(CarpMixin):
     """Resolves CARP requests against loaded atlases and gates tool calls.
 
     Every step is appended to the session's TRACE hash chain. Every adapter's calls go through
@@ -215,14 +196,10 @@ class Runtime:
         self.ttl_seconds = ttl_seconds
         self.clock_skew_seconds = clock_skew_seconds
         self.approval_ttl_seconds = approval_ttl_seconds
-        self.approval_handler: ApprovalHandler = (
-            ConsoleApprover() if approval_handler == "console" else approval_handler
-        )
-        self.approval_timeout = approval_timeout
+        self._approvers = Approvers(approval_handler, approval_timeout)
         #: Shadow mode: record what would be denied (``policy.violated``) but allow the call.
         self.shadow = shadow
         self.implicit_sessions = implicit_sessions
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._sessions: dict[str, SessionState] = {}
         self._lock = threading.Lock()
         self._implicit: str | None = None
@@ -250,6 +227,26 @@ class Runtime:
                     )
                 action_owner[action.action_id] = atlas.atlas_id
 
+    # -- approvals ------------------------------------------------------------------------
+
+    @property
+    def approval_handler(self) -> ApprovalHandler:
+        """Who answers approval requests (see the class docstring); may be replaced."""
+        return self._approvers.handler
+
+    @approval_handler.setter
+    def approval_handler(self, handler: ApprovalHandler) -> None:
+        self._approvers.handler = ConsoleApprover() if handler == "console" else handler
+
+    @property
+    def approval_timeout(self) -> float:
+        """Seconds an approver may take before the call is denied (``approval_timeout``)."""
+        return self._approvers.timeout
+
+    @approval_timeout.setter
+    def approval_timeout(self, seconds: float) -> None:
+        self._approvers.timeout = seconds
+
     # -- atlases --------------------------------------------------------------------------
 
     @property
@@ -268,186 +265,6 @@ class Runtime:
             raise AtlasNotFoundError(f"atlas {atlas_id!r} is not loaded")
         return atlas
 
-    # -- sessions -------------------------------------------------------------------------
-
-    def create_session(
-        self,
-        agent_id: str,
-        goal: str,
-        *,
-        session_id: str | None = None,
-        parent_session_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> SessionInfo:
-        """Start a session; its chain begins with ``session.started``."""
-        if not agent_id or len(agent_id) > 255:
-            raise InvalidRequestError("agent_id must be 1 to 255 characters")
-        if not goal:
-            raise InvalidRequestError("goal must not be empty")
-        session_id = session_id or new_id()
-        payload = ev.session_started(
-            agent_id,
-            goal,
-            parent_session_id=parent_session_id,
-            metadata=copy.deepcopy(dict(metadata)) if metadata else None,
-        )
-        _recordable(payload)
-        self._collector.check()
-        chain = SessionChain(session_id, new_id())
-        session = SessionState(
-            session_id, agent_id, goal, chain.trace_id, parent_session_id, time.time_ns(), chain
-        )
-        session.shadow = self.shadow
-        with self._lock:
-            if session_id in self._sessions:
-                raise CRAError(
-                    f"session {session_id} already exists", code="SESSION_ALREADY_EXISTS"
-                )
-            self._sessions[session_id] = session
-        self._collector.committed(chain, chain.append(ev.SESSION_STARTED, payload))
-        info = session.info()
-        if self.observers:
-            session.observed = self.observers.session_start(info)
-        return info
-
-    def session_scope(
-        self, agent_id: str, goal: str, *, metadata: dict[str, Any] | None = None
-    ) -> SessionScope:
-        """A ``with`` / ``async with`` block that is one session (what ``cra.session`` opens)."""
-        return SessionScope(self, agent_id, goal, metadata)
-
-    def session(self, session_id: str) -> SessionInfo:
-        """The current state of a session."""
-        return self._session(session_id).info()
-
-    def sessions(self) -> list[SessionInfo]:
-        """Every session this runtime knows, oldest first."""
-        with self._lock:
-            sessions = list(self._sessions.values())
-        return [s.info() for s in sessions]
-
-    def _session(self, session_id: str) -> SessionState:
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise SessionNotFoundError(f"no session {session_id}")
-        return session
-
-    def _active(self, session_id: str) -> SessionState:
-        session = self._session(session_id)
-        if session.ended_ns is not None:
-            raise SessionEndedError(f"session {session_id} has ended")
-        return session
-
-    def implicit_session_id(self) -> str:
-        """The session of a call made outside every ``cra.session`` block of this runtime.
-
-        Raises:
-            InvalidRequestError: a ``cra.session`` of this runtime is open, so the call escaped
-                it (``session_not_propagated``), or implicit sessions are off (``no_session``).
-        """
-        with self._lock:
-            open_scopes = sum(self._scopes.values())
-        if open_scopes:
-            raise escaped_error(open_scopes)
-        if not self.implicit_sessions:
-            raise InvalidRequestError(
-                "a guarded call outside any cra.session(...) block, and implicit sessions are off",
-                details={"reason": "no_session"},
-            )
-        with self._lock:
-            current = self._implicit
-            if current is not None and self._sessions[current].active:
-                return current
-        info = self.create_session("cra-implicit", f"implicit session of process {os.getpid()}")
-        with self._lock:
-            self._implicit = info.session_id
-        return info.session_id
-
-    def scope_opened(self, session_id: str) -> None:
-        """A ``cra.session`` block of this runtime began (see :func:`session_for_call`)."""
-        with self._lock:
-            self._scopes[session_id] = self._scopes.get(session_id, 0) + 1
-
-    def scope_closed(self, session_id: str) -> None:
-        """A ``cra.session`` block of this runtime ended."""
-        with self._lock:
-            left = self._scopes.get(session_id, 0) - 1
-            if left > 0:
-                self._scopes[session_id] = left
-            else:
-                self._scopes.pop(session_id, None)
-
-    def activate_session(self, session_id: str) -> tuple[Any, ...]:
-        """Make the session current for observers (a ``cra.session`` block began)."""
-        session = self._session(session_id)
-        return self.observers.activate(session.observed) if self.observers else ()
-
-    def deactivate_session(self, session_id: str, tokens: tuple[Any, ...]) -> None:
-        """Undo :meth:`activate_session`."""
-        if self.observers:
-            self.observers.deactivate(self._session(session_id).observed, tokens)
-
-    def end_session(
-        self,
-        session_id: str,
-        reason: EndReason = "completed",
-        *,
-        error: str | None = None,
-        cause: BaseException | None = None,
-    ) -> SessionInfo:
-        """End a session with ``session.ended``; later requests and calls on it are refused.
-
-        Calls already running finish and are recorded first: ``session.ended`` is written when
-        the last of them ends, so no event of the session follows it. A call still waiting
-        for its approver is refused and records nothing.
-        """
-        session = self._session(session_id)
-        with session.lock:
-            if session.ended_ns is not None:
-                raise SessionEndedError(f"session {session_id} has already ended")
-            session.ended_ns = time.time_ns()
-            # Nothing can use these any more; keep an ended session small.
-            session.resolutions = {}
-            session.idempotency = {}
-            session.request_ids = {}
-            session.ending = (
-                {"reason": reason, "error": error},
-                (lambda events: self._session_ended(session, events, cause))
-                if self.observers
-                else None,
-            )
-            ready = session.inflight == 0
-        if ready:
-            self._write_ended(session)
-        return session.info()
-
-    def _write_ended(self, session: SessionState) -> None:
-        """Append the waiting ``session.ended`` (once no call of the session is in flight)."""
-        with session.lock:
-            if session.ending is None or session.inflight:
-                return
-            (spec, watch), session.ending = session.ending, None
-            ended_ns = session.ended_ns or time.time_ns()
-            payload = ev.session_ended(
-                spec["reason"],
-                (ended_ns - session.created_ns) // 1_000_000,
-                session.resolution_count,
-                session.action_count,
-                spec["error"],
-            )
-            sequence = session.chain.append(ev.SESSION_ENDED, payload, watch)
-        self._collector.committed(session.chain, sequence)
-
-    def _session_ended(
-        self,
-        session: SessionState,
-        events: Sequence[TraceEvent] | None,
-        cause: BaseException | None,
-    ) -> None:
-        self.observers.session_end(
-            session.info(), session.observed, events[-1] if events else None, cause
-        )
-
     # -- trace ----------------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -463,8 +280,7 @@ class Runtime:
         self._collector.close(timeout)
         self._finalizer.detach()
         self.observers.shutdown()  # after the drain: the last events reached them
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._approvers.close()
 
     def __enter__(self) -> Runtime:
         return self
@@ -525,98 +341,6 @@ class Runtime:
             )
         return sign_checkpoint(events, signing_key, log_id=session_id)
 
-    # -- requests -------------------------------------------------------------------------
-
-    @staticmethod
-    def _parse(request: CARPRequest | Mapping[str, Any]) -> CARPRequest:
-        if isinstance(request, CARPRequest):
-            return request
-        try:
-            return CARPRequest.model_validate(request)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            raise InvalidRequestError(
-                f"invalid CARP request: {first['msg']} at {json_pointer(first['loc']) or '/'}",
-                details={"path": json_pointer(first["loc"]), "reason": "schema"},
-            ) from exc
-
-    def _admit(self, session: SessionState, request: CARPRequest) -> None:
-        """Runtime rules 1 and 2, and the requester check."""
-        self._check_requester(session, request)
-        with session.lock:
-            if len(session.request_ids) >= _PRUNE_EVERY and not (
-                len(session.request_ids) % _PRUNE_EVERY
-            ):
-                self._prune(session)
-            if request.request_id in session.request_ids:
-                raise InvalidRequestError(
-                    f"request_id {request.request_id} was already used in this session",
-                    details={"reason": "duplicate_request_id"},
-                )
-            session.request_ids[request.request_id] = time.monotonic()
-
-    def _prune(self, session: SessionState) -> None:
-        """Forget expired resolutions and request ids too old to pass the skew check.
-
-        Called with ``session.lock`` held.
-        """
-        now = time.monotonic()
-        horizon = now - 2 * self.clock_skew_seconds - 1
-        session.request_ids = {k: t for k, t in session.request_ids.items() if t >= horizon}
-        session.resolutions = {k: r for k, r in session.resolutions.items() if r.expires >= now}
-
-    def _check_requester(self, session: SessionState, request: CARPRequest) -> None:
-        """The requester owns the session and the request is fresh (rule 2)."""
-        if request.requester.agent_id != session.agent_id:
-            raise InvalidRequestError(
-                f"agent {request.requester.agent_id!r} does not own session {session.session_id}",
-                details={"reason": "agent_mismatch"},
-            )
-        try:  # C-speed parse of the usual form; the exact parser for the rest
-            sent = datetime.fromisoformat(request.timestamp).timestamp()
-        except ValueError:
-            sent = parse_timestamp_ns(request.timestamp) / 1e9
-        skew = abs(time.time() - sent)
-        if skew > self.clock_skew_seconds:
-            raise InvalidRequestError(
-                f"request timestamp is {skew:.0f}s away from the runtime's clock "
-                f"(limit {self.clock_skew_seconds:g}s)",
-                details={"reason": "clock_skew"},
-            )
-
-    def resolve(self, request: CARPRequest | Mapping[str, Any]) -> CARPResolution:
-        """Resolve a CARP request: allowed, denied and approval-bound actions, and context.
-
-        Events: ``carp.request.received``, one ``policy.evaluated`` per considered action,
-        one ``context.injected`` per block, ``carp.resolution.completed``.
-
-        Raises:
-            InvalidRequestError: malformed request, agent mismatch, clock skew, reused id.
-            SessionNotFoundError, SessionEndedError: the session is unknown or over.
-            AtlasNotFoundError: ``atlas_ids`` names an atlas that is not loaded.
-        """
-        req = self._parse(request)
-        if req.operation == "execute":
-            raise InvalidRequestError(
-                "use execute() for operation 'execute'", details={"reason": "wrong_operation"}
-            )
-        session = self._active(req.requester.session_id)
-        self._collector.check()
-        views, atlas_ids = self._resolver.views_for(req.atlas_ids or ())
-        self._admit(session, req)
-        if not req.task.goal.isascii():  # lone surrogates cannot be written as UTF-8
-            _recordable({"goal": req.task.goal})
-        resolution, batch, stored = self._resolver.resolve(req, session.trace_id, views, atlas_ids)
-        with session.lock:
-            if session.ended_ns is not None:
-                raise SessionEndedError(f"session {session.session_id} has ended")
-            last = session.chain.extend(batch) + len(batch) - 1
-        self._collector.committed(session.chain, last)
-        with session.lock:
-            session.resolutions[resolution.resolution_id] = stored
-            session.resolution_count += 1
-        return resolution
-
     # -- calls: every adapter's tool call goes through the one gate -------------------------
 
     def call(
@@ -648,8 +372,8 @@ class Runtime:
         JSON). Leaving records ``action.executed`` with ``call.result``, or ``action.failed``
         with the exception that left the block (which propagates unchanged).
 
-        ``async with runtime.acall(...)`` is the same for async code (async approvers are
-        awaited; sync ones run off the event loop).
+        ``async with runtime.acall(...)`` (the same method) is the same for async code (async
+        approvers are awaited; sync ones run off the event loop).
 
         Raises:
             ActionDeniedError, ActionNotFoundError, InvalidParametersError,
@@ -667,31 +391,8 @@ class Runtime:
             approval_id=approval_id,
         )
 
-    def acall(
-        self,
-        tool: str,
-        arguments: Mapping[str, Any],
-        *,
-        action_id: str | None = None,
-        actions: Mapping[str, str] | None = None,
-        session_id: str | None = None,
-        tool_call_id: str | None = None,
-        risk_tier: str | None = None,
-        approval: ApprovalDecision | None = None,
-        approval_id: str | None = None,
-    ) -> Call:
-        """:meth:`call` for ``async with``."""
-        return self.call(
-            tool,
-            arguments,
-            action_id=action_id,
-            actions=actions,
-            session_id=session_id,
-            tool_call_id=tool_call_id,
-            risk_tier=risk_tier,
-            approval=approval,
-            approval_id=approval_id,
-        )
+    #: :meth:`call` for ``async with``: the same call object, entered with ``async with``.
+    acall = call
 
     def authorize(
         self,
@@ -937,7 +638,7 @@ class Runtime:
                 if isinstance(step, Record):
                     reply: Any = self._record_step(call, step)
                 else:
-                    reply = self._ask_sync(step.request)
+                    reply = self._approvers.ask_sync(step.request)
                 step = flow.send(reply)
         except StopIteration:
             return call
@@ -953,7 +654,7 @@ class Runtime:
                 if isinstance(step, Record):
                     reply: Any = self._record_step(call, step)
                 else:
-                    reply = await self._ask_async(step.request)
+                    reply = await self._approvers.ask_async(step.request)
                 step = flow.send(reply)
         except StopIteration:
             return call
@@ -1044,67 +745,6 @@ class Runtime:
 
         return ended
 
-    def _ask_sync(self, request: ApprovalRequest) -> ApprovalDecision:
-        handler = self.approval_handler
-        if isinstance(handler, str):  # "auto_deny" ("console" became a ConsoleApprover)
-            return auto_deny(request)
-        if inspect.iscoroutinefunction(handler):
-            return ApprovalDecision(
-                False, "runtime", "approval_error: the handler is async; call the async API"
-            )
-        future = self._approval_pool().submit(handler, request)
-        try:
-            answer = future.result(timeout=self.approval_timeout)
-        except concurrent.futures.TimeoutError:
-            return ApprovalDecision(False, "runtime", "approval_timeout")
-        except Exception as exc:  # noqa: BLE001 - a failing approver approves nothing
-            return ApprovalDecision(False, "runtime", f"approval_error: {exc!r}")
-        if inspect.isawaitable(answer):
-            _discard(answer)
-            return ApprovalDecision(
-                False, "runtime", "approval_error: the handler is async; call the async API"
-            )
-        return _as_decision(answer)
-
-    async def _ask_async(self, request: ApprovalRequest) -> ApprovalDecision:
-        handler = self.approval_handler
-        if isinstance(handler, str):  # "auto_deny" ("console" became a ConsoleApprover)
-            return auto_deny(request)
-        import asyncio  # only async callers get here (import cra_agents stays light)
-
-        deadline = time.monotonic() + self.approval_timeout
-        try:
-            native = getattr(handler, "acall", None)  # a handler with an async face
-            if inspect.iscoroutinefunction(handler):
-                result: Any = handler(request)
-            elif native is not None and inspect.iscoroutinefunction(native):
-                result = native(request)
-            else:
-                # A sync approver (a console prompt, a blocking UI call) must not block the
-                # event loop, and its timeout must hold: it runs in the approval pool.
-                loop = asyncio.get_running_loop()
-                result = await asyncio.wait_for(
-                    loop.run_in_executor(self._approval_pool(), handler, request),
-                    timeout=self.approval_timeout,
-                )
-            if inspect.isawaitable(result):
-                result = await asyncio.wait_for(
-                    result, timeout=max(deadline - time.monotonic(), 0.0)
-                )
-        except TimeoutError:
-            return ApprovalDecision(False, "runtime", "approval_timeout")
-        except Exception as exc:  # noqa: BLE001 - a failing approver approves nothing
-            return ApprovalDecision(False, "runtime", f"approval_error: {exc!r}")
-        return _as_decision(result)
-
-    def _approval_pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=4, thread_name_prefix="cra-approval"
-                )
-            return self._pool
-
     def record_event(self, session_id: str, event_type: str, payload: Mapping[str, Any]) -> int:
         """Append an extension event (e.g. ``langchain.llm.started``) to a session's chain.
 
@@ -1130,7 +770,7 @@ class Runtime:
             )
         session = self._active(session_id)
         record = copy.deepcopy(dict(payload))
-        _recordable(record)
+        check_recordable(record)
         self._collector.check()
         with session.lock:
             if session.ended_ns is not None:
@@ -1139,172 +779,7 @@ class Runtime:
         self._collector.committed(session.chain, sequence)
         return sequence
 
-    def execute(self, request: CARPRequest | Mapping[str, Any]) -> ExecuteResponse:
-        """Gate an execution: enforce the runtime rules and re-decide the action's policy.
-
-        Appends ``action.requested``, then ``action.approved`` (the call may proceed) or
-        ``action.denied`` (and raises). A repeated ``idempotency_key`` with the same action and
-        parameters returns the first response and records nothing new.
-
-        Raises:
-            InvalidRequestError: malformed request, agent mismatch, clock skew, reused id.
-            SessionNotFoundError, SessionEndedError: the session is unknown or over.
-            ResolutionNotFoundError, ResolutionExpiredError: no live resolution of that id.
-            ActionDeniedError: the action is not allowed (``RateLimitExceededError`` when a rate
-                limit is exhausted).
-            ApprovalRequiredError: the action needs an approval.
-            InvalidParametersError: parameters fail the action's ``parameters_schema``.
-            IdempotencyConflictError: the key was used for another action or parameters.
-        """
-        req = self._parse(request)
-        if req.operation != "execute" or req.execution is None:
-            raise InvalidRequestError(
-                "execute() needs operation 'execute' with 'execution'",
-                details={"reason": "wrong_operation"},
-            )
-        execution = req.execution
-        session = self._active(req.requester.session_id)
-        self._collector.check()
-        action_id = execution.action_id
-        execution_id = new_id()
-        try:
-            parameters_hash = digest(execution.parameters)
-        except CRAError as exc:
-            raise InvalidParametersError(
-                f"parameters of {action_id} cannot be canonicalised: {exc.message}",
-                details={"action_id": action_id},
-            ) from exc
-        key = execution.idempotency_key
-        if key is None:
-            return self._execute(session, req, parameters_hash, execution_id)
-        with session.keyed:
-            previous = session.idempotency.get(key)
-            if previous is not None:
-                # A replay must come from the session's agent, in time, like any request.
-                self._check_requester(session, req)
-                if previous[:2] != (action_id, parameters_hash):
-                    raise IdempotencyConflictError(
-                        f"idempotency key {key!r} was used for other parameters or action",
-                        details={"idempotency_key": key},
-                    )
-                return previous[2]
-            response = self._execute(session, req, parameters_hash, execution_id)
-            session.idempotency[key] = (action_id, parameters_hash, response)
-            return response
-
-    def _execute(
-        self, session: SessionState, req: CARPRequest, parameters_hash: str, execution_id: str
-    ) -> ExecuteResponse:
-        execution = req.execution
-        assert execution is not None  # noqa: S101 - checked by execute()
-        action_id = execution.action_id
-        call = self._new_call(
-            action_id,
-            execution.parameters,
-            action_id=action_id,
-            session_id=session.session_id,
-            risk_tier=req.task.risk_tier,
-        )
-        call.execution_id = execution_id
-        call.resolution_id = execution.resolution_id
-        call.runs_tool = False
-        stored = None
-        try:
-            self._admit(session, req)
-        except InvalidRequestError as exc:
-            call.refusal = (exc, str(exc.details.get("reason", "invalid_request")), RUNTIME_POLICY)
-        else:
-            stored = session.resolutions.get(execution.resolution_id)
-            call.refusal = self._resolution_refusal(call, stored)
-        if stored is not None and call.refusal is None:
-            # The resolution's request is authoritative: an execute request may raise the risk
-            # tier but never lower it, and cannot swap the context its conditions were decided on.
-            call.risk_tier = higher_risk(stored.ctx.risk_tier, call.risk_tier)
-            call.context = stored.ctx
-        try:
-            self.gate_sync(call, ask=False)
-        except ApprovalRequiredError as exc:
-            if stored is not None:
-                exc.details["approval_id"] = stored.resolution.decision.approval_id
-            raise
-        with session.lock:
-            session.action_count += 1
-        return trusted(
-            ExecuteResponse,
-            {
-                "carp_version": "1.0",
-                "execution_id": execution_id,
-                "request_id": req.request_id,
-                "resolution_id": execution.resolution_id,
-                "timestamp": format_timestamp(time.time_ns()),
-                "status": "success",
-                "result": None,
-                "error": None,
-                "trace_id": session.trace_id,
-            },
-        )
-
-    def _resolution_refusal(
-        self, call: Call, stored: StoredResolution | None
-    ) -> tuple[CRAError, str, str] | None:
-        """Runtime rules 4 and 5: a live resolution that allowed the action."""
-        resolution_id = call.resolution_id
-        if stored is None:
-            return (
-                ResolutionNotFoundError(
-                    f"resolution {resolution_id} does not exist in this session"
-                ),
-                "resolution_not_found",
-                RUNTIME_POLICY,
-            )
-        if time.monotonic() > stored.expires:
-            return (
-                ResolutionExpiredError(f"resolution {resolution_id} has expired; resolve again"),
-                "resolution_expired",
-                RUNTIME_POLICY,
-            )
-        if call.action_id not in stored.allowed:
-            denied = stored.resolution.denied(call.action_id)
-            reason = denied.reason if denied else "not among the resolution's allowed actions"
-            policy_id = denied.policy_id if denied and denied.policy_id else RUNTIME_POLICY
-            return (
-                ActionDeniedError(
-                    f"{call.action_id} is not allowed by resolution {resolution_id}: {reason}",
-                    action_id=call.action_id,
-                    policy_id=policy_id,
-                    reason=reason,
-                ),
-                reason,
-                policy_id,
-            )
-        return None
-
 
 def _shut(collector: TraceCollector, observers: ObserverSet) -> None:
     collector.close()
     observers.shutdown()
-
-
-def _as_decision(answer: object) -> ApprovalDecision:
-    if isinstance(answer, ApprovalDecision):
-        return answer
-    if answer is True:
-        return ApprovalDecision(True, "handler")
-    return ApprovalDecision(False, "handler", "approval_denied")
-
-
-def _discard(awaitable: object) -> None:
-    close = getattr(awaitable, "close", None)
-    if callable(close):
-        close()
-
-
-def _recordable(payload: Mapping[str, Any]) -> None:
-    """Refuse, on the caller's thread, a payload the trace could not record exactly."""
-    try:
-        canonical_json(payload)
-    except TraceError as exc:
-        raise InvalidRequestError(
-            f"cannot be recorded in the trace: {exc.message}",
-            details={"reason": "unrecordable", **exc.details},
-        ) from exc

@@ -16,23 +16,37 @@
 from __future__ import annotations
 
 import contextvars
+import copy
 import functools
+import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
+from cra_agents._canonical import canonical_json
 from cra_agents._clock import format_timestamp
-from cra_agents._exceptions import InvalidRequestError
-from cra_agents.trace import SessionChain
+from cra_agents._exceptions import (
+    CRAError,
+    InvalidRequestError,
+    SessionEndedError,
+    SessionNotFoundError,
+    TraceError,
+)
+from cra_agents._ids import new_id
+from cra_agents.protocol import events as ev
+from cra_agents.trace import SessionChain, TraceCollector
 
 if TYPE_CHECKING:
-    from cra_agents.protocol import ExecuteResponse
+    from cra_agents.protocol import ExecuteResponse, TraceEvent
+    from cra_agents.runtime._observers import ObserverSet
     from cra_agents.runtime._resolve import StoredResolution
     from cra_agents.runtime._runtime import Runtime
 
 __all__ = [
     "ActiveSession",
+    "EndReason",
     "SessionInfo",
     "SessionScope",
     "SessionState",
@@ -42,6 +56,7 @@ __all__ = [
 ]
 
 P = ParamSpec("P")
+EndReason = Literal["completed", "timeout", "error", "cancelled"]
 R = TypeVar("R")
 
 
@@ -263,3 +278,205 @@ class SessionScope:
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self._exit(exc)
+
+
+def check_recordable(payload: Mapping[str, Any]) -> None:
+    """Refuse, on the caller's thread, a payload the trace could not record exactly."""
+    try:
+        canonical_json(payload)
+    except TraceError as exc:
+        raise InvalidRequestError(
+            f"cannot be recorded in the trace: {exc.message}",
+            details={"reason": "unrecordable", **exc.details},
+        ) from exc
+
+
+class SessionsMixin:
+    """Sessions of :class:`~cra_agents.Runtime`: create, end, the implicit one, scopes."""
+
+    _collector: TraceCollector
+    _lock: threading.Lock
+    _sessions: dict[str, SessionState]
+    _scopes: dict[str, int]
+    _implicit: str | None
+    observers: ObserverSet
+    shadow: bool
+    implicit_sessions: bool
+
+    def create_session(
+        self,
+        agent_id: str,
+        goal: str,
+        *,
+        session_id: str | None = None,
+        parent_session_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> SessionInfo:
+        """Start a session; its chain begins with ``session.started``."""
+        if not agent_id or len(agent_id) > 255:
+            raise InvalidRequestError("agent_id must be 1 to 255 characters")
+        if not goal:
+            raise InvalidRequestError("goal must not be empty")
+        session_id = session_id or new_id()
+        payload = ev.session_started(
+            agent_id,
+            goal,
+            parent_session_id=parent_session_id,
+            metadata=copy.deepcopy(dict(metadata)) if metadata else None,
+        )
+        check_recordable(payload)
+        self._collector.check()
+        chain = SessionChain(session_id, new_id())
+        session = SessionState(
+            session_id, agent_id, goal, chain.trace_id, parent_session_id, time.time_ns(), chain
+        )
+        session.shadow = self.shadow
+        with self._lock:
+            if session_id in self._sessions:
+                raise CRAError(
+                    f"session {session_id} already exists", code="SESSION_ALREADY_EXISTS"
+                )
+            self._sessions[session_id] = session
+        self._collector.committed(chain, chain.append(ev.SESSION_STARTED, payload))
+        info = session.info()
+        if self.observers:
+            session.observed = self.observers.session_start(info)
+        return info
+
+    def session_scope(
+        self, agent_id: str, goal: str, *, metadata: dict[str, Any] | None = None
+    ) -> SessionScope:
+        """A ``with`` / ``async with`` block that is one session (what ``cra.session`` opens)."""
+        return SessionScope(cast("Runtime", self), agent_id, goal, metadata)
+
+    def session(self, session_id: str) -> SessionInfo:
+        """The current state of a session."""
+        return self._session(session_id).info()
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every session this runtime knows, oldest first."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return [s.info() for s in sessions]
+
+    def _session(self, session_id: str) -> SessionState:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFoundError(f"no session {session_id}")
+        return session
+
+    def _active(self, session_id: str) -> SessionState:
+        session = self._session(session_id)
+        if session.ended_ns is not None:
+            raise SessionEndedError(f"session {session_id} has ended")
+        return session
+
+    def implicit_session_id(self) -> str:
+        """The session of a call made outside every ``cra.session`` block of this runtime.
+
+        Raises:
+            InvalidRequestError: a ``cra.session`` of this runtime is open, so the call escaped
+                it (``session_not_propagated``), or implicit sessions are off (``no_session``).
+        """
+        with self._lock:
+            open_scopes = sum(self._scopes.values())
+        if open_scopes:
+            raise escaped_error(open_scopes)
+        if not self.implicit_sessions:
+            raise InvalidRequestError(
+                "a guarded call outside any cra.session(...) block, and implicit sessions are off",
+                details={"reason": "no_session"},
+            )
+        with self._lock:
+            current = self._implicit
+            if current is not None and self._sessions[current].active:
+                return current
+        info = self.create_session("cra-implicit", f"implicit session of process {os.getpid()}")
+        with self._lock:
+            self._implicit = info.session_id
+        return info.session_id
+
+    def scope_opened(self, session_id: str) -> None:
+        """A ``cra.session`` block of this runtime began (see :func:`session_for_call`)."""
+        with self._lock:
+            self._scopes[session_id] = self._scopes.get(session_id, 0) + 1
+
+    def scope_closed(self, session_id: str) -> None:
+        """A ``cra.session`` block of this runtime ended."""
+        with self._lock:
+            left = self._scopes.get(session_id, 0) - 1
+            if left > 0:
+                self._scopes[session_id] = left
+            else:
+                self._scopes.pop(session_id, None)
+
+    def activate_session(self, session_id: str) -> tuple[Any, ...]:
+        """Make the session current for observers (a ``cra.session`` block began)."""
+        session = self._session(session_id)
+        return self.observers.activate(session.observed) if self.observers else ()
+
+    def deactivate_session(self, session_id: str, tokens: tuple[Any, ...]) -> None:
+        """Undo :meth:`activate_session`."""
+        if self.observers:
+            self.observers.deactivate(self._session(session_id).observed, tokens)
+
+    def end_session(
+        self,
+        session_id: str,
+        reason: EndReason = "completed",
+        *,
+        error: str | None = None,
+        cause: BaseException | None = None,
+    ) -> SessionInfo:
+        """End a session with ``session.ended``; later requests and calls on it are refused.
+
+        Calls already running finish and are recorded first: ``session.ended`` is written when
+        the last of them ends, so no event of the session follows it. A call still waiting
+        for its approver is refused and records nothing.
+        """
+        session = self._session(session_id)
+        with session.lock:
+            if session.ended_ns is not None:
+                raise SessionEndedError(f"session {session_id} has already ended")
+            session.ended_ns = time.time_ns()
+            # Nothing can use these any more; keep an ended session small.
+            session.resolutions = {}
+            session.idempotency = {}
+            session.request_ids = {}
+            session.ending = (
+                {"reason": reason, "error": error},
+                (lambda events: self._session_ended(session, events, cause))
+                if self.observers
+                else None,
+            )
+            ready = session.inflight == 0
+        if ready:
+            self._write_ended(session)
+        return session.info()
+
+    def _write_ended(self, session: SessionState) -> None:
+        """Append the waiting ``session.ended`` (once no call of the session is in flight)."""
+        with session.lock:
+            if session.ending is None or session.inflight:
+                return
+            (spec, watch), session.ending = session.ending, None
+            ended_ns = session.ended_ns or time.time_ns()
+            payload = ev.session_ended(
+                spec["reason"],
+                (ended_ns - session.created_ns) // 1_000_000,
+                session.resolution_count,
+                session.action_count,
+                spec["error"],
+            )
+            sequence = session.chain.append(ev.SESSION_ENDED, payload, watch)
+        self._collector.committed(session.chain, sequence)
+
+    def _session_ended(
+        self,
+        session: SessionState,
+        events: Sequence[TraceEvent] | None,
+        cause: BaseException | None,
+    ) -> None:
+        self.observers.session_end(
+            session.info(), session.observed, events[-1] if events else None, cause
+        )
