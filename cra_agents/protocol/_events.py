@@ -202,14 +202,13 @@ def action_requested(
     *,
     resolution_id: str | None = None,
     tool_call_id: str | None = None,
-    tool: str | None = None,
     risk_tier: str | None = None,
     shadow: bool = False,
 ) -> dict[str, Any]:
     """``action.requested``: one call asked to run (``parameters_hash`` empty if unrecordable).
 
-    ``tool`` is the tool's own name where it differs from the action id; ``risk_tier`` is
-    recorded only when the requester stated one above ``low`` (so replay decides alike).
+    ``risk_tier`` is recorded only when the requester stated one above ``low`` (so replay
+    decides alike). The tool's own name is not recorded (live spans get it from the call).
     """
     payload: dict[str, Any] = {"action_id": action_id}
     if resolution_id is not None:
@@ -218,8 +217,6 @@ def action_requested(
     payload["parameters_hash"] = parameters_hash
     if tool_call_id is not None:
         payload["tool_call_id"] = tool_call_id
-    if tool is not None:
-        payload["tool"] = tool
     if risk_tier is not None and risk_tier != "low":
         payload["risk_tier"] = risk_tier
     if shadow:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -141,6 +141,7 @@ class Call:
         "result",
         "risk_tier",
         "runs_tool",
+        "schema",
         "session",
         "session_id",
         "shadow",
@@ -167,6 +168,8 @@ class Call:
         self.atlas_version: str | None = None
         self.atlas_digest = ""
         self.description: str | None = None
+        #: The action's ``parameters_schema`` (None: undeclared, or no schema).
+        self.schema: Mapping[str, Any] | None = None
         self.stated_risk: str | None = None
         self.risk_tier = "low"
         self.context: ConditionContext | None = None
@@ -350,6 +353,7 @@ class Gate:
             call.atlas_id = atlas_id
             call.atlas_version, call.atlas_digest = self.atlas_info.get(atlas_id, ("", ""))
             call.description = action.description or None
+            call.schema = action.parameters_schema
             declared = action.risk_tier
         call.risk_tier = higher_risk(risk_tier, declared)
         return call
@@ -377,7 +381,6 @@ class Gate:
             call.digest,
             resolution_id=call.resolution_id,
             tool_call_id=call.tool_call_id,
-            tool=call.tool if call.tool != call.action_id else None,
             risk_tier=call.stated_risk,
             shadow=call.shadow,
         )
@@ -503,8 +506,7 @@ class Gate:
             return error, "unmapped_tool", UNDECLARED_ACTION
         if call.refusal is not None:
             return call.refusal
-        found = self.engine.action(call.action_id)
-        schema = found[1].parameters_schema if found is not None else None
+        schema = call.schema
         if schema is not None:
             problem = first_error(schema, call.arguments)
             if problem is not None:
@@ -656,11 +658,19 @@ class Gate:
             raise _ended(call)
 
 
-def first_error(schema: Mapping[str, Any], parameters: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The first way ``parameters`` fail ``schema`` (validators load on first use)."""
-    from cra_agents.runtime._params import first_error as check
+_Checker = Callable[[Mapping[str, Any], Mapping[str, Any]], "tuple[str, str] | None"]
+#: The parameter checker, imported on first use (``import cra_agents`` loads no jsonschema).
+_check: _Checker | None = None
 
-    return check(schema, parameters)
+
+def first_error(schema: Mapping[str, Any], parameters: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first way ``parameters`` fail ``schema`` (the validators load on first use)."""
+    global _check
+    if _check is None:
+        from cra_agents.runtime._params import first_error as loaded
+
+        _check = loaded
+    return _check(schema, parameters)
 
 
 def _granted(approval: Approval) -> ApprovalDecision:

@@ -191,6 +191,8 @@ class Runtime(CarpMixin):
             self.telemetry = load_observer("otel", otel)
         everyone = [*observers, *([self.telemetry] if self.telemetry is not None else [])]
         self.observers = ObserverSet(everyone)
+        # Checked on every call: a plain bool is cheaper than ObserverSet.__bool__.
+        self._observed = bool(everyone)
         # Drains and stops the writer when the runtime is dropped or the interpreter exits.
         self._finalizer = weakref.finalize(self, _shut, self._collector, self.observers)
         self.ttl_seconds = ttl_seconds
@@ -485,7 +487,7 @@ class Runtime(CarpMixin):
         call.result, call.error = result, error
         try:
             kind, payload = self._gate.outcome(call, result, error)
-            watch = self._outcome_watcher(call) if self.observers else None
+            watch = self._outcome_watcher(call) if self._observed else None
             with session.lock:
                 sequence = session.chain.append(kind, payload, watch)
                 if error is None:
@@ -621,7 +623,7 @@ class Runtime(CarpMixin):
             if session.ended_ns is not None:
                 raise SessionEndedError(f"session {session_id} has ended")
             session.inflight += 1
-        if self.observers:
+        if self._observed:
             call._states = self.observers.call_start(call)
         try:
             self._collector.check()
@@ -663,19 +665,19 @@ class Runtime(CarpMixin):
 
     def call_running(self, call: Call) -> None:
         """The tool is about to run: observers make the call current (its span, say)."""
-        if self.observers:
+        if self._observed:
             call._tokens = self.observers.activate(call._states)
 
     def call_returned(self, call: Call) -> None:
         """The tool returned or raised: undo :meth:`call_running`."""
-        if self.observers and call._tokens:
+        if self._observed and call._tokens:
             self.observers.deactivate(call._states, call._tokens)
             call._tokens = ()
 
     def _record_step(self, call: Call, step: Record) -> bool:
         session = call.session
         final = step.final or not call.runs_tool
-        watch = self._decision_watcher(call, final) if self.observers else None
+        watch = self._decision_watcher(call, final) if self._observed else None
         with session.lock:
             if session.ended_ns is not None:
                 # Ended while this call was being decided (an approver was asked): refused,
@@ -695,7 +697,7 @@ class Runtime(CarpMixin):
                 event, error = internal_denial(call, exc)
                 try:
                     session = call.session
-                    watch = self._decision_watcher(call, True) if self.observers else None
+                    watch = self._decision_watcher(call, True) if self._observed else None
                     with session.lock:
                         accepted = session.ended_ns is None
                         if accepted:
@@ -708,7 +710,7 @@ class Runtime(CarpMixin):
                 return error
             return exc
         finally:
-            if self.observers and not call.end_watched and not call.done:
+            if self._observed and not call.end_watched and not call.done:
                 self.observers.call_end(call, call._states, None)
             self._call_done(call)
 

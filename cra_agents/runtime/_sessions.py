@@ -300,6 +300,7 @@ class SessionsMixin:
     _scopes: dict[str, int]
     _implicit: str | None
     observers: ObserverSet
+    _observed: bool
     shadow: bool
     implicit_sessions: bool
 
@@ -339,7 +340,7 @@ class SessionsMixin:
             self._sessions[session_id] = session
         self._collector.committed(chain, chain.append(ev.SESSION_STARTED, payload))
         info = session.info()
-        if self.observers:
+        if self._observed:
             session.observed = self.observers.session_start(info)
         return info
 
@@ -413,11 +414,11 @@ class SessionsMixin:
     def activate_session(self, session_id: str) -> tuple[Any, ...]:
         """Make the session current for observers (a ``cra.session`` block began)."""
         session = self._session(session_id)
-        return self.observers.activate(session.observed) if self.observers else ()
+        return self.observers.activate(session.observed) if self._observed else ()
 
     def deactivate_session(self, session_id: str, tokens: tuple[Any, ...]) -> None:
         """Undo :meth:`activate_session`."""
-        if self.observers:
+        if self._observed:
             self.observers.deactivate(self._session(session_id).observed, tokens)
 
     def end_session(
