@@ -191,7 +191,7 @@ class Call:
         self._runtime: Runtime | None = None
         self._states: tuple[Any, ...] = ()
         self._tokens: tuple[Any, ...] = ()
-        self._events: list[TraceEvent] | None = []
+        self._events: list[TraceEvent] | None = None
         self._failure: BaseException | None = None
         #: Whether a tool runs after the decision (CARP execute decides only).
         self.runs_tool = True
@@ -539,16 +539,30 @@ class Gate:
                 self._memo[key] = decision
         return decision
 
-    def precheck(self, call: Call, *, check_parameters: bool = True) -> Precheck:
+    def policy_answer(self, agent_id: str, action_id: str) -> Precheck:
+        """The policy's answer for ``agent_id`` calling ``action_id`` at its declared tier.
+
+        What :meth:`precheck` says without checking arguments, from the same memo, without
+        building a call (LangChain asks this before every tool call).
+        """
+        found = self.engine.action(action_id)
+        risk = found[1].risk_tier if found is not None else "low"
+        decision = self._memo.get((action_id, agent_id, risk))
+        if decision is None:
+            decision = self.engine.decide(
+                action_id, ConditionContext(agent_id=agent_id, risk_tier=risk)
+            )
+        return Precheck(action_id, decision.result, decision.policy_id, decision.reason, risk, None)
+
+    def precheck(self, call: Call) -> Precheck:
         """What :meth:`flow` would decide, with no event and no rate-limit slot taken."""
-        if check_parameters:
-            problem = self.prepare(call)
-            if problem is not None:
-                error, reason, policy_id = problem
-                if isinstance(error, InvalidParametersError):
-                    return Precheck(
-                        call.action_id, "deny", policy_id, reason, call.risk_tier, error.message
-                    )
+        problem = self.prepare(call)
+        if problem is not None:
+            error, reason, policy_id = problem
+            if isinstance(error, InvalidParametersError):
+                return Precheck(
+                    call.action_id, "deny", policy_id, reason, call.risk_tier, error.message
+                )
         decision = self.decide(call, consume=False)
         return Precheck(
             call.action_id,

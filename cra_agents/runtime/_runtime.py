@@ -513,8 +513,10 @@ class Runtime(CarpMixin):
         that only need the policy's answer: ``authorize`` checks them anyway).
         """
         session = self._active(session_id)
+        if not check_parameters:  # the policy's answer alone: no call is built
+            return self._gate.policy_answer(session.agent_id, action_id)
         call = self._gate.new_call(session, action_id, arguments, action_id=action_id)
-        return self._gate.precheck(call, check_parameters=check_parameters)
+        return self._gate.precheck(call)
 
     def decide(
         self,
