@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from cra_agents.policy._conditions import CompiledConditions, ConditionContext, Unevaluable
+from cra_agents.policy._conditions import (
+    CompiledConditions,
+    ConditionContext,
+    Unevaluable,
+    compile_globs,
+)
 from cra_agents.policy._engine import (
     DEFAULT_ALLOW,
     DEFAULT_DENY,
@@ -32,5 +37,6 @@ __all__ = [
     "RateRule",
     "Unevaluable",
     "compile_atlas_policies",
+    "compile_globs",
     "compile_policy",
 ]

@@ -42,8 +42,6 @@ L014      info      deny or require_approval policy without a reason
 
 from __future__ import annotations
 
-import fnmatch
-
 from cra_agents._exceptions import AtlasError
 from cra_agents.atlas import (
     DEFAULT_MAX_BYTES,
@@ -54,7 +52,7 @@ from cra_agents.atlas import (
     load_atlas,
     validate_atlas,
 )
-from cra_agents.policy import POLICY_PHASES
+from cra_agents.policy import POLICY_PHASES, compile_globs
 from cra_agents.protocol import Action, AtlasManifest, Conditions, Policy
 
 __all__ = ["lint_atlas"]
@@ -112,7 +110,8 @@ class _Linter:
         self.ranked = [(index, policy, self._covered(policy.patterns)) for index, policy in ranked]
 
     def _covered(self, patterns: list[str]) -> list[str]:
-        return [a for a in self.declared if any(fnmatch.fnmatchcase(a, p) for p in patterns)]
+        matches = compile_globs(patterns)  # the engine's own glob rule
+        return [a for a in self.declared if matches(a)]
 
     def add(self, code: str, severity: Severity, path: str, message: str) -> None:
         self.findings.append(Finding(code, severity, path, message))
