@@ -5,9 +5,11 @@ CARP ``execute``, ``CRAMiddleware``, ``guard_tool``, the callback handler's ``en
 rides :meth:`Gate.flow`. Like httpx's ``Auth.auth_flow``, the flow is a generator: it decides,
 and *yields* the two things that need the outside world —
 
-- :class:`Ask`: ask the approver; the shell sends back an :class:`ApprovalDecision`;
-- :class:`Record`: append these events to the session's chain; the shell sends back whether the
-  session still accepted them (it may have ended while an approver was thinking);
+- an :class:`ApprovalRequest` (an ``Ask``): ask the approver; the shell sends back an
+  :class:`ApprovalDecision`;
+- a list of events (a ``Record``): append them to the session's chain; the shell sends back
+  whether the session still accepted them (it may have ended while an approver was thinking);
+  ``call.refusing`` says they are the call's last (it was refused);
 
 and returns the authorized :class:`Call`, or raises the refusal after recording it. The sync
 and async shells (:mod:`cra_agents.runtime._runtime`) only drive it.
@@ -91,13 +93,13 @@ RISK_ORDER: Final = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 _MEMO_SIZE = 1024
 
 
-def higher_risk(*tiers: str | None) -> str:
-    """The highest of the given risk tiers (unknown or None count as ``low``)."""
-    best = "low"
-    for tier in tiers:
-        if tier is not None and RISK_ORDER.get(tier, 0) > RISK_ORDER[best]:
-            best = tier
-    return best
+def higher_risk(stated: str | None, declared: str | None) -> str:
+    """The higher of two risk tiers (unknown or None count as ``low``)."""
+    if stated is None or stated == declared:
+        return declared or "low"
+    if declared is None:
+        return stated
+    return stated if RISK_ORDER.get(stated, 0) > RISK_ORDER.get(declared, 0) else declared
 
 
 class Call:
@@ -137,6 +139,7 @@ class Call:
         "policy_id",
         "reason",
         "refusal",
+        "refusing",
         "resolution_id",
         "result",
         "risk_tier",
@@ -197,6 +200,8 @@ class Call:
         self.runs_tool = True
         #: The call is over: refused, or its outcome recorded.
         self.done = False
+        #: The gate is recording the call's refusal (its last events).
+        self.refusing = False
         #: Its last event was handed to the trace with a watcher that reports its end.
         self.end_watched = False
 
@@ -273,24 +278,11 @@ class Precheck:
         return self.result == "requires_approval"
 
 
-@dataclass(slots=True)
-class Ask:
-    """Step: ask the approver; send back an :class:`ApprovalDecision`."""
-
-    request: ApprovalRequest
-
-
-@dataclass(slots=True)
-class Record:
-    """Step: append ``events`` to the call's session; send back whether it accepted them.
-
-    ``final`` marks the call's last events (it was refused).
-    """
-
-    events: list[tuple[str, Mapping[str, Any]]]
-    final: bool
-
-
+#: Step: ask the approver this; send back an :class:`ApprovalDecision`.
+Ask = ApprovalRequest
+#: Step: append these events to the call's session; send back whether it accepted them.
+#: (Plain values, not step objects: the gate allocates nothing per call it need not.)
+Record = list[tuple[str, Mapping[str, Any]]]
 Step = Ask | Record
 Flow = Generator[Step, Any, "Call"]
 
@@ -469,7 +461,7 @@ class Gate:
                 ),
             )
         )
-        accepted = yield Record(events, final=False)
+        accepted = yield events
         if not accepted:
             raise _ended(call)
         call.started_ns = time.monotonic_ns()
@@ -639,7 +631,7 @@ class Gate:
             return call.approval
         if not ask:
             return None
-        answer = yield Ask(self.approval_request(call, decision))
+        answer = yield self.approval_request(call, decision)
         if not isinstance(answer, ApprovalDecision):
             answer = ApprovalDecision(
                 answer is True, "handler", None if answer else "approval_denied"
@@ -667,7 +659,8 @@ class Gate:
                 ),
             )
         )
-        accepted = yield Record(events, final=True)
+        call.refusing = True
+        accepted = yield events
         if not accepted:
             raise _ended(call)
 

@@ -639,10 +639,10 @@ class Runtime(CarpMixin):
         try:
             step = next(flow)
             while True:
-                if isinstance(step, Record):
+                if isinstance(step, list):
                     reply: Any = self._record_step(call, step)
                 else:
-                    reply = self._approvers.ask_sync(step.request)
+                    reply = self._approvers.ask_sync(step)
                 step = flow.send(reply)
         except StopIteration:
             return call
@@ -655,10 +655,10 @@ class Runtime(CarpMixin):
         try:
             step = next(flow)
             while True:
-                if isinstance(step, Record):
+                if isinstance(step, list):
                     reply: Any = self._record_step(call, step)
                 else:
-                    reply = await self._approvers.ask_async(step.request)
+                    reply = await self._approvers.ask_async(step)
                 step = flow.send(reply)
         except StopIteration:
             return call
@@ -676,19 +676,19 @@ class Runtime(CarpMixin):
             self.observers.deactivate(call._states, call._tokens)
             call._tokens = ()
 
-    def _record_step(self, call: Call, step: Record) -> bool:
+    def _record_step(self, call: Call, events: Record) -> bool:
         session = call.session
-        final = step.final or not call.runs_tool
+        final = call.refusing or not call.runs_tool
         watch = self._decision_watcher(call, final) if self._observed else None
         with session.lock:
             if session.ended_ns is not None:
                 # Ended while this call was being decided (an approver was asked): refused,
                 # and nothing is written, since session.ended must be the session's last event.
                 return False
-            last = session.chain.extend(step.events, watch) + len(step.events) - 1
+            last = session.chain.extend(events, watch) + len(events) - 1
             call.end_watched = final
         self._collector.committed(session.chain, last)
-        if final and not step.final:
+        if final and not call.refusing:
             self._call_done(call)  # CARP execute: no outcome follows the decision
         return True
 

@@ -243,17 +243,15 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         self._remember(session_id, call_id, message)
         return message
 
-    def _start(
-        self, request: ToolCallRequest
-    ) -> tuple[str, str, Call | ToolMessage | Command[Any]]:
+    def _start(self, request: ToolCallRequest) -> Call | ToolMessage | Command[Any]:
         """The call through the gate (not yet decided), or the answer already given."""
         session_id = self._session(request)
         call_id = str(request.tool_call.get("id") or "")
         done = self._seen(session_id, call_id) if call_id else None
         if done is not None:  # LangGraph re-ran the node on resume: answered already
-            return session_id, call_id, done
+            return done
         arguments, approval = self._prepare(request, session_id, call_id)
-        call = self.runtime.call(
+        return self.runtime.call(
             request.tool_call["name"],
             arguments,
             actions=self.actions,
@@ -261,44 +259,43 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
             tool_call_id=call_id or None,
             approval=approval,
         )
-        return session_id, call_id, call
 
     def _run_in(
-        self, call: Call, outcome: ToolMessage | Command[Any], session_id: str, call_id: str
+        self, call: Call, outcome: ToolMessage | Command[Any]
     ) -> ToolMessage | Command[Any]:
         """Classify what the handler returned (inside ``with call``) and remember it."""
         if isinstance(outcome, ToolMessage) and outcome.status == "error":
             call.fail(ToolFailedError(str(outcome.content)))
         else:
             call.result = outcome.content if isinstance(outcome, ToolMessage) else repr(outcome)
-        return self._remember(session_id, call_id, outcome)
+        return self._remember(call.session_id, call.tool_call_id or "", outcome)
 
     def wrap_tool_call(
         self, request: ToolCallRequest, handler: _Handler
     ) -> ToolMessage | Command[Any]:
         """Decide the call, ask for approval if needed, run it with the decided arguments."""
-        session_id, call_id, call = self._start(request)
+        call = self._start(request)
         if not isinstance(call, Call):
             return call
         try:
             self.runtime.gate_sync(call)
         except REFUSALS as error:
-            return self._refusal(request, session_id, call_id, error)
+            return self._refusal(request, call.session_id, call.tool_call_id or "", error)
         with call:
             frozen = request.override(tool_call={**request.tool_call, "args": call.arguments})
-            return self._run_in(call, handler(frozen), session_id, call_id)
+            return self._run_in(call, handler(frozen))
 
     async def awrap_tool_call(
         self, request: ToolCallRequest, handler: _AsyncHandler
     ) -> ToolMessage | Command[Any]:
         """Async :meth:`wrap_tool_call` (async approval handlers are awaited)."""
-        session_id, call_id, call = self._start(request)
+        call = self._start(request)
         if not isinstance(call, Call):
             return call
         try:
             await self.runtime.gate_async(call)
         except REFUSALS as error:
-            return self._refusal(request, session_id, call_id, error)
+            return self._refusal(request, call.session_id, call.tool_call_id or "", error)
         async with call:
             frozen = request.override(tool_call={**request.tool_call, "args": call.arguments})
-            return self._run_in(call, await handler(frozen), session_id, call_id)
+            return self._run_in(call, await handler(frozen))
