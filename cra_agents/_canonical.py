@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +28,6 @@ from cra_agents._frozen import FrozenDict
 __all__ = ["canonical_json", "digest", "sha256_hex"]
 
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-_SUSPECT = (b"e+", b"null", b"\\")
 
 
 def _refuse(value: Any) -> Any:
@@ -68,10 +68,51 @@ def _canonical(value: Any) -> bytes:
         raise TraceError(
             f"value is not canonical JSON: {exc}", details={"reason": "not_json"}
         ) from exc
-    for marker in _SUSPECT:
-        if marker in out:
-            return _slow(value)
+    keys = b"\\" in out  # an escape: a key may need one (a string's escapes do not matter)
+    floats = b"null" in out or b"e+" in out  # a non-finite float or a positive exponent
+    if (keys or floats) and _differs(value, keys, floats):
+        # Only keys and floats can make orjson's output differ from canonical JSON; a None, a
+        # newline or "e+" inside a string merely looks suspicious and stays on the fast path.
+        return _slow(value)
     return out
+
+
+_EXPONENT = 1e16  # from here on orjson writes "1e+16" where serde_json (ryu) writes "1e16"
+
+
+def _differs(value: Any, keys: bool, floats: bool) -> bool:
+    """Whether orjson's output of ``value`` can differ from canonical JSON (or must be refused).
+
+    Only floats (non-finite ones orjson writes as ``null``; positive exponents) and keys
+    (non-strings; ones that need escaping) can; string contents never do. ``keys`` and
+    ``floats`` say which of the two the output's markers leave possible.
+    """
+    kind = type(value)
+    if kind is float:
+        return floats and (not math.isfinite(value) or abs(value) >= _EXPONENT)
+    if kind is dict or kind is FrozenDict or isinstance(value, Mapping):
+        for key, item in value.items():
+            if keys and (type(key) is not str or not _PLAIN_KEY(key)):
+                return True
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or item is None:
+                continue
+            if _differs(item, keys, floats):
+                return True
+        return False
+    if kind is list or kind is tuple or isinstance(value, list | tuple):
+        for item in value:
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or item is None:
+                continue
+            if _differs(item, keys, floats):
+                return True
+        return False
+    return floats and isinstance(value, float) and _differs(float(value), keys, floats)
+
+
+#: Keys serde_json and orjson write alike: no quote, backslash or control character.
+_PLAIN_KEY = re.compile(r'[^"\\\x00-\x1f]*').fullmatch
 
 
 def _slow(value: Any) -> bytes:

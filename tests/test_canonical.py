@@ -204,3 +204,45 @@ class TestProperties:
     def test_slow_path_agrees_with_fast_path(self, value):
         """Forcing the slow path (a float exponent next to it) writes the value identically."""
         assert canonical_json([value, 1e16]) == b"[" + canonical_json(value) + b",1e16]"
+
+
+# Anything a payload may hold, hostile keys and non-finite floats included.
+ANY_KEYS = st.text(st.characters(exclude_categories=["Cs"]), max_size=6)
+ANYTHING = st.recursive(
+    st.none() | st.booleans() | INTS | st.floats() | TEXT,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(ANY_KEYS, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+class TestFastPathDecision:
+    """The fast path is taken only when orjson's output is already canonical."""
+
+    @given(ANYTHING)
+    @settings(max_examples=400, deadline=None, database=None)
+    def test_fast_and_slow_paths_agree_or_both_refuse(self, value):
+        """Whatever the value, canonical_json equals the slow writer's output or refuses."""
+        from cra_agents._canonical import _slow
+
+        try:
+            slow: bytes | None = _slow(value)
+        except TraceError:
+            slow = None
+        try:
+            fast: bytes | None = canonical_json(value)
+        except TraceError:
+            fast = None
+        assert fast == slow
+
+    def test_markers_inside_strings_stay_on_the_fast_path(self, monkeypatch):
+        """None values, escapes and "e+" in text do not send a value down the slow path."""
+        import cra_agents._canonical as canonical
+
+        def fail(value: object) -> bytes:
+            raise AssertionError("slow path taken")
+
+        monkeypatch.setattr(canonical, "_slow", fail)
+        value = {"ref": None, "body": 'say "hi"\n', "note": "1e+5", "list": [None, "a\\b"]}
+        assert json.loads(canonical_json(value)) == value
