@@ -124,3 +124,41 @@ def test_the_cache_stays_bounded() -> None:
         assert first_error(schema, {}) is None
     assert len(_params._cache) <= _params._CACHE_SIZE
     assert first_error(schemas[0], {}) is None  # evicted, compiled again
+
+
+class TestCompiledAhead:
+    def test_a_runtime_compiles_its_validators_before_the_first_call(self):
+        """Runtime() compiles every action's validator; a call only looks its own up."""
+        from pathlib import Path
+
+        import cra_agents as cra
+        from cra_agents.runtime import _params
+
+        atlas = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+        with cra.Runtime([atlas], store="memory://") as runtime:
+            schemas = [
+                action.parameters_schema
+                for loaded in runtime.atlases
+                for action in loaded.actions
+                if action.parameters_schema is not None
+            ]
+            assert schemas
+            assert all(_params._cache[id(schema)][0] is schema for schema in schemas)
+
+    def test_a_schema_that_does_not_compile_is_refused_at_its_call(self):
+        """compile_validators skips a broken schema; its call is refused with the reason."""
+        from cra_agents.runtime._params import compile_validators, first_error
+
+        broken = {"type": "object", "properties": {"n": {"type": 12}}}
+        compile_validators([broken])  # no exception
+        problem = first_error(broken, {"n": 1})
+        assert problem is not None
+        assert "parameters_schema is itself invalid" in problem[1]
+
+    def test_the_same_schema_loaded_twice_is_compiled_once(self):
+        """Equal schemas (another runtime, a reloaded atlas) share one compiled validator."""
+        from cra_agents.runtime import _params
+
+        one = {"type": "object", "properties": {"q": {"type": "string", "maxLength": 7}}}
+        two = {"properties": {"q": {"maxLength": 7, "type": "string"}}, "type": "object"}
+        assert _params._validators(one) == _params._validators(two)

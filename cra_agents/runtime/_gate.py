@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -668,6 +668,16 @@ class Gate:
 _Checker = Callable[[Mapping[str, Any], Mapping[str, Any]], "tuple[str, str] | None"]
 #: The parameter checker, imported on first use (``import cra_agents`` loads no jsonschema).
 _check: _Checker | None = None
+
+
+def compile_parameter_checks(schemas: Iterable[Mapping[str, Any]]) -> None:
+    """Load the parameter checker and compile the validators of ``schemas`` ahead of calls."""
+    global _check
+    from cra_agents.runtime._params import compile_validators
+    from cra_agents.runtime._params import first_error as loaded
+
+    _check = loaded
+    compile_validators(schemas)
 
 
 def first_error(schema: Mapping[str, Any], parameters: Mapping[str, Any]) -> tuple[str, str] | None:

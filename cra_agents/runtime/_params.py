@@ -11,11 +11,12 @@ and words the error. A differential property test holds the two to the same verd
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import fastjsonschema
 import jsonschema
+import orjson
 
 from cra_agents.atlas import json_pointer
 
@@ -59,6 +60,8 @@ _Check = Callable[[Any], Any]
 # take no lock (the entry holds the schema, so its id stays unique while cached).
 _cache: dict[int, tuple[Mapping[str, Any], Any, _Check | None]] = {}
 _CACHE_SIZE = 1024
+# canonical bytes of a schema -> (validator, fast check): compiled once per distinct schema.
+_by_content: dict[bytes, tuple[Any, _Check | None]] = {}
 _lock = threading.Lock()
 
 
@@ -84,10 +87,32 @@ def fast_path_applies(schema: object) -> bool:
     return True
 
 
+def compile_validators(schemas: Iterable[Mapping[str, Any]]) -> None:
+    """Compile the validators of ``schemas`` now (a runtime does it for its atlases' actions).
+
+    The first call of each action then pays nothing but the check itself. A schema that does
+    not compile is left for that call, which refuses it with the reason.
+    """
+    for schema in schemas:
+        try:
+            _validators(schema)
+        except Exception:  # noqa: BLE001, S112 - the call that uses it reports why, fail closed
+            continue
+
+
 def _validators(schema: Mapping[str, Any]) -> tuple[Any, _Check | None]:
     hit = _cache.get(id(schema))
     if hit is not None and hit[0] is schema:
         return hit[1], hit[2]
+    try:  # the same schema loaded again (another runtime, a reloaded atlas): compiled once
+        content: bytes | None = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS, default=dict)
+    except (TypeError, orjson.JSONEncodeError):
+        content = None
+    compiled = _by_content.get(content) if content is not None else None
+    if compiled is not None:
+        with _lock:
+            _remember(schema, *compiled)
+        return compiled
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     cls.check_schema(dict(schema))
     validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
@@ -98,10 +123,19 @@ def _validators(schema: Mapping[str, Any]) -> tuple[Any, _Check | None]:
         except fastjsonschema.JsonSchemaDefinitionException:  # jsonschema alone decides
             fast = None
     with _lock:
-        if len(_cache) >= _CACHE_SIZE:
-            _cache.pop(next(iter(_cache)))  # the oldest
-        _cache[id(schema)] = (schema, validator, fast)
+        _remember(schema, validator, fast)
+        if content is not None:
+            if len(_by_content) >= _CACHE_SIZE:
+                _by_content.pop(next(iter(_by_content)))  # the oldest
+            _by_content[content] = (validator, fast)
     return validator, fast
+
+
+def _remember(schema: Mapping[str, Any], validator: Any, fast: _Check | None) -> None:
+    """Cache by identity (caller holds ``_lock``)."""
+    if len(_cache) >= _CACHE_SIZE:
+        _cache.pop(next(iter(_cache)))  # the oldest
+    _cache[id(schema)] = (schema, validator, fast)
 
 
 def _plain(value: Any) -> Any:

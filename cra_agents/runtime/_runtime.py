@@ -46,6 +46,7 @@ from cra_agents.runtime._gate import (
     Gate,
     Precheck,
     Record,
+    compile_parameter_checks,
     higher_risk,
     internal_denial,
 )
@@ -176,6 +177,14 @@ class Runtime(CarpMixin):
             self._approvals,
             {atlas.atlas_id: (atlas.version, atlas.digest) for atlas in loaded},
             shadow=shadow,
+        )
+        # Parameter validators are compiled now, not on each action's first call (which would
+        # otherwise pay for importing jsonschema and compiling the schema: ~40 ms).
+        compile_parameter_checks(
+            action.parameters_schema
+            for atlas in loaded
+            for action in atlas.actions
+            if action.parameters_schema is not None
         )
         self.durability: Durability = durability
         self.store: TraceStore = open_store(store, durable=durability != "async")
