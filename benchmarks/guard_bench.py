@@ -28,6 +28,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 import cra_agents as cra
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_guard import ToyGuard  # the yardstick, beside this file
+
 ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
 
 
@@ -77,8 +80,23 @@ def main() -> int:
             with contextlib.suppress(cra.ActionDenied):
                 delete("acme/app", "acme/app")
 
+        toy = ToyGuard(f"{tmp}/toy.jsonl", {"github.file.read"})
+        toy_guarded = toy.guard("github.file.read")(read_file_contents)
         with cra.session(agent_id="bench-bot", goal="benchmark"):
             rows.append(("plain function", _time(lambda: read_file_contents("a/b", "R"), 20_000)))
+            # Three interleaved repetitions against the toy guard: the ratio is taken within
+            # one process, so machine noise hits both alike.
+            ours: list[float] = []
+            theirs: list[float] = []
+            for _ in range(3):
+                ours.append(_time(lambda: guarded("a/b", "R"), 20_000)[0])
+                theirs.append(_time(lambda: toy_guarded("a/b", "R"), 20_000)[0])
+            rows.append(
+                (
+                    "reference toy guard (JSONL chain)",
+                    _time(lambda: toy_guarded("a/b", "R"), 20_000),
+                )
+            )
             rows.append(
                 ("guarded, allowed, back to back", _time(lambda: guarded("a/b", "R"), 20_000))
             )
@@ -124,10 +142,19 @@ def main() -> int:
         marks.append((total, _rss_mib()))
         cra.shutdown()
 
+    toy.close()
     plain = rows[0][1][0]
     print(f"{'call':40} {'median µs':>10} {'p99 µs':>10} {'overhead µs':>12}")
     for name, (median, p99) in rows:
         print(f"{name:40} {median:>10.2f} {p99:>10.2f} {median - plain:>12.2f}")
+    ratios = [o / t for o, t in zip(ours, theirs, strict=True)]
+    print(
+        "allowed guarded call vs the reference toy guard, 3 interleaved reps: "
+        + ", ".join(
+            f"{o:.2f}/{t:.2f} µs = {r:.2f}x" for o, t, r in zip(ours, theirs, ratios, strict=True)
+        )
+        + f" (median {statistics.median(ratios):.2f}x)"
+    )
     print(
         f"RSS over {total:,} allowed calls ({elapsed:.0f} s, {elapsed / total * 1e6:.1f} µs/call): "
         + ", ".join(f"{index // 1000}k {rss:.0f} MiB" for index, rss in marks)
