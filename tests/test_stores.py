@@ -449,3 +449,47 @@ def test_sqlite_rolls_back_a_failed_batch(tmp_path):
     store.sync()
     assert [e.sequence for e in store.read(SESSION)] == [e.sequence for e in events]
     store.close()
+
+
+class TestWriterNeverNapsOnWaitingCallers:
+    def test_no_nap_while_a_caller_is_held_back(self, monkeypatch):
+        """The async writer's batching nap never happens while a caller waits for it."""
+        import time
+        import types
+
+        from cra_agents.trace import _collector
+
+        waiting = [0]
+        naps: list[int] = []
+        hold_back = TraceCollector._hold_back
+
+        def counted(self: TraceCollector) -> None:
+            waiting[0] += 1
+            try:
+                hold_back(self)
+            finally:
+                waiting[0] -= 1
+
+        def sleep(seconds: float) -> None:
+            if seconds > 0:
+                naps.append(waiting[0])
+            time.sleep(seconds)
+
+        monkeypatch.setattr(TraceCollector, "_hold_back", counted)
+        monkeypatch.setattr(
+            _collector, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep)
+        )
+        collector = TraceCollector(MemoryStore(), max_backlog=64, flush_interval=0.05)
+        chain = SessionChain("s", "t")
+        try:
+            for index in range(4000):
+                collector.committed(chain, chain.append("x.y", {"i": index}))
+            for index in range(3):  # then a quiet spell, when napping is right
+                collector.committed(chain, chain.append("x.y", {"quiet": index}))
+                time.sleep(0.03)
+            assert collector.flush()
+        finally:
+            collector.close()
+        assert len(chain) == 4003
+        assert naps, "the writer never napped: the test saw nothing"
+        assert [held for held in naps if held] == []

@@ -91,6 +91,8 @@ class TraceCollector:
         self._write_lock = threading.Lock()  # one writer of the store at a time
         self._failure: BaseException | None = None
         self._closed = False
+        # Callers held back by backpressure right now: the writer must not nap while any is.
+        self._held = 0
         self._written = 0
         self._thread: threading.Thread | None = None
         if durability != "sync":
@@ -171,15 +173,19 @@ class TraceCollector:
         """
         self._cond.notify_all()
         deadline = time.monotonic() + self.backpressure_timeout
-        while self._backlog >= self.max_backlog and self._failure is None and not self._closed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TraceUnavailableError(
-                    f"the trace writer is {self._backlog} events behind after "
-                    f"{self.backpressure_timeout:g}s; refusing to queue more",
-                    details={"reason": "trace_backpressure", "backlog": self._backlog},
-                )
-            self._cond.wait(timeout=left)
+        self._held += 1
+        try:
+            while self._backlog >= self.max_backlog and self._failure is None and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TraceUnavailableError(
+                        f"the trace writer is {self._backlog} events behind after "
+                        f"{self.backpressure_timeout:g}s; refusing to queue more",
+                        details={"reason": "trace_backpressure", "backlog": self._backlog},
+                    )
+                self._cond.wait(timeout=left)
+        finally:
+            self._held -= 1
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write everything queued so far, on the calling thread.
@@ -287,8 +293,14 @@ class TraceCollector:
                 chains = self._take()
                 with self._write_lock:
                     self._write(chains)
-                if self.durability == "async" and not self._closed:
-                    # Let callers accumulate a batch instead of waking per event.
+                if (
+                    self.durability == "async"
+                    and not self._closed
+                    and not self._held
+                    and self._backlog < self.max_backlog // 2
+                ):
+                    # Let callers accumulate a batch instead of waking per event; but never
+                    # nap while a caller waits for the writer or half a backlog is queued.
                     time.sleep(min(self.flush_interval, 0.005))
         except BaseException as exc:  # noqa: BLE001 - recorded and logged; check() fails closed
             self._fail(exc)
