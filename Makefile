@@ -36,6 +36,7 @@ bench: setup
 	$(PY) benchmarks/guard_bench.py
 	$(PY) benchmarks/langchain_bench.py
 	$(PY) benchmarks/cli_bench.py
+	$(PY) benchmarks/import_bench.py
 
 conformance: setup
 	$(PY) -m cra_agents.conformance
