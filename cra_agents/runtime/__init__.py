@@ -15,7 +15,7 @@ from cra_agents.runtime._approvals import (
     current_user,
 )
 from cra_agents.runtime._gate import Authorization, Call, Precheck
-from cra_agents.runtime._mapping import ToolMap, map_tool
+from cra_agents.runtime._mapping import ToolMap
 from cra_agents.runtime._observers import Observer, RuntimeObserver
 from cra_agents.runtime._runtime import DEFAULT_TTL_SECONDS, Runtime
 from cra_agents.runtime._sessions import (
@@ -46,7 +46,6 @@ __all__ = [
     "ToolMap",
     "current_session",
     "current_user",
-    "map_tool",
     "propagate",
     "session_for_call",
 ]

@@ -1,7 +1,7 @@
 """The one rule that maps a tool to the atlas action it performs.
 
 Every adapter (``@guarded``, ``CRAMiddleware``, ``guard_tool``, the callback handler, MCP)
-maps through :func:`map_tool`, in this order:
+maps through :meth:`ToolMap.map` (``Runtime.map_tool``), in this order:
 
 1. an explicit action id (``@cra.guarded("github.issue.create")``, ``guard_tool(action_id=)``);
 2. the adapter's ``actions`` table (tool name → action id);
@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from cra_agents._exceptions import ActionNotFoundError
 from cra_agents.atlas import Atlas
 
-__all__ = ["ToolMap", "map_tool"]
+__all__ = ["ToolMap"]
 
 
 class ToolMap:
@@ -39,10 +39,6 @@ class ToolMap:
                             found.append(action.action_id)
         self._index = {k: tuple(v) for k, v in index.items()}
         self._atlas_ids = tuple(atlas_ids)
-
-    def candidates(self, tool: str) -> tuple[str, ...]:
-        """Every declared action whose id, name or executor is ``tool``."""
-        return self._index.get(tool, ())
 
     def map(
         self,
@@ -74,18 +70,3 @@ class ToolMap:
             f"{tool!r} matches several actions ({', '.join(found)}); name the action explicitly",
             details={"tool": tool, "candidates": list(found), "reason": "ambiguous_tool"},
         )
-
-
-def map_tool(
-    atlases: Iterable[Atlas],
-    tool: str,
-    *,
-    action_id: str | None = None,
-    actions: Mapping[str, str] | None = None,
-) -> str:
-    """The action ``tool`` performs under ``atlases`` (see the module docstring).
-
-    Raises:
-        ActionNotFoundError: no declared action matches, or several do.
-    """
-    return ToolMap(atlases).map(tool, action_id=action_id, actions=actions)
