@@ -5,7 +5,7 @@ export UV_COMPILE_BYTECODE := 1
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint typecheck pytest bench conformance schemas clean
+.PHONY: setup demo test lint typecheck pytest bench bench-peers conformance schemas clean
 
 .venv/.synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
@@ -38,6 +38,18 @@ bench: setup
 	$(PY) benchmarks/cli_bench.py
 	$(PY) benchmarks/import_bench.py
 
+# A separate venv for peers we compare against; they are not dependencies of this project.
+PEERS := .venv-peers
+AGT := agent-governance-toolkit[full]==4.1.0
+
+$(PEERS)/.installed: pyproject.toml
+	$(UV) venv --allow-existing --python 3.11 $(PEERS)
+	$(UV) pip install --python $(PEERS)/bin/python "$(AGT)" -e .
+	@touch $@
+
+bench-peers: $(PEERS)/.installed
+	$(PEERS)/bin/python benchmarks/peers_bench.py
+
 conformance: setup
 	$(PY) -m cra_agents.conformance
 
@@ -45,4 +57,4 @@ schemas: setup
 	$(PY) -c "from cra_agents.protocol._schemas import _write; from pathlib import Path; _write(Path('cra_agents/protocol/schemas'))"
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf .venv .venv-peers .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
