@@ -49,6 +49,19 @@ def record_session(runtime: cra.Runtime, agent: str = "triage-bot") -> str:
     return sid
 
 
+def unique_prefix(ids: list[str], which: int) -> str:
+    """The shortest prefix of ``ids[which]`` no other id shares.
+
+    Ids made in the same millisecond share their first 30 characters (timestamp, then the
+    process's random part), so a fixed-length prefix can be ambiguous.
+    """
+    own = ids[which]
+    for length in range(1, len(own) + 1):
+        if not any(other.startswith(own[:length]) for i, other in enumerate(ids) if i != which):
+            return own[:length]
+    return own
+
+
 @pytest.fixture
 def store(tmp_path: Path, github_ops: Path) -> tuple[str, list[str]]:
     url = f"sqlite://{tmp_path}/traces.db"
@@ -72,7 +85,7 @@ def jsonl(tmp_path: Path, github_ops: Path) -> Path:
 
 def test_session_by_id_prefix_last_and_file(capsys, store, jsonl):
     url, ids = store
-    for target in (ids[0], ids[0][:20], "last"):
+    for target in (ids[0], unique_prefix(ids, 0), "last"):
         code, document = run_json(capsys, "trace", "verify", target, "--store", url)
         assert code == 0
         assert document["valid"] is True
@@ -613,7 +626,7 @@ def test_an_export_of_several_sessions_verifies_and_shows_per_session(capsys, st
     assert code == 2
     assert "several_sessions" in err
     assert f"{target}#" in err
-    code, out, _ = run(capsys, "trace", "show", f"{target}#{ids[1][:20]}")
+    code, out, _ = run(capsys, "trace", "show", f"{target}#{unique_prefix(ids, 1)}")
     assert code == 0
     assert "release-bot" in out
     code, _, err = run(capsys, "trace", "show", f"{target}#nope")
