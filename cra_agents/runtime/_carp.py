@@ -8,9 +8,9 @@ allowed action, parameters) are checked here; the decision itself is the gate's,
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -34,9 +34,6 @@ from cra_agents.runtime._gate import RUNTIME_POLICY, Call, higher_risk
 from cra_agents.runtime._resolve import Resolver, StoredResolution
 from cra_agents.runtime._sessions import SessionsMixin, SessionState, check_recordable
 
-if TYPE_CHECKING:
-    from cra_agents.runtime._approvals import ApprovalDecision
-
 __all__ = ["CarpMixin"]
 
 _PRUNE_EVERY = 1024
@@ -48,23 +45,9 @@ class CarpMixin(SessionsMixin):
     _resolver: Resolver
     clock_skew_seconds: float
 
-    if TYPE_CHECKING:
-
-        def _new_call(
-            self,
-            tool: str,
-            arguments: Mapping[str, Any],
-            *,
-            action_id: str | None = None,
-            actions: Mapping[str, str] | None = None,
-            session_id: str | None = None,
-            tool_call_id: str | None = None,
-            risk_tier: str | None = None,
-            approval: ApprovalDecision | None = None,
-            approval_id: str | None = None,
-        ) -> Call: ...
-
-        def gate_sync(self, call: Call, *, ask: bool = True) -> Call: ...
+    # Defined by Runtime (the call shells); declared here for the type checker only.
+    _new_call: Callable[..., Call]
+    gate_sync: Callable[..., Call]
 
     @staticmethod
     def _parse(request: CARPRequest | Mapping[str, Any]) -> CARPRequest:
