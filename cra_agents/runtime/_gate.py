@@ -39,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -763,6 +763,3 @@ def _result_digest(result: Any) -> str:
         return digest(result)
     except Exception:  # noqa: BLE001 - not JSON (objects, cycles, NaN): digest what it shows
         return digest(_safe_text(result, repr))
-
-
-Outcome = Literal["executed", "failed"]

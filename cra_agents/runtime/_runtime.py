@@ -11,7 +11,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from cra_agents._canonical import digest
 from cra_agents._exceptions import (
@@ -81,8 +81,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TTL_SECONDS = 3600
 DEFAULT_CLOCK_SKEW_SECONDS = 300
-_PRUNE_EVERY = 1024
-EndReason = Literal["completed", "timeout", "error", "cancelled"]
 _EXTENSION_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 
 
