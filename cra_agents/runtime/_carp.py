@@ -46,7 +46,7 @@ class CarpMixin(SessionsMixin):
     clock_skew_seconds: float
 
     # Defined by Runtime (the call shells); declared here for the type checker only.
-    _new_call: Callable[..., Call]
+    call: Callable[..., Call]
     gate_sync: Callable[..., Call]
 
     @staticmethod
@@ -198,7 +198,7 @@ class CarpMixin(SessionsMixin):
         execution = req.execution
         assert execution is not None  # noqa: S101 - checked by execute()
         action_id = execution.action_id
-        call = self._new_call(
+        call = self.call(
             action_id,
             execution.parameters,
             action_id=action_id,

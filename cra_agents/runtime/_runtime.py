@@ -388,17 +388,32 @@ class Runtime(CarpMixin):
             ActionDeniedError, ActionNotFoundError, InvalidParametersError,
             SessionEndedError, TraceUnavailableError, InvalidRequestError: on entry.
         """
-        return self._new_call(
+        if session_id is None:
+            session_id = session_for_call(self)
+        session = self._session(session_id)
+        call = self._gate.new_call(
+            session,
             tool,
             arguments,
             action_id=action_id,
             actions=actions,
-            session_id=session_id,
             tool_call_id=tool_call_id,
             risk_tier=risk_tier,
             approval=approval,
             approval_id=approval_id,
         )
+        call._runtime = self
+        with session.lock:
+            if session.ended_ns is not None:
+                raise SessionEndedError(f"session {session_id} has ended")
+            session.inflight += 1
+        if self._observed:
+            call._states = self.observers.call_start(call)
+        try:
+            self._collector.check()
+        except BaseException as exc:  # noqa: BLE001 - a trace that cannot record refuses
+            raise self._refused(call, exc) from None
+        return call
 
     #: :meth:`call` for ``async with``: the same call object, entered with ``async with``.
     acall = call
@@ -433,7 +448,7 @@ class Runtime(CarpMixin):
                 or cannot be canonicalised.
             SessionNotFoundError, SessionEndedError, TraceUnavailableError.
         """
-        call = self._new_call(
+        call = self.call(
             action_id,
             arguments,
             action_id=action_id,
@@ -457,7 +472,7 @@ class Runtime(CarpMixin):
         risk_tier: str | None = None,
     ) -> Call:
         """:meth:`authorize` for async callers; async approval handlers are awaited."""
-        call = self._new_call(
+        call = self.call(
             action_id,
             arguments,
             action_id=action_id,
@@ -599,46 +614,6 @@ class Runtime(CarpMixin):
         return approval
 
     # -- the shells that drive the gate -----------------------------------------------------
-
-    def _new_call(
-        self,
-        tool: str,
-        arguments: Mapping[str, Any],
-        *,
-        action_id: str | None = None,
-        actions: Mapping[str, str] | None = None,
-        session_id: str | None = None,
-        tool_call_id: str | None = None,
-        risk_tier: str | None = None,
-        approval: ApprovalDecision | None = None,
-        approval_id: str | None = None,
-    ) -> Call:
-        if session_id is None:
-            session_id = session_for_call(self)
-        session = self._session(session_id)
-        call = self._gate.new_call(
-            session,
-            tool,
-            arguments,
-            action_id=action_id,
-            actions=actions,
-            tool_call_id=tool_call_id,
-            risk_tier=risk_tier,
-            approval=approval,
-            approval_id=approval_id,
-        )
-        call._runtime = self
-        with session.lock:
-            if session.ended_ns is not None:
-                raise SessionEndedError(f"session {session_id} has ended")
-            session.inflight += 1
-        if self._observed:
-            call._states = self.observers.call_start(call)
-        try:
-            self._collector.check()
-        except BaseException as exc:  # noqa: BLE001 - a trace that cannot record refuses
-            raise self._refused(call, exc) from None
-        return call
 
     def gate_sync(self, call: Call, *, ask: bool = True) -> Call:
         """Drive the gate for ``call`` on this thread (approvers asked with a timeout)."""
