@@ -41,7 +41,7 @@ from cra_agents.runtime import (
     propagate,
     session_for_call,
 )
-from cra_agents.trace import Durability, TraceStore
+from cra_agents.trace import Durability, TraceStore, Writer
 
 __all__ = [
     "ActiveSession",
@@ -67,6 +67,7 @@ def configure(
     *,
     store: TraceStore | str | os.PathLike[str] | None = None,
     durability: Durability = "async",
+    writer: Writer = "auto",
     approvals: ApprovalHandler = "auto_deny",
     approval_timeout: float = 300.0,
     shadow: bool = False,
@@ -89,6 +90,7 @@ def configure(
         atlases,
         store=store,
         durability=durability,
+        writer=writer,
         approval_handler=approvals,
         approval_timeout=approval_timeout,
         shadow=shadow,

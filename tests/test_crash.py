@@ -39,6 +39,7 @@ def _one_run(store_url: str, durability: str, seed: int) -> tuple[int, int, bool
     )
     assert child.stdout is not None
     session_id = ""
+    writer = 0
     acknowledged = 0
     selector = selectors.DefaultSelector()
     selector.register(child.stdout, selectors.EVENT_READ)
@@ -58,7 +59,9 @@ def _one_run(store_url: str, durability: str, seed: int) -> tuple[int, int, bool
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 kind, _, value = line.decode().partition(" ")
-                if kind == "SESSION":
+                if kind == "WRITER":
+                    writer = int(value)
+                elif kind == "SESSION":
                     session_id = value
                     kill_at = time.monotonic() + rng.uniform(0.01, 0.4)
                 elif kind == "ACK":
@@ -75,6 +78,8 @@ def _one_run(store_url: str, durability: str, seed: int) -> tuple[int, int, bool
         selector.close()
         child.stdout.close()
     assert session_id, "the child never started a session"
+    if writer:  # the writer process finishes what it was handed, then exits
+        assert _wait_gone(writer), "the writer process outlived its agent"
     torn = 0
     if store_url.startswith("jsonl://"):
         path = Path(store_url.removeprefix("jsonl://")) / f"{session_id}.trace.jsonl"
@@ -86,6 +91,19 @@ def _one_run(store_url: str, durability: str, seed: int) -> tuple[int, int, bool
     finally:
         store.close()
     return acknowledged, len(events), verify_chain(events).valid, torn
+
+
+def _wait_gone(pid: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                if handle.read().split(") ", 1)[1][0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def _campaign(tmp_path: Path, scheme: str, durability: str, runs: int) -> list[tuple[int, ...]]:

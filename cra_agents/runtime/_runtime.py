@@ -64,9 +64,11 @@ from cra_agents.trace import (
     Durability,
     TraceCollector,
     TraceStore,
+    Writer,
     open_store,
     sign_checkpoint,
     verify_chain,
+    writer_url,
 )
 
 if TYPE_CHECKING:
@@ -98,6 +100,10 @@ class Runtime(CarpMixin):
             (default: SQLite at ``./.cra/traces.db``, or ``$CRA_AGENTS_STORE``).
         durability: ``async`` (default; the caller never waits for the store), ``group``
             (calls return once their events are synced, sharing syncs) or ``sync``.
+        writer: Who hashes and writes events: ``process`` (a writer process: the default for
+            ``jsonl://`` and ``sqlite://`` stores, unless ``$CRA_AGENTS_WRITER`` says
+            ``thread``), ``thread`` (a thread of this process: always for ``memory://`` and
+            store objects of your own) or ``auto``.
         flush_interval: In ``async`` mode, the longest an event waits for the writer (s).
         max_backlog: Events that may wait for the writer before callers are held back
             (backpressure); a crash in ``async`` mode loses fewer than twice this many.
@@ -140,6 +146,7 @@ class Runtime(CarpMixin):
         *,
         store: TraceStore | str | os.PathLike[str] | None = None,
         durability: Durability = "async",
+        writer: Writer = "auto",
         flush_interval: float = 0.05,
         max_backlog: int = 2048,
         default_deny: bool = False,
@@ -191,6 +198,7 @@ class Runtime(CarpMixin):
             durability=durability,
             flush_interval=flush_interval,
             max_backlog=max_backlog,
+            process_url=writer_url(self.store, writer),
         )
         #: The OpenTelemetry observer built from ``otel=`` (see :mod:`cra_agents.otel`), or None.
         self.telemetry: Any = None

@@ -24,11 +24,12 @@ from cra_agents.trace._jsonl import JsonlStore, repair_torn_tail
 from cra_agents.trace._memory import MemoryStore
 from cra_agents.trace._read import TornTail, iter_jsonl, read_events
 from cra_agents.trace._sqlite import SqliteStore
-from cra_agents.trace._store import TraceStore, open_store
+from cra_agents.trace._store import WRITERS, TraceStore, Writer, open_store, writer_url
 from cra_agents.trace._verify import ChainVerification, verify_chain
 
 __all__ = [
     "DURABILITY_MODES",
+    "WRITERS",
     "CallRecord",
     "ChainVerification",
     "Checkpoint",
@@ -45,6 +46,7 @@ __all__ = [
     "TornTail",
     "TraceCollector",
     "TraceStore",
+    "Writer",
     "append_checkpoint",
     "compute_event_hash",
     "event_field",
@@ -65,6 +67,7 @@ __all__ = [
     "sign_checkpoint",
     "spec_event_hash",
     "verify_chain",
+    "writer_url",
 ]
 
 # The fold (report, replay, export, notebooks) loads on first use: the hot path never needs it.

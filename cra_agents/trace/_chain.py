@@ -16,13 +16,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
+import orjson
+
 from cra_agents._canonical import canonical_json
 from cra_agents._clock import format_timestamp
 from cra_agents._exceptions import TraceError
 from cra_agents._ids import uuid7_batch
 from cra_agents.protocol import GENESIS_HASH, TRACE_VERSION, TraceEvent
 
-__all__ = ["SessionChain", "Watcher", "build_event"]
+__all__ = ["Queued", "SessionChain", "Watcher", "build_event", "encode", "seal"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class SessionChain:
         "_next",
         "_pending",
         "_root_span",
+        "_sealing",
         "_sink",
         "_watch",
         "committed",
@@ -82,6 +85,7 @@ class SessionChain:
         self.trace_id = trace_id
         self._sink = sink
         self._lock = threading.Lock()
+        self._sealing = threading.Lock()
         self._next = 0
         # Batches of (first sequence, time_ns, [(event_type, payload), ...]).
         self._pending: list[tuple[int, int, Sequence[tuple[str, Mapping[str, Any]]]]] = []
@@ -159,6 +163,11 @@ class SessionChain:
                     logger.exception("a trace event watcher failed (ignored)")
 
     @property
+    def watched(self) -> bool:
+        """Whether a watcher waits for some queued event."""
+        return bool(self._watch)
+
+    @property
     def pending(self) -> bool:
         """Whether events wait to be hashed."""
         return bool(self._pending)
@@ -171,14 +180,13 @@ class SessionChain:
         """Hash of the last finalised event (genesis when none)."""
         return self._head
 
-    def flush(self, limit: int | None = None) -> list[TraceEvent]:
-        """Hash queued events in order, hand them to the sink and return them.
+    def take(self, limit: int | None = None) -> list[Queued]:
+        """Remove queued batches, in order, with their payloads encoded; ``[]`` when none.
 
-        With ``limit``, stop after the batch that reaches it (call again for the rest), which
-        keeps a writer's working set small.
-
-        A payload that cannot be canonicalised (NaN, a lone surrogate...) does not break the
-        chain: its event is replaced by an ``error.occurred`` event that says what was refused.
+        With ``limit``, stop after the batch that reaches that many events. Whoever takes
+        must seal what it took (:func:`seal`) before anyone takes more: the collector does
+        both under its write lock, in this process or in the writer process. Encoding runs
+        outside the chain's lock, so callers appending meanwhile are not held up.
         """
         with self._lock:
             if limit is None or len(self._pending) <= 1:
@@ -191,43 +199,81 @@ class SessionChain:
                     if taken >= limit:
                         break
                 pending, self._pending = self._pending[:cut], self._pending[cut:]
-            if not pending:
+        return [
+            (first, time_ns, [encode(*event) for event in batch])
+            for first, time_ns, batch in pending
+        ]
+
+    def flush(self, limit: int | None = None) -> list[TraceEvent]:
+        """Hash queued events in order, hand them to the sink and return them.
+
+        With ``limit``, stop after the batch that reaches it (call again for the rest), which
+        keeps a writer's working set small.
+
+        A payload that cannot be canonicalised (NaN, a lone surrogate...) does not break the
+        chain: its event is replaced by an ``error.occurred`` event that says what was refused.
+        """
+        with self._sealing:  # one sealer at a time; appends only wait for take()
+            queued = self.take(limit)
+            if not queued:
                 return []
             events: list[TraceEvent] = []
-            for first, time_ns, batch in pending:
-                self._finalise_batch(first, time_ns, batch, events)
+            self._head, self._root_span = seal(
+                self.session_id, self.trace_id, self._head, self._root_span, queued, events
+            )
             if self._sink is not None:
                 self._sink(events)
             return events
 
-    def _finalise_batch(
-        self,
-        first: int,
-        time_ns: int,
-        batch: Sequence[tuple[str, Mapping[str, Any]]],
-        out: list[TraceEvent],
-    ) -> None:
-        """Hash one queued batch (events that share an instant) onto the chain."""
+
+#: A queued batch with its payloads encoded: (first sequence, time_ns, [(type, payload JSON)]).
+Queued = tuple[int, int, list[tuple[str, bytes]]]
+
+
+def encode(event_type: str, payload: Mapping[str, Any]) -> tuple[str, bytes]:
+    """``(event_type, canonical payload JSON)``; what canonical JSON cannot carry is replaced.
+
+    A payload that cannot be canonicalised (NaN, a lone surrogate...) does not break the
+    chain: its event becomes an ``error.occurred`` event that says what was refused.
+    """
+    try:
+        return event_type, canonical_json(payload)
+    except TraceError as exc:
+        refused = {
+            "error_code": exc.code,
+            "error_message": exc.message,
+            "refused_event_type": event_type,
+        }
+        return "error.occurred", canonical_json(refused)
+
+
+def seal(
+    session_id: str,
+    trace_id: str,
+    previous: str,
+    root_span: str | None,
+    queued: Sequence[Queued],
+    out: list[TraceEvent],
+) -> tuple[str, str | None]:
+    """Hash encoded batches onto a chain whose head is ``previous``; append events to ``out``.
+
+    The one place events get their ids, timestamps and hashes, whichever writer runs it (the
+    writer thread or the writer process), so both write byte-identical chains. The payload
+    each event carries is the one its canonical JSON parses to (keys in canonical order).
+
+    Returns:
+        The new head hash and the session's root span id.
+    """
+    sha256 = hashlib.sha256
+    loads = orjson.loads
+    for first, time_ns, batch in queued:
         timestamp = format_timestamp(time_ns)
         ids = uuid7_batch(time_ns, 2 * len(batch))
-        trace_id, session_id = self.trace_id, self.session_id
-        previous = self._head
-        sha256 = hashlib.sha256
-        for offset, (event_type, payload) in enumerate(batch):
-            try:
-                payload_json = canonical_json(payload)
-            except TraceError as exc:
-                payload = {
-                    "error_code": exc.code,
-                    "error_message": exc.message,
-                    "refused_event_type": event_type,
-                }
-                event_type = "error.occurred"
-                payload_json = canonical_json(payload)
+        for offset, (event_type, payload_json) in enumerate(batch):
             span_id, event_id = ids[2 * offset], ids[2 * offset + 1]
-            parent = self._root_span
+            parent = root_span
             if parent is None:
-                self._root_span = span_id
+                root_span = span_id
             sequence = first + offset
             # The hash rule (PROTOCOL_NOTES §3.1), written out for speed; the tests check it
             # against compute_event_hash and spec_event_hash on every event of many chains.
@@ -250,11 +296,11 @@ class SessionChain:
                         "sequence": sequence,
                         "timestamp": timestamp,
                         "event_type": event_type,
-                        "payload": payload,
+                        "payload": loads(payload_json),
                         "event_hash": event_hash,
                         "previous_event_hash": previous,
                     }
                 )
             )
             previous = event_hash
-        self._head = previous
+    return previous, root_span

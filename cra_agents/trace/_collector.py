@@ -18,6 +18,16 @@ Durability, chosen per runtime:
 ``sync``
     The caller's own events are hashed, written and synced on its thread before it returns.
 
+Writer, chosen per runtime:
+
+``thread``
+    A thread of this process hashes and writes (the only choice for ``memory://`` and for
+    store objects).
+``process``
+    A child process hashes and writes (:mod:`cra_agents.trace._process`); the thread only
+    encodes payloads and ships them, so hashing and the store's I/O no longer compete with
+    the agent for the GIL. ``group``/``sync`` callers wait for the child's acknowledgement.
+
 If the writer dies or the store fails, the collector records the failure, logs it, and every
 later :meth:`check` raises :class:`~cra_agents.TraceUnavailableError`: the runtime then denies
 what needs a durable record (fail closed) instead of running tools it cannot record.
@@ -33,7 +43,8 @@ import weakref
 from typing import Literal
 
 from cra_agents._exceptions import ConfigurationError, TraceUnavailableError
-from cra_agents.trace._chain import SessionChain
+from cra_agents.trace._chain import SessionChain, build_event
+from cra_agents.trace._process import Ack, Record, WriterProcess
 from cra_agents.trace._store import TraceStore
 
 __all__ = ["DURABILITY_MODES", "Durability", "TraceCollector"]
@@ -59,6 +70,8 @@ class TraceCollector:
         backpressure_timeout: Longest a caller is held back before its call is refused.
         commit_delay: In ``group`` mode, how long the writer waits after waking for more
             callers to join the batch, in seconds (0 disables).
+        process_url: Hash and write in a writer process that opens this store URL (the
+            ``process`` writer); ``store`` is then only read from in this process.
 
     Raises:
         ConfigurationError: an unknown ``durability`` (also a ``ValueError``).
@@ -73,6 +86,7 @@ class TraceCollector:
         max_backlog: int = 2048,
         backpressure_timeout: float = 10.0,
         commit_delay: float = 0.0002,
+        process_url: str | None = None,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise ConfigurationError(
@@ -95,7 +109,20 @@ class TraceCollector:
         self._held = 0
         self._written = 0
         self._thread: threading.Thread | None = None
-        if durability != "sync":
+        # The process writer: what was shipped and not yet acknowledged, by session id
+        # (chain, last sequence shipped); messages shipped and acknowledged.
+        self._process: WriterProcess | None = None
+        self._unacked: dict[str, tuple[SessionChain, int]] = {}
+        self._shipped = 0
+        self._acked = 0
+        if process_url is not None:
+            self._process = WriterProcess(
+                process_url,
+                durable=durability != "async",
+                on_ack=self._on_ack,
+                on_exit=self._on_exit,
+            )
+        if durability != "sync" or self._process is not None:
             self._thread = threading.Thread(target=self._run, name="cra-trace-writer", daemon=True)
             self._thread.start()
         _live.add(self)
@@ -106,6 +133,11 @@ class TraceCollector:
     def failure(self) -> BaseException | None:
         """The error that stopped recording, if any."""
         return self._failure
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's id, None when a thread writes."""
+        return None if self._process is None else self._process.pid
 
     @property
     def written(self) -> int:
@@ -135,6 +167,9 @@ class TraceCollector:
         if self.durability == "sync":
             with self._write_lock:
                 self._write([chain])
+            if self._process is not None:  # shipped: wait for the child's acknowledgement
+                with self._cond:
+                    self._await_durable(chain, sequence)
             self.check()
             return
         with self._cond:
@@ -148,21 +183,25 @@ class TraceCollector:
                     self._hold_back()
                 return
             self._cond.notify_all()
-            deadline = time.monotonic() + self.backpressure_timeout
-            while chain.durable < sequence and self._failure is None and not self._closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    # A writer that makes no progress is as bad as a dead one: fail closed.
-                    self._cond.release()
-                    try:
-                        self._fail(
-                            TimeoutError(f"no durable write within {self.backpressure_timeout:g}s")
-                        )
-                    finally:
-                        self._cond.acquire()
-                    break
-                self._cond.wait(timeout=min(left, 1.0))
+            self._await_durable(chain, sequence)
         self.check()
+
+    def _await_durable(self, chain: SessionChain, sequence: int) -> None:
+        """Wait (holding ``_cond``) until ``sequence`` is durable; fail on the deadline."""
+        deadline = time.monotonic() + self.backpressure_timeout
+        while chain.durable < sequence and self._failure is None and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                # A writer that makes no progress is as bad as a dead one: fail closed.
+                self._cond.release()
+                try:
+                    self._fail(
+                        TimeoutError(f"no durable write within {self.backpressure_timeout:g}s")
+                    )
+                finally:
+                    self._cond.acquire()
+                break
+            self._cond.wait(timeout=min(left, 1.0))
 
     def _hold_back(self) -> None:
         """Backpressure (caller holds ``_cond``): wait for the writer to take the backlog.
@@ -190,18 +229,29 @@ class TraceCollector:
     def flush(self, timeout: float = 10.0) -> bool:
         """Write everything queued so far, on the calling thread.
 
-        Returns False if the store stayed busy for ``timeout`` seconds (nothing written then).
+        With the writer process, ship it and wait for the child's acknowledgement. Returns
+        False if the store (or the child) stayed busy for ``timeout`` seconds.
         """
+        deadline = time.monotonic() + timeout
         if not self._write_lock.acquire(timeout=timeout):
             return False
         try:
             self._write(self._take())
         finally:
             self._write_lock.release()
+        if self._process is None:
+            return True
+        with self._cond:
+            target = self._shipped
+            while self._acked < target and self._failure is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(timeout=left)
         return True
 
     def close(self, timeout: float = 10.0) -> None:
-        """Drain, stop the writer and close the store. Idempotent."""
+        """Drain, stop the writer (thread and process) and close the store. Idempotent."""
         if self._closed:
             return
         try:
@@ -220,6 +270,8 @@ class TraceCollector:
                 except Exception:
                     logger.exception("writing the last events before close failed")
                 finally:
+                    if self._process is not None:
+                        self._process.close(timeout)
                     self.store.close()
             _live.discard(self)
 
@@ -238,6 +290,9 @@ class TraceCollector:
         if self._failure is not None:
             for chain in chains:
                 chain.abandon()
+            return
+        if self._process is not None:
+            self._ship(chains)
             return
         flushed = []
         try:
@@ -266,6 +321,69 @@ class TraceCollector:
         # Watchers (observers) hear of events only once they are durable.
         for chain, events in flushed:
             chain.notify(events)
+
+    def _ship(self, chains: list[SessionChain]) -> None:
+        """Encode ``chains``' queued events and send them to the writer process."""
+        records: list[Record] = []
+        size = 0
+        try:
+            for chain in chains:
+                while queued := chain.take(_CHUNK):
+                    last = queued[-1][0] + len(queued[-1][2]) - 1
+                    with self._cond:  # before sending: the acknowledgement may come at once
+                        self._unacked[chain.session_id] = (chain, last)
+                    records.append((chain.session_id, chain.trace_id, chain.watched, queued))
+                    size += sum(len(batch) for _, _, batch in queued)
+                    if size >= 4 * _CHUNK:
+                        self._send(records)
+                        records, size = [], 0
+            if records:
+                self._send(records)
+        except Exception as exc:  # noqa: BLE001 - a writer that cannot be fed fails closed
+            self._fail(exc)
+            for chain in chains:
+                chain.abandon()
+
+    def _send(self, records: list[Record]) -> None:
+        process = self._process
+        if process is None:  # pragma: no cover - only called with a writer process
+            raise RuntimeError("no writer process")
+        with self._cond:
+            self._shipped += 1
+        process.send(records)
+
+    def _on_ack(self, ack: Ack) -> None:
+        """The writer process made events durable (runs on its reader thread)."""
+        messages, durable, watched = ack
+        chains: dict[str, SessionChain] = {}
+        with self._cond:
+            for session_id, sequence in durable:
+                entry = self._unacked.get(session_id)
+                if entry is None:
+                    continue
+                chain, last = entry
+                chains[session_id] = chain
+                if sequence > chain.durable:
+                    self._written += sequence - chain.durable
+                    chain.durable = sequence
+                if sequence >= last:
+                    del self._unacked[session_id]
+            self._acked += messages
+            self._cond.notify_all()
+        # Watchers (observers) hear of events only once they are durable.
+        for session_id, fields in watched.items():
+            watched_chain = chains.get(session_id)
+            if watched_chain is not None:
+                watched_chain.notify([build_event(f) for f in fields])
+
+    def _on_exit(self, exc: BaseException) -> None:
+        """The writer process died or failed: fail closed, tell watchers nothing will come."""
+        self._fail(exc)
+        with self._cond:
+            chains = [chain for chain, _ in self._unacked.values()]
+            self._unacked.clear()
+        for chain in chains:
+            chain.abandon()
 
     def should_nap(self) -> bool:
         """Whether the async writer may pause to let a batch build up.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from cra_agents._exceptions import ConfigurationError
 from cra_agents.trace._jsonl import JsonlStore
@@ -14,7 +14,11 @@ from cra_agents.trace._sqlite import SqliteStore
 if TYPE_CHECKING:
     from cra_agents.protocol import TraceEvent
 
-__all__ = ["TraceStore", "open_store"]
+__all__ = ["WRITERS", "TraceStore", "Writer", "open_store", "writer_url"]
+
+#: Who hashes and writes events: see :mod:`cra_agents.trace._collector`.
+Writer = Literal["auto", "thread", "process"]
+WRITERS: tuple[Writer, ...] = ("auto", "thread", "process")
 
 _DEFAULT_URL = "sqlite://.cra/traces.db"
 _SCHEMES = "memory://, jsonl://DIR or sqlite://FILE"
@@ -121,3 +125,42 @@ def open_store(
 
 def _bad_url(message: str, reason: str) -> ConfigurationError:
     return ConfigurationError(message, details={"reason": reason})
+
+
+def writer_url(store: TraceStore, writer: Writer = "auto") -> str | None:
+    """The store URL a writer process opens for ``store``, or None to write in a thread.
+
+    ``auto`` means the ``CRA_AGENTS_WRITER`` environment variable if set, else ``process``
+    for the file stores (JSONL and SQLite) and ``thread`` for the others (``memory://``,
+    store objects of your own), which another process cannot open.
+
+    Raises:
+        ConfigurationError: an unknown ``writer``, or ``process`` asked for a store another
+            process cannot open (also a ``ValueError``).
+    """
+    if writer not in WRITERS:
+        raise ConfigurationError(
+            f"writer must be one of {', '.join(WRITERS)}, not {writer!r}",
+            details={"reason": "unknown_writer"},
+        )
+    explicit = writer != "auto"
+    if not explicit:
+        chosen = os.environ.get("CRA_AGENTS_WRITER") or "process"
+        if chosen not in ("thread", "process"):
+            raise ConfigurationError(
+                f"CRA_AGENTS_WRITER must be thread or process, not {chosen!r}",
+                details={"reason": "unknown_writer"},
+            )
+        writer = chosen  # type: ignore[assignment]
+    if writer == "thread":
+        return None
+    if type(store) is JsonlStore:
+        return f"jsonl://{store.directory.resolve()}"
+    if type(store) is SqliteStore:
+        return f"sqlite://{store.path.resolve()}"
+    if explicit:
+        raise ConfigurationError(
+            f"the process writer needs a jsonl:// or sqlite:// store, not {type(store).__name__}",
+            details={"reason": "writer_needs_file_store"},
+        )
+    return None
