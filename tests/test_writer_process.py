@@ -7,13 +7,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import cra_agents as cra
+from cra_agents._ids import new_id
 from cra_agents.protocol import TraceEvent
+from cra_agents.protocol import events as ev
 from cra_agents.trace import (
     JsonlStore,
     MemoryStore,
@@ -266,3 +269,107 @@ def test_kill_9_of_the_agent_leaves_no_orphan_and_loses_nothing_handed_over(
     assert verify_chain(events).valid
     # group: every acknowledged call; async: everything flushed (and what followed, shipped).
     assert len(events) >= acknowledged
+
+
+# -- the child's loop, run in this process (its protocol, and for coverage) -----------------
+
+
+def _serve_in_thread(url: str, parent: int) -> tuple[int, int, threading.Thread]:
+    from cra_agents.trace._process import _serve
+
+    inp_r, inp_w = os.pipe()
+    out_r, out_w = os.pipe()
+
+    def run() -> None:
+        try:
+            _serve(url, False, parent, inp_r, out_w)
+        finally:
+            os.close(inp_r)
+            os.close(out_w)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return inp_w, out_r, thread
+
+
+def test_the_child_seals_stores_and_acknowledges(tmp_path):
+    from cra_agents.trace._process import _frame, _Frames, _write_all
+
+    url = f"sqlite://{tmp_path}/t.db"
+    inp, out, thread = _serve_in_thread(url, os.getppid())
+    sid, tid = new_id(), new_id()
+    chain = SessionChain(sid, tid)
+    chain.append(ev.SESSION_STARTED, ev.session_started("a", "g"))
+    chain.extend([(ev.POLICY_EVALUATED, ev.policy_evaluated("p", "allow", "x.y"))] * 2)
+    _write_all(inp, _frame([(sid, tid, True, chain.take())]))
+    chain.append(ev.SESSION_ENDED, ev.session_ended("completed", 1, 0, 0))
+    _write_all(inp, _frame([(sid, tid, False, chain.take())]))
+    os.close(inp)  # the agent is gone: the child finishes and exits
+    thread.join(10)
+    assert not thread.is_alive()
+    frames = _Frames(out)
+    acks = []
+    while not frames.eof:
+        frames.fill()
+        acks.extend(frames.messages())
+    os.close(out)
+    assert acks[0][0] == "A"
+    durable = [pair for _, (_, pairs, _) in acks for pair in pairs]
+    assert durable[-1] == (sid, 3)
+    watched = acks[0][1][2][sid]
+    assert [f["sequence"] for f in watched] == [0, 1, 2]
+    store = open_store(url)
+    events = store.read(sid)
+    store.close()
+    assert [e.event_type for e in events][-1] == "session.ended"
+    assert verify_chain(events).valid
+    assert events[1].event_hash == watched[1]["event_hash"]
+
+
+def test_the_child_stops_when_its_parent_is_gone(tmp_path):
+    inp, out, thread = _serve_in_thread(f"jsonl://{tmp_path}/j", parent=-1)
+    thread.join(5)  # nothing arrives; a second later it notices it was re-parented
+    assert not thread.is_alive()
+    os.close(inp)
+    os.close(out)
+
+
+def test_the_child_reports_a_store_it_cannot_open(tmp_path, monkeypatch):
+    from cra_agents.trace import _process
+
+    (tmp_path / "file").write_text("not a directory")
+    inp_r, inp_w = os.pipe()
+    out_r, out_w = os.pipe()
+    stdin = type("In", (), {"buffer": os.fdopen(inp_r, "rb")})()
+    stdout = type("Out", (), {"buffer": os.fdopen(out_w, "wb")})()
+    monkeypatch.setattr(sys, "argv", ["-c", f"jsonl://{tmp_path}/file/j", "0", "1"])
+    monkeypatch.setattr(sys, "stdin", stdin)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    with pytest.raises(SystemExit) as info:
+        _process.main()
+    assert info.value.code == 1
+    stdout.buffer.close()
+    frames = _process._Frames(out_r)
+    messages = []
+    while not frames.eof:
+        frames.fill()
+        messages.extend(frames.messages())
+    assert messages[0][0] == "E"
+    assert "Error" in messages[0][1]
+    stdin.buffer.close()
+    os.close(inp_w)
+    os.close(out_r)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_a_corrupt_frame_is_not_a_message():
+    from cra_agents.trace._process import _Frames
+
+    inp, out = os.pipe()
+    os.write(out, (2**31).to_bytes(4, "little"))
+    frames = _Frames(inp)
+    frames.fill()
+    with pytest.raises(ValueError, match="not a message"):
+        frames.messages()
+    os.close(inp)
+    os.close(out)
