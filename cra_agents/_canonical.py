@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ import orjson
 from cra_agents._exceptions import TraceError
 from cra_agents._frozen import FrozenDict
 
-__all__ = ["canonical_json", "digest", "sha256_hex"]
+__all__ = ["Template", "canonical_json", "digest", "sha256_hex"]
 
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
@@ -174,3 +175,47 @@ def sha256_hex(data: bytes) -> str:
 def digest(value: Any) -> str:
     """SHA-256 hex of the canonical JSON of ``value`` (``parameters_hash``, ``result_hash``)."""
     return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+class Template:
+    """A payload builder's canonical JSON with some values left open, filled per call.
+
+    Derived from the builder itself, called once with marker strings for the open values, so a
+    payload's shape stays defined in one place (``cra_agents.protocol.events``). Keys sort the
+    same whatever their values, so :meth:`fill` gives exactly the bytes ``canonical_json`` gives
+    for the builder's dict, without building the dict or re-serialising it per call.
+
+    Open values must be strings or integers (what JSON writes one way only); anything whose
+    presence changes the keys (an optional field) belongs to the template's identity instead.
+
+    Args:
+        builder: A payload builder taking keyword arguments.
+        open_names: The arguments :meth:`fill` supplies, in that order.
+        fixed: The other arguments.
+    """
+
+    __slots__ = ("_format", "_order")
+
+    def __init__(
+        self, builder: Callable[..., Mapping[str, Any]], open_names: Sequence[str], **fixed: Any
+    ) -> None:
+        token = secrets.token_hex(8)
+        markers = {name: f"cra-open-{index}-{token}" for index, name in enumerate(open_names)}
+        out = canonical_json(builder(**fixed, **markers))
+        found = []
+        for index, name in enumerate(open_names):
+            quoted = orjson.dumps(markers[name])
+            if out.count(quoted) != 1:
+                raise ValueError(f"{name!r} is not a value of the payload exactly once")
+            found.append((out.index(quoted), index, quoted))
+        found.sort()
+        text = out.replace(b"%", b"%%")
+        for _, _, quoted in found:
+            text = text.replace(quoted, b"%b")
+        self._format = text
+        self._order = tuple(index for _, index, _ in found)
+
+    def fill(self, *values: str | int) -> bytes:
+        """The payload's canonical JSON with ``values`` (in ``open_names`` order) filled in."""
+        dumps = orjson.dumps
+        return self._format % tuple([dumps(values[index]) for index in self._order])

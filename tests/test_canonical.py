@@ -246,3 +246,70 @@ class TestFastPathDecision:
         monkeypatch.setattr(canonical, "_slow", fail)
         value = {"ref": None, "body": 'say "hi"\n', "note": "1e+5", "list": [None, "a\\b"]}
         assert json.loads(canonical_json(value)) == value
+
+
+# -- templates: the runtime's payloads filled in, byte-identical to the builders' dicts ------
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=20)
+
+
+@given(
+    action_id=_TEXT,
+    execution_id=_TEXT,
+    parameters_hash=_TEXT,
+    tool_call_id=st.none() | _TEXT,
+    resolution_id=st.none() | _TEXT,
+    risk_tier=st.sampled_from([None, "low", "high", "critical"]),
+    shadow=st.booleans(),
+)
+def test_template_fill_is_the_builders_canonical_json(
+    action_id, execution_id, parameters_hash, tool_call_id, resolution_id, risk_tier, shadow
+):
+    from cra_agents._canonical import Template
+    from cra_agents.protocol import events as ev
+
+    open_names = ["execution_id", "parameters_hash"]
+    values: list[str] = [execution_id, parameters_hash]
+    fixed = {"action_id": action_id, "risk_tier": risk_tier, "shadow": shadow}
+    for name, value in (("resolution_id", resolution_id), ("tool_call_id", tool_call_id)):
+        if value is None:
+            fixed[name] = None
+        else:
+            open_names.append(name)
+            values.append(value)
+    template = Template(ev.action_requested, open_names, **fixed)
+    expected = ev.action_requested(
+        action_id,
+        execution_id,
+        parameters_hash,
+        resolution_id=resolution_id,
+        tool_call_id=tool_call_id,
+        risk_tier=risk_tier,
+        shadow=shadow,
+    )
+    assert template.fill(*values) == canonical_json(expected)
+
+
+@given(duration=st.integers(0, 2**53), name=_TEXT)
+def test_template_integers_and_percent_signs(duration, name):
+    from cra_agents._canonical import Template
+    from cra_agents.protocol import events as ev
+
+    template = Template(
+        ev.action_executed,
+        ["execution_id", "duration_ms"],
+        action_id=f"%s%%{name}",
+        result_hash="%",
+    )
+    assert template.fill("e-1", duration) == canonical_json(
+        ev.action_executed(f"%s%%{name}", "e-1", duration, "%")
+    )
+
+
+def test_a_template_value_must_appear_once():
+    from cra_agents._canonical import Template
+
+    with pytest.raises(ValueError, match="exactly once"):
+        Template(lambda a, b: {"a": a, "b": a}, ["a"], b=1)
+    with pytest.raises(ValueError, match="exactly once"):
+        Template(lambda a: {"x": 1}, ["a"])

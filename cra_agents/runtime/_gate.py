@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from cra_agents._canonical import canonical_json, digest, sha256_hex
+from cra_agents._canonical import Template, canonical_json, digest, sha256_hex
 from cra_agents._exceptions import (
     ActionDeniedError,
     ActionNotFoundError,
@@ -91,6 +91,15 @@ RUNTIME_POLICY: Final = "carp-runtime"
 INTERNAL_POLICY: Final = "cra-internal"
 RISK_ORDER: Final = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 _MEMO_SIZE = 1024
+_TEMPLATES_MAX = 4096
+# The open values of action.requested / action.approved, by which optional ids are present.
+_REQUESTED_OPEN: Final = {
+    (False, False): ("execution_id", "parameters_hash"),
+    (True, False): ("execution_id", "parameters_hash", "resolution_id"),
+    (False, True): ("execution_id", "parameters_hash", "tool_call_id"),
+    (True, True): ("execution_id", "parameters_hash", "resolution_id", "tool_call_id"),
+}
+_APPROVED_OPEN: Final = {False: ("execution_id",), True: ("execution_id", "resolution_id")}
 
 
 def higher_risk(stated: str | None, declared: str | None) -> str:
@@ -282,7 +291,7 @@ class Precheck:
 Ask = ApprovalRequest
 #: Step: append these events to the call's session; send back whether it accepted them.
 #: (Plain values, not step objects: the gate allocates nothing per call it need not.)
-Record = list[tuple[str, Mapping[str, Any]]]
+Record = list[tuple[str, Mapping[str, Any] | bytes]]
 Step = Ask | Record
 Flow = Generator[Step, Any, "Call"]
 
@@ -308,6 +317,9 @@ class Gate:
         # (action, agent, risk tier) -> decision, for decisions that are a pure function of
         # those (no rate limit, no time window): later calls skip the engine.
         self._memo: dict[tuple[str, str, str], PolicyDecision] = {}
+        # The runtime's own payloads as canonical-JSON templates, per action, decision and
+        # which optional fields are present: a call fills in its ids and digests.
+        self._templates: dict[tuple[Any, ...], Template] = {}
 
     # -- building a call -------------------------------------------------------------------
 
@@ -367,28 +379,18 @@ class Gate:
             CRAError: a runtime rule's refusal (``call.refusal``).
         """
         problem = self.prepare(call)
-        requested = ev.action_requested(
-            call.action_id,
-            call.execution_id,
-            call.digest,
-            resolution_id=call.resolution_id,
-            tool_call_id=call.tool_call_id,
-            risk_tier=call.stated_risk,
-            shadow=call.shadow,
-        )
+        requested = self._requested(call)
         if problem is not None:
             error, reason, policy_id = problem
             yield from self._refuse(call, [(ev.ACTION_REQUESTED, requested)], reason, policy_id)
             raise error
         decision = self.decide(call, consume=True)
         call.decision = decision
-        events: list[tuple[str, Mapping[str, Any]]] = [
+        events: Record = [
             (ev.ACTION_REQUESTED, requested),
             (
                 ev.POLICY_EVALUATED,
-                ev.policy_evaluated(
-                    decision.policy_id, decision.result, call.action_id, shadow=call.shadow
-                ),
+                self._evaluated(call, decision),
             ),
         ]
         effect = decision.effect
@@ -447,20 +449,7 @@ class Gate:
             yield from self._refuse(call, events, reason, decision.policy_id)
             raise _denial(call.action_id, decision)
         call.policy_id = decision.policy_id
-        events.append(
-            (
-                ev.ACTION_APPROVED,
-                ev.action_approved(
-                    call.action_id,
-                    call.execution_id,
-                    decision.policy_id,
-                    resolution_id=call.resolution_id,
-                    approver=call.approver,
-                    approval_reason=call.reason,
-                    shadow=call.shadow,
-                ),
-            )
-        )
+        events.append((ev.ACTION_APPROVED, self._approved(call, decision.policy_id)))
         accepted = yield events
         if not accepted:
             raise _ended(call)
@@ -580,7 +569,7 @@ class Gate:
 
     def outcome(
         self, call: Call, result: Any, error: BaseException | None
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str, Mapping[str, Any] | bytes]:
         """The ``action.executed`` / ``action.failed`` event of a call that ran.
 
         Survives hostile values: a result canonical JSON cannot carry is digested through its
@@ -588,13 +577,7 @@ class Gate:
         """
         duration_ms = (time.monotonic_ns() - call.started_ns) // 1_000_000
         if error is None:
-            return ev.ACTION_EXECUTED, ev.action_executed(
-                call.action_id,
-                call.execution_id,
-                duration_ms,
-                _result_digest(result),
-                shadow=call.shadow,
-            )
+            return ev.ACTION_EXECUTED, self._executed(call, duration_ms, result)
         return ev.ACTION_FAILED, ev.action_failed(
             call.action_id,
             call.execution_id,
@@ -603,6 +586,111 @@ class Gate:
             _safe_text(error, str),
             shadow=call.shadow,
         )
+
+    # -- payloads ----------------------------------------------------------------------------
+
+    def _template(
+        self,
+        key: tuple[Any, ...],
+        builder: Callable[..., Mapping[str, Any]],
+        open_names: tuple[str, ...],
+        fixed: Callable[[], dict[str, Any]],
+    ) -> Template:
+        """The template of ``builder``'s payload for ``key``, made on first use.
+
+        ``fixed()`` gives the builder's other arguments only then: a cached template costs
+        one dict lookup.
+        """
+        found = self._templates.get(key)
+        if found is None:
+            if len(self._templates) >= _TEMPLATES_MAX:
+                self._templates.clear()
+            found = self._templates[key] = Template(builder, open_names, **fixed())
+        return found
+
+    def _evaluated(self, call: Call, decision: PolicyDecision) -> bytes:
+        """``policy.evaluated``: the same bytes for every call of one action and decision."""
+        policy_id, result, action_id, shadow = (
+            decision.policy_id,
+            decision.result,
+            call.action_id,
+            call.shadow,
+        )
+        return self._template(
+            ("evaluated", policy_id, result, action_id, shadow),
+            ev.policy_evaluated,
+            (),
+            lambda: {
+                "policy_id": policy_id,
+                "result": result,
+                "action_id": action_id,
+                "shadow": shadow,
+            },
+        ).fill()
+
+    def _requested(self, call: Call) -> bytes:
+        """``action.requested``, from the template for the call's action and optional fields."""
+        resolution_id, tool_call_id = call.resolution_id, call.tool_call_id
+        risk = call.stated_risk if call.stated_risk != "low" else None
+        names = _REQUESTED_OPEN[resolution_id is not None, tool_call_id is not None]
+        template = self._template(
+            ("requested", call.action_id, names, risk, call.shadow),
+            ev.action_requested,
+            names,
+            lambda: {
+                "action_id": call.action_id,
+                "risk_tier": risk,
+                "shadow": call.shadow,
+                **({} if resolution_id is not None else {"resolution_id": None}),
+                **({} if tool_call_id is not None else {"tool_call_id": None}),
+            },
+        )
+        if resolution_id is None:
+            if tool_call_id is None:
+                return template.fill(call.execution_id, call.digest)
+            return template.fill(call.execution_id, call.digest, tool_call_id)
+        if tool_call_id is None:
+            return template.fill(call.execution_id, call.digest, resolution_id)
+        return template.fill(call.execution_id, call.digest, resolution_id, tool_call_id)
+
+    def _approved(self, call: Call, policy_id: str) -> Mapping[str, Any] | bytes:
+        """``action.approved``: a template unless a person approved (rare: built as a dict)."""
+        if call.approver is not None:
+            return ev.action_approved(
+                call.action_id,
+                call.execution_id,
+                policy_id,
+                resolution_id=call.resolution_id,
+                approver=call.approver,
+                approval_reason=call.reason,
+                shadow=call.shadow,
+            )
+        resolution_id = call.resolution_id
+        names = _APPROVED_OPEN[resolution_id is not None]
+        template = self._template(
+            ("approved", call.action_id, policy_id, names, call.shadow),
+            ev.action_approved,
+            names,
+            lambda: {
+                "action_id": call.action_id,
+                "policy_id": policy_id,
+                "shadow": call.shadow,
+                **({} if resolution_id is not None else {"resolution_id": None}),
+            },
+        )
+        if resolution_id is None:
+            return template.fill(call.execution_id)
+        return template.fill(call.execution_id, resolution_id)
+
+    def _executed(self, call: Call, duration_ms: int, result: Any) -> bytes:
+        """``action.executed``: the action's template with the call's id, time and digest."""
+        template = self._template(
+            ("executed", call.action_id, call.shadow),
+            ev.action_executed,
+            ("execution_id", "duration_ms", "result_hash"),
+            lambda: {"action_id": call.action_id, "shadow": call.shadow},
+        )
+        return template.fill(call.execution_id, duration_ms, _result_digest(result))
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -643,7 +731,7 @@ class Gate:
     def _refuse(
         self,
         call: Call,
-        events: list[tuple[str, Mapping[str, Any]]],
+        events: Record,
         reason: str,
         policy_id: str,
         *,

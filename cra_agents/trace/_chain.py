@@ -24,9 +24,12 @@ from cra_agents._exceptions import TraceError
 from cra_agents._ids import uuid7_batch
 from cra_agents.protocol import GENESIS_HASH, TRACE_VERSION, TraceEvent
 
-__all__ = ["Queued", "SessionChain", "Watcher", "build_event", "encode", "seal"]
+__all__ = ["Payload", "Queued", "SessionChain", "Watcher", "build_event", "encode", "seal"]
 
 logger = logging.getLogger(__name__)
+
+#: An event's payload: a mapping, or its canonical JSON already (runtime templates).
+Payload = Mapping[str, Any] | bytes
 
 #: Called on the writer's thread with the stored events of a batch, or None when the trace failed
 #: and they will never be stored.
@@ -88,7 +91,7 @@ class SessionChain:
         self._sealing = threading.Lock()
         self._next = 0
         # Batches of (first sequence, time_ns, [(event_type, payload), ...]).
-        self._pending: list[tuple[int, int, Sequence[tuple[str, Mapping[str, Any]]]]] = []
+        self._pending: list[tuple[int, int, Sequence[tuple[str, Payload]]]] = []
         self._head = GENESIS_HASH
         self._root_span: str | None = None
         # last sequence of a batch -> (first sequence, callback wanting the finalised batch).
@@ -101,7 +104,7 @@ class SessionChain:
     def append(
         self,
         event_type: str,
-        payload: Mapping[str, Any],
+        payload: Payload,
         watch: Watcher | None = None,
     ) -> int:
         """Queue an event; return its sequence number.
@@ -120,7 +123,7 @@ class SessionChain:
 
     def extend(
         self,
-        events: Sequence[tuple[str, Mapping[str, Any]]],
+        events: Sequence[tuple[str, Payload]],
         watch: Watcher | None = None,
     ) -> int:
         """Queue several events at once (one lock, one timestamp); return the first sequence.
@@ -230,12 +233,17 @@ class SessionChain:
 Queued = tuple[int, int, list[tuple[str, bytes]]]
 
 
-def encode(event_type: str, payload: Mapping[str, Any]) -> tuple[str, bytes]:
+def encode(event_type: str, payload: Payload) -> tuple[str, bytes]:
     """``(event_type, canonical payload JSON)``; what canonical JSON cannot carry is replaced.
+
+    A payload given as bytes is canonical JSON already (a :class:`~cra_agents._canonical.Template`
+    filled in by the runtime) and passes as it is.
 
     A payload that cannot be canonicalised (NaN, a lone surrogate...) does not break the
     chain: its event becomes an ``error.occurred`` event that says what was refused.
     """
+    if type(payload) is bytes:
+        return event_type, payload
     try:
         return event_type, canonical_json(payload)
     except TraceError as exc:
@@ -253,13 +261,16 @@ def seal(
     previous: str,
     root_span: str | None,
     queued: Sequence[Queued],
-    out: list[TraceEvent],
+    out: list[Any],
+    make: Callable[[dict[str, Any]], Any] = build_event,
 ) -> tuple[str, str | None]:
     """Hash encoded batches onto a chain whose head is ``previous``; append events to ``out``.
 
     The one place events get their ids, timestamps and hashes, whichever writer runs it (the
     writer thread or the writer process), so both write byte-identical chains. The payload
     each event carries is the one its canonical JSON parses to (keys in canonical order).
+    ``make`` wraps each event's fields (default: a :class:`TraceEvent`; the writer process,
+    which only stores them, passes a lighter object with the same attributes).
 
     Returns:
         The new head hash and the session's root span id.
@@ -285,7 +296,7 @@ def seal(
             digest.update(previous.encode())
             event_hash = digest.hexdigest()
             out.append(
-                build_event(
+                make(
                     {
                         "trace_version": TRACE_VERSION,
                         "event_id": event_id,

@@ -212,6 +212,15 @@ def main() -> None:
         sys.exit(1)
 
 
+class _Sealed:
+    """A sealed event's fields as attributes: all a store reads (cheaper than a model)."""
+
+    __slots__ = ("__dict__",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.__dict__ = fields
+
+
 def _serve(url: str, durable: bool, parent: int, inp: int, out: int) -> None:
     from cra_agents.trace._chain import seal
     from cra_agents.trace._store import open_store
@@ -242,7 +251,7 @@ def _serve(url: str, durable: bool, parent: int, inp: int, out: int) -> None:
                         state = heads[session_id] = [GENESIS_HASH, None]
                     events: list[Any] = []
                     state[0], state[1] = seal(
-                        session_id, trace_id, state[0], state[1], queued, events
+                        session_id, trace_id, state[0], state[1], queued, events, _Sealed
                     )
                     store.append(events)
                     acks[session_id] = events[-1].sequence
