@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -29,29 +28,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 import cra_agents as cra
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import Timing, interleave, load_average, rss_bytes, static, time_calls
 from reference_guard import ToyGuard  # the yardstick, beside this file
 
 ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
-
-
-def _time(fn: Callable[[], object], n: int, pace: float = 0.0) -> tuple[float, float]:
-    for _ in range(2000):
-        fn()
-    samples = []
-    clock = time.perf_counter_ns
-    for _ in range(n):
-        t0 = clock()
-        fn()
-        samples.append(clock() - t0)
-        if pace:
-            time.sleep(pace)
-    samples.sort()
-    return statistics.median(samples) / 1000, samples[int(n * 0.99)] / 1000
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 class _Discard(SpanExporter):
@@ -64,9 +44,8 @@ def read_file_contents(repo: str, path: str) -> str:
 
 
 def main() -> int:
-    load = os.getloadavg()
-    print(f"@cra.guarded overhead, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    rows: list[tuple[str, tuple[float, float]]] = []
+    print(f"@cra.guarded overhead, {load_average()}")
+    rows: list[tuple[str, Timing]] = []
     total = int(os.environ.get("CRA_BENCH_CALLS", "1000000"))
     with tempfile.TemporaryDirectory() as tmp:
         cra.configure(atlases=[ATLAS], store=f"sqlite://{tmp}/t.db", durability="async")
@@ -83,28 +62,37 @@ def main() -> int:
         toy = ToyGuard(f"{tmp}/toy.jsonl", {"github.file.read"})
         toy_guarded = toy.guard("github.file.read")(read_file_contents)
         with cra.session(agent_id="bench-bot", goal="benchmark"):
-            rows.append(("plain function", _time(lambda: read_file_contents("a/b", "R"), 20_000)))
+            rows.append(
+                ("plain function", time_calls(lambda: read_file_contents("a/b", "R"), 20_000))
+            )
             # Three interleaved repetitions against the toy guard: the ratio is taken within
             # one process, so machine noise hits both alike.
-            ours: list[float] = []
-            theirs: list[float] = []
-            for _ in range(3):
-                ours.append(_time(lambda: guarded("a/b", "R"), 20_000)[0])
-                theirs.append(_time(lambda: toy_guarded("a/b", "R"), 20_000)[0])
+            reps = interleave(
+                {
+                    "ours": static(lambda: guarded("a/b", "R")),
+                    "theirs": static(lambda: toy_guarded("a/b", "R")),
+                },
+                20_000,
+                3,
+                alternate=False,
+            )
             rows.append(
                 (
                     "reference toy guard (JSONL chain)",
-                    _time(lambda: toy_guarded("a/b", "R"), 20_000),
+                    time_calls(lambda: toy_guarded("a/b", "R"), 20_000),
                 )
             )
             rows.append(
-                ("guarded, allowed, back to back", _time(lambda: guarded("a/b", "R"), 20_000))
+                ("guarded, allowed, back to back", time_calls(lambda: guarded("a/b", "R"), 20_000))
             )
             rows.append(
-                ("guarded, allowed, paced 2k/s", _time(lambda: guarded("a/b", "R"), 5_000, 0.0005))
+                (
+                    "guarded, allowed, paced 2k/s",
+                    time_calls(lambda: guarded("a/b", "R"), 5_000, pace=0.0005),
+                )
             )
-            rows.append(("guarded, denied, back to back", _time(denied, 20_000)))
-            rows.append(("guarded, denied, paced 2k/s", _time(denied, 5_000, 0.0005)))
+            rows.append(("guarded, denied, back to back", time_calls(denied, 20_000)))
+            rows.append(("guarded, denied, paced 2k/s", time_calls(denied, 5_000, pace=0.0005)))
         cra.shutdown()
 
         provider = TracerProvider()
@@ -117,13 +105,13 @@ def main() -> int:
             rows.append(
                 (
                     "guarded + OTel SDK span, back to back",
-                    _time(lambda: guarded("a/b", "R"), 20_000),
+                    time_calls(lambda: guarded("a/b", "R"), 20_000),
                 )
             )
             rows.append(
                 (
                     "guarded + OTel SDK span, paced 2k/s",
-                    _time(lambda: guarded("a/b", "R"), 5_000, 0.0005),
+                    time_calls(lambda: guarded("a/b", "R"), 5_000, pace=0.0005),
                 )
             )
         cra.shutdown()
@@ -137,17 +125,21 @@ def main() -> int:
             for index in range(total):
                 guarded("a/b", "R")
                 if index % (total // 10 or 1) == 0:
-                    marks.append((index, _rss_mib()))
+                    marks.append((index, rss_bytes() / 2**20))
         elapsed = time.perf_counter() - started
-        marks.append((total, _rss_mib()))
+        marks.append((total, rss_bytes() / 2**20))
         cra.shutdown()
 
     toy.close()
-    plain = rows[0][1][0]
+    plain = rows[0][1].median
     print(f"{'call':40} {'median µs':>10} {'p99 µs':>10} {'overhead µs':>12}")
-    for name, (median, p99) in rows:
-        print(f"{name:40} {median:>10.2f} {p99:>10.2f} {median - plain:>12.2f}")
-    ratios = [o / t for o, t in zip(ours, theirs, strict=True)]
+    for name, timing in rows:
+        print(
+            f"{name:40} {timing.median:>10.2f} {timing.p99:>10.2f} {timing.median - plain:>12.2f}"
+        )
+    ours = [t.median for t in reps.reps["ours"]]
+    theirs = [t.median for t in reps.reps["theirs"]]
+    ratios = reps.ratios("ours", "theirs")
     print(
         "allowed guarded call vs the reference toy guard, 3 interleaved reps: "
         + ", ".join(

@@ -25,8 +25,6 @@ import contextlib
 import importlib
 import importlib.metadata
 import os
-import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from typing import Any
 import cra_agents as cra
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleave, load_average, rss_bytes, static
 from reference_guard import ToyGuard  # the yardstick, beside this file
 
 ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
@@ -78,27 +77,6 @@ def agt_tool(action: str, repo: str, path: str) -> str:
     return path
 
 
-def _samples(fn: Callable[[], object], n: int = CALLS) -> list[int]:
-    for _ in range(2000):
-        fn()
-    out = []
-    clock = time.perf_counter_ns
-    for _ in range(n):
-        t0 = clock()
-        fn()
-        out.append(clock() - t0)
-    return out
-
-
-def _stats(samples: list[int]) -> tuple[float, float, float]:
-    ordered = sorted(samples)
-    return (
-        statistics.median(ordered) / 1000,
-        ordered[int(len(ordered) * 0.99)] / 1000,
-        statistics.fmean(ordered) / 1000,
-    )
-
-
 def _sustained(fn: Callable[[], object], seconds: float = SUSTAIN_S) -> float:
     count = 0
     clock = time.perf_counter
@@ -112,16 +90,11 @@ def _sustained(fn: Callable[[], object], seconds: float = SUSTAIN_S) -> float:
             return count / (clock() - started)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
-
-
 def _rss_per_call(fn: Callable[[], object], n: int = CALLS) -> float:
-    before = _rss_bytes()
+    before = rss_bytes()
     for _ in range(n):
         fn()
-    return (_rss_bytes() - before) / n
+    return (rss_bytes() - before) / n
 
 
 def _agt() -> tuple[Any, Any, Any]:
@@ -136,10 +109,9 @@ def _agt() -> tuple[Any, Any, Any]:
 
 def main() -> int:
     governance, backends, agt_version = _agt()
-    load = os.getloadavg()
     print(
         f"peers: cra-agents {cra.__version__} vs agent-governance-toolkit {agt_version}, "
-        f"Python {sys.version.split()[0]}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        f"Python {sys.version.split()[0]}, {load_average()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         cra.configure(atlases=[ATLAS], store=f"jsonl://{tmp}/trace", durability="async")
@@ -211,12 +183,8 @@ def main() -> int:
             agt_deny(action="github.repo.delete", repo="a/b", path="R")
             raise AssertionError("the AGT deny row was allowed")
 
-        per_rep: dict[str, list[tuple[float, float, float]]] = {name: [] for name in rows}
         with cra.session(agent_id="bench-bot", goal="peers benchmark"):
-            for rep in range(REPS):
-                order = list(rows) if rep % 2 == 0 else list(reversed(rows))
-                for name in order:
-                    per_rep[name].append(_stats(_samples(rows[name])))
+            per_rep = interleave({name: static(call) for name, call in rows.items()}, CALLS, REPS)
 
             sustained = {
                 name: _sustained(rows[name])
@@ -241,7 +209,7 @@ def main() -> int:
 
     ours = "@cra.guarded, allowed (jsonl, async)"
     toy_name = "reference toy guard (JSONL chain)"
-    med = {name: statistics.median(s[0] for s in stats) for name, stats in per_rep.items()}
+    med = {name: per_rep.median(name) for name in rows}
     print(
         f"{REPS} interleaved reps x {CALLS:,} calls (order alternates); "
         "each cell is the median over the reps"
@@ -250,10 +218,10 @@ def main() -> int:
         f"{'call':38} {'median µs':>10} {'p99 µs':>9} {'mean µs':>9} "
         f"{'÷ cra':>7} {'÷ toy':>7}  per-rep medians µs"
     )
-    for name, stats in per_rep.items():
-        p99 = statistics.median(s[1] for s in stats)
-        mean = statistics.median(s[2] for s in stats)
-        reps = " / ".join(f"{s[0]:.2f}" for s in stats)
+    for name, timings in per_rep.reps.items():
+        p99 = per_rep.median(name, "p99")
+        mean = per_rep.median(name, "mean")
+        reps = " / ".join(f"{t.median:.2f}" for t in timings)
         print(
             f"{name:38} {med[name]:>10.2f} {p99:>9.2f} {mean:>9.2f} "
             f"{med[name] / med[ours]:>6.2f}x {med[name] / med[toy_name]:>6.2f}x  {reps}"

@@ -10,13 +10,12 @@ from __future__ import annotations
 import gc
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from _timing import Timing, load_average, samples
 from import_bench import STATEMENT, import_costs
 
 import cra_agents as cra
@@ -26,21 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GITHUB_OPS = ROOT / "examples" / "atlases" / "github-ops"
 
 
-def _stats(samples: list[int]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered) / 1000, ordered[int(len(ordered) * 0.99)] / 1000
-
-
-def _time(fn: Callable[[], object], n: int, warmup: int = 2000) -> list[int]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    clock = time.perf_counter_ns
-    for _ in range(n):
-        t0 = clock()
-        fn()
-        out.append(clock() - t0)
-    return out
+def _stats(samples_ns: list[int]) -> tuple[float, float]:
+    timing = Timing.of(samples_ns)
+    return timing.median, timing.p99
 
 
 def generated_atlas(actions: int = 200, policies: int = 100) -> dict[str, object]:
@@ -77,17 +64,16 @@ def generated_atlas(actions: int = 200, policies: int = 100) -> dict[str, object
 
 
 def main() -> int:
-    load = os.getloadavg()
     print(
         f"python {sys.version.split()[0]}, cra-agents {cra.__version__}, {os.cpu_count()} cores, "
-        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        f"{load_average()}"
     )
     rows: list[tuple[str, int, float, float]] = []
 
     def plain() -> int:
         return 1
 
-    rows.append(("plain Python call (baseline)", 20000, *_stats(_time(plain, 20000))))
+    rows.append(("plain Python call (baseline)", 20000, *_stats(samples(plain, 20000))))
 
     # The writer is held back while timing (a long flush interval, a large backlog) and runs
     # between sessions: this row is the caller's cost; writing is measured in trace_bench.py.
@@ -97,7 +83,6 @@ def main() -> int:
         flush_interval=3600,
         max_backlog=10**7,
     )
-    samples: list[int] = []
     sessions = 0
 
     def resolve_batch(count: int) -> list[int]:
@@ -117,9 +102,11 @@ def main() -> int:
         return out
 
     resolve_batch(3000)  # warm-up
-    samples = resolve_batch(100_000)
-    rows.append(("resolve, github-ops (15 actions, events queued)", len(samples), *_stats(samples)))
-    first, last = _stats(samples[:10_000]), _stats(samples[-10_000:])
+    resolved = resolve_batch(100_000)
+    rows.append(
+        ("resolve, github-ops (15 actions, events queued)", len(resolved), *_stats(resolved))
+    )
+    first, last = _stats(resolved[:10_000]), _stats(resolved[-10_000:])
 
     # Sustained: default settings, the writer running beside the caller (sharing the GIL) and
     # writing a JSONL store; callers are held back whenever 2048 events wait.
@@ -156,10 +143,10 @@ def main() -> int:
             (
                 "decide one action (200 actions, 100 policies)",
                 20000,
-                *_stats(_time(decide_one, 20000)),
+                *_stats(samples(decide_one, 20000)),
             )
         )
-        load_samples = _time(lambda: cra.load_atlas(path), 300, warmup=20)
+        load_samples = samples(lambda: cra.load_atlas(path), 300, warmup=20)
         rows.append(("load_atlas, generated 200/100 atlas (file)", 300, *_stats(load_samples)))
 
     base = rows[0][2]
