@@ -483,3 +483,35 @@ class TestWriterNeverNapsOnWaitingCallers:
             collector.close()
         assert len(chain) == 4000
         assert time.monotonic() - started < 10.0
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_flush_waits_for_events_the_writer_already_took(tmp_path, writer):
+    """A flush() between the writer taking events and writing them waits for them."""
+    import time
+
+    store = JsonlStore(tmp_path / "j")
+    collector = TraceCollector(
+        store,
+        flush_interval=0.01,
+        process_url=f"jsonl://{tmp_path / 'j'}" if writer == "process" else None,
+    )
+    taken = threading.Event()
+    take = collector._take
+
+    def slow_take() -> list[SessionChain]:
+        chains = take()
+        if chains and threading.current_thread() is collector._thread:
+            taken.set()
+            time.sleep(0.3)  # the gap a flush() used to slip through
+        return chains
+
+    collector._take = slow_take  # type: ignore[method-assign]
+    chain = SessionChain(SESSION, TRACE)
+    for index in range(10):
+        collector.committed(chain, chain.append("policy.evaluated", {"i": index}))
+    assert taken.wait(5)
+    assert collector.flush()
+    assert chain.durable == 9 if writer == "process" else len(store.read(SESSION)) == 10
+    assert len(store.read(SESSION)) == 10
+    collector.close()

@@ -425,9 +425,10 @@ class TraceCollector:
                     # Give callers that are about to commit a moment to join this batch:
                     # one sync then serves them all (PostgreSQL's commit_delay).
                     time.sleep(self.commit_delay)
-                chains = self._take()
+                # Take under the write lock: a flush() that comes in between must wait for
+                # these events, not return as if nothing were queued.
                 with self._write_lock:
-                    self._write(chains)
+                    self._write(self._take())
                 if self.durability == "async":
                     self._nap()
         except BaseException as exc:  # noqa: BLE001 - recorded and logged; check() fails closed
