@@ -1,4 +1,4 @@
-"""The SQLite store's layout and its versions."""
+"""The SQLite store's layout, its versions and the migration of first-layout databases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,57 @@ from cra_agents.trace._sqlite import SCHEMA_VERSION
 
 GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
 ROOT = Path(__file__).resolve().parents[1]
+
+# The first layout (user_version 0), as cra-agents wrote it before the integer session key;
+# kept here, since the store no longer has it. Older databases also have the index.
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    first_timestamp TEXT NOT NULL,
+    event_count INTEGER NOT NULL,
+    head_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    event_hash TEXT NOT NULL,
+    previous_event_hash TEXT NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (session_id, sequence)
+) WITHOUT ROWID;
+"""
+OLD_INDEX = (
+    "CREATE INDEX IF NOT EXISTS events_by_type ON events (session_id, event_type, sequence);"
+)
+
+
+def old_append(db: sqlite3.Connection, events: Sequence[TraceEvent]) -> None:
+    """What the first layout's ``SqliteStore.append`` wrote for one batch."""
+    rows = [
+        (
+            e.session_id,
+            e.sequence,
+            e.event_id,
+            e.event_type,
+            e.timestamp,
+            e.event_hash,
+            e.previous_event_hash,
+            event_line(e)[:-1].decode("utf-8"),
+        )
+        for e in events
+    ]
+    last = events[-1]
+    db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.execute(
+        "INSERT INTO sessions VALUES (?, ?, ?, ?, ?) ON CONFLICT(session_id) DO "
+        "UPDATE SET event_count = event_count + excluded.event_count, "
+        "head_hash = excluded.head_hash",
+        (last.session_id, last.trace_id, events[0].timestamp, len(events), last.event_hash),
+    )
 
 
 def recorded_sessions(count: int = 3) -> dict[str, list[TraceEvent]]:
@@ -45,6 +96,30 @@ def recorded_sessions(count: int = 3) -> dict[str, list[TraceEvent]]:
                 )
             runtime.end_session(session.session_id)
     return {session_id: store.read(session_id) for session_id in store.sessions()}
+
+
+def make_old_store(
+    path: Path,
+    sessions: dict[str, list[TraceEvent]],
+    *,
+    index: bool = False,
+    encoding: str | None = None,
+    batch: int = 4,
+) -> None:
+    """A first-layout database holding ``sessions``, appended in interleaved batches."""
+    db = sqlite3.connect(path, isolation_level=None)
+    if encoding:
+        db.execute(f"PRAGMA encoding = '{encoding}'")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(OLD_SCHEMA + (OLD_INDEX if index else ""))
+    db.execute("BEGIN")
+    chains = list(sessions.values())
+    for start in range(0, max(len(c) for c in chains), batch):
+        for events in chains:
+            if events[start : start + batch]:
+                old_append(db, events[start : start + batch])
+    db.execute("COMMIT")
+    db.close()
 
 
 @contextmanager
@@ -224,6 +299,163 @@ class TestLayout:
         assert [row[1] for row in dump(path)["sessions"]] == [chain(2, 1)[0].session_id, "last"]
 
 
+class TestMigration:
+    @pytest.mark.parametrize("index", [False, True], ids=["no-index", "events_by_type"])
+    def test_first_layout_is_migrated_byte_for_byte(self, tmp_path, capsys, recorded, index):
+        """An old database becomes the current layout: same bytes, same order, still verifies."""
+        path = tmp_path / "old.db"
+        make_old_store(path, recorded, index=index)
+        before = dump(path)
+        with raw(path) as db:
+            old_order = [
+                row[0]
+                for row in db.execute(
+                    "SELECT session_id FROM sessions ORDER BY first_timestamp, rowid"
+                )
+            ]
+        store = SqliteStore(path)
+        after = dump(path)
+        assert after["user_version"] == [(SCHEMA_VERSION,)]
+        assert {name for _, name, _ in after["schema"]} == {
+            "events",
+            "sessions",
+            "sqlite_autoindex_sessions_1",
+        }
+        keys = {row[1]: row[0] for row in after["sessions"]}
+        old_rows = {(row[0], row[1]): row for row in before["events"]}
+        assert len(after["events"]) == len(old_rows) == sum(map(len, recorded.values()))
+        for event_id, event_type, blob in after["events"]:
+            session_id = next(s for s, k in keys.items() if k == event_id >> 32)
+            old = old_rows[(session_id, event_id & 0xFFFFFFFF)]
+            assert blob == old[7].encode("utf-8")
+            assert event_type == old[3]
+        assert [row[1:] for row in sorted(after["sessions"])] == [
+            row for s in old_order for row in before["sessions"] if row[0] == s
+        ]
+        assert store.sessions() == old_order
+        for session_id, events in recorded.items():
+            assert [event_line(e) for e in store.read(session_id)] == [
+                event_line(e) for e in events
+            ]
+            assert verify_chain(store.read(session_id)).valid
+        store.close()
+        code, out = verify_cli(capsys, path)
+        assert code == 0
+        assert out.count("VALID") == len(recorded)
+
+    def test_a_migrated_store_keeps_recording(self, tmp_path, recorded):
+        """The runtime appends new sessions to a migrated store, listed after the old ones."""
+        path = tmp_path / "old.db"
+        make_old_store(path, recorded)
+        with cra.Runtime([GITHUB_OPS], store=f"sqlite://{path}") as runtime:
+            session = runtime.create_session("bot", "After the migration")
+            runtime.resolve(cra.resolve_request(session))
+            runtime.end_session(session.session_id)
+        store = open_store(f"sqlite://{path}")
+        assert store.sessions() == [*recorded, session.session_id]
+        for session_id in store.sessions():
+            assert verify_chain(store.read(session_id)).valid
+        store.close()
+
+    def test_reopening_is_idempotent(self, tmp_path, recorded):
+        """Opening a migrated (or current) database again changes nothing."""
+        path = tmp_path / "old.db"
+        make_old_store(path, recorded)
+        SqliteStore(path).close()
+        migrated = dump(path)
+        first, second = SqliteStore(path), SqliteStore(path)
+        assert first.sessions() == second.sessions() == list(recorded)
+        first.close()
+        second.close()
+        assert dump(path) == migrated
+
+    def test_the_version_is_checked_again_under_the_write_lock(
+        self, tmp_path, recorded, monkeypatch
+    ):
+        """A store that saw version 0 before another one migrated does not migrate again."""
+        path = tmp_path / "old.db"
+        make_old_store(path, recorded)
+        SqliteStore(path).close()
+        migrated = dump(path)
+        seen: list[int] = []
+        real = SqliteStore._user_version
+
+        def stale_first(self: SqliteStore) -> int:
+            version = real(self)
+            seen.append(version)
+            return 0 if len(seen) == 1 else version  # as read before the other one committed
+
+        monkeypatch.setattr(SqliteStore, "_user_version", stale_first)
+        store = SqliteStore(path)
+        assert seen == [SCHEMA_VERSION, SCHEMA_VERSION]
+        assert store.sessions() == list(recorded)
+        store.close()
+        assert dump(path) == migrated
+
+    def test_two_processes_open_an_old_database_at_once(self, tmp_path, recorded):
+        """Both processes open it; one migrates, the other waits and finds it done."""
+        path = tmp_path / "old.db"
+        many = {**recorded}
+        for index in range(40):  # enough rows that the migration takes a while
+            events = chain(100 + index, 200)
+            many[events[0].session_id] = events
+        make_old_store(path, many, batch=50)
+        start = time.time() + 1.5
+        code = (
+            "import sys, time\n"
+            "from cra_agents.trace import SqliteStore\n"
+            f"while time.time() < {start}:\n"
+            "    pass\n"
+            "store = SqliteStore(sys.argv[1])\n"
+            "print(sum(len(store.read(s)) for s in store.sessions()))\n"
+            "store.close()\n"
+        )
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            for _ in range(2)
+        ]
+        outputs = [child.communicate(timeout=120) for child in children]
+        total = sum(map(len, many.values()))
+        for child, (out, err) in zip(children, outputs, strict=True):
+            assert child.returncode == 0, err
+            assert int(out) == total
+        store = SqliteStore(path)
+        assert store.sessions() == list(many)
+        assert all(verify_chain(store.read(s)).valid for s in recorded)
+        store.close()
+
+    def test_a_utf16_database_keeps_utf8_event_bytes(self, tmp_path, recorded):
+        """The event text of a UTF-16 database becomes the UTF-8 line it was written from."""
+        path = tmp_path / "utf16.db"
+        make_old_store(path, recorded, encoding="UTF-16le")
+        store = SqliteStore(path)
+        for session_id, events in recorded.items():
+            assert [event_line(e) for e in store.read(session_id)] == [
+                event_line(e) for e in events
+            ]
+        store.close()
+        blobs = [row[2] for row in dump(path)["events"]]
+        assert all(isinstance(b, bytes) and "✓".encode() in b for b in blobs[:1])
+
+    def test_a_migration_that_would_lose_events_changes_nothing(self, tmp_path, recorded):
+        """An event without a session row stops the migration; the old file stays as it was."""
+        path = tmp_path / "old.db"
+        make_old_store(path, recorded)
+        with raw(path) as db:
+            db.execute("DELETE FROM sessions WHERE session_id = ?", (next(iter(recorded)),))
+        before = dump(path)
+        with pytest.raises(cra.ConfigurationError, match="cannot be migrated") as caught:
+            SqliteStore(path)
+        assert caught.value.details == {"reason": "store_migration_failed"}
+        assert dump(path) == before
+
+
 class TestRefusals:
     def test_a_newer_version_is_refused_untouched(self, tmp_path):
         """A database of a later layout is refused with a stable reason, and left alone."""
@@ -253,12 +485,12 @@ class TestRefusals:
         assert "not a SQLite database" in capsys.readouterr().err
 
     def test_other_tables_named_events_are_refused(self, tmp_path):
-        """A version 0 database with an events table of another layout is not touched."""
+        """A version 0 database whose events table is not the first layout is not touched."""
         path = tmp_path / "other.db"
         with raw(path) as db:
             db.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, what TEXT)")
         before = dump(path)
-        with pytest.raises(cra.ConfigurationError, match="another layout") as caught:
+        with pytest.raises(cra.ConfigurationError, match="not a cra-agents") as caught:
             SqliteStore(path)
         assert caught.value.details == {"reason": "store_layout_unknown"}
         assert dump(path) == before

@@ -14,9 +14,13 @@ bytes a JSONL store writes), which reads hand to :func:`parse_line` as they are;
 chain is checked over exactly those bytes. ``event_type`` is the one column a query filters
 on. A session holds at most 2**32 events, and a database 2**31 sessions.
 
-Versions: a new database gets the layout above at :data:`SCHEMA_VERSION`. A database of
-another layout (the first one, ``user_version`` 0, included) or of a newer version is
-refused.
+Versions: a new database gets the layout above at :data:`SCHEMA_VERSION`. A database of the
+first layout (``user_version`` 0: ``events`` keyed by the session id text, the event as TEXT
+beside copies of its id, timestamp and hashes) is migrated in place when it is opened: one
+``BEGIN IMMEDIATE`` transaction, so a crash leaves the old layout whole and a second process
+opening it at the same time waits and then finds it done. Every event keeps its bytes; the
+pages of the old tables stay in the file as free pages that later appends reuse (``VACUUM``
+returns them to the file system). A database of a newer version is refused.
 """
 
 from __future__ import annotations
@@ -56,10 +60,24 @@ _TABLES: Final = (
 )""",
 )
 
+# The columns of the first layout's tables, in order: what a user_version 0 database must
+# have to be migrated.
+_V0_SESSIONS: Final = ("session_id", "trace_id", "first_timestamp", "event_count", "head_hash")
+_V0_EVENTS: Final = (
+    "session_id",
+    "sequence",
+    "event_id",
+    "event_type",
+    "timestamp",
+    "event_hash",
+    "previous_event_hash",
+    "event",
+)
+
 # Pages in the WAL before a commit checkpoints it: SQLite's default, set explicitly. Measured
 # with 8 sessions appending 20 events each per commit, 2,000-8,000 pages wrote 1-2 % fewer
 # bytes for the same CPU and time, and a longer WAL slows readers and crash recovery. The WAL
-# file is cut back to the size limit after a checkpoint, so one huge transaction
+# file is cut back to the size limit after a checkpoint, so one huge transaction (a migration)
 # does not leave a huge file behind; the limit is above the steady-state WAL (about 4 MiB),
 # which is then reused in place rather than regrown.
 _WAL_AUTOCHECKPOINT: Final = 1000
@@ -90,9 +108,10 @@ class SqliteStore:
 
     Raises:
         ConfigurationError: the file is not a SQLite database (reason ``store_not_sqlite``),
-            was written by a newer version of cra-agents (``store_version_unsupported``), or
-            holds tables named ``events`` or ``sessions`` of another layout
-            (``store_layout_unknown``).
+            was written by a newer version of cra-agents (``store_version_unsupported``),
+            holds other tables named ``events`` or ``sessions`` (``store_layout_unknown``), or
+            is of the first layout with events that have no session row or a sequence beyond
+            2**32 - 1 (``store_migration_failed``; the file is left as it was).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
@@ -120,7 +139,7 @@ class SqliteStore:
             self._db.close()
             if (
                 isinstance(exc, sqlite3.DatabaseError)
-                and exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB
+                and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
             ):
                 raise ConfigurationError(
                     f"{self.path} is not a SQLite database; point the store at a new file or "
@@ -134,10 +153,10 @@ class SqliteStore:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _prepare(self) -> None:
-        """Create the layout in a new database (another process may be doing the same)."""
+        """Create the layout, or migrate the first one, unless the database is current."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            # Another process may have created it while this one waited.
+            # Another process may have created or migrated it while this one waited.
             if not self._check_version(self._user_version()):
                 tables = {
                     row[0]
@@ -146,17 +165,22 @@ class SqliteStore:
                         "AND name IN ('events', 'sessions')"
                     )
                 }
-                if tables:
+                if tables and not self._is_v0():
                     raise ConfigurationError(
-                        f"{self.path} has tables named events or sessions of another layout",
+                        f"{self.path} has tables named events or sessions that are not a "
+                        "cra-agents trace store",
                         details={"reason": "store_layout_unknown"},
                     )
-                for statement in _TABLES:
-                    self._db.execute(statement)
+                if tables:
+                    self._migrate_v0()
+                else:
+                    for statement in _TABLES:
+                        self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite ends it itself after some errors
+                self._db.execute("ROLLBACK")
             raise
 
     def _check_version(self, version: int) -> bool:
@@ -168,6 +192,49 @@ class SqliteStore:
                 details={"reason": "store_version_unsupported"},
             )
         return version == SCHEMA_VERSION
+
+    def _columns(self, table: str) -> tuple[str, ...]:
+        return tuple(row[1] for row in self._db.execute(f"PRAGMA table_info({table})"))
+
+    def _is_v0(self) -> bool:
+        return self._columns("sessions") == _V0_SESSIONS and self._columns("events") == _V0_EVENTS
+
+    def _migrate_v0(self) -> None:
+        """Rewrite a first-layout database into the current one (in the caller's transaction).
+
+        Sessions get their keys in the old listing order, so ``sessions()`` keeps its order;
+        events are copied in id order, so their pages are written full.
+        """
+        db = self._db
+        event = "CAST(e.event AS BLOB)"  # the TEXT's stored UTF-8 bytes, unchanged
+        if db.execute("PRAGMA encoding").fetchone()[0] != "UTF-8":
+            db.create_function("cra_utf8", 1, _utf8, deterministic=True)
+            event = "cra_utf8(e.event)"
+        db.execute("ALTER TABLE sessions RENAME TO sessions_v0")
+        db.execute("ALTER TABLE events RENAME TO events_v0")
+        for statement in _TABLES:
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO sessions (session_id, trace_id, first_timestamp, event_count, head_hash) "
+            "SELECT session_id, trace_id, first_timestamp, event_count, head_hash "
+            "FROM sessions_v0 ORDER BY first_timestamp, rowid"
+        )
+        copied = db.execute(
+            f"INSERT INTO events (id, event_type, event) "  # noqa: S608 - constants only
+            f"SELECT s.session_key * {_SPAN} + e.sequence, e.event_type, {event} "
+            "FROM events_v0 AS e JOIN sessions AS s USING (session_id) "
+            f"WHERE e.sequence BETWEEN 0 AND {_SPAN - 1} ORDER BY 1"
+        ).rowcount
+        (total,) = db.execute("SELECT count(*) FROM events_v0").fetchone()
+        if copied != total:
+            raise ConfigurationError(
+                f"{self.path}: {total - copied} of {total} events cannot be migrated to the "
+                f"version {SCHEMA_VERSION} layout (no session row, or a sequence beyond "
+                f"{_SPAN - 1}); the file is left unchanged",
+                details={"reason": "store_migration_failed"},
+            )
+        db.execute("DROP TABLE events_v0")
+        db.execute("DROP TABLE sessions_v0")
 
     def _key(self, session_id: str) -> int | None:
         """The session's key, None if it has no events (call under the lock)."""
@@ -310,3 +377,8 @@ class SqliteStore:
             if not self._closed:
                 self._db.close()
                 self._closed = True
+
+
+def _utf8(text: str) -> bytes:
+    """A first-layout event's text as the UTF-8 bytes it was written from."""
+    return text.encode("utf-8")
