@@ -4,21 +4,25 @@
 - writer throughput: hashing and writing queued events to a JSONL store, events/s;
 - ``group`` mode throughput: 8 threads, each call waiting for its fsynced batch, events/s;
 - verification speed, events/s;
+- SQLite append + commit cost per event, the store's layout against the first one (kept below
+  for the comparison only);
 - resident memory while 1,000,000 events are written through a JSONL store.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cra_agents._frozen import FrozenDict
+from cra_agents.protocol import TraceEvent
 from cra_agents.trace import (
     JsonlStore,
     SessionChain,
@@ -27,6 +31,7 @@ from cra_agents.trace import (
     TraceStore,
     verify_chain,
 )
+from cra_agents.trace._jsonl import event_line
 
 PAYLOAD = {"policy_id": "allow-read", "result": "allow", "action_id": "github.issue.list"}
 
@@ -134,6 +139,132 @@ def verify_speed(directory: Path, n: int = 100_000) -> float:
     return n / elapsed
 
 
+# The first SQLite layout (user_version 0), which SqliteStore now migrates: session id text in
+# every row's key, the event as TEXT beside copies of its id, timestamp and hashes.
+FIRST_SQLITE_LAYOUT = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    first_timestamp TEXT NOT NULL,
+    event_count INTEGER NOT NULL,
+    head_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    event_hash TEXT NOT NULL,
+    previous_event_hash TEXT NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (session_id, sequence)
+) WITHOUT ROWID;
+"""
+
+
+class FirstLayoutStore:
+    """The first layout's append and sync, as SqliteStore wrote them (for comparison)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(FIRST_SQLITE_LAYOUT)
+
+    def append(self, events: Sequence[TraceEvent]) -> None:
+        rows = [
+            (
+                e.session_id,
+                e.sequence,
+                e.event_id,
+                e.event_type,
+                e.timestamp,
+                e.event_hash,
+                e.previous_event_hash,
+                event_line(e)[:-1].decode("utf-8"),
+            )
+            for e in events
+        ]
+        last = events[-1]
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?) ON CONFLICT(session_id) DO "
+            "UPDATE SET event_count = event_count + excluded.event_count, "
+            "head_hash = excluded.head_hash",
+            (last.session_id, last.trace_id, events[0].timestamp, len(events), last.event_hash),
+        )
+
+    def sync(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.sync()
+        self._db.close()
+
+
+def sqlite_chains(sessions: int = 8, events: int = 5000) -> list[list[TraceEvent]]:
+    """Hashed events of ``sessions`` sessions, ready to store."""
+    chains = [_chain(200 + i) for i in range(sessions)]
+    for chain in chains:
+        for _ in range(events):
+            chain.append("policy.evaluated", PAYLOAD)
+    return [chain.flush() for chain in chains]
+
+
+def sqlite_append_cost(
+    make: Callable[[Path], FirstLayoutStore | SqliteStore],
+    path: Path,
+    chains: list[list[TraceEvent]],
+    batch: int = 20,
+) -> tuple[float, float, float, float]:
+    """µs per event to append (``batch`` events per append, every session in turn) and to
+    commit (once per round of appends, as the group writer does; closing, which checkpoints
+    the WAL, counts as a commit), the CPU µs per event of both (what waiting for the disk
+    does not inflate), and the database's bytes per event."""
+    cpu = time.process_time()
+    store = make(path)
+    clock = time.perf_counter
+    appending = committing = 0.0
+    for start in range(0, len(chains[0]), batch):
+        t0 = clock()
+        for events in chains:
+            store.append(events[start : start + batch])
+        t1 = clock()
+        store.sync()
+        appending += t1 - t0
+        committing += clock() - t1
+    t1 = clock()
+    store.close()
+    committing += clock() - t1
+    cpu = time.process_time() - cpu
+    total = sum(map(len, chains))
+    return (
+        appending / total * 1e6,
+        committing / total * 1e6,
+        cpu / total * 1e6,
+        path.stat().st_size / total,
+    )
+
+
+def sqlite_layouts(root: Path, reps: int = 5) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Both layouts, ``reps`` interleaved runs each, each into a new database."""
+    chains = sqlite_chains()
+    makers: dict[str, Callable[[Path], FirstLayoutStore | SqliteStore]] = {
+        "first layout": FirstLayoutStore,
+        "current layout": SqliteStore,
+    }
+    runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in makers}
+    for rep in range(reps):
+        for index, (name, make) in enumerate(makers.items()):
+            runs[name].append(sqlite_append_cost(make, root / f"{rep}-{index}.db", chains))
+    return runs
+
+
 def rss_flat(directory: Path, total: int = 1_000_000) -> list[tuple[int, float]]:
     collector = TraceCollector(JsonlStore(directory), durability="async")
     chains = [_chain(100 + i) for i in range(10)]
@@ -174,6 +305,18 @@ def main() -> int:
                     f"{rate:,.0f} events/s"
                 )
         print(f"verification: {verify_speed(root / 'v'):,.0f} events/s")
+        for name, runs in sqlite_layouts(root / "layouts").items():
+            append = statistics.median(r[0] for r in runs)
+            commit = statistics.median(r[1] for r in runs)
+            total = statistics.median(r[0] + r[1] for r in runs)
+            cpu = statistics.median(r[2] for r in runs)
+            disk = statistics.median(r[3] for r in runs)
+            print(
+                f"SQLite append + commit, {name} (8 sessions x 20 events per append, a commit "
+                f"per 160, synchronous=FULL): {total:.2f} µs/event (append {append:.2f} + "
+                f"commit {commit:.2f}; CPU {cpu:.2f}), {disk:.0f} B/event on disk, "
+                f"median of {len(runs)}"
+            )
         marks = rss_flat(root / "rss")
         print(
             "RSS while writing 1,000,000 events: "
