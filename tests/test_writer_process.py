@@ -373,3 +373,38 @@ def test_a_corrupt_frame_is_not_a_message():
         frames.messages()
     os.close(inp)
     os.close(out)
+
+
+SHARER = """
+import sys, cra_agents as cra
+rt = cra.Runtime([sys.argv[1]], store=sys.argv[2], durability="group", writer="process")
+for _ in range(3):
+    s = rt.create_session("sharer", "Share one store")
+    for index in range(40):
+        args = {"repo": "a/b", "path": str(index)}
+        with rt.call("github.file.read", args, session_id=s.session_id):
+            pass
+    rt.end_session(s.session_id)
+rt.close()
+"""
+
+
+@pytest.mark.parametrize("scheme", ["jsonl", "sqlite"])
+def test_agent_processes_share_one_store(tmp_path, scheme):
+    """Three agents, each with its writer process, on one store: every chain whole and valid."""
+    url = f"sqlite://{tmp_path}/t.db" if scheme == "sqlite" else f"jsonl://{tmp_path}/j"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    agents = [
+        subprocess.Popen([sys.executable, "-c", SHARER, str(GITHUB_OPS), url], env=env)
+        for _ in range(3)
+    ]
+    assert [agent.wait(120) for agent in agents] == [0, 0, 0]
+    store = open_store(url)
+    sessions = store.sessions()
+    assert len(sessions) == 9
+    for session_id in sessions:
+        events = store.read(session_id)
+        assert verify_chain(events).valid
+        assert events[-1].event_type == "session.ended"
+        assert sum(e.event_type == "action.executed" for e in events) == 40
+    store.close()
