@@ -408,3 +408,10 @@ def test_agent_processes_share_one_store(tmp_path, scheme):
         assert events[-1].event_type == "session.ended"
         assert sum(e.event_type == "action.executed" for e in events) == 40
     store.close()
+
+
+def test_a_writer_process_that_cannot_start_is_a_configuration_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+    with pytest.raises(cra.ConfigurationError, match="writer='thread'") as info:
+        cra.Runtime([GITHUB_OPS], store=f"jsonl://{tmp_path}/j", writer="process")
+    assert info.value.details["reason"] == "writer_process_unavailable"

@@ -193,13 +193,17 @@ class Runtime(CarpMixin):
         )
         self.durability: Durability = durability
         self.store: TraceStore = open_store(store, durable=durability != "async")
-        self._collector = TraceCollector(
-            self.store,
-            durability=durability,
-            flush_interval=flush_interval,
-            max_backlog=max_backlog,
-            process_url=writer_url(self.store, writer),
-        )
+        try:
+            self._collector = TraceCollector(
+                self.store,
+                durability=durability,
+                flush_interval=flush_interval,
+                max_backlog=max_backlog,
+                process_url=writer_url(self.store, writer),
+            )
+        except BaseException:
+            self.store.close()  # the store is ours until a collector owns it
+            raise
         #: The OpenTelemetry observer built from ``otel=`` (see :mod:`cra_agents.otel`), or None.
         self.telemetry: Any = None
         if otel is not None and otel is not False:

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cra_agents._exceptions import ConfigurationError
+
 __all__ = ["WriterProcess", "main"]
 
 logger = logging.getLogger(__name__)
@@ -125,15 +127,22 @@ class WriterProcess:
         root = str(Path(__file__).resolve().parents[2])  # where cra_agents is importable from
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and entry point
-            [sys.executable, "-c", _ENTRY, url, "1" if durable else "0", str(os.getpid())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            # Its own session: a Ctrl-C in the terminal interrupts the agent, not its writer,
-            # which finishes writing what it was handed when the agent goes away.
-            start_new_session=True,
-        )
+        try:
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and entry point
+                [sys.executable, "-c", _ENTRY, url, "1" if durable else "0", str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                # Its own session: a Ctrl-C in the terminal interrupts the agent, not its
+                # writer, which finishes writing what it was handed when the agent goes away.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot start the trace writer process ({exc}); pass writer='thread' "
+                "(or set CRA_AGENTS_WRITER=thread) to write from a thread of this process",
+                details={"reason": "writer_process_unavailable", "cause": repr(exc)},
+            ) from exc
         self._stdin: BinaryIO = self.process.stdin  # type: ignore[assignment]  # PIPE
         self._stdout: BinaryIO = self.process.stdout  # type: ignore[assignment]  # PIPE
         with contextlib.suppress(OSError, AttributeError):  # Linux only; a bigger batch window
