@@ -263,6 +263,8 @@ def seal(
     queued: Sequence[Queued],
     out: list[Any],
     make: Callable[[dict[str, Any]], Any] = build_event,
+    *,
+    raw: bool = False,
 ) -> tuple[str, str | None]:
     """Hash encoded batches onto a chain whose head is ``previous``; append events to ``out``.
 
@@ -270,13 +272,15 @@ def seal(
     writer thread or the writer process), so both write byte-identical chains. The payload
     each event carries is the one its canonical JSON parses to (keys in canonical order).
     ``make`` wraps each event's fields (default: a :class:`TraceEvent`; the writer process,
-    which only stores them, passes a lighter object with the same attributes).
+    which only stores them, passes a lighter object with the same attributes). With ``raw``
+    the payload stays its canonical JSON (an ``orjson.Fragment``: stored as it is, never
+    parsed), for events nobody reads before they are stored.
 
     Returns:
         The new head hash and the session's root span id.
     """
     sha256 = hashlib.sha256
-    loads = orjson.loads
+    loads = orjson.Fragment if raw else orjson.loads
     for first, time_ns, batch in queued:
         timestamp = format_timestamp(time_ns)
         ids = uuid7_batch(time_ns, 2 * len(batch))

@@ -260,7 +260,14 @@ def _serve(url: str, durable: bool, parent: int, inp: int, out: int) -> None:
                         state = heads[session_id] = [GENESIS_HASH, None]
                     events: list[Any] = []
                     state[0], state[1] = seal(
-                        session_id, trace_id, state[0], state[1], queued, events, _Sealed
+                        session_id,
+                        trace_id,
+                        state[0],
+                        state[1],
+                        queued,
+                        events,
+                        _Sealed,
+                        raw=not watch,  # parsed only to send the fields back
                     )
                     store.append(events)
                     acks[session_id] = events[-1].sequence
