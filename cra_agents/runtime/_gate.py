@@ -320,6 +320,7 @@ class Gate:
         # The runtime's own payloads as canonical-JSON templates, per action, decision and
         # which optional fields are present: a call fills in its ids and digests.
         self._templates: dict[tuple[Any, ...], Template] = {}
+        self._constants: dict[tuple[Any, ...], bytes] = {}  # payloads with nothing open
 
     # -- building a call -------------------------------------------------------------------
 
@@ -610,23 +611,15 @@ class Gate:
 
     def _evaluated(self, call: Call, decision: PolicyDecision) -> bytes:
         """``policy.evaluated``: the same bytes for every call of one action and decision."""
-        policy_id, result, action_id, shadow = (
-            decision.policy_id,
-            decision.result,
-            call.action_id,
-            call.shadow,
-        )
-        return self._template(
-            ("evaluated", policy_id, result, action_id, shadow),
-            ev.policy_evaluated,
-            (),
-            lambda: {
-                "policy_id": policy_id,
-                "result": result,
-                "action_id": action_id,
-                "shadow": shadow,
-            },
-        ).fill()
+        key = ("evaluated", decision.policy_id, decision.result, call.action_id, call.shadow)
+        found = self._constants.get(key)
+        if found is None:
+            if len(self._constants) >= _TEMPLATES_MAX:
+                self._constants.clear()
+            found = self._constants[key] = canonical_json(
+                ev.policy_evaluated(*key[1:4], shadow=call.shadow)
+            )
+        return found
 
     def _requested(self, call: Call) -> bytes:
         """``action.requested``, from the template for the call's action and optional fields."""
