@@ -32,6 +32,7 @@ from cra_agents.trace import (
     verify_chain,
 )
 from cra_agents.trace._jsonl import event_line
+from cra_agents.trace._sqlite import V0_LAYOUT
 
 PAYLOAD = {"policy_id": "allow-read", "result": "allow", "action_id": "github.issue.list"}
 
@@ -139,30 +140,6 @@ def verify_speed(directory: Path, n: int = 100_000) -> float:
     return n / elapsed
 
 
-# The first SQLite layout (user_version 0), which SqliteStore now migrates: session id text in
-# every row's key, the event as TEXT beside copies of its id, timestamp and hashes.
-FIRST_SQLITE_LAYOUT = """
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY,
-    trace_id TEXT NOT NULL,
-    first_timestamp TEXT NOT NULL,
-    event_count INTEGER NOT NULL,
-    head_hash TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    session_id TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    timestamp TEXT NOT NULL,
-    event_hash TEXT NOT NULL,
-    previous_event_hash TEXT NOT NULL,
-    event TEXT NOT NULL,
-    PRIMARY KEY (session_id, sequence)
-) WITHOUT ROWID;
-"""
-
-
 class FirstLayoutStore:
     """The first layout's append and sync, as SqliteStore wrote them (for comparison)."""
 
@@ -171,7 +148,7 @@ class FirstLayoutStore:
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(FIRST_SQLITE_LAYOUT)
+        self._db.executescript(V0_LAYOUT)
 
     def append(self, events: Sequence[TraceEvent]) -> None:
         rows = [

@@ -19,33 +19,12 @@ from cra_agents.cli import main
 from cra_agents.protocol import TraceEvent
 from cra_agents.trace import MemoryStore, SessionChain, SqliteStore, open_store, verify_chain
 from cra_agents.trace._jsonl import event_line
-from cra_agents.trace._sqlite import SCHEMA_VERSION
+from cra_agents.trace._sqlite import SCHEMA_VERSION, V0_LAYOUT
 
 GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
 ROOT = Path(__file__).resolve().parents[1]
 
-# The first layout (user_version 0), as cra-agents wrote it before the integer session key;
-# kept here, since the store no longer has it. Older databases also have the index.
-OLD_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY,
-    trace_id TEXT NOT NULL,
-    first_timestamp TEXT NOT NULL,
-    event_count INTEGER NOT NULL,
-    head_hash TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    session_id TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    timestamp TEXT NOT NULL,
-    event_hash TEXT NOT NULL,
-    previous_event_hash TEXT NOT NULL,
-    event TEXT NOT NULL,
-    PRIMARY KEY (session_id, sequence)
-) WITHOUT ROWID;
-"""
+# Databases of the first layout (V0_LAYOUT) may also have this index.
 OLD_INDEX = (
     "CREATE INDEX IF NOT EXISTS events_by_type ON events (session_id, event_type, sequence);"
 )
@@ -111,7 +90,7 @@ def make_old_store(
     if encoding:
         db.execute(f"PRAGMA encoding = '{encoding}'")
     db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(OLD_SCHEMA + (OLD_INDEX if index else ""))
+    db.executescript(V0_LAYOUT + (OLD_INDEX if index else ""))
     db.execute("BEGIN")
     chains = list(sessions.values())
     for start in range(0, max(len(c) for c in chains), batch):

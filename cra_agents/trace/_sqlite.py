@@ -36,7 +36,7 @@ from cra_agents._exceptions import ConfigurationError
 from cra_agents.protocol import TraceEvent
 from cra_agents.trace._jsonl import event_line, parse_line
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["SCHEMA_VERSION", "V0_LAYOUT", "SqliteStore"]
 
 #: ``PRAGMA user_version`` of the layout this module writes (0 is the first layout).
 SCHEMA_VERSION: Final = 1
@@ -60,6 +60,29 @@ _TABLES: Final = (
 )""",
 )
 
+#: The first layout (user_version 0), which the store migrates from: the session id text in
+#: every row's key, the event as TEXT beside copies of its id, timestamp and hashes. Kept as
+#: the one record of it (the migration tests and the layout benchmark create it from here).
+V0_LAYOUT: Final = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    first_timestamp TEXT NOT NULL,
+    event_count INTEGER NOT NULL,
+    head_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    event_hash TEXT NOT NULL,
+    previous_event_hash TEXT NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (session_id, sequence)
+) WITHOUT ROWID;
+"""
 # The columns of the first layout's tables, in order: what a user_version 0 database must
 # have to be migrated.
 _V0_SESSIONS: Final = ("session_id", "trace_id", "first_timestamp", "event_count", "head_hash")
