@@ -10,7 +10,7 @@ from typing import Annotated, Any, NotRequired
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ToolCallRequest
 from langchain.agents.middleware.types import PrivateStateAttr
-from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.messages import HumanMessage, ToolCall, ToolMessage
 from langgraph.runtime import Runtime as GraphRuntime
 from langgraph.types import Command, interrupt
 
@@ -88,6 +88,7 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         self.goal = goal
         self.actions = dict(actions or {})
         self.approver = approver
+        # (session, tool_call_id) -> answer, oldest first.
         self._done: OrderedDict[tuple[str, str], ToolMessage | Command[Any]] = OrderedDict()
         self._threads: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -150,45 +151,46 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
                 return message.content.strip()[:1000]
         return f"{self.agent_id} run"
 
-    def _session(self, request: ToolCallRequest) -> str:
-        state = request.state if isinstance(request.state, Mapping) else {}
-        session_id = state.get("cra_session_id")
-        if session_id:
-            return str(session_id)
+    def _session(self, runtime: Runtime, request: ToolCallRequest) -> str:
+        state = request.state
+        if isinstance(state, (dict, Mapping)):  # dict first: no ABC check for dicts
+            session_id = state.get("cra_session_id")
+            if session_id:
+                return str(session_id)
+        else:
+            state = {}
         # Used outside create_agent (no before_agent hook, e.g. a bare ToolNode): one session
         # per LangGraph thread, kept here.
         config = getattr(request.runtime, "config", None) or {}
         thread = str((config.get("configurable") or {}).get("thread_id", ""))
-        with self._lock:
-            known = self._threads.get(thread)
+        known = self._threads.get(thread)
         if known is not None:
             return known
-        info = self.runtime.create_session(self.agent_id, self._goal(state))
+        info = runtime.create_session(self.agent_id, self._goal(state))
         with self._lock:
             return self._threads.setdefault(thread, info.session_id)
 
     # -- tool calls -----------------------------------------------------------------------
 
-    def _seen(self, session_id: str, call_id: str) -> ToolMessage | Command[Any] | None:
-        with self._lock:
-            return self._done.get((session_id, call_id))
-
     def _remember(
         self, session_id: str, call_id: str, outcome: ToolMessage | Command[Any]
     ) -> ToolMessage | Command[Any]:
         with self._lock:
-            self._done[(session_id, call_id)] = outcome
-            while len(self._done) > _DONE_MAX:
-                self._done.popitem(last=False)
+            done = self._done
+            done[session_id, call_id] = outcome
+            if len(done) > _DONE_MAX:
+                # OrderedDict, not dict: the oldest key of a dict is found by scanning the
+                # holes earlier deletions left at its front (~7 µs per call at 10,000).
+                done.popitem(last=False)
         return outcome
 
     def _prepare(
-        self, request: ToolCallRequest, session_id: str, call_id: str
-    ) -> tuple[dict[str, Any], ApprovalDecision | None]:
+        self, runtime: Runtime, request: ToolCallRequest, session_id: str, call_id: str
+    ) -> tuple[Mapping[str, Any], ApprovalDecision | None]:
         """Arguments and (after an interrupt) the human's answer."""
-        runtime = self.runtime
         call = request.tool_call
-        arguments = dict(call.get("args") or {})
+        # Not copied: the gate canonicalises them and the tool gets the rebuilt copy.
+        arguments: Mapping[str, Any] = call.get("args") or {}
         try:
             action_id = runtime.map_tool(call["name"], actions=self.actions)
         except ActionNotFoundError:
@@ -203,7 +205,7 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
                     "tool_call_id": call_id,
                     "tool": call["name"],
                     "action_id": action_id,
-                    "arguments": arguments,
+                    "arguments": dict(arguments),
                     "risk_tier": precheck.risk_tier,
                     "policy_id": precheck.policy_id,
                     "reason": precheck.reason or "Requires human approval",
@@ -231,27 +233,30 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
                 return ApprovalDecision(True, approver, reason or "edited"), dict(edited)
         return ApprovalDecision(False, approver, "approval_denied"), None
 
-    def _refusal(
-        self, request: ToolCallRequest, session_id: str, call_id: str, error: CRAError
-    ) -> ToolMessage:
+    def _refusal(self, request: ToolCallRequest, call: Call, error: CRAError) -> ToolMessage:
+        call_id = call.tool_call_id or ""
         message = ToolMessage(
             content=denial_text(error),
             tool_call_id=call_id,
             name=request.tool_call["name"],
             status="error",
         )
-        self._remember(session_id, call_id, message)
+        self._remember(call.session_id, call_id, message)
         return message
 
-    def _start(self, request: ToolCallRequest) -> Call | ToolMessage | Command[Any]:
+    def _start(
+        self, runtime: Runtime, request: ToolCallRequest
+    ) -> Call | ToolMessage | Command[Any]:
         """The call through the gate (not yet decided), or the answer already given."""
-        session_id = self._session(request)
+        session_id = self._session(runtime, request)
         call_id = str(request.tool_call.get("id") or "")
-        done = self._seen(session_id, call_id) if call_id else None
-        if done is not None:  # LangGraph re-ran the node on resume: answered already
-            return done
-        arguments, approval = self._prepare(request, session_id, call_id)
-        return self.runtime.call(
+        if call_id:
+            # Read without the lock: a dict lookup is atomic, and writers only add or drop.
+            done = self._done.get((session_id, call_id))
+            if done is not None:  # LangGraph re-ran the node on resume: answered already
+                return done
+        arguments, approval = self._prepare(runtime, request, session_id, call_id)
+        return runtime.call(
             request.tool_call["name"],
             arguments,
             actions=self.actions,
@@ -264,38 +269,61 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         self, call: Call, outcome: ToolMessage | Command[Any]
     ) -> ToolMessage | Command[Any]:
         """Classify what the handler returned (inside ``with call``) and remember it."""
-        if isinstance(outcome, ToolMessage) and outcome.status == "error":
-            call.fail(ToolFailedError(str(outcome.content)))
+        if isinstance(outcome, ToolMessage):
+            if outcome.status == "error":
+                call.fail(ToolFailedError(str(outcome.content)))
+            else:
+                call.result = outcome.content
         else:
-            call.result = outcome.content if isinstance(outcome, ToolMessage) else repr(outcome)
+            call.result = repr(outcome)
         return self._remember(call.session_id, call.tool_call_id or "", outcome)
 
     def wrap_tool_call(
         self, request: ToolCallRequest, handler: _Handler
     ) -> ToolMessage | Command[Any]:
         """Decide the call, ask for approval if needed, run it with the decided arguments."""
-        call = self._start(request)
+        runtime = self.runtime
+        call = self._start(runtime, request)
         if not isinstance(call, Call):
             return call
         try:
-            self.runtime.gate_sync(call)
+            runtime.gate_sync(call)
         except REFUSALS as error:
-            return self._refusal(request, call.session_id, call.tool_call_id or "", error)
+            return self._refusal(request, call, error)
         with call:
-            frozen = request.override(tool_call={**request.tool_call, "args": call.arguments})
-            return self._run_in(call, handler(frozen))
+            return self._run_in(call, handler(_frozen(request, call.arguments)))
 
     async def awrap_tool_call(
         self, request: ToolCallRequest, handler: _AsyncHandler
     ) -> ToolMessage | Command[Any]:
         """Async :meth:`wrap_tool_call` (async approval handlers are awaited)."""
-        call = self._start(request)
+        runtime = self.runtime
+        call = self._start(runtime, request)
         if not isinstance(call, Call):
             return call
         try:
-            await self.runtime.gate_async(call)
+            await runtime.gate_async(call)
         except REFUSALS as error:
-            return self._refusal(request, call.session_id, call.tool_call_id or "", error)
+            return self._refusal(request, call, error)
         async with call:
-            frozen = request.override(tool_call={**request.tool_call, "args": call.arguments})
-            return self._run_in(call, await handler(frozen))
+            return self._run_in(call, await handler(_frozen(request, call.arguments)))
+
+
+def _frozen(request: ToolCallRequest, arguments: dict[str, Any]) -> ToolCallRequest:
+    """``request.override(tool_call=...)`` with the decided arguments, for a fifth of the cost.
+
+    ``override`` is ``dataclasses.replace``, whose ``__init__`` goes through
+    ``ToolCallRequest.__setattr__`` (a deprecation guard: an import and two ``hasattr`` per
+    field), about 3 µs a call. Only ``tool_call`` changes, which ``override`` does nothing
+    more for than set it, so a copy of the instance's fields is the same request. Anything
+    but a plain ``ToolCallRequest`` (a subclass; slots in a later langgraph) takes
+    ``override``.
+    """
+    tool_call: ToolCall = {**request.tool_call, "args": arguments}
+    if type(request) is not ToolCallRequest or not hasattr(request, "__dict__"):
+        return request.override(tool_call=tool_call)
+    frozen = object.__new__(ToolCallRequest)
+    fields = frozen.__dict__
+    fields.update(request.__dict__)
+    fields["tool_call"] = tool_call
+    return frozen

@@ -208,6 +208,43 @@ def test_parallel_calls_and_a_failing_tool(runtime):
     assert runtime.verify(info.session_id).valid
 
 
+class TestFrozenRequest:
+    """The request the tool gets is ToolCallRequest.override(...) with the decided arguments."""
+
+    @staticmethod
+    def request(cls: Any) -> Any:
+        return cls(
+            tool_call={"name": "read_file", "args": {"path": "A"}, "id": "f1", "type": "tool_call"},
+            tool=read_file,
+            state={"messages": [], "cra_session_id": "s"},
+            runtime=None,
+        )
+
+    def test_same_as_override(self):
+        from langchain.agents.middleware import ToolCallRequest
+
+        from cra_agents_langchain._middleware import _frozen
+
+        request = self.request(ToolCallRequest)
+        decided = {"path": "A", "repo": "r"}
+        frozen = _frozen(request, decided)
+        assert frozen == request.override(tool_call={**request.tool_call, "args": decided})
+        assert frozen.tool_call["args"] is decided
+        assert request.tool_call["args"] == {"path": "A"}  # the model's request is untouched
+
+    def test_a_subclass_takes_override(self):
+        from langchain.agents.middleware import ToolCallRequest
+
+        from cra_agents_langchain._middleware import _frozen
+
+        class Custom(ToolCallRequest):
+            pass
+
+        frozen = _frozen(self.request(Custom), {"path": "B"})
+        assert type(frozen) is Custom
+        assert frozen.tool_call["args"] == {"path": "B"}
+
+
 def test_async_invoke_and_stream(runtime):
     """ainvoke and astream go through awrap_tool_call with the same outcome."""
 
