@@ -22,6 +22,7 @@ SQLite store in ``async`` mode; the trace writer thread runs.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import statistics
@@ -58,6 +59,8 @@ def _timed(
 
     Each case runs ``n / rounds`` times per round, one case after the other, so a change of
     machine load (these machines are shared) falls on every case alike, not on one row.
+    Between turns, untimed, the trace writer drains and a full garbage collection runs, so
+    neither the writer's backlog nor a collection one case caused lands on the next case.
     """
     for _, fn in cases:
         for _ in range(min(n // 10, 500)):
@@ -66,6 +69,8 @@ def _timed(
     clock = time.process_time_ns if "--cpu" in sys.argv else time.perf_counter_ns
     for _ in range(rounds):
         for name, fn in cases:
+            cra.get_runtime().flush()
+            gc.collect()
             own = samples[name]
             for _ in range(n // rounds):
                 t0 = clock()
@@ -165,7 +170,7 @@ def main() -> int:
             ("create_agent run, with CRAMiddleware", middleware),
             ("create_agent run, with HITL middleware", hitl),
         ]
-        rows += _timed([(label, _agent_run(used, args)) for label, used in runs], 600)
+        rows += _timed([(label, _agent_run(used, args)) for label, used in runs], 600, rounds=30)
         cra.shutdown()
     base = {
         "tool call through CRAMiddleware": "tool call without middleware",
