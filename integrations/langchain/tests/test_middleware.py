@@ -176,6 +176,7 @@ def test_approval_interrupt_and_resume(runtime, answer, ran, outcome):
     assert pending.value["risk_tier"] == "high"
     assert pending.value["arguments"]["pr_number"] == 7
     assert RAN == [("read_file", "README.md")]  # the sibling call ran; the merge waits
+    assert only_session(runtime).active  # the run waits: its session stays open
     agent.invoke(Command(resume=answer), CONFIG)
     assert [("read_file", "README.md"), *ran] == RAN  # nothing ran twice on resume
     info = only_session(runtime)
@@ -188,6 +189,8 @@ def test_approval_interrupt_and_resume(runtime, answer, ran, outcome):
     if answer == {"decision": "approve", "approver": "alice"}:
         approved = [e for e in events if e.event_type == "action.approved"][-1]
         assert approved.payload["approver"] == "alice"
+    assert kinds[-1] == "session.ended"  # the resumed run ended the session it kept
+    assert not info.active
     assert runtime.verify(info.session_id).valid
 
 
@@ -206,6 +209,178 @@ def test_parallel_calls_and_a_failing_tool(runtime):
     assert kinds.count("action.executed") == 6
     assert kinds.count("action.failed") == 1
     assert runtime.verify(info.session_id).valid
+
+
+class TestSessionLifecycle:
+    """One session per run, opened and ended from wrap_model_call: no graph node of its own."""
+
+    def test_the_graph_has_no_node_of_the_middleware(self):
+        """before_agent / after_agent would each add a node to every run; there is none."""
+        agent, _ = agent_with()
+        assert set(agent.nodes) == {"__start__", "model", "tools"}
+
+    def test_each_run_of_a_thread_is_a_session_that_ends(self, runtime):
+        """Two runs on one thread: two sessions, each ended, the state cleared between them."""
+        agent, _ = agent_with(
+            turn(call("read_file", "r1", repo="acme/app", path="A.md")),
+            AIMessage("first"),
+            turn(call("read_file", "r2", repo="acme/app", path="B.md")),
+            AIMessage("second"),
+        )
+        agent.invoke({"messages": [HumanMessage("Read A")]}, CONFIG)
+        assert agent.get_state(CONFIG).values.get("cra_session_id") is None
+        agent.invoke({"messages": [HumanMessage("Read B")]}, CONFIG)
+        first, second = runtime.sessions()
+        for info in (first, second):
+            events = types(runtime, info.session_id)
+            assert events[0] == "session.started"
+            assert events.count("action.executed") == 1
+            assert events[-1] == "session.ended"
+            assert not info.active
+
+    def test_a_run_without_tool_calls_is_a_session_too(self, runtime):
+        """A reply without tool calls at once: the session opens and ends with it."""
+        agent, _ = agent_with(AIMessage("Nothing to do."))
+        agent.invoke({"messages": [HumanMessage("Hello")]}, CONFIG)
+        info = only_session(runtime)
+        assert types(runtime, info.session_id) == ["session.started", "session.ended"]
+
+    def test_a_failed_model_call_opens_nothing(self, runtime):
+        """The session opens at the first reply: a model that fails leaves no open session."""
+
+        def fail(messages: Any) -> AIMessage:
+            raise RuntimeError("model down")
+
+        agent, _ = agent_with(fail)
+        with pytest.raises(RuntimeError, match="model down"):
+            agent.invoke({"messages": [HumanMessage("Hello")]}, CONFIG)
+        assert runtime.sessions() == []
+
+    def test_inside_a_cra_session_the_run_records_there_and_leaves_it_open(self, runtime):
+        """The caller's session is used, not ended; the next run outside it gets its own."""
+        agent, _ = agent_with(
+            turn(call("read_file", "s1", repo="acme/app", path="A.md")),
+            AIMessage("done"),
+            AIMessage("done again"),
+        )
+        with cra.session(agent_id="caller", goal="Caller's work") as active:
+            agent.invoke({"messages": [HumanMessage("Read A")]}, CONFIG)
+            assert runtime.session(active.session_id).active
+        events = types(runtime, active.session_id)
+        assert events.count("action.executed") == 1
+        assert events[-1] == "session.ended"  # ended by the caller's block
+        agent.invoke({"messages": [HumanMessage("Again")]}, CONFIG)
+        assert [s.agent_id for s in runtime.sessions()] == ["caller", "gh-agent"]
+
+    def test_a_run_that_ends_with_return_direct_tools_ends_its_session(self, runtime):
+        """No reply follows a return_direct tool: the session ends after the tool call."""
+
+        @tool(return_direct=True)
+        def read_file(repo: str, path: str) -> str:
+            """Read a file of a repository."""
+            return f"contents of {path}"
+
+        model = ScriptedChatModel(
+            script=[
+                turn(call("read_file", "d1", repo="acme/app", path="A.md")),
+                turn(call("read_file", "d2", repo="acme/app", path="B.md")),
+            ]
+        )
+        middleware = CRAMiddleware(agent_id="gh-agent", actions=ACTIONS)
+        agent: Any = create_agent(
+            model, [read_file], middleware=[middleware], checkpointer=InMemorySaver()
+        )
+        out = agent.invoke({"messages": [HumanMessage("Read A")]}, CONFIG)
+        assert out["messages"][-1].content == "contents of A.md"
+        first = only_session(runtime)
+        assert not first.active
+        assert types(runtime, first.session_id)[-1] == "session.ended"
+        # The state still names the ended session: the next run opens a new one.
+        agent.invoke({"messages": [HumanMessage("Read B")]}, CONFIG)
+        second = runtime.sessions()[-1]
+        assert second.session_id != first.session_id
+        assert types(runtime, second.session_id).count("action.executed") == 1
+        assert not second.active
+
+
+class TestRunEnd:
+    """_run_end mirrors how create_agent's edges leave the loop after a model reply."""
+
+    @staticmethod
+    def request(*tools: Any) -> Any:
+        from langchain.agents.middleware import ModelRequest
+
+        return ModelRequest(
+            model=ScriptedChatModel(script=[]),
+            messages=[],
+            system_message=None,
+            tool_choice=None,
+            tools=list(tools),
+            response_format=None,
+            state={"messages": []},
+            runtime=None,
+        )
+
+    def test_replies(self):
+        from langchain.agents.middleware import ModelResponse
+
+        from cra_agents_langchain._middleware import _run_end
+
+        @tool(return_direct=True)
+        def direct(x: str) -> str:
+            """Direct."""
+            return x
+
+        plain = self.request(read_file, direct)
+        reply = turn(call("read_file", "a"), call("direct", "b"))
+        assert _run_end(plain, ModelResponse(result=[AIMessage("bye")])) == frozenset()
+        assert _run_end(plain, ModelResponse(result=[])) == frozenset()
+        assert _run_end(plain, ModelResponse(result=[reply])) is None
+        only_direct = turn(call("direct", "b"))
+        assert _run_end(plain, ModelResponse(result=[only_direct])) == frozenset({"b"})
+        structured = ModelResponse(
+            result=[reply, ToolMessage("ok", tool_call_id="b")], structured_response={"x": 1}
+        )
+        assert _run_end(plain, structured) == frozenset({"a"})
+        answered = ModelResponse(result=[reply, ToolMessage("ok", tool_call_id="a")])
+        assert _run_end(plain, answered) is None  # back to the model (injected answers)
+
+
+class TestFrozenRequest:
+    """The request the tool gets is ToolCallRequest.override(...) with the decided arguments."""
+
+    @staticmethod
+    def request(cls: Any) -> Any:
+        return cls(
+            tool_call={"name": "read_file", "args": {"path": "A"}, "id": "f1", "type": "tool_call"},
+            tool=read_file,
+            state={"messages": [], "cra_session_id": "s"},
+            runtime=None,
+        )
+
+    def test_same_as_override(self):
+        from langchain.agents.middleware import ToolCallRequest
+
+        from cra_agents_langchain._middleware import _frozen
+
+        request = self.request(ToolCallRequest)
+        decided = {"path": "A", "repo": "r"}
+        frozen = _frozen(request, decided)
+        assert frozen == request.override(tool_call={**request.tool_call, "args": decided})
+        assert frozen.tool_call["args"] is decided
+        assert request.tool_call["args"] == {"path": "A"}  # the model's request is untouched
+
+    def test_a_subclass_takes_override(self):
+        from langchain.agents.middleware import ToolCallRequest
+
+        from cra_agents_langchain._middleware import _frozen
+
+        class Custom(ToolCallRequest):
+            pass
+
+        frozen = _frozen(self.request(Custom), {"path": "B"})
+        assert type(frozen) is Custom
+        assert frozen.tool_call["args"] == {"path": "B"}
 
 
 def test_async_invoke_and_stream(runtime):
