@@ -482,13 +482,22 @@ class TestOtherTracers:
         finally:
             cra.shutdown()
 
-    def test_an_sdk_tracer_that_ignores_the_chosen_ids_falls_back(self, caplog, seen):
+    @pytest.mark.parametrize("quirk", ["own ids", "no copies"])
+    def test_an_sdk_tracer_that_ignores_the_chosen_ids_falls_back(self, caplog, seen, quirk):
         """Should an SDK pick ids its own way, spans start on the caller from then on."""
 
         class Stubborn(Tracer):
             def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
-                self.id_generator = RandomIdGenerator()
+                if quirk == "own ids":
+                    self.id_generator = RandomIdGenerator()
                 return super().start_span(*args, **kwargs)
+
+            def __copy__(self) -> Stubborn:
+                if quirk == "no copies":
+                    raise TypeError("not copyable")
+                copied = Stubborn.__new__(Stubborn)
+                copied.__dict__.update(self.__dict__)
+                return copied
 
         class StubbornProvider(TracerProvider):
             def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:

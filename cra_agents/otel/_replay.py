@@ -166,14 +166,18 @@ class SpanReplay:
     def start(self, deferred: Deferred) -> otel_trace.Span:
         """Start the span begun by :meth:`begin` with the provider's tracer, on this thread.
 
-        Should the SDK not have used the chosen ids, the span is still returned (the tool's own
-        spans then point at a parent that was never exported), a warning is logged, and
-        :attr:`active` turns False: later spans start on the caller, the ordinary way.
+        Should the SDK not have used the chosen ids (or the tracer not let itself be copied),
+        the span is still returned (the tool's own spans then point at a parent that was never
+        exported), a warning is logged, and :attr:`active` turns False: later spans start on
+        the caller, the ordinary way.
         """
         chosen, sampling = deferred._chosen or self.choose(deferred)
-        tracer = copy.copy(self.tracer)  # a fresh copy: the provider's current resource, config
-        tracer.id_generator = _Chosen(chosen)
-        tracer.sampler = _Decided(sampling)
+        try:
+            tracer = copy.copy(self.tracer)  # fresh: the provider's current resource, config
+            tracer.id_generator = _Chosen(chosen)
+            tracer.sampler = _Decided(sampling)
+        except Exception:  # noqa: BLE001 - a tracer that will not be copied: see below
+            tracer = self.tracer  # a span all the same, with ids of its own
         span = tracer.start_span(
             deferred.name,
             context=deferred.context,
