@@ -10,8 +10,9 @@ event.
 With a tracer of the OpenTelemetry SDK, the span the caller begins is a placeholder that holds
 the parent context and the start time (its ids are chosen when first needed), and the writer
 starts the SDK span with those ids, parent and start time (see :mod:`cra_agents.otel._replay`).
-Any other tracer (API-only, no-op, a custom provider) starts its span on the caller, as the API
-asks, and the writer finishes it.
+The placeholder does not record: what a tool sets on the current span itself (rather than on
+spans of its own) is dropped. Any other tracer (API-only, no-op, a custom provider) starts its
+span on the caller, as the API asks, and the writer finishes it.
 
 Nothing here raises into the caller: failures are logged and counted in :attr:`Telemetry.stats`.
 """
