@@ -155,45 +155,42 @@ class TestCalls:
             runtime.record_outcome(auth, result=[])
 
 
+def _list_then_delete(rt: cra.Runtime) -> str:
+    """In one session: an allowed call, then a denied authorization; the session's id."""
+    with rt.session_scope("triage-bot", "Triage") as active:
+        with rt.call("list_issues", REPO) as call:
+            call.result = []
+        with pytest.raises(cra.ActionDenied):
+            rt.authorize(
+                active.session_id,
+                "github.repo.delete",
+                {"repo": "acme/app", "confirm_name": "acme/app"},
+            )
+    rt.flush()
+    return active.session_id
+
+
 class TestBestEffort:
     def test_observers_that_raise_cost_nothing(self):
         """An observer raising in every hook leaves calls, sessions and the chain intact."""
         exploding = Exploding()
         with cra.Runtime([GITHUB_OPS], store="memory://", observers=[exploding]) as rt:
-            with rt.session_scope("triage-bot", "Triage") as active:
-                with rt.call("list_issues", REPO) as call:
-                    call.result = []
-                with pytest.raises(cra.ActionDenied):
-                    rt.authorize(
-                        active.session_id,
-                        "github.repo.delete",
-                        {"repo": "acme/app", "confirm_name": "acme/app"},
-                    )
-            rt.flush()
-            assert rt.verify(active.session_id).valid
+            session_id = _list_then_delete(rt)
+            assert rt.verify(session_id).valid
             assert rt.observers.errors >= 8
             assert not rt.observers.force_flush()
 
     def test_one_observer_or_several_hear_the_same(self):
         """Alone (a short path) or beside others, one of them raising: the same hooks and states."""
 
-        def run(*observers: cra.RuntimeObserver) -> int:
+        def errors(*observers: cra.RuntimeObserver) -> int:
             with cra.Runtime([GITHUB_OPS], store="memory://", observers=observers) as rt:
-                with rt.session_scope("triage-bot", "Triage") as active:
-                    with rt.call("list_issues", REPO) as call:
-                        call.result = []
-                    with pytest.raises(cra.ActionDenied):
-                        rt.authorize(
-                            active.session_id,
-                            "github.repo.delete",
-                            {"repo": "acme/app", "confirm_name": "acme/app"},
-                        )
-                rt.flush()
+                _list_then_delete(rt)
                 return rt.observers.errors
 
         alone, first, second = Recorder(), Recorder(), Recorder()
-        assert run(alone) == 0
-        assert run(first, Exploding(), second) >= 8
+        assert errors(alone) == 0
+        assert errors(first, Exploding(), second) >= 8
         heard = sorted(hook for hook, _, _ in alone.seen)
         for recorder in (first, second):
             assert sorted(hook for hook, _, _ in recorder.seen) == heard

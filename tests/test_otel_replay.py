@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,25 +68,42 @@ def _wait_for(exporter: InMemorySpanExporter, count: int, timeout: float = 5.0) 
         time.sleep(0.01)
 
 
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(exporter: InMemorySpanExporter) -> TracerProvider:
-    provider = TracerProvider()
+def _sdk(provider: TracerProvider) -> tuple[TracerProvider, InMemorySpanExporter]:
+    """``provider`` exporting to memory, as each span ends."""
+    exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider
+    return provider, exporter
 
 
 @pytest.fixture
-def runtime(provider: TracerProvider) -> Iterator[cra.Runtime]:
-    runtime = cra.configure(
-        atlases=[GITHUB_OPS], store="memory://", otel=provider, approvals="auto_deny"
-    )
-    yield runtime
+def configure() -> Iterator[Callable[[Any], cra.Runtime]]:
+    """``cra.configure(otel=...)`` with the example atlas, shut down after the test."""
+
+    def configured(otel: Any) -> cra.Runtime:
+        return cra.configure(atlases=[GITHUB_OPS], store="memory://", otel=otel)
+
+    yield configured
     cra.shutdown()
+
+
+@pytest.fixture
+def sdk() -> tuple[TracerProvider, InMemorySpanExporter]:
+    return _sdk(TracerProvider())
+
+
+@pytest.fixture
+def provider(sdk: tuple[TracerProvider, InMemorySpanExporter]) -> TracerProvider:
+    return sdk[0]
+
+
+@pytest.fixture
+def exporter(sdk: tuple[TracerProvider, InMemorySpanExporter]) -> InMemorySpanExporter:
+    return sdk[1]
+
+
+@pytest.fixture
+def runtime(configure: Callable[[Any], cra.Runtime], provider: TracerProvider) -> cra.Runtime:
+    return configure(provider)
 
 
 class Seen:
@@ -101,10 +118,32 @@ class Seen:
         self.recording.append(span.is_recording())
         self.contexts.append(span.get_span_context())
 
+    def reader(self, then: Callable[[], object] = lambda: None) -> Callable[[str, str], str]:
+        """A guarded ``github.file.read`` tool that notes its current span, then runs ``then``."""
+
+        @cra.guarded("github.file.read")
+        def read_file(repo: str, path: str) -> str:
+            self.note()
+            then()
+            return path
+
+        return read_file
+
 
 @pytest.fixture
 def seen() -> Seen:
     return Seen()
+
+
+def _read_in_a_session(read_file: Callable[[str, str], str], *paths: str) -> None:
+    """Each path read in one ``cra.session``; then the trace and the spans are written."""
+    with cra.session(agent_id="bot", goal="Read"):
+        for path in paths:
+            read_file("acme/app", path)
+    runtime = cra.get_runtime()
+    runtime.flush()
+    assert runtime.telemetry is not None
+    assert runtime.telemetry.stats.errors == 0
 
 
 class TestCallerThread:
@@ -118,12 +157,7 @@ class TestCallerThread:
             return start_span(self, name, *args, **kwargs)
 
         monkeypatch.setattr(Tracer, "start_span", counting)
-
-        @cra.guarded("github.file.read")
-        def read_file(repo: str, path: str) -> str:
-            seen.note()
-            return path
-
+        read_file = seen.reader()
         with cra.session(agent_id="bot", goal="Read"):
             for index in range(3):
                 read_file("acme/app", f"{index}.md")
@@ -148,16 +182,14 @@ class TestCallerThread:
         """The tool's spans are children of the exported call span, itself the session's child."""
         tool_tracer = provider.get_tracer("the-tool")
 
-        @cra.guarded("github.file.read")
-        def read_file(repo: str, path: str) -> str:
-            seen.note()
+        def fetch() -> None:
             with (
                 tool_tracer.start_as_current_span("GET /contents"),
                 tool_tracer.start_as_current_span("parse"),
             ):
                 pass
-            return path
 
+        read_file = seen.reader(fetch)
         app_tracer = provider.get_tracer("the-app")
         with app_tracer.start_as_current_span("request") as request:
             with cra.session(agent_id="bot", goal="Read"):
@@ -189,8 +221,7 @@ class TestCallerThread:
         contexts: list[SpanContext] = []
         ready = threading.Barrier(8)
 
-        @cra.guarded("github.file.read")
-        def read_file(repo: str, path: str) -> str:
+        def ask_from_threads() -> None:
             span = trace.get_current_span()
 
             def ask() -> None:
@@ -202,11 +233,8 @@ class TestCallerThread:
                 worker.start()
             for worker in workers:
                 worker.join()
-            return path
 
-        with cra.session(agent_id="bot", goal="Read"):
-            read_file("acme/app", "README.md")
-        runtime.flush()
+        _read_in_a_session(Seen().reader(ask_from_threads), "README.md")
         call = _by_name(exporter)["execute_tool read_file"]
         assert {c.span_id for c in contexts} == {call.context.span_id}
 
@@ -342,26 +370,12 @@ class RecordingSampler(Sampler):
 
 
 class TestSampling:
-    def test_a_sampler_is_asked_once_per_span_with_the_callers_parent(self, seen):
+    def test_a_sampler_is_asked_once_per_span_with_the_callers_parent(self, configure, seen):
         """The provider's sampler decides; its attributes and trace state reach the span."""
-        exporter = InMemorySpanExporter()
         sampler = RecordingSampler()
-        provider = TracerProvider(sampler=sampler)
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        runtime = cra.configure(atlases=[GITHUB_OPS], store="memory://", otel=provider)
-
-        @cra.guarded("github.file.read")
-        def read_file(repo: str, path: str) -> str:
-            seen.note()
-            return path
-
-        try:
-            with cra.session(agent_id="bot", goal="Read"):
-                read_file("acme/app", "a.md")
-                read_file("acme/app", "b.md")
-            runtime.flush()
-        finally:
-            cra.shutdown()
+        provider, exporter = _sdk(TracerProvider(sampler=sampler))
+        configure(provider)
+        _read_in_a_session(seen.reader(), "a.md", "b.md")
         spans = exporter.get_finished_spans()
         session = next(s for s in spans if s.name == "invoke_agent bot")
         # The first call's context is chosen when the tool asks; its parent's just before.
@@ -376,41 +390,27 @@ class TestSampling:
         assert session.attributes is not None and session.attributes[sc.CRA_AGENT_ID] == "bot"
         assert [c.trace_state for c in seen.contexts] == [TraceState([("cra", "1")])] * 2
 
-    def test_spans_sampled_out_are_not_exported_and_their_children_neither(self, seen):
+    def test_spans_sampled_out_are_not_exported_and_their_children_neither(self, configure, seen):
         """ALWAYS_OFF: the tool runs under an unsampled context; nothing is exported."""
-        exporter = InMemorySpanExporter()
-        provider = TracerProvider(sampler=ALWAYS_OFF)
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        runtime = cra.configure(atlases=[GITHUB_OPS], store="memory://", otel=provider)
+        provider, exporter = _sdk(TracerProvider(sampler=ALWAYS_OFF))
+        configure(provider)
         tool_tracer = provider.get_tracer("the-tool")
         children: list[bool] = []
 
-        @cra.guarded("github.file.read")
-        def read_file(repo: str, path: str) -> str:
-            seen.note()
+        def fetch() -> None:
             with tool_tracer.start_as_current_span("GET") as child:
                 children.append(child.is_recording())
-            return path
 
-        try:
-            with cra.session(agent_id="bot", goal="Read"):
-                read_file("acme/app", "a.md")
-            runtime.flush()
-            assert runtime.telemetry is not None
-            assert runtime.telemetry.stats.errors == 0
-        finally:
-            cra.shutdown()
+        _read_in_a_session(seen.reader(fetch), "a.md")
         assert exporter.get_finished_spans() == ()
         assert children == [False]
         assert [(c.is_valid, c.trace_flags.sampled) for c in seen.contexts] == [(True, False)]
 
 
 class TestOtherTracers:
-    def test_a_custom_provider_starts_spans_on_the_caller(self, seen):
+    def test_a_custom_provider_starts_spans_on_the_caller(self, configure, seen):
         """A provider that is not the SDK's: today's path, spans started on the caller."""
-        exporter = InMemorySpanExporter()
-        inner = TracerProvider()
-        inner.add_span_processor(SimpleSpanProcessor(exporter))
+        inner, exporter = _sdk(TracerProvider())
         started: list[str] = []
 
         class Wrapped:
@@ -425,22 +425,8 @@ class TestOtherTracers:
             def get_tracer(self, name: str, *args: Any, **kwargs: Any) -> Any:
                 return Wrapped(inner.get_tracer(name, *args, **kwargs))
 
-        custom: Any = Provider()
-        runtime = cra.configure(atlases=[GITHUB_OPS], store="memory://", otel=custom)
-
-        @cra.guarded("github.file.read")
-        def read_file(repo: str, path: str) -> str:
-            seen.note()
-            return path
-
-        try:
-            with cra.session(agent_id="bot", goal="Read"):
-                read_file("acme/app", "a.md")
-            runtime.flush()
-            assert runtime.telemetry is not None
-            assert runtime.telemetry.stats.errors == 0
-        finally:
-            cra.shutdown()
+        configure(Provider())
+        _read_in_a_session(seen.reader(), "a.md")
         assert started == [threading.current_thread().name] * 2
         assert seen.recording == [True]
         by_name = _by_name(exporter)
@@ -450,7 +436,7 @@ class TestOtherTracers:
         assert call.parent.span_id == by_name["invoke_agent bot"].context.span_id
         assert call.attributes is not None and call.attributes[sc.CRA_OUTCOME] == "executed"
 
-    def test_api_only_and_no_op_providers(self):
+    def test_api_only_and_no_op_providers(self, configure, seen):
         """The API's no-op provider: calls run, nothing fails, the SDK is never imported."""
         code = (
             "import sys\n"
@@ -464,26 +450,16 @@ class TestOtherTracers:
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert (out.returncode, out.stdout.strip()) == (0, "False"), out.stderr
-        runtime = cra.configure(
-            atlases=[GITHUB_OPS], store="memory://", otel=trace.NoOpTracerProvider()
-        )
-
-        @cra.guarded("github.file.read")
-        def read_file(repo: str, path: str) -> str:
-            return path
-
-        try:
-            with cra.session(agent_id="bot", goal="Read"):
-                assert read_file("acme/app", "a.md") == "a.md"
-            runtime.flush()
-            assert runtime.telemetry is not None
-            assert runtime.telemetry.stats.errors == 0
-            assert runtime.telemetry.stats.spans_ended == 2
-        finally:
-            cra.shutdown()
+        runtime = configure(trace.NoOpTracerProvider())
+        _read_in_a_session(seen.reader(), "a.md")
+        assert seen.contexts == [trace.INVALID_SPAN_CONTEXT]
+        assert runtime.telemetry is not None
+        assert runtime.telemetry.stats.spans_ended == 2
 
     @pytest.mark.parametrize("quirk", ["own ids", "no copies"])
-    def test_an_sdk_tracer_that_ignores_the_chosen_ids_falls_back(self, caplog, seen, quirk):
+    def test_an_sdk_tracer_that_ignores_the_chosen_ids_falls_back(
+        self, configure, caplog, seen, quirk
+    ):
         """Should an SDK pick ids its own way, spans start on the caller from then on."""
 
         class Stubborn(Tracer):
@@ -505,26 +481,16 @@ class TestOtherTracers:
                 tracer.__class__ = Stubborn
                 return tracer
 
-        exporter = InMemorySpanExporter()
-        provider = StubbornProvider()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        runtime = cra.configure(atlases=[GITHUB_OPS], store="memory://", otel=provider)
-
-        @cra.guarded("github.file.read")
-        def read_file(repo: str, path: str) -> str:
-            seen.note()
-            return path
-
-        try:
-            with cra.session(agent_id="bot", goal="Read"):
-                read_file("acme/app", "a.md")
-                runtime.flush()  # the writer finds the SDK did not keep the ids
-                read_file("acme/app", "b.md")
-            runtime.flush()
-            assert runtime.telemetry is not None
-            assert runtime.telemetry.stats.errors == 0
-        finally:
-            cra.shutdown()
+        provider, exporter = _sdk(StubbornProvider())
+        runtime = configure(provider)
+        read_file = seen.reader()
+        with cra.session(agent_id="bot", goal="Read"):
+            read_file("acme/app", "a.md")
+            runtime.flush()  # the writer finds the SDK did not keep the ids
+            read_file("acme/app", "b.md")
+        runtime.flush()
+        assert runtime.telemetry is not None
+        assert runtime.telemetry.stats.errors == 0
         assert "did not start 'execute_tool read_file' with the ids chosen" in caplog.text
         assert seen.recording == [False, True]
         calls = [s for s in exporter.get_finished_spans() if s.name == "execute_tool read_file"]
@@ -532,36 +498,18 @@ class TestOtherTracers:
         assert calls[1].context.span_id == seen.contexts[1].span_id
         assert all(s.attributes and s.attributes[sc.CRA_OUTCOME] == "executed" for s in calls)
 
-    def test_a_disabled_tracer_starts_no_span(self, seen):
+    def test_a_disabled_tracer_starts_no_span(self, configure, seen):
         """A tracer turned off by the SDK's tracer configurator: no span, the parent stays."""
         from opentelemetry.sdk import trace as sdk_trace
 
         config = getattr(sdk_trace, "_TracerConfig", None)
-        provider = TracerProvider()
-        configure = getattr(provider, "_set_tracer_configurator", None)
-        if config is None or configure is None:
+        provider, exporter = _sdk(TracerProvider())
+        configurator = getattr(provider, "_set_tracer_configurator", None)
+        if config is None or configurator is None:
             pytest.skip("this SDK has no tracer configurator")
-        exporter = InMemorySpanExporter()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        configure(tracer_configurator=lambda scope: config(is_enabled=scope.name != "cra_agents"))
-        runtime = cra.configure(atlases=[GITHUB_OPS], store="memory://", otel=provider)
-
-        @cra.guarded("github.file.read")
-        def read_file(repo: str, path: str) -> str:
-            seen.note()
-            return path
-
-        try:
-            app = provider.get_tracer("the-app")
-            with (
-                app.start_as_current_span("request") as request,
-                cra.session(agent_id="bot", goal="Read"),
-            ):
-                read_file("acme/app", "a.md")
-            runtime.flush()
-            assert runtime.telemetry is not None
-            assert runtime.telemetry.stats.errors == 0
-        finally:
-            cra.shutdown()
+        configurator(tracer_configurator=lambda scope: config(scope.name != "cra_agents"))
+        configure(provider)
+        with provider.get_tracer("the-app").start_as_current_span("request") as request:
+            _read_in_a_session(seen.reader(), "a.md")
         assert [s.name for s in exporter.get_finished_spans()] == ["request"]
         assert seen.contexts == [request.get_span_context()]
