@@ -258,8 +258,9 @@ def _span_replay(tracer: Any) -> SpanReplay | None:
     Only when the SDK is already imported: a provider of the SDK cannot exist otherwise, and
     telemetry for an API-only application must not import it.
     """
-    if "opentelemetry.sdk.trace" not in sys.modules:
+    sdk = sys.modules.get("opentelemetry.sdk.trace")
+    if sdk is None or not isinstance(tracer, sdk.Tracer):
         return None
-    from cra_agents.otel._replay import span_replay
+    from cra_agents.otel._replay import SpanReplay
 
-    return span_replay(tracer)
+    return SpanReplay(tracer)

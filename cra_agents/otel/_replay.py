@@ -41,7 +41,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, T
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
-__all__ = ["Deferred", "SpanReplay", "span_replay"]
+__all__ = ["Deferred", "SpanReplay"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,8 +237,3 @@ class _Decided(Sampler):
 
     def get_description(self) -> str:
         return "decided on the caller"
-
-
-def span_replay(tracer: Any) -> SpanReplay | None:
-    """A :class:`SpanReplay` for an SDK tracer, None for any other (API-only, no-op, custom)."""
-    return SpanReplay(tracer) if isinstance(tracer, Tracer) else None
