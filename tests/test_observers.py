@@ -155,24 +155,50 @@ class TestCalls:
             runtime.record_outcome(auth, result=[])
 
 
+def _list_then_delete(rt: cra.Runtime) -> str:
+    """In one session: an allowed call, then a denied authorization; the session's id."""
+    with rt.session_scope("triage-bot", "Triage") as active:
+        with rt.call("list_issues", REPO) as call:
+            call.result = []
+        with pytest.raises(cra.ActionDenied):
+            rt.authorize(
+                active.session_id,
+                "github.repo.delete",
+                {"repo": "acme/app", "confirm_name": "acme/app"},
+            )
+    rt.flush()
+    return active.session_id
+
+
 class TestBestEffort:
     def test_observers_that_raise_cost_nothing(self):
         """An observer raising in every hook leaves calls, sessions and the chain intact."""
         exploding = Exploding()
         with cra.Runtime([GITHUB_OPS], store="memory://", observers=[exploding]) as rt:
-            with rt.session_scope("triage-bot", "Triage") as active:
-                with rt.call("list_issues", REPO) as call:
-                    call.result = []
-                with pytest.raises(cra.ActionDenied):
-                    rt.authorize(
-                        active.session_id,
-                        "github.repo.delete",
-                        {"repo": "acme/app", "confirm_name": "acme/app"},
-                    )
-            rt.flush()
-            assert rt.verify(active.session_id).valid
+            session_id = _list_then_delete(rt)
+            assert rt.verify(session_id).valid
             assert rt.observers.errors >= 8
             assert not rt.observers.force_flush()
+
+    def test_one_observer_or_several_hear_the_same(self):
+        """Alone (a short path) or beside others, one of them raising: the same hooks and states."""
+
+        def errors(*observers: cra.RuntimeObserver) -> int:
+            with cra.Runtime([GITHUB_OPS], store="memory://", observers=observers) as rt:
+                _list_then_delete(rt)
+                return rt.observers.errors
+
+        alone, first, second = Recorder(), Recorder(), Recorder()
+        assert errors(alone) == 0
+        assert errors(first, Exploding(), second) >= 8
+        heard = sorted(hook for hook, _, _ in alone.seen)
+        for recorder in (first, second):
+            assert sorted(hook for hook, _, _ in recorder.seen) == heard
+            ends = [detail for _, detail in recorder.hooks("call_end")]
+            starts = [detail for _, detail in recorder.hooks("activate")]
+            assert [outcome for _, outcome in ends] == ["executed", "denied"]
+            assert ends[0][0] in starts  # the state its own call_start returned
+        assert first.hooks("call_end") == second.hooks("call_end")
 
     def test_otel_is_an_observer_built_by_name(self):
         """otel= builds the OpenTelemetry observer without the runtime importing it."""

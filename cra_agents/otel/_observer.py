@@ -1,16 +1,26 @@
 """Live spans: the OpenTelemetry observer of the runtime.
 
 The runtime calls it at the moments of :mod:`cra_agents.runtime._observers`. On the caller's
-thread it only starts a span (the current context is its parent) and makes it current while the
-tool runs, so the tool's own spans nest under it; every attribute is set on the trace writer's
-thread, from the call's stored events, by :func:`~cra_agents.otel.call_attributes` — the same
-function the offline export uses — and the span ends at the timestamp of its last event.
+thread it only begins a span (the current context's span is its parent) and makes it current
+while the tool runs, so the tool's own spans nest under it. Every attribute is set on the trace
+writer's thread, once the call's events are stored, by :func:`~cra_agents.otel.call_attributes`
+— the same function the offline export uses — and the span ends at the timestamp of its last
+event.
+
+With a tracer of the OpenTelemetry SDK, the span the caller begins is a placeholder that holds
+the parent context and the start time (its ids are chosen when first needed), and the writer
+starts the SDK span with those ids, parent and start time (see :mod:`cra_agents.otel._replay`).
+The placeholder does not record: what a tool sets on the current span itself (rather than on
+spans of its own) is dropped. Any other tracer (API-only, no-op, a custom provider) starts its
+span on the caller, as the API asks, and the writer finishes it.
+
 Nothing here raises into the caller: failures are logged and counted in :attr:`Telemetry.stats`.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +42,7 @@ from cra_agents.runtime import Observer
 from cra_agents.trace import fold_calls
 
 if TYPE_CHECKING:
+    from cra_agents.otel._replay import SpanReplay
     from cra_agents.protocol import TraceEvent
     from cra_agents.runtime import Call, SessionInfo
 
@@ -75,25 +86,38 @@ class Telemetry(Observer):
         self._processor = owned_processor
         self._shutdown_timeout = shutdown_timeout
         self._lock = threading.Lock()
+        #: Begins SDK spans on the caller, starts them on the writer (None: not an SDK tracer).
+        self._replay = _span_replay(self.tracer)
 
     def _failed(self, what: str) -> None:
         self.stats.errors += 1
         # Called from exception handlers only.
         logger.warning("telemetry: %s failed (ignored)", what, exc_info=True)  # noqa: LOG014
 
+    def _begin(self, name: str, attributes: dict[str, Any] | None = None) -> Any:
+        """A span begun here and made by the writer (SDK), or started here (other tracers)."""
+        replay = self._replay
+        if replay is not None:
+            deferred = replay.begin(name, attributes)
+            if deferred is not None:
+                return deferred
+        return self.tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+
+    def _span(self, state: Any) -> Any:
+        """The span to finish (a span begun by :meth:`_begin` for the SDK is started now)."""
+        return self._replay.span(state) if self._replay is not None else state
+
     # -- sessions ---------------------------------------------------------------------------
 
     def on_session_start(self, session: SessionInfo) -> Any:
-        """Start the ``invoke_agent`` span (current context as parent)."""
+        """Begin the ``invoke_agent`` span (current context as parent)."""
         try:
             attributes, _ = session_attributes(
                 session.session_id, session.agent_id, session.trace_id, shadow=session.shadow
             )
-            span = self.tracer.start_span(
-                f"invoke_agent {session.agent_id}", kind=SpanKind.INTERNAL, attributes=attributes
-            )
+            state = self._begin(f"invoke_agent {session.agent_id}", attributes)
             self.stats.spans_started += 1
-            return span
+            return state
         except Exception:  # noqa: BLE001 - telemetry never raises into the host
             self._failed("starting a session span")
             return None
@@ -119,21 +143,22 @@ class Telemetry(Observer):
             )
             if event is None:
                 attributes["cra.trace.unavailable"] = True
-            state.set_attributes(attributes)
+            span = self._span(state)
+            span.set_attributes(attributes)
             if status is not None:
-                state.set_status(Status(StatusCode.ERROR, status))
-            self._end(state, event)
+                span.set_status(Status(StatusCode.ERROR, status))
+            self._end(span, event)
         except Exception:  # noqa: BLE001 - telemetry never raises into the host
             self._failed("ending a session span")
 
     # -- calls ------------------------------------------------------------------------------
 
     def on_call_start(self, call: Call) -> Any:
-        """Start the ``execute_tool`` span (current context: the session's span or the app's)."""
+        """Begin the ``execute_tool`` span (current context: the session's span or the app's)."""
         try:
-            span = self.tracer.start_span(tool_span_name(call.tool), kind=SpanKind.INTERNAL)
+            state = self._begin(tool_span_name(call.tool))
             self.stats.spans_started += 1
-            return span
+            return state
         except Exception:  # noqa: BLE001 - telemetry never raises into the host
             self._failed("starting a tool span")
             return None
@@ -162,6 +187,10 @@ class Telemetry(Observer):
         if state is None:
             return
         try:
+            span = self._span(state)
+            if not span.is_recording():  # not sampled: nothing to fill in
+                self._end(span, None)
+                return
             records = fold_calls(events) if events else []
             record = next((r for r in records if r.execution_id == call.execution_id), None)
             facts = CallFacts(
@@ -178,10 +207,10 @@ class Telemetry(Observer):
                 content=(call.arguments, call.result) if self.capture_content else None,
             )
             attributes, status = call_attributes(record, facts)
-            state.set_attributes(attributes)
+            span.set_attributes(attributes)
             if status is not None:
-                state.set_status(Status(StatusCode.ERROR, status[:500]))
-            self._end(state, events[-1] if events else None)
+                span.set_status(Status(StatusCode.ERROR, status[:500]))
+            self._end(span, events[-1] if events else None)
         except Exception:  # noqa: BLE001 - telemetry never raises into the host
             self._failed("ending a tool span")
 
@@ -221,3 +250,17 @@ class Telemetry(Observer):
             processor.shutdown()
         except Exception:  # noqa: BLE001 - telemetry never raises into the host
             self._failed("shutting down the span exporter")
+
+
+def _span_replay(tracer: Any) -> SpanReplay | None:
+    """Spans made on the writer for an SDK tracer; None for others (API-only, no-op, custom).
+
+    Only when the SDK is already imported: a provider of the SDK cannot exist otherwise, and
+    telemetry for an API-only application must not import it.
+    """
+    sdk = sys.modules.get("opentelemetry.sdk.trace")
+    if sdk is None or not isinstance(tracer, sdk.Tracer):
+        return None
+    from cra_agents.otel._replay import SpanReplay
+
+    return SpanReplay(tracer)
