@@ -415,3 +415,38 @@ def test_a_writer_process_that_cannot_start_is_a_configuration_error(tmp_path, m
     with pytest.raises(cra.ConfigurationError, match="writer='thread'") as info:
         cra.Runtime([GITHUB_OPS], store=f"jsonl://{tmp_path}/j", writer="process")
     assert info.value.details["reason"] == "writer_process_unavailable"
+
+
+def test_a_forked_child_does_not_write_through_its_parents_writer(tmp_path):
+    """After os.fork the copy of the runtime in the child refuses to record (fail closed),
+    and the parent's writer keeps a clean stream."""
+    runtime = cra.Runtime([GITHUB_OPS], store=f"jsonl://{tmp_path}/j", writer="process")
+    session_id = runtime.create_session("bot", "Read files").session_id
+    _call(runtime, session_id, "before.py")
+    runtime.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked child reports through the pipe
+        outcome = b"ran"
+        try:
+            _call(runtime, session_id, "child.py")
+            runtime.flush()
+            runtime._collector.check()
+        except cra.TraceUnavailableError:
+            outcome = b"refused"
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            outcome = repr(exc).encode()
+        os.write(write_end, outcome)
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as reader:
+        outcome = reader.read()
+    assert outcome == b"refused"
+    _call(runtime, session_id, "after.py")  # the parent records on
+    runtime.close()
+    store = open_store(f"jsonl://{tmp_path}/j")
+    events = store.read(session_id)
+    store.close()
+    assert verify_chain(events).valid
+    assert sum(e.event_type == "action.executed" for e in events) == 2

@@ -121,6 +121,7 @@ class WriterProcess:
         on_exit: Callable[[BaseException], None],
     ) -> None:
         self.url = url
+        self._owner = os.getpid()  # a forked copy of this object must not write to the pipe
         self._on_ack = on_ack
         self._on_exit = on_exit
         self._closing = False
@@ -164,6 +165,13 @@ class WriterProcess:
         Raises:
             OSError: the child is gone (``BrokenPipeError``) or the pipe is closed.
         """
+        if os.getpid() != self._owner:
+            # Two processes writing one pipe would interleave their frames: a forked child
+            # records nothing through its parent's writer (it fails closed instead).
+            raise BrokenPipeError(
+                "this process was forked from the one that started the trace writer process; "
+                "configure a runtime in this process to record here"
+            )
         data = _frame(list(records))
         with self._send_lock:
             if self._stdin.closed:
