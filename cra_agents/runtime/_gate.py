@@ -611,28 +611,29 @@ class Gate:
 
     def _evaluated(self, call: Call, decision: PolicyDecision) -> bytes:
         """``policy.evaluated``: the same bytes for every call of one action and decision."""
-        key = ("evaluated", decision.policy_id, decision.result, call.action_id, call.shadow)
+        policy_id, result, action_id = decision.policy_id, decision.result, call.action_id
+        key = (policy_id, result, action_id, call.shadow)
         found = self._constants.get(key)
         if found is None:
             if len(self._constants) >= _TEMPLATES_MAX:
                 self._constants.clear()
             found = self._constants[key] = canonical_json(
-                ev.policy_evaluated(*key[1:4], shadow=call.shadow)
+                ev.policy_evaluated(policy_id, result, action_id, shadow=call.shadow)
             )
         return found
 
     def _requested(self, call: Call) -> bytes:
         """``action.requested``, from the template for the call's action and optional fields."""
         resolution_id, tool_call_id = call.resolution_id, call.tool_call_id
-        risk = call.stated_risk if call.stated_risk != "low" else None
         names = _REQUESTED_OPEN[resolution_id is not None, tool_call_id is not None]
+        # Which stated tiers the payload records is the builder's rule: the key is the raw tier.
         template = self._template(
-            ("requested", call.action_id, names, risk, call.shadow),
+            ("requested", call.action_id, names, call.stated_risk, call.shadow),
             ev.action_requested,
             names,
             lambda: {
                 "action_id": call.action_id,
-                "risk_tier": risk,
+                "risk_tier": call.stated_risk,
                 "shadow": call.shadow,
                 **({} if resolution_id is not None else {"resolution_id": None}),
                 **({} if tool_call_id is not None else {"tool_call_id": None}),

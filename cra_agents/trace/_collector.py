@@ -292,7 +292,7 @@ class TraceCollector:
                 chain.abandon()
             return
         if self._process is not None:
-            self._ship(chains)
+            self._ship(self._process, chains)
             return
         flushed = []
         try:
@@ -322,7 +322,7 @@ class TraceCollector:
         for chain, events in flushed:
             chain.notify(events)
 
-    def _ship(self, chains: list[SessionChain]) -> None:
+    def _ship(self, process: WriterProcess, chains: list[SessionChain]) -> None:
         """Encode ``chains``' queued events and send them to the writer process."""
         records: list[Record] = []
         size = 0
@@ -335,19 +335,16 @@ class TraceCollector:
                     records.append((chain.session_id, chain.trace_id, chain.watched, queued))
                     size += sum(len(batch) for _, _, batch in queued)
                     if size >= 4 * _CHUNK:
-                        self._send(records)
+                        self._send(process, records)
                         records, size = [], 0
             if records:
-                self._send(records)
+                self._send(process, records)
         except Exception as exc:  # noqa: BLE001 - a writer that cannot be fed fails closed
             self._fail(exc)
             for chain in chains:
                 chain.abandon()
 
-    def _send(self, records: list[Record]) -> None:
-        process = self._process
-        if process is None:  # pragma: no cover - only called with a writer process
-            raise RuntimeError("no writer process")
+    def _send(self, process: WriterProcess, records: list[Record]) -> None:
         with self._cond:
             self._shipped += 1
         process.send(records)

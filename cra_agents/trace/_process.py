@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cra_agents._exceptions import ConfigurationError
+from cra_agents.protocol import GENESIS_HASH
+from cra_agents.trace._chain import seal
+from cra_agents.trace._store import open_store
 
 __all__ = ["WriterProcess", "main"]
 
@@ -239,12 +242,7 @@ class _Sealed:
 
 
 def _serve(url: str, durable: bool, parent: int, inp: int, out: int) -> None:
-    from cra_agents.trace._chain import seal
-    from cra_agents.trace._store import open_store
-
     store = open_store(url, durable=durable)
-    from cra_agents.protocol import GENESIS_HASH
-
     # session id -> [head hash, root span id]; dropped once the session's end is written.
     heads: dict[str, list[Any]] = {}
     frames = _Frames(inp)
