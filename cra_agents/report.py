@@ -140,6 +140,12 @@ class ToolCall:
     decided_at: str | None = None
     resolution_id: str | None = None
     approval_reason: str | None = None
+    #: When a person was asked (``approval.requested``), for calls that waited outside.
+    approval_requested_at: str | None = None
+    #: How long the person took to answer (ms), when both moments are recorded.
+    approval_wait_ms: float | None = None
+    #: The approver edited the arguments before the call ran.
+    edited: bool = False
 
     @property
     def status(self) -> Status:
@@ -186,8 +192,12 @@ class Timeline:
 
     @property
     def approvals(self) -> list[ToolCall]:
-        """Calls a person (or approval handler) approved."""
-        return [call for call in self.calls if call.decision == "approved"]
+        """Calls a person (or approval handler) approved, or was asked about."""
+        return [
+            call
+            for call in self.calls
+            if call.decision == "approved" or call.approval_requested_at is not None
+        ]
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -296,6 +306,15 @@ def notable_calls(calls: Sequence[ToolCall], limit: int) -> list[ToolCall]:
     return out
 
 
+def _answer(call: ToolCall) -> str:
+    """What the person answered, in a word (the approvals table)."""
+    if call.decision == "pending":
+        return "waiting"
+    if call.decision == "denied":
+        return "refused"
+    return "edited" if call.edited else "approved"
+
+
 # -- building a timeline -------------------------------------------------------------------
 
 
@@ -327,6 +346,7 @@ def _tool_call(call: CallRecord) -> ToolCall:
         if start is not None and end is not None:
             duration = max(end - start, 0) / 1e6
     approved = decided == "allow"
+    asked = call.asked is not None
     return ToolCall(
         execution_id=call.execution_id or None,
         action_id=call.action_id or "?",
@@ -334,7 +354,7 @@ def _tool_call(call: CallRecord) -> ToolCall:
         outcome=outcome,
         policy_id=call.policy_id,
         reason=call.reason,
-        approver=call.approver if approved else None,
+        approver=call.approver if approved or asked else None,
         started_at=started_at,
         ended_at=ended_at,
         duration_ms=duration,
@@ -344,7 +364,10 @@ def _tool_call(call: CallRecord) -> ToolCall:
         shadow=call.shadow,
         decided_at=_text_at(call.decided),
         resolution_id=call.resolution_id,
-        approval_reason=call.approval_reason if approved else None,
+        approval_reason=call.approval_reason if approved or asked else None,
+        approval_requested_at=_text_at(call.asked),
+        approval_wait_ms=call.approval_wait_ms,
+        edited=call.edited,
     )
 
 
@@ -1110,14 +1133,18 @@ class _Report:
         rows = "".join(
             f'<tr data-sequence="{call.sequence}"><td>{_e(call.approver or "—")}</td>'
             f"<td><code>{_e(call.action_id)}</code></td>"
+            f"<td>{_e(_answer(call))}</td>"
             f"<td><code>{_e(call.policy_id or '—')}</code></td>"
-            f"<td>{_when(call.decided_at)}</td>"
+            f"<td>{_when(call.approval_requested_at) if call.approval_requested_at else '—'}</td>"
+            f"<td>{_when(call.decided_at) if call.decided_at else '—'}</td>"
+            f'<td class="num">{_e(_fmt_ms(call.approval_wait_ms))}</td>'
             f"<td>{_e(call.approval_reason or '')}</td></tr>"
             for call in approved
         )
         return (
             '<section id="approvals"><h2>Approvals</h2><div class="scroll"><table>'
-            "<thead><tr><th>Approver</th><th>Action</th><th>Policy</th><th>Approved at</th>"
+            "<thead><tr><th>Approver</th><th>Action</th><th>Answer</th><th>Policy</th>"
+            "<th>Asked at</th><th>Answered at</th><th>Waited</th>"
             f"<th>Note</th></tr></thead><tbody>{rows}</tbody></table></div></section>"
         )
 

@@ -193,6 +193,19 @@ def _call_line(call: Any, out: Output) -> str:
         parts.append(f"[dim]{_esc(call.policy_id)}[/]")
     if call.reason and decision in ("denied", "approved"):
         parts.append(f"— {_esc(call.reason)}")
+    if call.approval_requested_at is not None:
+        # A person was asked outside the call (a LangGraph interrupt): who, what, how long.
+        if decision == "pending":
+            parts.append(f"[dim]waiting for a person since {_esc(call.approval_requested_at)}[/]")
+        else:
+            if decision == "denied" and call.approver:
+                parts.append(f"by {_esc(call.approver)}")
+            if call.edited:
+                parts.append("(arguments edited)")
+            if call.approval_wait_ms is not None:
+                parts.append(f"[dim]after {call.approval_wait_ms / 1000:.1f} s[/]")
+        if call.approval_reason:
+            parts.append(f"«{_esc(call.approval_reason)}»")
     if call.outcome:
         duration = f" {call.duration_ms:g} ms" if call.duration_ms is not None else ""
         parts.append("→ " + out.styled(call.outcome, f"{call.outcome}{duration}"))

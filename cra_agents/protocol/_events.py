@@ -20,6 +20,7 @@ __all__ = [
     "ACTION_EXECUTED",
     "ACTION_FAILED",
     "ACTION_REQUESTED",
+    "APPROVAL_REQUESTED",
     "CONTEXT_INJECTED",
     "CONTEXT_REDACTED",
     "DECISION_EVENTS",
@@ -38,6 +39,7 @@ __all__ = [
     "action_executed",
     "action_failed",
     "action_requested",
+    "approval_requested",
     "context_injected",
     "policy_evaluated",
     "policy_violated",
@@ -62,6 +64,11 @@ POLICY_VIOLATED: Final = "policy.violated"
 CONTEXT_INJECTED: Final = "context.injected"
 CONTEXT_REDACTED: Final = "context.redacted"
 ERROR_OCCURRED: Final = "error.occurred"
+#: Our extension (not in the upstream enum): a person was asked about a call that waits for
+#: the answer outside the call (a LangGraph interrupt). The decision follows, later, as the
+#: call's ``action.approved`` / ``action.denied`` with the approver; the time between the two
+#: is the time the person took.
+APPROVAL_REQUESTED: Final = "approval.requested"
 
 #: The events that decide a call (the span of a call links the one that decided it).
 DECISION_EVENTS: Final = frozenset({ACTION_APPROVED, ACTION_DENIED})
@@ -78,6 +85,7 @@ RESERVED_PREFIXES: Final = (
     "context.",
     "error.",
     "checkpoint.",
+    "approval.",
 )
 
 
@@ -224,6 +232,28 @@ def action_requested(
     return payload
 
 
+def approval_requested(
+    action_id: str,
+    parameters_hash: str,
+    policy_id: str,
+    reason: str,
+    risk_tier: str,
+    *,
+    tool_call_id: str | None = None,
+) -> dict[str, Any]:
+    """``approval.requested``: a person is asked about a call of ``action_id`` (by digest)."""
+    payload: dict[str, Any] = {
+        "action_id": action_id,
+        "parameters_hash": parameters_hash,
+        "policy_id": policy_id,
+        "reason": reason,
+        "risk_tier": risk_tier,
+    }
+    if tool_call_id is not None:
+        payload["tool_call_id"] = tool_call_id
+    return payload
+
+
 def action_approved(
     action_id: str,
     execution_id: str,
@@ -232,9 +262,14 @@ def action_approved(
     resolution_id: str | None = None,
     approver: str | None = None,
     approval_reason: str | None = None,
+    original_parameters_hash: str | None = None,
     shadow: bool = False,
 ) -> dict[str, Any]:
-    """``action.approved``: the call may run (``approver`` when a person said so)."""
+    """``action.approved``: the call may run (``approver`` when a person said so).
+
+    ``original_parameters_hash``: the person edited the call; the digest of the arguments
+    as requested before the edit (``action.requested`` records the edited ones).
+    """
     payload: dict[str, Any] = {"action_id": action_id}
     if resolution_id is not None:
         payload["resolution_id"] = resolution_id
@@ -244,6 +279,8 @@ def action_approved(
         payload["approver"] = approver
         if approval_reason:
             payload["approval_reason"] = approval_reason
+        if original_parameters_hash is not None:
+            payload["original_parameters_hash"] = original_parameters_hash
     if shadow:
         payload["shadow"] = True
     return payload
@@ -256,14 +293,20 @@ def action_denied(
     policy_id: str,
     *,
     approver: str | None = None,
+    approval_reason: str | None = None,
     error: str | None = None,
 ) -> dict[str, Any]:
-    """``action.denied``: the call does not run."""
+    """``action.denied``: the call does not run.
+
+    ``approval_reason``: what the person who refused it said (told to the model too).
+    """
     payload: dict[str, Any] = {"action_id": action_id, "reason": reason, "policy_id": policy_id}
     if execution_id is not None:
         payload["execution_id"] = execution_id
     if approver is not None:
         payload["approver"] = approver
+        if approval_reason:
+            payload["approval_reason"] = approval_reason
     if error is not None:
         payload["error"] = error
     return payload

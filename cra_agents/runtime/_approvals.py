@@ -50,11 +50,20 @@ class ApprovalRequest:
 
 @dataclass(frozen=True, slots=True)
 class ApprovalDecision:
-    """An approver's answer, with who gave it and why."""
+    """An approver's answer, with who gave it and why.
+
+    ``reason``: what the approver said (recorded as ``approval_reason``), or a refusal code
+    starting with ``approval_`` (``approval_timeout``...), recorded as the denial's reason.
+    ``original_arguments``: the approver edited the call; the arguments as first requested
+    (the call runs with the ones it was given). ``responded``: a refusal where the approver
+    answered in the tool's place (LangChain's ``respond``); ``reason`` is that answer.
+    """
 
     approved: bool
     approver: str = "unknown"
     reason: str | None = None
+    original_arguments: Mapping[str, Any] | None = None
+    responded: bool = False
 
 
 @dataclass(frozen=True, slots=True)

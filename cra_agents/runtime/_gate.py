@@ -145,6 +145,7 @@ class Call:
         "error",
         "execution_id",
         "mapping_error",
+        "original_arguments",
         "policy_id",
         "reason",
         "refusal",
@@ -192,6 +193,8 @@ class Call:
         self.approver: str | None = None
         self.approval: ApprovalDecision | None = None
         self.approval_id: str | None = None
+        #: An approver edited the call: the arguments as first requested.
+        self.original_arguments: Mapping[str, Any] | None = None
         #: Why the tool could not be mapped (refused by the flow, recorded).
         self.mapping_error: Exception | None = None
         #: A runtime rule's refusal decided before the policy (CARP execute's checks).
@@ -420,13 +423,19 @@ class Gate:
                     },
                 )
             if not answer.approved:
-                reason = (
-                    answer.reason
-                    if answer.reason and answer.reason.startswith("approval_")
-                    else "approval_denied"
-                )
+                said = answer.reason
+                coded = bool(said and said.startswith("approval_"))
+                if answer.responded:
+                    reason = "approval_responded"
+                else:
+                    reason = said if coded and said else "approval_denied"
                 yield from self._refuse(
-                    call, events, reason, decision.policy_id, approver=answer.approver
+                    call,
+                    events,
+                    reason,
+                    decision.policy_id,
+                    approver=answer.approver,
+                    approval_reason=None if coded else said,
                 )
                 raise ActionDeniedError(
                     f"{call.action_id} denied by {decision.policy_id}: {reason}",
@@ -445,6 +454,7 @@ class Gate:
                 raise _denial(call.action_id, later)
             call.approver = answer.approver
             call.reason = answer.reason
+            call.original_arguments = answer.original_arguments
         elif effect is Effect.DENY:
             reason = decision.reason or "Denied by policy"
             yield from self._refuse(call, events, reason, decision.policy_id)
@@ -657,6 +667,9 @@ class Gate:
                 resolution_id=call.resolution_id,
                 approver=call.approver,
                 approval_reason=call.reason,
+                original_parameters_hash=(
+                    None if call.original_arguments is None else digest(call.original_arguments)
+                ),
                 shadow=call.shadow,
             )
         resolution_id = call.resolution_id
@@ -730,6 +743,7 @@ class Gate:
         policy_id: str,
         *,
         approver: str | None = None,
+        approval_reason: str | None = None,
     ) -> Generator[Step, Any, None]:
         call.policy_id = policy_id
         call.reason = reason
@@ -737,7 +751,12 @@ class Gate:
             (
                 ev.ACTION_DENIED,
                 ev.action_denied(
-                    call.action_id, call.execution_id, reason, policy_id, approver=approver
+                    call.action_id,
+                    call.execution_id,
+                    reason,
+                    policy_id,
+                    approver=approver,
+                    approval_reason=approval_reason,
                 ),
             )
         )

@@ -766,9 +766,42 @@ class Runtime(CarpMixin):
                 "name in your own namespace, e.g. 'myapp.step.done'",
                 details={"reason": "reserved_event_type", "event_type": event_type},
             )
-        session = self._active(session_id)
         record = copy.deepcopy(dict(payload))
         check_recordable(record)
+        return self._append(session_id, event_type, record)
+
+    def record_approval_request(
+        self,
+        session_id: str,
+        precheck: Precheck,
+        arguments: Mapping[str, Any],
+        *,
+        tool_call_id: str | None = None,
+    ) -> int:
+        """Record ``approval.requested``: a person is asked about this call, outside it.
+
+        For adapters whose approval waits outside the call (a LangGraph interrupt: the call
+        is made, and decided, after the answer): the trace shows the pending question, and
+        the call's ``action.approved`` / ``action.denied`` later records the answer (by
+        ``tool_call_id``, else action and arguments digest). ``precheck`` is the one that
+        said the call needs approval (:meth:`precheck`). Returns the sequence.
+        """
+        try:
+            parameters_hash = digest(dict(arguments))
+        except (CRAError, TypeError, ValueError, RecursionError):
+            parameters_hash = ""  # not recordable: the gate refuses the call itself
+        payload = ev.approval_requested(
+            precheck.action_id,
+            parameters_hash,
+            precheck.policy_id,
+            precheck.reason or "Requires human approval",
+            precheck.risk_tier,
+            tool_call_id=tool_call_id,
+        )
+        return self._append(session_id, ev.APPROVAL_REQUESTED, payload)
+
+    def _append(self, session_id: str, event_type: str, record: Mapping[str, Any]) -> int:
+        session = self._active(session_id)
         self._collector.check()
         with session.lock:
             if session.ended_ns is not None:

@@ -27,6 +27,11 @@ How events are grouped:
   likewise starts a record of its own, which later events of that id join.
 * A call keeps its first decision and its first outcome; any further action event of the
   same ``execution_id`` is kept in :attr:`CallRecord.events` only.
+* ``approval.requested`` (a person asked about a call that waits outside it, e.g. a LangGraph
+  interrupt) belongs to the next ``action.requested`` with the same ``tool_call_id`` (or,
+  without one, the same action and ``parameters_hash``): :attr:`CallRecord.asked`. A question
+  no call followed yet (a paused run) becomes a pending call record of its own, whose
+  ``requested`` is the question.
 
 .. versionadded:: 0.1
 """
@@ -121,6 +126,20 @@ class CallRecord:
     outcome: EventLike | None = None
     #: Every event of the call, in chain order (``requested`` first).
     events: tuple[EventLike, ...] = ()
+    #: The ``approval.requested`` that asked a person about the call before it was made.
+    asked: EventLike | None = None
+
+    @property
+    def approval_wait_ms(self) -> float | None:
+        """How long the person took: from ``approval.requested`` to the decision."""
+        if self.asked is None or self.decided is None:
+            return None
+        try:
+            asked = parse_timestamp_ns(str(event_field(self.asked, "timestamp")))
+            decided = parse_timestamp_ns(str(event_field(self.decided, "timestamp")))
+        except ValueError:
+            return None
+        return max(decided - asked, 0) / 1e6
 
     @property
     def has_request(self) -> bool:
@@ -169,8 +188,13 @@ class CallRecord:
 
     @property
     def approval_reason(self) -> str | None:
-        """What the approver said, with an approval."""
+        """What the approver said (approving, refusing, or answering in the tool's place)."""
         return _get(self.decided, "approval_reason")
+
+    @property
+    def edited(self) -> bool:
+        """Whether the approver edited the call's arguments before it ran."""
+        return _get(self.decided, "original_parameters_hash") is not None
 
     @property
     def outcome_kind(self) -> OutcomeKind:
@@ -354,6 +378,7 @@ class _Call:
     decided: EventLike | None = None
     outcome: EventLike | None = None
     events: list[EventLike] = field(default_factory=list)
+    asked: EventLike | None = None
 
     def freeze(self) -> CallRecord:
         return CallRecord(
@@ -366,6 +391,7 @@ class _Call:
             decided=self.decided,
             outcome=self.outcome,
             events=tuple(self.events),
+            asked=self.asked,
         )
 
 
@@ -405,6 +431,8 @@ class _Fold:
         self.context: list[tuple[EventLike, _Resolution | None]] = []
         self.started: EventLike | None = None
         self.ended: EventLike | None = None
+        # approval.requested events no call has taken yet: (key, position, event).
+        self.questions: list[tuple[tuple[str, ...], int, EventLike]] = []
 
     def feed(self, event: EventLike) -> None:
         position = len(self.events)
@@ -441,9 +469,27 @@ class _Fold:
                 call.violated = event
                 call.events.append(event)
         elif kind == ev.ACTION_REQUESTED:
-            self._start(position, event, has_request=True)
+            call = self._start(position, event, has_request=True)
+            if self.questions:
+                self._answer(call, event)
+        elif kind == ev.APPROVAL_REQUESTED:
+            self.questions.append((_question_key(event), position, event))
         elif kind in ev.DECISION_EVENTS or kind in ev.OUTCOME_EVENTS:
             self._settle(position, event, decision=kind in ev.DECISION_EVENTS)
+
+    def _answer(self, call: _Call, requested: EventLike) -> None:
+        """Give ``call`` the oldest open question about it."""
+        tool_call_id = _get(requested, "tool_call_id")
+        key = (
+            ("tool_call", tool_call_id)
+            if tool_call_id
+            else ("digest", call.action_id, _get(requested, "parameters_hash") or "")
+        )
+        for index, (asked_key, _, question) in enumerate(self.questions):
+            if asked_key == key:
+                call.asked = question
+                del self.questions[index]
+                return
 
     def _start(self, position: int, event: EventLike, *, has_request: bool) -> _Call:
         execution_id = _get(event, "execution_id") or ""
@@ -499,6 +545,16 @@ class _Fold:
 
     def session(self) -> SessionRecord:
         frozen = {id(r): r.freeze() for r in self.resolutions}
+        calls = self.calls
+        if self.questions:  # asked, never made (yet): pending, in chain order
+            for _, position, question in self.questions:
+                action_id = _get(question, "action_id") or ""
+                calls.append(
+                    _Call(
+                        position, "", action_id, question, False, events=[question], asked=question
+                    )
+                )
+            calls.sort(key=lambda call: call.position)
         first = self.events[0] if self.events else None
         return SessionRecord(
             session_id=None if first is None else _text(event_field(first, "session_id")),
@@ -509,9 +565,16 @@ class _Fold:
                 ContextRecord(event, None if owner is None else frozen[id(owner)])
                 for event, owner in self.context
             ),
-            calls=tuple(call.freeze() for call in self.calls),
+            calls=tuple(call.freeze() for call in calls),
             events=tuple(self.events),
         )
+
+
+def _question_key(event: EventLike) -> tuple[str, ...]:
+    tool_call_id = _get(event, "tool_call_id")
+    if tool_call_id:
+        return ("tool_call", tool_call_id)
+    return ("digest", _get(event, "action_id") or "", _get(event, "parameters_hash") or "")
 
 
 def fold_session(events: Iterable[EventLike]) -> SessionRecord:
