@@ -177,11 +177,43 @@ def _normalise(request: Mapping[str, Any] | ApprovalRequest) -> dict[str, Any]:
             "policy_id": request.policy_id,
             "reason": request.reason,
         }
-    data = dict(request)
+    langchain = "action_requests" in request or request.get("type") == "tool_approval"
+    data = _from_langchain(request) if langchain else dict(request)
     if not data.get("agent_id") and data.get("session_id"):
         data["agent_id"] = _agent_of(str(data["session_id"]))
     data.setdefault("arguments", {})
     data.setdefault("reason", "Requires human approval")
+    return data
+
+
+def _from_langchain(request: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``HITLRequest`` or ``ToolApprovalRequest`` (with our ``cra`` facts) as one dict.
+
+    ``answers`` says how many decisions the resume value carries (``None``: one decision, the
+    per-call form). Several calls of one turn are shown together and answered alike.
+    """
+    if "action_requests" in request:
+        calls = [dict(r) for r in request.get("action_requests") or []]
+        facts = [dict(f) for f in request.get("cra") or [{} for _ in calls]]
+        answers: int | None = len(calls)
+    else:
+        calls, facts, answers = [dict(request)], [dict(request.get("cra") or {})], None
+    first = facts[0] if facts else {}
+    data: dict[str, Any] = {
+        key: first[key]
+        for key in ("session_id", "agent_id", "tool_call_id", "risk_tier", "policy_id", "reason")
+        if key in first
+    }
+    if request.get("agent_id"):
+        data["agent_id"] = request["agent_id"]
+    data["action_id"] = ", ".join(
+        str(f.get("action_id", c.get("name"))) for c, f in zip(calls, facts, strict=False)
+    )
+    data["tool"] = ", ".join(str(c.get("name")) for c in calls)
+    data["arguments"] = (
+        calls[0].get("args", {}) if len(calls) == 1 else [c.get("args") for c in calls]
+    )
+    data["answers"] = answers
     return data
 
 
@@ -259,12 +291,21 @@ def _request_html(request: Mapping[str, Any]) -> str:
     )
 
 
-def resume_value(approved: bool, *, approver: str, reason: str | None = None) -> dict[str, Any]:
-    """The ``Command(resume=...)`` value ``CRAMiddleware`` reads: approve or reject, by whom."""
-    value: dict[str, Any] = {"decision": "approve" if approved else "reject", "approver": approver}
+def resume_value(
+    approved: bool, *, approver: str, reason: str | None = None, answers: int | None = None
+) -> dict[str, Any]:
+    """The ``Command(resume=...)`` value ``CRAMiddleware`` reads: approve or reject, by whom.
+
+    LangChain's form: one decision (``{"type": "approve"}`` or ``{"type": "reject",
+    "message": reason}``), or with ``answers=N`` an ``HITLResponse`` of N such decisions (a
+    batched review); ``approver`` rides along and is recorded.
+    """
+    decision: dict[str, Any] = {"type": "approve" if approved else "reject"}
     if reason:
-        value["reason"] = reason
-    return value
+        decision["message"] = reason
+    if answers is None:
+        return {**decision, "approver": approver}
+    return {"decisions": [dict(decision) for _ in range(answers)], "approver": approver}
 
 
 def _stdin_error() -> type[BaseException] | None:
@@ -419,7 +460,13 @@ class ApprovalPrompt:
                 return self.answer
             who = (approver or "").strip() or self.approver
             note = (reason or "").strip() or None
-            self.answer = resume_value(approved, approver=who, reason=note)
+            answers = self.request.get("answers")
+            self.answer = resume_value(
+                approved,
+                approver=who,
+                reason=note,
+                answers=answers if isinstance(answers, int) else None,
+            )
             if approved:
                 self.decision = ApprovalDecision(True, who, note or "approved in the notebook")
             else:
@@ -502,7 +549,7 @@ class ApprovalPrompt:
     def _state_text(self) -> str:
         if self.answer is None:
             return "closed, unanswered" if self.closed else "waiting for an answer"
-        verb = "approved" if self.answer["decision"] == "approve" else "rejected"
+        verb = "approved" if self.decision is not None and self.decision.approved else "rejected"
         return f"{verb} by {self.answer['approver']}"
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
@@ -551,7 +598,8 @@ def approval_prompt(
             )
 
     Args:
-        request: The interrupt payload (``type="cra_approval"``) or an :class:`ApprovalRequest`.
+        request: The interrupt value (LangChain's ``HITLRequest`` or ``ToolApprovalRequest``
+            with our ``cra`` facts) or an :class:`ApprovalRequest`.
         on_answer: Called with the resume value once answered; its return value is kept in
             :attr:`ApprovalPrompt.result`.
         approver: The approver name filled in (default ``notebook:<user>``).

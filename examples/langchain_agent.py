@@ -89,14 +89,18 @@ def main() -> int:
         print("LangChain agent under cra-agents (scripted model, offline)\n")
         result = agent.invoke({"messages": [HumanMessage("Tidy up acme/app")]}, config)
         for pending in result.get("__interrupt__", []):
+            # LangChain's HITLRequest (what Agent Chat UI renders), our facts beside it.
             ask = pending.value
-            print(
-                f"approval needed: {ask['action_id']} {ask['arguments']} "
-                f"(risk {ask['risk_tier']}, {ask['policy_id']}: {ask['reason']})"
-            )
+            for request, facts in zip(ask["action_requests"], ask["cra"], strict=True):
+                print(
+                    f"approval needed: {facts['action_id']} {request['args']} "
+                    f"(risk {facts['risk_tier']}, {facts['policy_id']}: {facts['reason']})"
+                )
             print("  reviewer alice approves\n")
+            # LangChain's HITLResponse, plus who answered (recorded as the approver).
+            decisions = [{"type": "approve"} for _ in ask["action_requests"]]
             result = agent.invoke(
-                Command(resume={"decision": "approve", "approver": "alice"}), config
+                Command(resume={"decisions": decisions, "approver": "alice"}), config
             )
         for message in result["messages"]:
             if isinstance(message, ToolMessage):

@@ -38,18 +38,37 @@ from cra_agents.runtime._approvals import ApprovalDecision, ApprovalRequest
 
 SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
 
+#: What CRAMiddleware(interrupt_mode="per_call") raises: LangChain's ToolApprovalRequest.
 PAYLOAD: dict[str, Any] = {
-    "type": "cra_approval",
-    "session_id": "s-1",
+    "type": "tool_approval",
     "tool_call_id": "call_merge",
-    "tool": "merge_pr",
-    "action_id": "github.pr.merge",
-    "arguments": {"repo": "acme/app", "pr_number": 42, "expected_head_sha": SHA},
-    "risk_tier": "high",
-    "policy_id": "approve-merge",
-    "reason": "Merging requires a maintainer's approval",
-    "decisions": ["approve", "reject", "edit"],
+    "name": "merge_pr",
+    "args": {"repo": "acme/app", "pr_number": 42, "expected_head_sha": SHA},
+    "description": "Tool execution requires approval",
+    "cra": {
+        "session_id": "s-1",
+        "tool_call_id": "call_merge",
+        "tool": "merge_pr",
+        "action_id": "github.pr.merge",
+        "risk_tier": "high",
+        "policy_id": "approve-merge",
+        "reason": "Merging requires a maintainer's approval",
+        "allowed_decisions": ["approve", "edit", "reject", "respond"],
+    },
 }
+#: What CRAMiddleware raises by default: LangChain's HITLRequest for the turn's calls.
+BATCHED: dict[str, Any] = {
+    "action_requests": [
+        {"name": PAYLOAD["name"], "args": PAYLOAD["args"], "description": "..."},
+        {"name": "merge_pr", "args": {"repo": "acme/app", "pr_number": 43}, "description": ""},
+    ],
+    "review_configs": [{"action_name": "merge_pr", "allowed_decisions": ["approve", "reject"]}] * 2,
+    "cra": [PAYLOAD["cra"], {**PAYLOAD["cra"], "tool_call_id": "call_other"}],
+}
+
+
+def _payload(**facts: Any) -> dict[str, Any]:
+    return {**PAYLOAD, "cra": {**PAYLOAD["cra"], **facts}}
 
 
 def _request(**changes: Any) -> ApprovalRequest:
@@ -168,11 +187,10 @@ def test_display_outside_a_kernel_prints(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_resume_value_is_what_the_middleware_reads() -> None:
-    assert resume_value(True, approver="alice") == {"decision": "approve", "approver": "alice"}
-    assert resume_value(False, approver="bob", reason="not now") == {
-        "decision": "reject",
+    assert resume_value(True, approver="alice") == {"type": "approve", "approver": "alice"}
+    assert resume_value(False, approver="bob", reason="not now", answers=2) == {
+        "decisions": [{"type": "reject", "message": "not now"}] * 2,
         "approver": "bob",
-        "reason": "not now",
     }
 
 
@@ -185,11 +203,19 @@ def test_normalise_approval_request_and_payload() -> None:
         "reason": "Requires human approval",
     }
     assert notebook._normalise({**PAYLOAD, "agent_id": "given"})["agent_id"] == "given"
+    batched = notebook._normalise(BATCHED)
+    assert batched["action_id"] == "github.pr.merge, github.pr.merge"
+    assert batched["answers"] == 2 and len(batched["arguments"]) == 2
+
+
+def test_a_batched_request_is_answered_for_every_call() -> None:
+    prompt = approval_prompt(BATCHED, approver="alice", ask=lambda p: "y")
+    assert prompt.answer == {"decisions": [{"type": "approve"}] * 2, "approver": "alice"}
 
 
 def test_payload_agent_is_looked_up_in_the_configured_runtime(configured: Any) -> None:
     info = configured.create_session("github-ops-agent", "Tidy up")
-    assert notebook._normalise({**PAYLOAD, "session_id": info.session_id})["agent_id"] == (
+    assert notebook._normalise(_payload(session_id=info.session_id))["agent_id"] == (
         "github-ops-agent"
     )
     assert notebook._normalise(PAYLOAD)["agent_id"] is None  # unknown session
@@ -201,7 +227,7 @@ def test_payload_agent_without_a_configured_runtime() -> None:
 
 
 def test_request_text_and_html_escape_arguments() -> None:
-    request = notebook._normalise({**PAYLOAD, "arguments": {"body": "<script>alert(1)</script>"}})
+    request = notebook._normalise({**PAYLOAD, "args": {"body": "<script>alert(1)</script>"}})
     text = notebook._request_text(request)
     assert "action   github.pr.merge (tool merge_pr)   risk high" in text
     assert "policy   approve-merge: Merging requires a maintainer's approval" in text
@@ -294,13 +320,13 @@ def test_click_approve_resumes_with_the_answer() -> None:
     assert not prompt.answered and "waiting" in repr(prompt)
     assert prompt.build_widgets() is prompt.widget  # built once
     prompt.approve_button.click()
-    assert resumed == [{"decision": "approve", "approver": "alice"}]
+    assert resumed == [{"type": "approve", "approver": "alice"}]
     assert prompt.answer == resumed[0] and prompt.result == "graph resumed"
     assert prompt.decision == ApprovalDecision(True, "alice", "approved in the notebook")
     assert prompt.approve_button.disabled and prompt.reject_button.disabled
     assert "approved by alice" in prompt.status.value
     prompt.reject_button.click()  # a second click changes nothing
-    assert resumed == [{"decision": "approve", "approver": "alice"}]
+    assert resumed == [{"type": "approve", "approver": "alice"}]
     assert prompt.respond(False) == resumed[0]
 
 
@@ -310,7 +336,7 @@ def test_click_reject_with_approver_name_and_note() -> None:
     prompt.approver_field.value = "  bob "
     prompt.reason_field.value = "CI is red"
     prompt.reject_button.click()
-    assert prompt.answer == {"decision": "reject", "approver": "bob", "reason": "CI is red"}
+    assert prompt.answer == {"type": "reject", "message": "CI is red", "approver": "bob"}
     assert prompt.decision == ApprovalDecision(False, "bob", "approval_denied: CI is red")
     assert "rejected by bob" in repr(prompt)
 
@@ -344,7 +370,7 @@ def test_prompt_without_widgets_answers_through_input(capsys: pytest.CaptureFixt
     resumed: list[dict[str, Any]] = []
     prompt = approval_prompt(PAYLOAD, resumed.append, approver="dave", ask=lambda p: "n")
     assert prompt.widget is None and prompt.approve_button is None
-    assert resumed == [{"decision": "reject", "approver": "dave"}]
+    assert resumed == [{"type": "reject", "approver": "dave"}]
     bundle = prompt._repr_mimebundle_()
     assert "rejected by dave" in bundle["text/html"] and "rejected by dave" in bundle["text/plain"]
     assert "-- approval needed --" in capsys.readouterr().out
@@ -353,7 +379,7 @@ def test_prompt_without_widgets_answers_through_input(capsys: pytest.CaptureFixt
 def test_no_ipywidgets_falls_back_to_input(in_kernel: list[Any], no_ipywidgets: None) -> None:
     prompt = approval_prompt(PAYLOAD, approver="erin", ask=lambda p: "y")
     assert prompt.widget is None
-    assert prompt.answer == {"decision": "approve", "approver": "erin"}
+    assert prompt.answer == {"type": "approve", "approver": "erin"}
     with pytest.raises(ImportError, match="ipywidgets"):
         approval_prompt(PAYLOAD, widgets=True)
 
@@ -364,8 +390,8 @@ def test_no_way_to_ask_rejects_and_still_resumes(in_kernel: list[Any], no_ipywid
 
     resumed: list[dict[str, Any]] = []
     prompt = approval_prompt(PAYLOAD, resumed.append, approver="erin", ask=no_stdin)
-    assert prompt.answered and resumed[0]["decision"] == "reject"
-    assert resumed[0]["reason"].startswith("approval_denied: nobody can be asked here")
+    assert prompt.answered and resumed[0]["type"] == "reject"
+    assert resumed[0]["message"].startswith("approval_denied: nobody can be asked here")
 
 
 def test_prompt_displays_itself_in_a_kernel(in_kernel: list[Any]) -> None:

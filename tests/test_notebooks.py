@@ -172,7 +172,10 @@ def test_langchain_agent(kernel_specs: KernelSpecManager, tmp_path: Path) -> Non
         for output in cell.get("outputs", [])
     )
     # answered by the Approve button, the graph resumed and finished
-    assert "answer: {'decision': 'approve', 'approver': 'ci-reviewer (unattended run)'}" in text
+    assert (
+        "answer: {'decisions': [{'type': 'approve'}], 'approver': 'ci-reviewer (unattended run)'}"
+        in text
+    )
     assert "tool DENIED delete_repo: Denied: github.repo.delete is not permitted" in text
     assert "tool ran    merge_pr: merged acme/app#42" in text
     assert "model: PR #42 is merged; the repository stays." in text
@@ -180,7 +183,7 @@ def test_langchain_agent(kernel_specs: KernelSpecManager, tmp_path: Path) -> Non
     assert 'class="cra-timeline-view"' in text and "<svg" in text
     assert "github.pr.merge      approved  executed  approve-merge     ci-reviewer" in text
     assert "github.repo.delete   denied" in text
-    assert "chain VALID: 13 events" in text
+    assert "chain VALID: 14 events" in text  # approval.requested included
     assert _repo_state() == before
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any, NotRequired, cast
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, NotRequired, cast
 
+import orjson
 from langchain.agents.middleware import (
     AgentMiddleware,
     AgentState,
@@ -19,15 +20,38 @@ from langchain.agents.middleware import (
 from langchain.agents.middleware.types import PrivateStateAttr
 from langchain_core.messages import AIMessage, HumanMessage, ToolCall, ToolMessage
 from langchain_core.tools import BaseTool
+from langgraph.runtime import Runtime as GraphRuntime
 from langgraph.types import Command, interrupt
 
 import cra_agents as cra
 from cra_agents import ActionNotFoundError, ApprovalDecision, Call, CRAError, Runtime
+from cra_agents.runtime import Precheck
 from cra_agents_langchain._common import REFUSALS, denial_text, runtime_or_default
+from cra_agents_langchain._hitl import (
+    ALL_DECISIONS,
+    Answer,
+    DecisionType,
+    answer_schema,
+    answered_message,
+    answers_schema,
+    with_edit_notice,
+)
 
-__all__ = ["CRAMiddleware", "CRAState", "ToolFailedError"]
+__all__ = ["CRAMiddleware", "CRAState", "InterruptMode", "ToolFailedError"]
 
+#: Answers remembered per tool call (LangGraph re-runs a node on resume), and other per-call
+#: and per-thread memories: least recently used dropped first.
 _DONE_MAX = 10_000
+_THREADS_MAX = 10_000
+#: The state key of the decisions of a batched review, by tool call id, until the calls run.
+_ANSWERS = "cra_answers"
+
+#: ``batched``: one interrupt per model turn for every call needing approval (LangChain's
+#: ``HITLRequest``); ``per_call``: one per call as it starts (a ``ToolApprovalRequest``).
+InterruptMode = Literal["batched", "per_call"]
+#: A tool call's identity for idempotency: session, call id, tool and arguments (a model may
+#: reuse an id for another call; that one is decided like any other).
+_Key = tuple[str, str, str, bytes]
 
 
 class CRAState(AgentState[Any]):
@@ -36,6 +60,8 @@ class CRAState(AgentState[Any]):
     cra_session_id: NotRequired[Annotated[str | None, PrivateStateAttr]]
     #: Whether the middleware opened the session (and so ends it when the run ends).
     cra_session_owned: NotRequired[Annotated[bool, PrivateStateAttr]]
+    #: Approve and edit decisions of a batched review, by tool call id, until the calls run.
+    cra_answers: NotRequired[Annotated[dict[str, dict[str, Any]], PrivateStateAttr]]
 
 
 class ToolFailedError(Exception):
@@ -90,9 +116,8 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
     open). The session opens at the run's first model reply and ends (``session.ended``,
     reason ``completed``) with the reply that ends the agent loop, or after the tool calls
     that end it (``return_direct`` tools, a structured response); both are seen from
-    ``wrap_model_call``, so the middleware adds no node to the graph. A run that fails (an
-    exception out of ``invoke``) leaves its session open; with a checkpointer, the next run
-    on the thread goes on recording into it.
+    ``wrap_model_call``. A run that fails (an exception out of ``invoke``) leaves its session
+    open; with a checkpointer, the next run on the thread goes on recording into it.
 
     Each tool call is mapped to an atlas action (``actions`` maps tool names to action ids;
     otherwise the action whose id, name or executor equals the tool name) and decided:
@@ -101,25 +126,52 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
       or failure is recorded (``action.executed`` / ``action.failed``);
     - denied: the tool does not run; the model gets an error ``ToolMessage`` naming the
       policy and reason, so it can adapt;
-    - needs approval: a LangGraph ``interrupt()`` with a payload a UI can render
-      (``type="cra_approval"``, action, arguments, risk tier, policy, reason). Resume with
-      ``Command(resume={"decision": "approve" | "reject" | "edit", "args": {...},
-      "approver": "...", "reason": "..."})`` (or ``True`` / ``False``). Edited arguments are
-      decided again; the answer is recorded with the approver's identity.
+    - needs approval: a person is asked with LangChain's human-in-the-loop protocol (the one
+      ``HumanInTheLoopMiddleware`` speaks, see :mod:`cra_agents_langchain._hitl`), through a
+      LangGraph ``interrupt()``, so Agent Chat UI, LangGraph Studio and front ends built for
+      LangChain's middleware render and answer it. ``interrupt_mode="batched"`` (the default,
+      as LangChain's): after each model turn, one interrupt whose value is an ``HITLRequest``
+      listing every call of the turn that needs approval, answered by one
+      ``Command(resume={"decisions": [...]})``; ``"per_call"``: one ``ToolApprovalRequest``
+      interrupt per call as it starts, answered by one decision each (keyed by interrupt id
+      when several wait). Our facts (session, action, risk tier, policy, reason) travel
+      alongside under the value's ``"cra"`` key. ``approve`` runs the call; ``edit`` runs it
+      with the person's arguments, decided again, and tells the model its call was changed;
+      ``reject`` refuses it with the person's message as the reason the model reads;
+      ``respond`` gives the model the person's message in the tool's place. The question is
+      recorded when asked (``approval.requested``) and the answer with the call
+      (``action.approved`` / ``action.denied`` with approver, message and, for an edit, the
+      digest of the arguments as first requested), so the trace shows a pending question and
+      the time the person took. An answer the middleware cannot read raises
+      :class:`~cra_agents_langchain.ApprovalAnswerError` naming the accepted shapes, and no
+      tool runs (resume again with a readable one). Add ``"approver"`` to an answer to record
+      who gave it (default ``approver``).
 
-    Records are idempotent per ``tool_call_id``: when LangGraph re-runs the node on resume, a
-    call that was already decided or run is answered from memory, never recorded or run twice.
-    Needs a checkpointer for approvals (as any interrupt does).
+    Records are idempotent per tool call (session, ``tool_call_id``, tool and arguments):
+    when LangGraph re-runs a node on resume, a call that was already decided or run is
+    answered from memory, never recorded or run twice; a model that reuses an id for a
+    different call gets that call decided like any other. Needs a checkpointer for approvals
+    (as any interrupt does). Memory is bounded (the last 10,000 calls and threads).
 
     Args:
         runtime: The runtime to use (default: the one ``cra.configure`` set up).
         agent_id: The agent's id in the trace.
         goal: The session goal (default: the first human message of the run).
         actions: Tool name → action id, where names differ.
-        approver: Identity recorded when a resume value does not name one.
+        approver: Identity recorded when an answer does not name one.
+        interrupt_mode: ``"batched"`` or ``"per_call"`` (see above). ``per_call`` adds no
+            node to the graph; ``batched`` adds one (``after_model``), as LangChain's does.
+        allowed_decisions: The decisions a person may give (LangChain's ``review_configs``).
+        description_prefix: First line of the description a reviewer is shown.
+        edit_notice: Tell the model when a person edited its call (as LangChain does).
     """
 
     state_schema = CRAState
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> CRAMiddleware:
+        if kwargs.get("interrupt_mode") == "per_call" and cls is CRAMiddleware:
+            cls = _PerCallMiddleware
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -129,16 +181,36 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         goal: str | None = None,
         actions: Mapping[str, str] | None = None,
         approver: str = "human",
+        interrupt_mode: InterruptMode = "batched",
+        allowed_decisions: Sequence[DecisionType] = ALL_DECISIONS,
+        description_prefix: str = "Tool execution requires approval",
+        edit_notice: bool = True,
     ) -> None:
         super().__init__()
+        if interrupt_mode not in ("batched", "per_call"):
+            raise ValueError(
+                f"interrupt_mode must be 'batched' or 'per_call', not {interrupt_mode!r}"
+            )
+        unknown = [d for d in allowed_decisions if d not in ALL_DECISIONS]
+        if unknown or not allowed_decisions:
+            raise ValueError(
+                f"allowed_decisions must be a non-empty subset of {list(ALL_DECISIONS)}, "
+                f"not {list(allowed_decisions)!r}"
+            )
         self._runtime = runtime
         self.agent_id = agent_id
         self.goal = goal
         self.actions = dict(actions or {})
         self.approver = approver
-        # (session, tool_call_id) -> answer, oldest first.
-        self._done: OrderedDict[tuple[str, str], ToolMessage | Command[Any]] = OrderedDict()
-        self._threads: dict[str, str] = {}
+        self.interrupt_mode: InterruptMode = interrupt_mode
+        self.allowed_decisions: list[DecisionType] = list(dict.fromkeys(allowed_decisions))
+        self.description_prefix = description_prefix
+        self.edit_notice = edit_notice
+        # Tool call -> answer, least recently used first.
+        self._done: OrderedDict[_Key, ToolMessage | Command[Any]] = OrderedDict()
+        # Tool calls whose approval.requested is recorded (a resumed node asks again).
+        self._asked: OrderedDict[_Key, None] = OrderedDict()
+        self._threads: OrderedDict[str, str] = OrderedDict()
         # Owned sessions whose run ends after these tool calls (return_direct, structured).
         self._closing: dict[str, set[str]] = {}
         self._lock = threading.Lock()
@@ -251,111 +323,246 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         config = getattr(request.runtime, "config", None) or {}
         thread = str((config.get("configurable") or {}).get("thread_id", ""))
         known = self._threads.get(thread)
-        if known is not None:
+        if known is not None and _usable(runtime, known):
             return known
-        info = runtime.create_session(self.agent_id, self._goal(state))
+        created = runtime.create_session(self.agent_id, self._goal(state)).session_id
         with self._lock:
-            return self._threads.setdefault(thread, info.session_id)
+            threads = self._threads
+            session_id = threads.get(thread)
+            if session_id is None or session_id == known:
+                session_id = threads[thread] = created
+            threads.move_to_end(thread)
+            evicted = threads.popitem(last=False)[1] if len(threads) > _THREADS_MAX else None
+        if session_id != created:  # another call of the thread made one first
+            _end(runtime, created, "cancelled")
+        if evicted is not None:  # the least recently used thread: its session is over
+            _end(runtime, evicted, "timeout")
+        return session_id
+
+    # -- approvals: LangChain's human-in-the-loop protocol ----------------------------------
+
+    def after_model(self, state: CRAState, runtime: GraphRuntime[Any]) -> dict[str, Any] | None:
+        """Batched review: one interrupt for every call of the model's turn needing approval."""
+        return self._review(state)
+
+    async def aafter_model(
+        self, state: CRAState, runtime: GraphRuntime[Any]
+    ) -> dict[str, Any] | None:
+        """Async :meth:`after_model`."""
+        return self._review(state)
+
+    def _review(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
+        messages = state.get("messages") or []
+        stale: dict[str, Any] | None = {_ANSWERS: {}} if state.get(_ANSWERS) else None
+        last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
+        session_id = state.get("cra_session_id")
+        if last is None or not last.tool_calls or not session_id:
+            return stale
+        runtime = self.runtime
+        if not _usable(runtime, session_id) or runtime.shadow:
+            return stale
+        answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+        gated: list[tuple[ToolCall, Precheck]] = []
+        for call in last.tool_calls:
+            call_id = str(call.get("id") or "")
+            if call_id in answered or self._done.get(_key(session_id, call)) is not None:
+                continue
+            precheck = self._precheck(runtime, session_id, call)
+            if precheck is not None:
+                gated.append((call, precheck))
+        if not gated:
+            return stale
+        for call, precheck in gated:
+            self._asking(runtime, session_id, call, precheck)
+        value = {
+            "action_requests": [self._action_request(call, p) for call, p in gated],
+            "review_configs": [
+                {"action_name": call["name"], "allowed_decisions": list(self.allowed_decisions)}
+                for call, _ in gated
+            ],
+            "cra": [self._facts(session_id, call, p) for call, p in gated],
+        }
+        tools = [call["name"] for call, _ in gated]
+        schema = answers_schema(tools, self.allowed_decisions, self.approver)
+        answers: list[Answer] = interrupt(value, response_schema=schema)
+        kept: dict[str, dict[str, Any]] = {}
+        replies: list[ToolMessage] = []
+        for (call, _), answer in zip(gated, answers, strict=True):
+            if answer.type in ("approve", "edit"):
+                kept[str(call.get("id") or "")] = answer.as_state()
+            else:
+                replies.append(self._answered(runtime, session_id, call, answer))
+        update: dict[str, Any] = {_ANSWERS: kept}
+        if replies:
+            update["messages"] = replies
+        return update
+
+    def _precheck(self, runtime: Runtime, session_id: str, call: ToolCall) -> Precheck | None:
+        """The policy's answer for ``call`` when a person must approve it, else None."""
+        try:
+            action_id = runtime.map_tool(call["name"], actions=self.actions)
+        except ActionNotFoundError:
+            return None  # the gate refuses it, recorded
+        precheck = runtime.precheck(
+            session_id, action_id, call.get("args") or {}, check_parameters=False
+        )
+        return precheck if precheck.needs_approval else None
+
+    def _asking(
+        self, runtime: Runtime, session_id: str, call: ToolCall, precheck: Precheck
+    ) -> None:
+        """Record ``approval.requested`` once per call (a resumed node asks again)."""
+        key = _key(session_id, call)
+        if key in self._asked:
+            return
+        runtime.record_approval_request(
+            session_id,
+            precheck,
+            call.get("args") or {},
+            tool_call_id=str(call.get("id") or "") or None,
+        )
+        with self._lock:
+            self._asked[key] = None
+            if len(self._asked) > _DONE_MAX:
+                self._asked.popitem(last=False)
+
+    def _action_request(self, call: ToolCall, precheck: Precheck) -> dict[str, Any]:
+        """LangChain's ``ActionRequest``: name, args, and what the reviewer reads."""
+        return {
+            "name": call["name"],
+            "args": dict(call.get("args") or {}),
+            "description": self._description(call, precheck),
+        }
+
+    def _description(self, call: ToolCall, precheck: Precheck) -> str:
+        return (
+            f"{self.description_prefix}: {precheck.reason or 'Requires human approval'} "
+            f"(policy {precheck.policy_id}, action {precheck.action_id}, risk "
+            f"{precheck.risk_tier}).\n\nTool: {call['name']}\nArgs: {call.get('args') or {}}"
+        )
+
+    def _facts(self, session_id: str, call: ToolCall, precheck: Precheck) -> dict[str, Any]:
+        """Our facts about a call waiting for review (beside LangChain's request)."""
+        return {
+            "session_id": session_id,
+            "tool_call_id": call.get("id"),
+            "tool": call["name"],
+            "action_id": precheck.action_id,
+            "risk_tier": precheck.risk_tier,
+            "policy_id": precheck.policy_id,
+            "reason": precheck.reason or "Requires human approval",
+            "allowed_decisions": list(self.allowed_decisions),
+        }
+
+    def _ask_now(
+        self, runtime: Runtime, session_id: str, call: ToolCall, precheck: Precheck
+    ) -> Answer:
+        """Per-call review: one ``ToolApprovalRequest`` interrupt for this call."""
+        self._asking(runtime, session_id, call, precheck)
+        value = {
+            "type": "tool_approval",
+            "tool_call_id": call.get("id"),
+            "name": call["name"],
+            "args": dict(call.get("args") or {}),
+            "description": self._description(call, precheck),
+            "cra": self._facts(session_id, call, precheck),
+        }
+        schema = answer_schema(call["name"], self.allowed_decisions, self.approver)
+        answer: Answer = interrupt(value, response_schema=schema)
+        return answer
+
+    def _answered(
+        self, runtime: Runtime, session_id: str, call: ToolCall, answer: Answer
+    ) -> ToolMessage:
+        """Record a call a person refused (or answered in its place); what the model reads."""
+        call_id = str(call.get("id") or "")
+        gate = runtime.call(
+            call["name"],
+            call.get("args") or {},
+            actions=self.actions,
+            session_id=session_id,
+            tool_call_id=call_id or None,
+            approval=_approval(answer, call),
+        )
+        try:
+            runtime.gate_sync(gate)
+        except REFUSALS:
+            pass  # refused as the person said, recorded
+        else:  # no approval was needed after all (the atlas changed): still not run
+            with gate:
+                gate.fail(ToolFailedError(f"{answer.type} by {answer.approver}: not run"))
+        message = answered_message(call["name"], call_id, answer)
+        self._remember(_key(session_id, call), message)
+        return message
 
     # -- tool calls -----------------------------------------------------------------------
 
     def _remember(
-        self, session_id: str, call_id: str, outcome: ToolMessage | Command[Any]
+        self, key: _Key, outcome: ToolMessage | Command[Any]
     ) -> ToolMessage | Command[Any]:
         with self._lock:
             done = self._done
-            done[session_id, call_id] = outcome
+            done[key] = outcome
             if len(done) > _DONE_MAX:
                 # OrderedDict, not dict: the oldest key of a dict is found by scanning the
                 # holes earlier deletions left at its front (~7 µs per call at 10,000).
                 done.popitem(last=False)
         if self._closing:
-            self._tool_done(session_id, call_id)
+            self._tool_done(key[0], key[1])
         return outcome
-
-    def _prepare(
-        self, runtime: Runtime, request: ToolCallRequest, session_id: str, call_id: str
-    ) -> tuple[Mapping[str, Any], ApprovalDecision | None]:
-        """Arguments and (after an interrupt) the human's answer."""
-        call = request.tool_call
-        # Not copied: the gate canonicalises them and the tool gets the rebuilt copy.
-        arguments: Mapping[str, Any] = call.get("args") or {}
-        try:
-            action_id = runtime.map_tool(call["name"], actions=self.actions)
-        except ActionNotFoundError:
-            return arguments, None  # the gate refuses it, recorded
-        approval = None
-        precheck = runtime.precheck(session_id, action_id, arguments, check_parameters=False)
-        if precheck.needs_approval and not runtime.shadow:
-            answer = interrupt(
-                {
-                    "type": "cra_approval",
-                    "session_id": session_id,
-                    "tool_call_id": call_id,
-                    "tool": call["name"],
-                    "action_id": action_id,
-                    "arguments": dict(arguments),
-                    "risk_tier": precheck.risk_tier,
-                    "policy_id": precheck.policy_id,
-                    "reason": precheck.reason or "Requires human approval",
-                    "decisions": ["approve", "reject", "edit"],
-                }
-            )
-            approval, edited = self._read_answer(answer)
-            if edited is not None:
-                arguments = edited
-        return arguments, approval
-
-    def _read_answer(self, answer: Any) -> tuple[ApprovalDecision, dict[str, Any] | None]:
-        if isinstance(answer, bool):
-            return ApprovalDecision(answer, self.approver), None
-        if not isinstance(answer, Mapping):
-            return ApprovalDecision(False, self.approver, "approval_denied"), None
-        decision = str(answer.get("decision") or answer.get("type") or "reject").lower()
-        approver = str(answer.get("approver") or self.approver)
-        reason = answer.get("reason")
-        if decision in ("approve", "approved", "accept"):
-            return ApprovalDecision(True, approver, reason), None
-        if decision == "edit":
-            edited = answer.get("args") or answer.get("arguments")
-            if isinstance(edited, Mapping):
-                return ApprovalDecision(True, approver, reason or "edited"), dict(edited)
-        return ApprovalDecision(False, approver, "approval_denied"), None
-
-    def _refusal(self, request: ToolCallRequest, call: Call, error: CRAError) -> ToolMessage:
-        call_id = call.tool_call_id or ""
-        message = ToolMessage(
-            content=denial_text(error),
-            tool_call_id=call_id,
-            name=request.tool_call["name"],
-            status="error",
-        )
-        self._remember(call.session_id, call_id, message)
-        return message
 
     def _start(
         self, runtime: Runtime, request: ToolCallRequest
-    ) -> Call | ToolMessage | Command[Any]:
+    ) -> tuple[Call, Answer | None] | ToolMessage | Command[Any]:
         """The call through the gate (not yet decided), or the answer already given."""
         session_id = self._session(runtime, request)
-        call_id = str(request.tool_call.get("id") or "")
-        if call_id:
-            # Read without the lock: a dict lookup is atomic, and writers only add or drop.
-            done = self._done.get((session_id, call_id))
-            if done is not None:  # LangGraph re-ran the node on resume: answered already
-                return done
-        arguments, approval = self._prepare(runtime, request, session_id, call_id)
-        return runtime.call(
-            request.tool_call["name"],
+        tool_call = request.tool_call
+        key = _key(session_id, tool_call)
+        # Read without the lock: a dict lookup is atomic, and writers only add or drop.
+        done = self._done.get(key)
+        if done is not None:  # LangGraph re-ran the node on resume: answered already
+            return done
+        call_id = key[1]
+        arguments: Mapping[str, Any] = tool_call.get("args") or {}
+        answer: Answer | None = None
+        state = request.state
+        kept = state.get(_ANSWERS) if isinstance(state, Mapping) else None
+        if kept and call_id in kept:  # decided in the batched review
+            answer = Answer.from_state(kept[call_id])
+        elif not runtime.shadow:
+            precheck = self._precheck(runtime, session_id, tool_call)
+            if precheck is not None:
+                answer = self._ask_now(runtime, session_id, tool_call, precheck)
+                if answer.type in ("reject", "respond"):
+                    return self._answered(runtime, session_id, tool_call, answer)
+        if answer is not None and answer.args is not None:
+            arguments = answer.args
+        call = runtime.call(
+            tool_call["name"],
             arguments,
             actions=self.actions,
             session_id=session_id,
             tool_call_id=call_id or None,
-            approval=approval,
+            approval=None if answer is None else _approval(answer, tool_call),
         )
+        return call, answer
+
+    def _refusal(self, request: ToolCallRequest, call: Call, error: CRAError) -> ToolMessage:
+        message = ToolMessage(
+            content=denial_text(error),
+            tool_call_id=call.tool_call_id or "",
+            name=request.tool_call["name"],
+            status="error",
+        )
+        self._remember(_key(call.session_id, request.tool_call), message)
+        return message
 
     def _run_in(
-        self, call: Call, outcome: ToolMessage | Command[Any]
+        self,
+        request: ToolCallRequest,
+        call: Call,
+        answer: Answer | None,
+        outcome: ToolMessage | Command[Any],
     ) -> ToolMessage | Command[Any]:
         """Classify what the handler returned (inside ``with call``) and remember it."""
         if isinstance(outcome, ToolMessage):
@@ -363,39 +570,77 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
                 call.fail(ToolFailedError(str(outcome.content)))
             else:
                 call.result = outcome.content
+            if answer is not None and answer.args is not None and self.edit_notice:
+                outcome = with_edit_notice(outcome, request.tool_call["name"], call.arguments)
         else:
             call.result = repr(outcome)
-        return self._remember(call.session_id, call.tool_call_id or "", outcome)
+        return self._remember(_key(call.session_id, request.tool_call), outcome)
 
     def wrap_tool_call(
         self, request: ToolCallRequest, handler: _Handler
     ) -> ToolMessage | Command[Any]:
         """Decide the call, ask for approval if needed, run it with the decided arguments."""
         runtime = self.runtime
-        call = self._start(runtime, request)
-        if not isinstance(call, Call):
-            return call
+        started = self._start(runtime, request)
+        if not isinstance(started, tuple):
+            return started
+        call, answer = started
         try:
             runtime.gate_sync(call)
         except REFUSALS as error:
             return self._refusal(request, call, error)
         with call:
-            return self._run_in(call, handler(_frozen(request, call.arguments)))
+            return self._run_in(request, call, answer, handler(_frozen(request, call.arguments)))
 
     async def awrap_tool_call(
         self, request: ToolCallRequest, handler: _AsyncHandler
     ) -> ToolMessage | Command[Any]:
         """Async :meth:`wrap_tool_call` (async approval handlers are awaited)."""
         runtime = self.runtime
-        call = self._start(runtime, request)
-        if not isinstance(call, Call):
-            return call
+        started = self._start(runtime, request)
+        if not isinstance(started, tuple):
+            return started
+        call, answer = started
         try:
             await runtime.gate_async(call)
         except REFUSALS as error:
             return self._refusal(request, call, error)
         async with call:
-            return self._run_in(call, await handler(_frozen(request, call.arguments)))
+            outcome = await handler(_frozen(request, call.arguments))
+            return self._run_in(request, call, answer, outcome)
+
+
+class _PerCallMiddleware(CRAMiddleware):
+    """``CRAMiddleware(interrupt_mode="per_call")``: without the batched review's node."""
+
+    # LangChain adds a graph node for a middleware whose class overrides after_model.
+    after_model = AgentMiddleware.after_model
+    aafter_model = AgentMiddleware.aafter_model
+
+    @property
+    def name(self) -> str:
+        """``CRAMiddleware``, as the batched one."""
+        return "CRAMiddleware"
+
+
+def _key(session_id: str, call: ToolCall) -> _Key:
+    """The idempotency key of a tool call (see ``CRAMiddleware``)."""
+    args = call.get("args") or {}
+    try:
+        shown = orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        shown = repr(args).encode()
+    return session_id, str(call.get("id") or ""), call["name"], shown
+
+
+def _approval(answer: Answer, call: ToolCall) -> ApprovalDecision:
+    """The gate's form of a person's answer."""
+    if answer.type in ("approve", "edit"):
+        original = call.get("args") or {} if answer.args is not None else None
+        return ApprovalDecision(True, answer.approver, answer.message, original_arguments=original)
+    return ApprovalDecision(
+        False, answer.approver, answer.message, responded=answer.type == "respond"
+    )
 
 
 def _frozen(request: ToolCallRequest, arguments: dict[str, Any]) -> ToolCallRequest:
@@ -426,7 +671,11 @@ def _usable(runtime: Runtime, session_id: str) -> bool:
         return False
 
 
-def _end(runtime: Runtime, session_id: str) -> None:
-    """End the session (``session.ended``, reason ``completed``)."""
+def _end(
+    runtime: Runtime,
+    session_id: str,
+    reason: Literal["completed", "timeout", "error", "cancelled"] = "completed",
+) -> None:
+    """End the session (``session.ended``, reason ``completed`` unless told otherwise)."""
     with contextlib.suppress(CRAError):  # already ended, or the runtime was closed
-        runtime.end_session(session_id, "completed")
+        runtime.end_session(session_id, reason)

@@ -137,10 +137,27 @@ def test_allowed_runs_and_denied_never_runs(runtime):
 @pytest.mark.parametrize(
     ("answer", "ran", "outcome"),
     [
+        ({"decisions": [{"type": "approve"}]}, [("merge_pr", 7)], "action.executed"),
         ({"decision": "approve", "approver": "alice"}, [("merge_pr", 7)], "action.executed"),
         (True, [("merge_pr", 7)], "action.executed"),
+        ({"type": "reject", "message": "not now"}, [], "action.denied"),
         ({"decision": "reject", "reason": "not now"}, [], "action.denied"),
         (False, [], "action.denied"),
+        (
+            {
+                "decisions": [
+                    {
+                        "type": "edit",
+                        "edited_action": {
+                            "name": "merge_pr",
+                            "args": {"repo": "acme/app", "pr_number": 8, "expected_head_sha": SHA},
+                        },
+                    }
+                ]
+            },
+            [("merge_pr", 8)],
+            "action.executed",
+        ),
         (
             {
                 "decision": "edit",
@@ -157,11 +174,11 @@ def test_allowed_runs_and_denied_never_runs(runtime):
             [],
             "action.denied",
         ),
-        ("something else", [], "action.denied"),
     ],
 )
 def test_approval_interrupt_and_resume(runtime, answer, ran, outcome):
-    """Needs approval → interrupt; approve runs once, reject never, edit is decided again."""
+    """Needs approval → one interrupt for the turn; approve runs once, reject never, edit is
+    decided again; LangChain's answers and this package's earlier ones are both read."""
     agent, _ = agent_with(
         turn(
             call("read_file", "c1", repo="acme/app", path="README.md"),
@@ -171,17 +188,21 @@ def test_approval_interrupt_and_resume(runtime, answer, ran, outcome):
     )
     first = agent.invoke({"messages": [HumanMessage("Merge PR 7")]}, CONFIG)
     (pending,) = first["__interrupt__"]
-    assert pending.value["type"] == "cra_approval"
-    assert pending.value["action_id"] == "github.pr.merge"
-    assert pending.value["risk_tier"] == "high"
-    assert pending.value["arguments"]["pr_number"] == 7
-    assert RAN == [("read_file", "README.md")]  # the sibling call ran; the merge waits
+    (request,) = pending.value["action_requests"]
+    assert request["name"] == "merge_pr"
+    assert request["args"]["pr_number"] == 7
+    (facts,) = pending.value["cra"]
+    assert facts["action_id"] == "github.pr.merge"
+    assert facts["risk_tier"] == "high"
+    assert facts["policy_id"] == "approve-merge"
+    assert RAN == []  # the whole turn waits for the review, as with LangChain's middleware
     assert only_session(runtime).active  # the run waits: its session stays open
     agent.invoke(Command(resume=answer), CONFIG)
-    assert [("read_file", "README.md"), *ran] == RAN  # nothing ran twice on resume
+    assert sorted([("read_file", "README.md"), *ran]) == sorted(RAN)  # nothing ran twice
     info = only_session(runtime)
     events = runtime.trace_events(info.session_id)
     kinds = [e.event_type for e in events]
+    assert kinds.count("approval.requested") == 1  # asked once, though the node ran twice
     assert kinds.count("action.requested") == 2  # the resume recorded nothing twice
     assert kinds.count("action.executed") == 1 + (outcome == "action.executed")
     last_merge = [e for e in events if e.payload.get("action_id") == "github.pr.merge"][-1]
@@ -214,10 +235,21 @@ def test_parallel_calls_and_a_failing_tool(runtime):
 class TestSessionLifecycle:
     """One session per run, opened and ended from wrap_model_call: no graph node of its own."""
 
-    def test_the_graph_has_no_node_of_the_middleware(self):
-        """before_agent / after_agent would each add a node to every run; there is none."""
+    def test_the_graph_has_no_session_node(self):
+        """before_agent / after_agent would each add a node to every run; there is none.
+
+        The batched review is one node (after_model), as LangChain's own middleware's;
+        ``interrupt_mode="per_call"`` adds none.
+        """
         agent, _ = agent_with()
-        assert set(agent.nodes) == {"__start__", "model", "tools"}
+        assert set(agent.nodes) == {"__start__", "model", "tools", "CRAMiddleware.after_model"}
+        per_call = CRAMiddleware(agent_id="gh-agent", interrupt_mode="per_call")
+        model = ScriptedChatModel(script=[])
+        assert set(create_agent(model, TOOLS, middleware=[per_call]).nodes) == {
+            "__start__",
+            "model",
+            "tools",
+        }
 
     def test_each_run_of_a_thread_is_a_session_that_ends(self, runtime):
         """Two runs on one thread: two sessions, each ended, the state cleared between them."""
