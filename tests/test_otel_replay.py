@@ -443,7 +443,7 @@ class TestOtherTracers:
             "from opentelemetry import trace\n"
             "from cra_agents.otel import Telemetry\n"
             "telemetry = Telemetry(trace.NoOpTracerProvider())\n"
-            "state = telemetry.on_call_start(type('Call', (), {'tool': 't'})())\n"
+            "state = telemetry.on_call_start(type('Call', (), {'tool': 't', 'session_id': 's'})())\n"
             "telemetry.deactivate(state, telemetry.activate(state))\n"
             "assert telemetry.stats.errors == 0, telemetry.stats\n"
             "print(any(m.startswith('opentelemetry.sdk') for m in sys.modules))\n"

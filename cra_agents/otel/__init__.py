@@ -13,9 +13,15 @@ Turn it on with ``cra.configure(..., otel=...)`` or ``Runtime(..., otel=...)``:
 
 Each guarded call becomes an ``execute_tool {tool}`` span (INTERNAL) with the GenAI attributes,
 ``openinference.span.kind=TOOL`` and the ``cra.*`` attributes of :mod:`cra_agents.semconv`,
-including the hash link of the deciding TRACE event; a denial has status ERROR and
-``error.type=policy_denied``. A ``cra.session`` block becomes an ``invoke_agent {agent}`` span
-with ``gen_ai.conversation.id`` = session id, parent of the calls made in it.
+including the hash link of the deciding TRACE event, ``gen_ai.agent.name`` and
+``gen_ai.conversation.id``; a denial has status ERROR and ``error.type=policy_denied``. Every
+session (a ``cra.session`` block, ``Runtime.create_session``, a ``CRAMiddleware`` run) becomes an
+``invoke_agent {agent}`` span parented on the context current when it starts, with
+``gen_ai.provider.name=cra_agents``; a call's span is a child of the current span, or of its
+session's span when none is current. ``gen_ai.conversation.id`` is the session's LangGraph thread
+(metadata ``langgraph_thread_id``) or else its id, so an interrupted run and its resume regroup.
+When another instrumentation's tool span (OpenInference, LangSmith) is open around a call, the
+call's attributes go onto that span instead of a second one (``OTelConfig.adopt_tool_spans``).
 
 The chain is the record; spans are best effort. Nothing here raises into the caller or waits
 on the network: a span is ended, with its hash attributes, by the trace writer once the TRACE
@@ -28,6 +34,7 @@ from __future__ import annotations
 from cra_agents.otel._attributes import (
     CallFacts,
     call_attributes,
+    conversation_id,
     link_attributes,
     session_attributes,
 )
@@ -52,6 +59,7 @@ __all__ = [
     "Telemetry",
     "TelemetryStats",
     "call_attributes",
+    "conversation_id",
     "link_attributes",
     "observer_from",
     "otlp_json",
