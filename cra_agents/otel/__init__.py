@@ -3,13 +3,16 @@
 Turn it on with ``cra.configure(..., otel=...)`` or ``Runtime(..., otel=...)``:
 
 ``otel="http://127.0.0.1:4318"`` / ``"grpc://127.0.0.1:4317"``
-    cra-agents exports to that collector itself over OTLP/HTTP or gRPC (extra
-    ``cra-agents[otel]``), through a batch processor with a large queue and a short export
-    timeout; :attr:`Telemetry.stats` counts what was exported and what was dropped.
+    cra-agents exports to that collector itself over OTLP/HTTP (extra ``cra-agents[otel]``) or
+    gRPC (extra ``cra-agents[otel-grpc]``), through a batch processor with a large queue and a
+    short export timeout; :attr:`Telemetry.stats` counts what was exported and what was dropped.
 ``otel=True`` or a ``TracerProvider``
     Spans go to the application's provider (the global one for ``True``), beside its own.
 ``otel=OTelConfig(...)``
     Everything above, plus ``capture_content`` (arguments and results on spans, off by default).
+    ``OTelConfig()`` with no endpoint and no provider exports to ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    when it is set; exports honour ``OTEL_EXPORTER_OTLP_PROTOCOL`` / ``_HEADERS``,
+    ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (the ``_TRACES_`` variants first).
 
 Each guarded call becomes an ``execute_tool {tool}`` span (INTERNAL) with the GenAI attributes,
 ``openinference.span.kind=TOOL`` and the ``cra.*`` attributes of :mod:`cra_agents.semconv`,
