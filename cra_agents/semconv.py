@@ -35,14 +35,17 @@ __all__ = [
     "GEN_AI_AGENT_NAME",
     "GEN_AI_CONVERSATION_ID",
     "GEN_AI_OPERATION_NAME",
+    "GEN_AI_PROVIDER_NAME",
     "GEN_AI_TOOL_CALL_ARGUMENTS",
     "GEN_AI_TOOL_CALL_ID",
     "GEN_AI_TOOL_CALL_RESULT",
     "GEN_AI_TOOL_DESCRIPTION",
     "GEN_AI_TOOL_NAME",
     "GEN_AI_TOOL_TYPE",
+    "LANGGRAPH_THREAD_ID",
     "OPENINFERENCE_SPAN_KIND",
     "POLICY_DENIED",
+    "PROVIDER",
 ]
 
 # -- OpenTelemetry GenAI semantic conventions ---------------------------------------------
@@ -55,9 +58,19 @@ GEN_AI_TOOL_TYPE: Final = "gen_ai.tool.type"  # "function"
 GEN_AI_TOOL_CALL_ARGUMENTS: Final = "gen_ai.tool.call.arguments"
 #: Opt-in (``capture_content``): the tool's result, as JSON (or its repr).
 GEN_AI_TOOL_CALL_RESULT: Final = "gen_ai.tool.call.result"
+#: The agent's name (the session's ``agent_id``): on ``invoke_agent`` and ``execute_tool`` spans.
 GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+#: Not emitted: the conventions reserve it for an agent's unique id, not its name.
 GEN_AI_AGENT_ID: Final = "gen_ai.agent.id"
-GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"  # the CRA session id
+#: The session's LangGraph thread (session metadata ``langgraph_thread_id``) or else its id: an
+#: interrupted run and its resume (two traces) share it.
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+#: Required on ``invoke_agent`` spans; cra-agents says :data:`PROVIDER` (it knows no model).
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+#: The ``gen_ai.provider.name`` of cra-agents' ``invoke_agent`` spans.
+PROVIDER: Final = "cra_agents"
+#: Session metadata key of the LangGraph thread a session records (``CRAMiddleware`` sets it).
+LANGGRAPH_THREAD_ID: Final = "langgraph_thread_id"
 ERROR_TYPE: Final = "error.type"
 #: ``error.type`` of a call the runtime refused (policy, approver, parameters).
 POLICY_DENIED: Final = "policy_denied"

@@ -169,6 +169,11 @@ _EXTRAS: list[tuple[str, list[str], str]] = [
         ["opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"],
         "pip install 'cra-agents[otel]' to export spans to a collector",
     ),
+    (
+        "otel-grpc",
+        ["opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc"],
+        "pip install 'cra-agents[otel-grpc]' to export spans over OTLP/gRPC",
+    ),
     ("yaml", ["pyyaml"], "pip install 'cra-agents[yaml]' to read YAML atlases"),
     ("notebook", ["ipywidgets"], "pip install 'cra-agents[notebook]' for approval widgets"),
     ("langchain", ["cra-agents-langchain"], "pip install cra-agents-langchain for LangChain"),

@@ -3,19 +3,28 @@
 Turn it on with ``cra.configure(..., otel=...)`` or ``Runtime(..., otel=...)``:
 
 ``otel="http://127.0.0.1:4318"`` / ``"grpc://127.0.0.1:4317"``
-    cra-agents exports to that collector itself over OTLP/HTTP or gRPC (extra
-    ``cra-agents[otel]``), through a batch processor with a large queue and a short export
-    timeout; :attr:`Telemetry.stats` counts what was exported and what was dropped.
+    cra-agents exports to that collector itself over OTLP/HTTP (extra ``cra-agents[otel]``) or
+    gRPC (extra ``cra-agents[otel-grpc]``), through a batch processor with a large queue and a
+    short export timeout; :attr:`Telemetry.stats` counts what was exported and what was dropped.
 ``otel=True`` or a ``TracerProvider``
     Spans go to the application's provider (the global one for ``True``), beside its own.
 ``otel=OTelConfig(...)``
     Everything above, plus ``capture_content`` (arguments and results on spans, off by default).
+    ``OTelConfig()`` with no endpoint and no provider exports to ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    when it is set; exports honour ``OTEL_EXPORTER_OTLP_PROTOCOL`` / ``_HEADERS``,
+    ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (the ``_TRACES_`` variants first).
 
 Each guarded call becomes an ``execute_tool {tool}`` span (INTERNAL) with the GenAI attributes,
 ``openinference.span.kind=TOOL`` and the ``cra.*`` attributes of :mod:`cra_agents.semconv`,
-including the hash link of the deciding TRACE event; a denial has status ERROR and
-``error.type=policy_denied``. A ``cra.session`` block becomes an ``invoke_agent {agent}`` span
-with ``gen_ai.conversation.id`` = session id, parent of the calls made in it.
+including the hash link of the deciding TRACE event, ``gen_ai.agent.name`` and
+``gen_ai.conversation.id``; a denial has status ERROR and ``error.type=policy_denied``. Every
+session (a ``cra.session`` block, ``Runtime.create_session``, a ``CRAMiddleware`` run) becomes an
+``invoke_agent {agent}`` span parented on the context current when it starts, with
+``gen_ai.provider.name=cra_agents``; a call's span is a child of the current span, or of its
+session's span when none is current. ``gen_ai.conversation.id`` is the session's LangGraph thread
+(metadata ``langgraph_thread_id``) or else its id, so an interrupted run and its resume regroup.
+When another instrumentation's tool span (OpenInference, LangSmith) is open around a call, the
+call's attributes go onto that span instead of a second one (``OTelConfig.adopt_tool_spans``).
 
 The chain is the record; spans are best effort. Nothing here raises into the caller or waits
 on the network: a span is ended, with its hash attributes, by the trace writer once the TRACE
@@ -28,6 +37,7 @@ from __future__ import annotations
 from cra_agents.otel._attributes import (
     CallFacts,
     call_attributes,
+    conversation_id,
     link_attributes,
     session_attributes,
 )
@@ -52,6 +62,7 @@ __all__ = [
     "Telemetry",
     "TelemetryStats",
     "call_attributes",
+    "conversation_id",
     "link_attributes",
     "observer_from",
     "otlp_json",

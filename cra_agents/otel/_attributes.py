@@ -8,6 +8,7 @@ so a span means the same whichever way it was made. Names come from :mod:`cra_ag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "CallFacts",
     "SpanStatus",
     "call_attributes",
+    "conversation_id",
     "link_attributes",
     "session_attributes",
     "tool_span_name",
@@ -48,6 +50,18 @@ class CallFacts:
     content: tuple[Any, Any] | None = None
 
 
+def conversation_id(session_id: str, metadata: Mapping[str, Any] | None) -> str:
+    """``gen_ai.conversation.id`` of a session: its LangGraph thread if it has one, else its id.
+
+    A LangGraph run that is interrupted and resumed makes two traces; both carry the thread.
+    """
+    if metadata:
+        thread = metadata.get(sc.LANGGRAPH_THREAD_ID)
+        if thread is not None and thread != "":
+            return str(thread)
+    return session_id
+
+
 def tool_span_name(tool: str) -> str:
     """``execute_tool {tool}`` (GenAI semantic conventions)."""
     return f"execute_tool {tool}"
@@ -65,13 +79,19 @@ def link_attributes(event: EventLike) -> dict[str, Any]:
 
 
 def call_attributes(
-    record: CallRecord | None, facts: CallFacts | None = None
+    record: CallRecord | None,
+    facts: CallFacts | None = None,
+    *,
+    agent_name: str | None = None,
+    conversation: str | None = None,
 ) -> tuple[dict[str, Any], SpanStatus]:
     """Every attribute of a call's ``execute_tool`` span, and its status.
 
     ``record`` is the call folded from its stored events (None when the trace failed and they
     were never stored: the span then says ``cra.trace.unavailable``); ``facts`` what only the
-    live call knows (its tool's name, atlas, risk tier, description, content).
+    live call knows (its tool's name, atlas, risk tier, description, content). ``agent_name``
+    and ``conversation`` come from the call's session (see :func:`conversation_id`; the
+    session id when not given).
     """
     if record is not None:
         action_id, execution_id = record.action_id, record.execution_id
@@ -91,7 +111,10 @@ def call_attributes(
         sc.CRA_SESSION_ID: session_id,
         sc.CRA_ACTION_ID: action_id,
         sc.CRA_EXECUTION_ID: execution_id,
+        sc.GEN_AI_CONVERSATION_ID: conversation or session_id,
     }
+    if agent_name:
+        attrs[sc.GEN_AI_AGENT_NAME] = agent_name
     call_id = (record.tool_call_id if record is not None else None) or (
         facts.tool_call_id if facts is not None else None
     )
@@ -147,16 +170,21 @@ def session_attributes(
     agent_id: str,
     trace_id: str,
     *,
+    conversation: str | None = None,
     shadow: bool = False,
     ended: EventLike | None = None,
     error: BaseException | None = None,
 ) -> tuple[dict[str, Any], SpanStatus]:
-    """Every attribute of a session's ``invoke_agent`` span, and its status."""
+    """Every attribute of a session's ``invoke_agent`` span, and its status.
+
+    ``conversation`` is the session's ``gen_ai.conversation.id`` (see :func:`conversation_id`;
+    the session id when not given).
+    """
     attrs: dict[str, Any] = {
         sc.GEN_AI_OPERATION_NAME: "invoke_agent",
+        sc.GEN_AI_PROVIDER_NAME: sc.PROVIDER,
         sc.GEN_AI_AGENT_NAME: agent_id,
-        sc.GEN_AI_AGENT_ID: agent_id,
-        sc.GEN_AI_CONVERSATION_ID: session_id,
+        sc.GEN_AI_CONVERSATION_ID: conversation or session_id,
         sc.OPENINFERENCE_SPAN_KIND: "AGENT",
         sc.CRA_SESSION_ID: session_id,
         sc.CRA_AGENT_ID: agent_id,

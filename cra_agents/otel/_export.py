@@ -7,7 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cra_agents._clock import parse_timestamp_ns
-from cra_agents.otel._attributes import call_attributes, session_attributes, tool_span_name
+from cra_agents.otel._attributes import (
+    call_attributes,
+    conversation_id,
+    session_attributes,
+    tool_span_name,
+)
 from cra_agents.protocol import TraceEvent
 from cra_agents.trace import event_field, fold_session
 
@@ -43,10 +48,12 @@ def _session_spans(events: Sequence[TraceEvent | Mapping[str, Any]]) -> list[dic
     trace_id = raw_trace_id.replace("-", "")[:32].rjust(32, "0")
     root_id = _span_id(str(event_field(first, "span_id")))
     agent = record.agent_id or "agent"
+    conversation = conversation_id(session_id, record.metadata)
     attrs, _ = session_attributes(
         session_id,
         agent,
         raw_trace_id,
+        conversation=conversation,
         shadow=any(call.shadow for call in record.calls),
     )
     spans = [
@@ -64,7 +71,7 @@ def _session_spans(events: Sequence[TraceEvent | Mapping[str, Any]]) -> list[dic
     for call in record.calls:
         if not call.has_request or not call.execution_id:
             continue
-        attrs, status = call_attributes(call)
+        attrs, status = call_attributes(call, agent_name=agent, conversation=conversation)
         if call.decided is None:  # not "unavailable": the export just has no decision yet
             attrs.pop("cra.trace.unavailable", None)
         spans.append(

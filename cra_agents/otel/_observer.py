@@ -31,13 +31,16 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from cra_agents import semconv as sc
 from cra_agents._clock import parse_timestamp_ns
 from cra_agents.otel._attributes import (
     CallFacts,
     call_attributes,
+    conversation_id,
     session_attributes,
     tool_span_name,
 )
+from cra_agents.otel._foreign import foreign_tool_span
 from cra_agents.runtime import Observer
 from cra_agents.trace import fold_calls
 
@@ -51,6 +54,28 @@ __all__ = ["Telemetry", "TelemetryStats"]
 logger = logging.getLogger(__name__)
 
 _SCOPE = "cra_agents"
+#: The runtime's implicit session (calls outside every session): its span is nobody's parent.
+_IMPLICIT_AGENT = "cra-implicit"
+
+
+@dataclass(slots=True)
+class _Session:
+    """A session span's state, and what its calls' spans repeat."""
+
+    state: Any
+    agent: str
+    conversation: str
+    #: Parent of its calls begun without a current span (False: the implicit session).
+    parent: bool
+
+
+class _Adopted:
+    """The state of a call whose tool span is another instrumentation's (not ours to end)."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
 
 
 @dataclass
@@ -59,6 +84,8 @@ class TelemetryStats:
 
     spans_started: int = 0
     spans_ended: int = 0
+    #: Calls whose attributes went onto another instrumentation's tool span, not a span of ours.
+    spans_adopted: int = 0
     spans_exported: int = 0
     #: Spans lost: the export queue was full or an export failed.
     spans_dropped: int = 0
@@ -75,6 +102,7 @@ class Telemetry(Observer):
         tracer_provider: Any,
         *,
         capture_content: bool = False,
+        adopt_tool_spans: bool = True,
         owned_processor: Any = None,
         shutdown_timeout: float = 2.0,
         stats: TelemetryStats | None = None,
@@ -82,26 +110,40 @@ class Telemetry(Observer):
         self.tracer = tracer_provider.get_tracer(_SCOPE)
         self.provider = tracer_provider
         self.capture_content = capture_content
+        #: Put a call's attributes on another instrumentation's current tool span, if any.
+        self.adopt_tool_spans = adopt_tool_spans
         self.stats = stats or TelemetryStats()
         self._processor = owned_processor
         self._shutdown_timeout = shutdown_timeout
         self._lock = threading.Lock()
         #: Begins SDK spans on the caller, starts them on the writer (None: not an SDK tracer).
         self._replay = _span_replay(self.tracer)
+        #: Open sessions by id (dict operations are atomic: no lock on the hot path).
+        self._sessions: dict[str, _Session] = {}
 
     def _failed(self, what: str) -> None:
         self.stats.errors += 1
         # Called from exception handlers only.
         logger.warning("telemetry: %s failed (ignored)", what, exc_info=True)  # noqa: LOG014
 
-    def _begin(self, name: str, attributes: dict[str, Any] | None = None) -> Any:
-        """A span begun here and made by the writer (SDK), or started here (other tracers)."""
+    def _begin(
+        self,
+        name: str,
+        attributes: dict[str, Any] | None = None,
+        context: otel_context.Context | None = None,
+    ) -> Any:
+        """A span begun here and made by the writer (SDK), or started here (other tracers).
+
+        Its parent is the span of ``context``, by default the current one.
+        """
         replay = self._replay
         if replay is not None:
-            deferred = replay.begin(name, attributes)
+            deferred = replay.begin(name, attributes, context)
             if deferred is not None:
                 return deferred
-        return self.tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+        return self.tracer.start_span(
+            name, context=context, kind=SpanKind.INTERNAL, attributes=attributes
+        )
 
     def _span(self, state: Any) -> Any:
         """The span to finish (a span begun by :meth:`_begin` for the SDK is started now)."""
@@ -110,13 +152,25 @@ class Telemetry(Observer):
     # -- sessions ---------------------------------------------------------------------------
 
     def on_session_start(self, session: SessionInfo) -> Any:
-        """Begin the ``invoke_agent`` span (current context as parent)."""
+        """Begin the ``invoke_agent`` span (current context as parent).
+
+        Every session gets one, however it was created (``cra.session``,
+        ``Runtime.create_session``, an adapter such as ``CRAMiddleware``).
+        """
         try:
+            conversation = conversation_id(session.session_id, session.metadata)
             attributes, _ = session_attributes(
-                session.session_id, session.agent_id, session.trace_id, shadow=session.shadow
+                session.session_id,
+                session.agent_id,
+                session.trace_id,
+                conversation=conversation,
+                shadow=session.shadow,
             )
             state = self._begin(f"invoke_agent {session.agent_id}", attributes)
             self.stats.spans_started += 1
+            self._sessions[session.session_id] = _Session(
+                state, session.agent_id, conversation, session.agent_id != _IMPLICIT_AGENT
+            )
             return state
         except Exception:  # noqa: BLE001 - telemetry never raises into the host
             self._failed("starting a session span")
@@ -130,6 +184,7 @@ class Telemetry(Observer):
         error: BaseException | None,
     ) -> None:
         """Link ``session.ended`` and end the span at its timestamp."""
+        known = self._sessions.pop(session.session_id, None)
         if state is None:
             return
         try:
@@ -137,6 +192,7 @@ class Telemetry(Observer):
                 session.session_id,
                 session.agent_id,
                 session.trace_id,
+                conversation=known.conversation if known is not None else None,
                 shadow=session.shadow,
                 ended=event,
                 error=error,
@@ -154,18 +210,87 @@ class Telemetry(Observer):
     # -- calls ------------------------------------------------------------------------------
 
     def on_call_start(self, call: Call) -> Any:
-        """Begin the ``execute_tool`` span (current context: the session's span or the app's)."""
+        """Begin the ``execute_tool`` span, or adopt another instrumentation's tool span.
+
+        The parent is the current span (a ``cra.session`` block's, or the application's);
+        without one, the span of the call's session (``CRAMiddleware`` runs, sessions made
+        with ``create_session``). When the current span is another instrumentation's tool span
+        (OpenInference, LangSmith, an application's own ``execute_tool`` span), the call's
+        attributes go onto it instead (``adopt_tool_spans``): one span per tool call.
+        """
         try:
-            state = self._begin(tool_span_name(call.tool))
+            current = otel_trace.get_current_span()
+            if self.adopt_tool_spans:
+                foreign = foreign_tool_span(current, _SCOPE)
+                if foreign is not None:
+                    return self._adopt(call, foreign)
+            context = None
+            if not current.get_span_context().is_valid:
+                session = self._sessions.get(call.session_id)
+                if session is not None and session.parent and session.state is not None:
+                    context = otel_trace.set_span_in_context(session.state)
+            state = self._begin(tool_span_name(call.tool), context=context)
             self.stats.spans_started += 1
             return state
         except Exception:  # noqa: BLE001 - telemetry never raises into the host
             self._failed("starting a tool span")
             return None
 
+    def _adopt(self, call: Call, span: Any) -> _Adopted:
+        """Put what the caller knows on the foreign span now, while it is surely open."""
+        attributes, _ = call_attributes(None, self._facts(call), **self._session_of(call))
+        del attributes[sc.CRA_TRACE_UNAVAILABLE]  # not yet: the writer adds the links
+        _set_foreign(span, attributes)
+        self.stats.spans_adopted += 1
+        return _Adopted(span)
+
+    def _session_of(self, call: Call) -> dict[str, Any]:
+        session = self._sessions.get(call.session_id)
+        if session is None:
+            return {}
+        return {"agent_name": session.agent, "conversation": session.conversation}
+
+    def _facts(self, call: Call) -> CallFacts:
+        return CallFacts(
+            tool=call.tool,
+            action_id=call.action_id,
+            session_id=call.session_id,
+            execution_id=call.execution_id,
+            tool_call_id=call.tool_call_id,
+            atlas_id=call.atlas_id,
+            atlas_version=call.atlas_version,
+            risk_tier=call.risk_tier if call.atlas_id is not None else None,
+            description=call.description,
+            shadow=call.shadow,
+            content=(call.arguments, call.result) if self.capture_content else None,
+        )
+
+    def _fill_adopted(self, call: Call, state: _Adopted, events: Sequence[TraceEvent]) -> None:
+        """The decision and its chain link, on the foreign span if it is still open.
+
+        The foreign instrumentation ends its span when the tool returns, maybe before the
+        writer stored the call's events: then the span keeps what :meth:`_adopt` put on it.
+        """
+        span = state.span
+        if not span.is_recording():
+            return
+        record = next((r for r in fold_calls(events) if r.execution_id == call.execution_id), None)
+        if record is None:
+            return
+        attributes, _ = call_attributes(record, self._facts(call), **self._session_of(call))
+        _set_foreign(span, attributes)
+
+    def on_call_decided(self, call: Call, state: Any, events: Sequence[TraceEvent] | None) -> None:
+        """On an adopted span: the decision's link, as soon as it is stored."""
+        if isinstance(state, _Adopted) and events:
+            try:
+                self._fill_adopted(call, state, events)
+            except Exception:  # noqa: BLE001 - telemetry never raises into the host
+                self._failed("filling an adopted tool span")
+
     def activate(self, state: Any) -> Any:
         """Make the span current while the tool runs (its own spans nest under it)."""
-        if state is None:
+        if state is None or isinstance(state, _Adopted):
             return None
         try:
             return otel_context.attach(otel_trace.set_span_in_context(state))
@@ -187,26 +312,19 @@ class Telemetry(Observer):
         if state is None:
             return
         try:
+            if isinstance(state, _Adopted):
+                if events:
+                    self._fill_adopted(call, state, events)
+                return
             span = self._span(state)
             if not span.is_recording():  # not sampled: nothing to fill in
                 self._end(span, None)
                 return
             records = fold_calls(events) if events else []
             record = next((r for r in records if r.execution_id == call.execution_id), None)
-            facts = CallFacts(
-                tool=call.tool,
-                action_id=call.action_id,
-                session_id=call.session_id,
-                execution_id=call.execution_id,
-                tool_call_id=call.tool_call_id,
-                atlas_id=call.atlas_id,
-                atlas_version=call.atlas_version,
-                risk_tier=call.risk_tier if call.atlas_id is not None else None,
-                description=call.description,
-                shadow=call.shadow,
-                content=(call.arguments, call.result) if self.capture_content else None,
+            attributes, status = call_attributes(
+                record, self._facts(call), **self._session_of(call)
             )
-            attributes, status = call_attributes(record, facts)
             span.set_attributes(attributes)
             if status is not None:
                 span.set_status(Status(StatusCode.ERROR, status[:500]))
@@ -250,6 +368,18 @@ class Telemetry(Observer):
             processor.shutdown()
         except Exception:  # noqa: BLE001 - telemetry never raises into the host
             self._failed("shutting down the span exporter")
+
+
+def _set_foreign(span: Any, attributes: dict[str, Any]) -> None:
+    """Our ``cra.*`` attributes on another instrumentation's span; its own ``gen_ai.*`` stay."""
+    existing = getattr(span, "attributes", None) or {}
+    span.set_attributes(
+        {
+            key: value
+            for key, value in attributes.items()
+            if key.startswith("cra.") or key not in existing
+        }
+    )
 
 
 def _span_replay(tracer: Any) -> SpanReplay | None:

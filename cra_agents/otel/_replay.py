@@ -113,8 +113,15 @@ class SpanReplay:
         self._last: tuple[SpanContext, Sampler, SamplingResult, TraceFlags] | None = None
         self._choosing = threading.Lock()
 
-    def begin(self, name: str, attributes: Attributes = None) -> Deferred | None:
-        """Begin a span as ``tracer.start_span(name)`` would, parented by the current context.
+    def begin(
+        self,
+        name: str,
+        attributes: Attributes = None,
+        context: otel_context.Context | None = None,
+    ) -> Deferred | None:
+        """Begin a span as ``tracer.start_span(name)`` would, parented by ``context``.
+
+        ``context`` defaults to the current one.
 
         None when the tracer is disabled, or the SDK did not keep chosen ids before: start the
         span the ordinary way then.
@@ -122,7 +129,9 @@ class SpanReplay:
         enabled = self._enabled
         if not self.active or (enabled is not None and not enabled()):
             return None
-        return Deferred(self, name, otel_context.get_current(), attributes, time.time_ns())
+        if context is None:
+            context = otel_context.get_current()
+        return Deferred(self, name, context, attributes, time.time_ns())
 
     def choose(self, deferred: Deferred) -> tuple[SpanContext, SamplingResult]:
         """Choose a deferred span's context as ``start_span`` does, on whatever thread asks.

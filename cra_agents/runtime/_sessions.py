@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from cra_agents._canonical import canonical_json
@@ -80,6 +81,8 @@ class SessionInfo:
     durable_count: int = 0
     #: The runtime records this session in shadow mode.
     shadow: bool = False
+    #: The ``metadata`` of ``session.started`` (read-only), if any.
+    metadata: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -111,6 +114,7 @@ class SessionState:
     #: What observers returned from ``on_session_start``.
     observed: tuple[Any, ...] = ()
     shadow: bool = False
+    metadata: Mapping[str, Any] | None = None
 
     @property
     def active(self) -> bool:
@@ -133,6 +137,7 @@ class SessionState:
             event_count=len(self.chain),
             durable_count=self.chain.durable + 1,
             shadow=self.shadow,
+            metadata=self.metadata,
         )
 
 
@@ -332,6 +337,8 @@ class SessionsMixin:
             session_id, agent_id, goal, chain.trace_id, parent_session_id, time.time_ns(), chain
         )
         session.shadow = self.shadow
+        if payload.get("metadata"):
+            session.metadata = MappingProxyType(payload["metadata"])
         with self._lock:
             if session_id in self._sessions:
                 raise CRAError(

@@ -353,6 +353,12 @@ class SessionRecord:
         return _get(self.started, "goal")
 
     @property
+    def metadata(self) -> Mapping[str, Any] | None:
+        """The metadata of ``session.started``, if any."""
+        value = None if self.started is None else event_payload(self.started).get("metadata")
+        return value if isinstance(value, Mapping) else None
+
+    @property
     def end_reason(self) -> str | None:
         """Why the session ended (``session.ended`` reason)."""
         return _get(self.ended, "reason")
