@@ -94,12 +94,13 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
     Each run of the agent is one CRA session (agent ``agent_id``, goal ``goal`` or the first
     human message), kept in the graph state, so it survives interrupts and resumes; a run
     started inside ``with cra.session(...)`` records into that session instead (and leaves it
-    open). The session opens at the run's first model reply and ends (``session.ended``,
+    open). The session opens before the run's first model call and ends (``session.ended``,
     reason ``completed``) with the reply that ends the agent loop, or after the tool calls
     that end it (``return_direct`` tools, a structured response); both are seen from
-    ``wrap_model_call``, so the middleware adds no node to the graph. A run that fails (an
-    exception out of ``invoke``) leaves its session open; with a checkpointer, the next run
-    on the thread goes on recording into it.
+    ``wrap_model_call``, so the middleware adds no node to the graph. If the model call that
+    opened it fails, it ends (reason ``error``); a run that fails later (an exception out of
+    ``invoke``) leaves its session open; with a checkpointer, the next run on the thread goes
+    on recording into it.
 
     Each tool call is mapped to an atlas action (``actions`` maps tool names to action ids;
     otherwise the action whose id, name or executor equals the tool name) and decided:
