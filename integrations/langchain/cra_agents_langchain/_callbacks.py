@@ -12,32 +12,97 @@ same id the guarded call's ``action.requested`` records, which correlates the tw
 (prompts, tool inputs and outputs) are recorded as SHA-256 digests only, unless
 ``capture_content=True``.
 
+Which session: the handler's ``session_id``, else the active ``cra.session``, else, inside a
+``create_agent`` run with ``CRAMiddleware``, the middleware's session for that run (the
+middleware announces it to the handlers of the run at each model call, and per LangGraph
+``thread_id`` for nodes no model call of this process announced, e.g. a resume into the
+tools node), else the runtime's implicit session (or, with an explicit ``runtime``, one of
+the handler's own). Chain events of a run wait for its first model or tool event (or its
+end) to learn which, so no session is opened for them alone.
+
 Errors inside the handler are logged and never raised into the host (``raise_error`` is
-False), except in ``enforce=True`` mode, see :class:`CRACallbackHandler`.
+False). With ``enforce=True`` only a refused tool raises: a model call, a message or an
+output the trace cannot carry as it is is recorded as a digest, never aborts the run.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar, cast
 from uuid import UUID
 
 import orjson
-from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
+from langchain_core.runnables.config import var_child_runnable_config
 
 import cra_agents as cra
-from cra_agents import Call, Runtime
+from cra_agents import Call, InvalidRequestError, Runtime, SessionEndedError
 from cra_agents.guard import call_session
-from cra_agents_langchain._common import runtime_or_default
+from cra_agents_langchain._common import THREAD_SESSIONS, runtime_or_default
 
-__all__ = ["CRACallbackHandler"]
+__all__ = ["CRACallbackHandler", "announce_session"]
 
 logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., None])
+
+#: Runs whose parent or session the handler keeps at once (a bound on leaked runs).
+_RUNS_MAX = 10_000
+#: How far up the run tree to look (a guard against a malformed tree).
+_DEPTH_MAX = 256
+
+
+class _Target(NamedTuple):
+    runtime: Runtime
+    session_id: str
+    #: A middleware's session: it may end before the run's last events (which are dropped).
+    announced: bool = False
+
+
+def announce_session(runtime: Runtime, session_id: str) -> None:
+    """Tell the callback handlers of the current LangGraph node which session records it.
+
+    Called by ``CRAMiddleware`` inside ``wrap_model_call``: the run's ``CRACallbackHandler``
+    instances bind the model node's run (and the graph run above it, whose tools node runs
+    too) to ``session_id``, and the thread's entry in ``THREAD_SESSIONS`` is refreshed.
+    Does nothing outside a runnable context.
+    """
+    config = var_child_runnable_config.get()
+    if not config:
+        return
+    thread = (config.get("configurable") or {}).get("thread_id")
+    if thread is not None:
+        THREAD_SESSIONS.put(str(thread), runtime, session_id)
+    manager = config.get("callbacks")
+    if not isinstance(manager, BaseCallbackManager) or manager.parent_run_id is None:
+        return
+    for handler in manager.handlers:
+        if isinstance(handler, CRACallbackHandler):
+            handler._bind(manager.parent_run_id, _Target(runtime, session_id, announced=True))
+
+
+def _observes(method: F) -> F:
+    """Guard an observing callback: whatever goes wrong is logged, never raised.
+
+    With ``enforce=True`` LangChain re-raises handler errors into the run (``raise_error``),
+    so every callback but the tool decision itself must not raise.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: CRACallbackHandler, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception:
+            self.errors += 1
+            logger.warning("CRACallbackHandler.%s failed (ignored)", method.__name__, exc_info=True)
+
+    return cast("F", guarded)
 
 
 class CRACallbackHandler(BaseCallbackHandler):
@@ -85,45 +150,161 @@ class CRACallbackHandler(BaseCallbackHandler):
         self.errors = 0
         # run_id -> the enforced call awaiting its outcome (handlers may run in threads).
         self._calls: dict[UUID, Call] = {}
+        # Chain and tool runs -> their parent; runs -> the target their start went to; runs
+        # a middleware announced its session for; root run -> chain events waiting for one.
+        self._parents: dict[UUID, UUID | None] = {}
+        self._targets: dict[UUID, _Target] = {}
+        self._bound: dict[UUID, _Target] = {}
+        self._held: dict[UUID, list[tuple[str, dict[str, Any]]]] = {}
         self._lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _target(self) -> tuple[Runtime, str]:
+    def _fixed(self) -> _Target | None:
+        """The handler's own session, or the active ``cra.session`` of its runtime."""
         runtime = runtime_or_default(self._runtime)
         if self._session_id is not None:
-            return runtime, self._session_id
+            return _Target(runtime, self._session_id)
         active = cra.current_session()
         if active is not None and active.runtime is runtime:
-            return runtime, active.session_id
+            return _Target(runtime, active.session_id)
+        return None
+
+    def _fallback(self) -> _Target:
+        """No session was named or announced: the implicit one, or the handler's own."""
         if self._runtime is None:
-            return call_session()
-        info = runtime.create_session("langchain-callbacks", "LangChain run events")
-        self._session_id = info.session_id
-        return runtime, info.session_id
+            return _Target(*call_session())
+        runtime = self._runtime
+        if self._session_id is None:
+            info = runtime.create_session("langchain-callbacks", "LangChain run events")
+            self._session_id = info.session_id
+        return _Target(runtime, self._session_id)
+
+    def _bind(self, node_run_id: UUID, target: _Target) -> None:
+        """A middleware's session records ``node_run_id`` and the graph run above it."""
+        with self._lock:
+            self._bound[node_run_id] = target
+            graph = self._parents.get(node_run_id)
+            if graph is not None:
+                self._bound[graph] = target
+            _trim(self._bound)
+
+    def _announced(self, run_id: UUID, parent_run_id: UUID | None) -> tuple[_Target | None, UUID]:
+        """The nearest announced session above the run (or of it), and the run's root."""
+        bound, parents = self._bound, self._parents
+        found: _Target | None = None
+        node: UUID | None = run_id
+        root = run_id
+        for _ in range(_DEPTH_MAX):  # up to the root: held chain events wait under it
+            if node is None:
+                break
+            if found is None:
+                found = bound.get(node)
+            root = node
+            node = parents.get(node, parent_run_id if node == run_id else None)
+        return found, root
+
+    def _resolve(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        metadata: Mapping[str, Any] | None,
+        *,
+        chain: bool,
+        ends: bool,
+    ) -> tuple[_Target | None, UUID]:
+        """Where the run's event goes (None: a chain event that waits), and its root run."""
+        with self._lock:
+            target = self._targets.get(run_id)
+            announced, root = self._announced(run_id, parent_run_id)
+        if target is not None:
+            return target, root
+        fixed = self._fixed()
+        if fixed is not None:
+            return fixed, root
+        if announced is not None:
+            return announced, root
+        runtime = runtime_or_default(self._runtime)
+        thread = (metadata or {}).get("thread_id")
+        if thread is not None:
+            session_id = THREAD_SESSIONS.get(str(thread), runtime)
+            if session_id is not None:
+                return _Target(runtime, session_id, announced=True), root
+        if chain and not (ends and root == run_id):
+            return None, root  # a chain event of a run whose session is not known yet
+        return self._fallback(), root
 
     def _record(
-        self, event_type: str, run_id: UUID, parent_run_id: UUID | None, **data: Any
-    ) -> None:
+        self,
+        event_type: str,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        starts: bool = False,
+        ends: bool = False,
+        **data: Any,
+    ) -> _Target | None:
+        """Record the event; ``starts``: a chain or tool run (children may follow)."""
         try:
-            runtime, session_id = self._target()
+            chain = event_type.startswith("langchain.chain.")
+            if starts:
+                with self._lock:
+                    self._parents[run_id] = parent_run_id
+                    _trim(self._parents)
             payload = {"run_id": str(run_id), **{k: v for k, v in data.items() if v is not None}}
             if parent_run_id is not None:
                 payload["parent_run_id"] = str(parent_run_id)
-            runtime.record_event(session_id, event_type, payload)
+            target, root = self._resolve(run_id, parent_run_id, metadata, chain=chain, ends=ends)
+            with self._lock:
+                if ends:
+                    self._parents.pop(run_id, None)
+                    self._targets.pop(run_id, None)
+                    self._bound.pop(run_id, None)
+                if target is None:
+                    self._held.setdefault(root, []).append((event_type, payload))
+                    return None
+                held = self._held.pop(root, [])
+                if not ends and event_type.endswith(".started"):
+                    self._targets[run_id] = target
+                    _trim(self._targets)
+            for waiting in held:
+                self._write(target, *waiting)
+            self._write(target, event_type, payload)
+            return target
         except Exception:
             self.errors += 1
             logger.warning(
                 "CRACallbackHandler could not record %s (ignored)", event_type, exc_info=True
             )
+            return None
+
+    def _write(self, target: _Target, event_type: str, payload: dict[str, Any]) -> None:
+        runtime, session_id, announced = target
+        try:
+            runtime.record_event(session_id, event_type, payload)
+        except SessionEndedError:
+            if not announced:
+                raise
+            # The middleware ended its session with the run's last reply: the graph's own
+            # closing events (node and graph ends) come after it and have nowhere to go.
+            logger.debug("CRACallbackHandler: %s after its session ended", event_type)
+        except InvalidRequestError as error:
+            if (error.details or {}).get("reason") == "reserved_event_type":
+                raise
+            # A value the trace cannot carry exactly (an object in token usage, a NaN): its
+            # digest instead, and which fields were digested.
+            digested = sorted(k for k, v in payload.items() if not _plain_scalar(v))
+            safe = {k: v if k not in digested else self._content(v) for k, v in payload.items()}
+            runtime.record_event(session_id, event_type, {**safe, "digested": digested})
 
     def _content(self, value: Any) -> dict[str, Any]:
         try:
             data = orjson.dumps(
-                value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=repr
+                value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=_text
             )
         except (TypeError, orjson.JSONEncodeError):
-            data = repr(value).encode("utf-8", "replace")
+            data = _text(value).encode("utf-8", "replace")
         out: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest()}
         if self.capture_content:
             out["content"] = data.decode()[:8192]
@@ -131,6 +312,7 @@ class CRACallbackHandler(BaseCallbackHandler):
 
     # -- model ----------------------------------------------------------------------------
 
+    @_observes
     def on_chat_model_start(
         self,
         serialized: dict[str, Any],
@@ -138,19 +320,22 @@ class CRACallbackHandler(BaseCallbackHandler):
         *,
         run_id: UUID,
         parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """``langchain.llm.started`` (model, message count, digest of the conversation)."""
-        flat = [m.model_dump(mode="json") for batch in messages for m in batch]
+        flat = [_dump(m) for batch in messages for m in batch]
         self._record(
             "langchain.llm.started",
             run_id,
             parent_run_id,
+            metadata=metadata,
             model=_name(serialized, kwargs),
             message_count=len(flat),
             messages=self._content(flat),
         )
 
+    @_observes
     def on_llm_start(
         self,
         serialized: dict[str, Any],
@@ -158,6 +343,7 @@ class CRACallbackHandler(BaseCallbackHandler):
         *,
         run_id: UUID,
         parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """``langchain.llm.started`` for text models."""
@@ -165,11 +351,13 @@ class CRACallbackHandler(BaseCallbackHandler):
             "langchain.llm.started",
             run_id,
             parent_run_id,
+            metadata=metadata,
             model=_name(serialized, kwargs),
             message_count=len(prompts),
             messages=self._content(prompts),
         )
 
+    @_observes
     def on_llm_end(
         self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
@@ -184,10 +372,12 @@ class CRACallbackHandler(BaseCallbackHandler):
             "langchain.llm.ended",
             run_id,
             parent_run_id,
+            ends=True,
             tool_calls=calls,
             token_usage=usage if isinstance(usage, dict) else None,
         )
 
+    @_observes
     def on_llm_error(
         self,
         error: BaseException,
@@ -197,7 +387,7 @@ class CRACallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """``langchain.llm.failed``."""
-        self._record("langchain.llm.failed", run_id, parent_run_id, **_error(error))
+        self._record("langchain.llm.failed", run_id, parent_run_id, ends=True, **_error(error))
 
     # -- tools ----------------------------------------------------------------------------
 
@@ -209,21 +399,25 @@ class CRACallbackHandler(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         inputs: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """``langchain.tool.started``; with ``enforce``, refuse what the runtime would deny."""
         name = str(serialized.get("name") or kwargs.get("name") or "tool")
         call_id = kwargs.get("tool_call_id")
-        self._record(
+        target = self._record(
             "langchain.tool.started",
             run_id,
             parent_run_id,
+            metadata=metadata,
+            starts=True,
             tool=name,
             tool_call_id=call_id,
             input=self._content(inputs if inputs is not None else input_str),
         )
         if self.enforce:
-            runtime, session_id = self._target()
+            # Not guarded: deciding the tool is what enforce is for, and it fails closed.
+            runtime, session_id, _ = target or self._fixed() or self._fallback()
             call = runtime.call(
                 name,
                 dict(inputs or {}),
@@ -250,6 +444,7 @@ class CRACallbackHandler(BaseCallbackHandler):
             self.errors += 1
             logger.warning("CRACallbackHandler could not record a tool outcome", exc_info=True)
 
+    @_observes
     def on_tool_end(
         self, output: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
@@ -260,11 +455,13 @@ class CRACallbackHandler(BaseCallbackHandler):
             "langchain.tool.ended",
             run_id,
             parent_run_id,
+            ends=True,
             tool_call_id=getattr(output, "tool_call_id", None),
             status=getattr(output, "status", None),
             output=self._content(getattr(output, "content", output)),
         )
 
+    @_observes
     def on_tool_error(
         self,
         error: BaseException,
@@ -280,12 +477,14 @@ class CRACallbackHandler(BaseCallbackHandler):
             "langchain.tool.failed",
             run_id,
             parent_run_id,
+            ends=True,
             tool_call_id=kwargs.get("tool_call_id"),
             **_error(error),
         )
 
     # -- chains ---------------------------------------------------------------------------
 
+    @_observes
     def on_chain_start(
         self,
         serialized: dict[str, Any] | None,
@@ -293,6 +492,7 @@ class CRACallbackHandler(BaseCallbackHandler):
         *,
         run_id: UUID,
         parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """``langchain.chain.started`` (with ``chains=True``)."""
@@ -301,9 +501,16 @@ class CRACallbackHandler(BaseCallbackHandler):
                 "langchain.chain.started",
                 run_id,
                 parent_run_id,
+                metadata=metadata,
+                starts=True,
                 name=_name(serialized or {}, kwargs),
             )
+        else:  # the run tree only: where a middleware's session is announced
+            with self._lock:
+                self._parents[run_id] = parent_run_id
+                _trim(self._parents)
 
+    @_observes
     def on_chain_end(
         self,
         outputs: dict[str, Any] | Any,
@@ -314,8 +521,11 @@ class CRACallbackHandler(BaseCallbackHandler):
     ) -> None:
         """``langchain.chain.ended`` (with ``chains=True``)."""
         if self.chains:
-            self._record("langchain.chain.ended", run_id, parent_run_id)
+            self._record("langchain.chain.ended", run_id, parent_run_id, ends=True)
+        else:
+            self._forget(run_id)
 
+    @_observes
     def on_chain_error(
         self,
         error: BaseException,
@@ -326,7 +536,16 @@ class CRACallbackHandler(BaseCallbackHandler):
     ) -> None:
         """``langchain.chain.failed`` (with ``chains=True``)."""
         if self.chains:
-            self._record("langchain.chain.failed", run_id, parent_run_id, **_error(error))
+            self._record(
+                "langchain.chain.failed", run_id, parent_run_id, ends=True, **_error(error)
+            )
+        else:
+            self._forget(run_id)
+
+    def _forget(self, run_id: UUID) -> None:
+        with self._lock:
+            self._parents.pop(run_id, None)
+            self._bound.pop(run_id, None)
 
 
 def _name(serialized: Mapping[str, Any], kwargs: Mapping[str, Any]) -> str:
@@ -339,6 +558,32 @@ def _name(serialized: Mapping[str, Any], kwargs: Mapping[str, Any]) -> str:
 
 def _error(error: BaseException) -> dict[str, Any]:
     return {"error_type": type(error).__name__, "error_message": str(error)[:2000]}
+
+
+def _dump(message: BaseMessage) -> Any:
+    """The message as JSON data; one holding what JSON cannot carry, as Python data."""
+    try:
+        return message.model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - an object in content or kwargs: _content uses its repr
+        return message.model_dump()
+
+
+def _text(value: Any) -> str:
+    """``repr(value)``, or its type's name when even that raises."""
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__
+        return f"<{type(value).__qualname__}>"
+
+
+def _plain_scalar(value: Any) -> bool:
+    return isinstance(value, str | bool) or (isinstance(value, int) and abs(value) < 2**53)
+
+
+def _trim(runs: dict[UUID, Any]) -> None:
+    """Drop the oldest entries of a run map beyond ``_RUNS_MAX`` (runs that never ended)."""
+    while len(runs) > _RUNS_MAX:
+        del runs[next(iter(runs))]
 
 
 def _plain(value: Any) -> Any:

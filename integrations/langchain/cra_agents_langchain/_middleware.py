@@ -20,13 +20,20 @@ from langchain.agents.middleware import (
 from langchain.agents.middleware.types import PrivateStateAttr
 from langchain_core.messages import AIMessage, HumanMessage, ToolCall, ToolMessage
 from langchain_core.tools import BaseTool
+from langgraph.errors import GraphBubbleUp
 from langgraph.runtime import Runtime as GraphRuntime
 from langgraph.types import Command, interrupt
 
 import cra_agents as cra
 from cra_agents import ActionNotFoundError, ApprovalDecision, Call, CRAError, Runtime
 from cra_agents.runtime import Precheck
-from cra_agents_langchain._common import REFUSALS, denial_text, runtime_or_default
+from cra_agents_langchain._callbacks import announce_session
+from cra_agents_langchain._common import (
+    REFUSALS,
+    THREAD_SESSIONS,
+    denial_text,
+    runtime_or_default,
+)
 from cra_agents_langchain._hitl import (
     ALL_DECISIONS,
     Answer,
@@ -113,11 +120,13 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
     Each run of the agent is one CRA session (agent ``agent_id``, goal ``goal`` or the first
     human message), kept in the graph state, so it survives interrupts and resumes; a run
     started inside ``with cra.session(...)`` records into that session instead (and leaves it
-    open). The session opens at the run's first model reply and ends (``session.ended``,
+    open). The session opens before the run's first model call and ends (``session.ended``,
     reason ``completed``) with the reply that ends the agent loop, or after the tool calls
     that end it (``return_direct`` tools, a structured response); both are seen from
-    ``wrap_model_call``. A run that fails (an exception out of ``invoke``) leaves its session
-    open; with a checkpointer, the next run on the thread goes on recording into it.
+    ``wrap_model_call``, so the middleware adds no node to the graph. If the model call that
+    opened it fails, it ends (reason ``error``); a run that fails later (an exception out of
+    ``invoke``) leaves its session open; with a checkpointer, the next run on the thread goes
+    on recording into it.
 
     Each tool call is mapped to an atlas action (``actions`` maps tool names to action ids;
     otherwise the action whose id, name or executor equals the tool name) and decided:
@@ -229,35 +238,42 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
     # update, so interrupts, resumes and checkpointers keep it.
 
     def wrap_model_call(self, request: ModelRequest[Any], handler: _ModelHandler) -> _ModelResult:
-        """Open the run's session at its first model reply; end it with the run's last."""
-        return self._replied(request, handler(request))
+        """Open the run's session before its first model call; end it with the run's last."""
+        runtime = self.runtime
+        session_id, owned, update = self._open(runtime, request)
+        try:
+            response = handler(request)
+        except BaseException as error:
+            if update is not None and owned:  # opened for this call: nothing will end it
+                _end(runtime, session_id, error)
+            raise
+        return self._replied(request, response, session_id, owned, update)
 
     async def awrap_model_call(
         self, request: ModelRequest[Any], handler: _AsyncModelHandler
     ) -> _ModelResult:
         """Async :meth:`wrap_model_call`."""
-        return self._replied(request, await handler(request))
+        runtime = self.runtime
+        session_id, owned, update = self._open(runtime, request)
+        try:
+            response = await handler(request)
+        except BaseException as error:
+            if update is not None and owned:
+                _end(runtime, session_id, error)
+            raise
+        return self._replied(request, response, session_id, owned, update)
 
-    def _replied(self, request: ModelRequest[Any], response: ModelResponse[Any]) -> _ModelResult:
-        # After the model answered, not before: a model call that fails (and is retried by
-        # an outer middleware, or ends the run) opens nothing that would never end.
+    def _replied(
+        self,
+        request: ModelRequest[Any],
+        response: ModelResponse[Any],
+        session_id: str,
+        owned: bool,
+        update: dict[str, Any] | None,
+    ) -> _ModelResult:
+        """End the session with the reply that ends the run; write a new one to the state."""
         runtime = self.runtime
         state = request.state
-        session_id = cast("str | None", state.get("cra_session_id"))
-        owned = bool(state.get("cra_session_owned", True))
-        if session_id and self._closing:
-            # The model runs again: whatever tool step was to end the run is over (a tool
-            # raised out of the run, or another middleware answered a call for it).
-            with self._lock:
-                self._closing.pop(session_id, None)
-        if session_id and not _usable(runtime, session_id):
-            # Ended meanwhile (a run that ended after return_direct tools; someone else), or
-            # unknown to this runtime (a checkpoint from another process): a new session.
-            session_id = None
-        update: dict[str, Any] | None = None
-        if not session_id:
-            session_id, owned = self._open(runtime, request)
-            update = {"cra_session_id": session_id, "cra_session_owned": owned}
         ends = _run_end(request, response)
         if ends is not None and not ends:  # this reply ends the run
             if owned:
@@ -272,19 +288,44 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
             return response
         return ExtendedModelResponse(model_response=response, command=Command(update=update))
 
-    def _open(self, runtime: Runtime, request: ModelRequest[Any]) -> tuple[str, bool]:
-        """A new session for the run, or the caller's ``cra.session`` (not ours to end)."""
-        active = cra.current_session()
-        if active is not None and active.runtime is runtime:
-            return active.session_id, False
-        execution = getattr(request.runtime, "execution_info", None)
-        thread = execution.thread_id if execution is not None else None
-        info = runtime.create_session(
-            self.agent_id,
-            self._goal(request.state),
-            metadata={"langgraph_thread_id": str(thread)} if thread is not None else None,
-        )
-        return info.session_id, True
+    def _open(
+        self, runtime: Runtime, request: ModelRequest[Any]
+    ) -> tuple[str, bool, dict[str, Any] | None]:
+        """The run's session, opened if it has none yet (with the state update to write).
+
+        Before the model is called, so the model call's own callback events (see
+        ``CRACallbackHandler``) are recorded in it: the session is announced to them. A new
+        session is the caller's ``cra.session`` when one is active (not ours to end).
+        """
+        state = request.state
+        session_id = cast("str | None", state.get("cra_session_id"))
+        owned = bool(state.get("cra_session_owned", True))
+        if session_id and self._closing:
+            # The model runs again: whatever tool step was to end the run is over (a tool
+            # raised out of the run, or another middleware answered a call for it).
+            with self._lock:
+                self._closing.pop(session_id, None)
+        if session_id and not _usable(runtime, session_id):
+            # Ended meanwhile (a run that ended after return_direct tools; someone else), or
+            # unknown to this runtime (a checkpoint from another process): a new session.
+            session_id = None
+        update: dict[str, Any] | None = None
+        if not session_id:
+            active = cra.current_session()
+            if active is not None and active.runtime is runtime:
+                session_id, owned = active.session_id, False
+            else:
+                execution = getattr(request.runtime, "execution_info", None)
+                thread = execution.thread_id if execution is not None else None
+                info = runtime.create_session(
+                    self.agent_id,
+                    self._goal(state),
+                    metadata={"langgraph_thread_id": str(thread)} if thread is not None else None,
+                )
+                session_id, owned = info.session_id, True
+            update = {"cra_session_id": session_id, "cra_session_owned": owned}
+        announce_session(runtime, session_id)
+        return session_id, owned, update
 
     def _tool_done(self, session_id: str, call_id: str) -> None:
         """A tool call of a run that ends after its tool calls was answered."""
@@ -334,9 +375,9 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
             threads.move_to_end(thread)
             evicted = threads.popitem(last=False)[1] if len(threads) > _THREADS_MAX else None
         if session_id != created:  # another call of the thread made one first
-            _end(runtime, created, "cancelled")
+            _end(runtime, created, reason="cancelled")
         if evicted is not None:  # the least recently used thread: its session is over
-            _end(runtime, evicted, "timeout")
+            _end(runtime, evicted, reason="timeout")
         return session_id
 
     # -- approvals: LangChain's human-in-the-loop protocol ----------------------------------
@@ -674,8 +715,20 @@ def _usable(runtime: Runtime, session_id: str) -> bool:
 def _end(
     runtime: Runtime,
     session_id: str,
-    reason: Literal["completed", "timeout", "error", "cancelled"] = "completed",
+    error: BaseException | None = None,
+    *,
+    reason: Literal["completed", "timeout", "cancelled"] = "completed",
 ) -> None:
-    """End the session (``session.ended``, reason ``completed`` unless told otherwise)."""
+    """End the session: ``reason``, or ``error`` (``cancelled`` for an interrupt) after one."""
+    THREAD_SESSIONS.forget(session_id)
     with contextlib.suppress(CRAError):  # already ended, or the runtime was closed
-        runtime.end_session(session_id, reason)
+        if error is None:
+            runtime.end_session(session_id, reason)
+        elif isinstance(error, Exception) and not isinstance(error, GraphBubbleUp):
+            runtime.end_session(session_id, "error", error=_describe(error), cause=error)
+        else:  # an interrupt, a cancellation: the node runs again, or the run stops
+            runtime.end_session(session_id, "cancelled", error=_describe(error))
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:2000]

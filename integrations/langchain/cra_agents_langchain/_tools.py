@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
-from langchain_core.tools.base import _get_runnable_config_param
+from langchain_core.tools.base import (
+    _get_runnable_config_param,
+    _is_injected_arg_type,
+    get_all_basemodel_annotations,
+)
+from langgraph.prebuilt import InjectedState, InjectedStore
+from langgraph.prebuilt.tool_node import ToolRuntime
 from pydantic import ConfigDict, PrivateAttr
 
 from cra_agents import Call, CRAError, Runtime
 from cra_agents.guard import call_session
 from cra_agents_langchain._common import REFUSALS, denial_text
 
-__all__ = ["GuardedTool", "ToolDeniedError", "guard_tool", "guard_tools"]
+__all__ = ["DROPPED_EVENT", "GuardedTool", "ToolDeniedError", "guard_tool", "guard_tools"]
 
 _CALL_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("cra_tool_call", default=None)
+# Injected arguments a model-shaped ToolCall carried, dropped before LangChain parses it.
+_DROPPED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "cra_tool_dropped", default=()
+)
+#: The extension event recording them, in the call's session.
+DROPPED_EVENT = "langchain.tool.injected_args_dropped"
 
 
 class ToolDeniedError(ToolException):
@@ -41,9 +54,21 @@ class GuardedTool(BaseTool):
     """A tool whose every call is decided and recorded by cra-agents before it runs.
 
     Same name, description and argument schema as the wrapped tool; injected arguments
-    (``ToolRuntime``, ``InjectedToolCallId``, ``InjectedState``) still reach it and are kept out
-    of the decision. A refused call raises :class:`ToolDeniedError`, which
-    ``handle_tool_error`` turns into the tool's output so the model reads the reason.
+    (``ToolRuntime``, ``InjectedToolCallId``, ``InjectedState``, ``InjectedStore``,
+    ``InjectedToolArg``) still reach it and are kept out of the decision. A refused call raises
+    :class:`ToolDeniedError`, which ``handle_tool_error`` turns into the tool's output so the
+    model reads the reason.
+
+    A value for an injected argument inside a ``ToolCall``'s ``args`` is the model's, not
+    LangChain's: it is dropped, as LangGraph's ``ToolNode`` drops it, and LangChain injects
+    the real one (the call id from the ``ToolCall``; state, store and runtime from
+    ``ToolNode``). So it never reaches the tool undecided. Inside a LangGraph run the values
+    ``ToolNode`` itself injects (``InjectedState``, ``InjectedStore``, ``ToolRuntime``) are
+    kept, since it has already replaced the model's; any other injected key in a
+    ``ToolCall`` (``InjectedToolCallId``, a plain ``InjectedToolArg``) is dropped everywhere,
+    as ``ToolNode`` never passes one. Each drop is recorded in the call's session as a
+    ``langchain.tool.injected_args_dropped`` event (tool, ``tool_call_id``, argument names).
+    A plain ``dict`` input is the caller's own and is passed as given.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -55,22 +80,52 @@ class GuardedTool(BaseTool):
     cra_runtime: Any = None
     _visible: frozenset[str] | None = PrivateAttr(default=None)
     _optional: frozenset[str] | None = PrivateAttr(default=None)
+    _injected: tuple[frozenset[str], frozenset[str]] | None = PrivateAttr(default=None)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Run the tool (keeps the ``tool_call_id`` of a ``ToolCall`` input for the record)."""
+        input, dropped = self._strip(input, config)
         token = _CALL_ID.set(_call_id(input))
+        dropped_token = _DROPPED.set(dropped)
         try:
             return super().invoke(input, config, **kwargs)
         finally:
+            _DROPPED.reset(dropped_token)
             _CALL_ID.reset(token)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Async :meth:`invoke`."""
+        input, dropped = self._strip(input, config)
         token = _CALL_ID.set(_call_id(input))
+        dropped_token = _DROPPED.set(dropped)
         try:
             return await super().ainvoke(input, config, **kwargs)
         finally:
+            _DROPPED.reset(dropped_token)
             _CALL_ID.reset(token)
+
+    def _strip(self, input: Any, config: RunnableConfig | None) -> tuple[Any, tuple[str, ...]]:
+        """A ``ToolCall`` without the model's values for injected arguments (see above)."""
+        if not (isinstance(input, Mapping) and input.get("type") == "tool_call"):
+            return input, ()
+        args = input.get("args")
+        if not isinstance(args, Mapping) or not args:
+            return input, ()
+        injected = self._injected
+        if injected is None:
+            injected = self._injected = _injected_keys(self.tool)
+        every, graph_filled = injected
+        if not every.intersection(args):
+            return input, ()
+        # ToolNode strips the model's values and injects its own (state, store, runtime):
+        # https://github.com/langchain-ai/langgraph/blob/prebuilt%3D%3D1.1.3/libs/prebuilt/langgraph/prebuilt/tool_node.py#L1473-L1481
+        configurable = (config or {}).get("configurable") or {}
+        in_graph = "__pregel_runtime" in configurable
+        keep = graph_filled if in_graph else frozenset()
+        dropped = tuple(sorted(k for k in args if k in every and k not in keep))
+        if not dropped:
+            return input, ()
+        return {**input, "args": {k: v for k, v in args.items() if k not in dropped}}, dropped
 
     def _runtime(self) -> Runtime:
         runtime: Runtime | None = self.cra_runtime
@@ -100,13 +155,20 @@ class GuardedTool(BaseTool):
             kwargs = {**_positional(self.tool, args), **kwargs}
         decided, injected = self._split(kwargs)
         runtime = self._runtime()
+        call_id = _CALL_ID.get()
         call = runtime.call(
             self.tool.name,
             decided,
             action_id=self.action_id,
             actions=self.actions,
-            tool_call_id=_CALL_ID.get(),
+            tool_call_id=call_id,
         )
+        dropped = _DROPPED.get()
+        if dropped:  # recorded beside the call's decision, in its session (fails closed)
+            payload: dict[str, Any] = {"tool": self.tool.name, "arguments": list(dropped)}
+            if call_id is not None:
+                payload["tool_call_id"] = call_id
+            runtime.record_event(call.session_id, DROPPED_EVENT, payload)
         return runtime, call, injected
 
     def _run(
@@ -194,6 +256,42 @@ def _call_id(value: Any) -> str | None:
         call_id = value.get("id")
         return str(call_id) if call_id else None
     return None
+
+
+def _injected_keys(tool: BaseTool) -> tuple[frozenset[str], frozenset[str]]:
+    """The tool's injected arguments, and those of them a ``ToolNode`` fills itself.
+
+    The same reading as ``ToolNode``'s ``_get_all_injected_args``: the input schema's
+    annotations, then the function's.
+    """
+    annotations: dict[str, Any] = {}
+    func = getattr(tool, "func", None) or getattr(tool, "coroutine", None)
+    if func is not None:
+        with contextlib.suppress(Exception):  # unresolvable hints: the schema decides
+            annotations.update(get_type_hints(func, include_extras=True))
+    schema = tool.get_input_schema()
+    if isinstance(schema, type):
+        annotations.update(get_all_basemodel_annotations(schema))
+    every = {name for name, type_ in annotations.items() if _is_injected_arg_type(type_)}
+    every |= tool._injected_args_keys
+    filled = {
+        name
+        for name in every
+        if name == "runtime"
+        or _marks(annotations.get(name), InjectedState, InjectedStore)
+        or _marks(annotations.get(name), ToolRuntime)
+    }
+    return frozenset(every), frozenset(filled)
+
+
+def _marks(type_: Any, *kinds: type) -> bool:
+    """Whether ``type_`` is one of ``kinds`` or ``Annotated`` with an instance of one."""
+    if type_ is None:
+        return False
+    candidates = [type_, get_origin(type_), *get_args(type_)]
+    return any(
+        (isinstance(c, type) and issubclass(c, kinds)) or isinstance(c, kinds) for c in candidates
+    )
 
 
 def _fields(schema: Any) -> list[str]:

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import LLMResult
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
 
 import cra_agents as cra
 from cra_agents_langchain import CRACallbackHandler, CRAMiddleware
+from cra_agents_langchain._common import THREAD_SESSIONS
 from cra_agents_langchain.testing import ScriptedChatModel
 
 GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
-ACTIONS = {"read_file": "github.file.read", "delete_repo": "github.repo.delete"}
+ACTIONS = {
+    "read_file": "github.file.read",
+    "delete_repo": "github.repo.delete",
+    "merge_pr": "github.pr.merge",
+}
+SHA = "a" * 40
 RAN: list[str] = []
 
 
@@ -40,6 +52,13 @@ def delete_repo(repo: str, confirm_name: str) -> str:
     """Delete a repository."""
     RAN.append("deleted")
     return "deleted"
+
+
+@tool
+def merge_pr(repo: str, pr_number: int, expected_head_sha: str) -> str:
+    """Merge a pull request."""
+    RAN.append(f"merged #{pr_number}")
+    return f"merged #{pr_number}"
 
 
 def _model(*calls: dict[str, Any]) -> ScriptedChatModel:
@@ -128,3 +147,146 @@ def test_explicit_runtime_gets_its_own_session():
         assert kinds.count("langchain.tool.ended") == 1
     finally:
         other.close()
+
+
+class _Opaque:
+    """Neither JSON nor pydantic can encode it."""
+
+
+class TestUnserialisableMessages:
+    def test_enforce_records_an_unserialisable_message_and_lets_the_run_go_on(self, runtime):
+        """enforce=True refuses tools only: a message orjson cannot encode is digested."""
+        model = _model({"name": "read_file", "args": {"repo": "acme/app", "path": "O"}, "id": "o1"})
+        agent = create_agent(model, [read_file])
+        handler = CRACallbackHandler(enforce=True, actions=ACTIONS)
+        message = HumanMessage("read O", additional_kwargs={"blob": _Opaque()})
+        with cra.session(agent_id="gh", goal="Opaque") as active:
+            out = agent.invoke({"messages": [message]}, {"callbacks": [handler]})
+        assert out["messages"][-1].content == "done"
+        assert RAN == ["O"]
+        events = runtime.trace_events(active.session_id)
+        started = [e for e in events if e.event_type == "langchain.llm.started"]
+        assert len(started) == 2
+        assert all(len(e.payload["messages"]["sha256"]) == 64 for e in started)
+        assert handler.errors == 0
+
+    def test_unrecordable_usage_becomes_a_digest(self, runtime):
+        """A payload field the trace cannot carry is recorded as its digest, not lost."""
+        handler = CRACallbackHandler()
+        with cra.session(agent_id="gh", goal="Usage") as active:
+            run_id = uuid4()
+            handler.on_llm_end(
+                LLMResult(generations=[], llm_output={"token_usage": {"odd": _Opaque()}}),
+                run_id=run_id,
+            )
+        (ended,) = [
+            e
+            for e in runtime.trace_events(active.session_id)
+            if e.event_type == "langchain.llm.ended"
+        ]
+        assert ended.payload["run_id"] == str(run_id)
+        assert len(ended.payload["token_usage"]["sha256"]) == 64
+        assert handler.errors == 0
+
+
+def _kinds(runtime: cra.Runtime, session_id: str) -> list[str]:
+    return [e.event_type for e in runtime.trace_events(session_id)]
+
+
+class TestWithMiddleware:
+    """With CRAMiddleware, the handler records into the middleware's session for the run."""
+
+    def test_a_run_without_a_checkpointer_records_in_the_middleware_session(self, runtime):
+        """No thread_id: the session is announced through the run tree; nothing stray opens."""
+        model = _model({"name": "read_file", "args": {"repo": "acme/app", "path": "M"}, "id": "m1"})
+        middleware = CRAMiddleware(agent_id="gh", actions=ACTIONS)
+        agent = create_agent(model, [read_file], middleware=[middleware])
+        handler = CRACallbackHandler(chains=True)
+        agent.invoke({"messages": [HumanMessage("read M")]}, {"callbacks": [handler]})
+        (info,) = runtime.sessions()  # no implicit session
+        assert info.agent_id == "gh"
+        assert not info.active
+        kinds = _kinds(runtime, info.session_id)
+        assert kinds[0] == "session.started"
+        assert kinds[-1] == "session.ended"
+        # The graph's and the model node's starts waited for the session, then came first.
+        assert kinds[1:3] == ["langchain.chain.started", "langchain.chain.started"]
+        assert kinds.count("langchain.llm.started") == kinds.count("langchain.llm.ended") == 2
+        assert kinds.count("langchain.tool.started") == kinds.count("langchain.tool.ended") == 1
+        assert kinds.index("langchain.tool.started") < kinds.index("action.executed")
+        assert runtime.verify(info.session_id).valid
+        assert handler.errors == 0
+
+    def test_async_run_records_in_the_middleware_session(self, runtime):
+        """ainvoke: the same, the sync handler being run by LangChain's executor."""
+        model = _model({"name": "read_file", "args": {"repo": "acme/app", "path": "N"}, "id": "n1"})
+        middleware = CRAMiddleware(agent_id="gh", actions=ACTIONS)
+        agent = create_agent(model, [read_file], middleware=[middleware])
+        handler = CRACallbackHandler()
+        asyncio.run(agent.ainvoke({"messages": [HumanMessage("read N")]}, {"callbacks": [handler]}))
+        (info,) = runtime.sessions()
+        kinds = _kinds(runtime, info.session_id)
+        assert kinds.count("langchain.llm.started") == 2
+        assert kinds.count("langchain.tool.ended") == 1
+        assert handler.errors == 0
+
+    def test_a_resume_into_the_tools_node_finds_the_session_by_thread(self, runtime):
+        """After an approval interrupt no model call announces the session: the thread does."""
+        model = _model(
+            {
+                "name": "merge_pr",
+                "args": {"repo": "acme/app", "pr_number": 7, "expected_head_sha": SHA},
+                "id": "p1",
+            }
+        )
+        middleware = CRAMiddleware(agent_id="gh", actions=ACTIONS)
+        agent = create_agent(
+            model, [merge_pr], middleware=[middleware], checkpointer=InMemorySaver()
+        )
+        thread = {"thread_id": "resume-thread"}
+        first = agent.invoke(
+            {"messages": [HumanMessage("merge")]},
+            RunnableConfig(configurable=thread, callbacks=[CRACallbackHandler()]),
+        )
+        assert first["__interrupt__"]
+        handler = CRACallbackHandler()  # a new handler: it knows nothing of the first run
+        agent.invoke(Command(resume=True), RunnableConfig(configurable=thread, callbacks=[handler]))
+        (info,) = runtime.sessions()
+        assert RAN == ["merged #7"]
+        kinds = _kinds(runtime, info.session_id)
+        assert kinds.count("langchain.tool.started") == 1
+        assert kinds.count("langchain.llm.started") == 2
+        assert kinds[-1] == "session.ended"
+        assert handler.errors == 0
+        assert THREAD_SESSIONS.get("resume-thread", runtime) is None  # forgotten at the end
+
+    def test_a_failed_first_model_call_is_recorded_in_the_session_it_ended(self, runtime):
+        """The session opens before the model call, so even its failure is in it."""
+
+        def fail(messages: Any) -> AIMessage:
+            raise RuntimeError("model down")
+
+        agent = create_agent(
+            ScriptedChatModel(script=[fail]),
+            [read_file],
+            middleware=[CRAMiddleware(agent_id="gh", actions=ACTIONS)],
+        )
+        handler = CRACallbackHandler()
+        with pytest.raises(RuntimeError, match="model down"):
+            agent.invoke({"messages": [HumanMessage("hi")]}, {"callbacks": [handler]})
+        (info,) = runtime.sessions()
+        kinds = _kinds(runtime, info.session_id)
+        assert kinds == [
+            "session.started",
+            "langchain.llm.started",
+            "langchain.llm.failed",
+            "session.ended",
+        ]
+
+    def test_outside_langgraph_the_implicit_session_as_before(self, runtime):
+        """A tool invoked on its own: the runtime's implicit session, as without middleware."""
+        handler = CRACallbackHandler(chains=True)
+        read_file.invoke({"repo": "acme/app", "path": "Q"}, {"callbacks": [handler]})
+        (info,) = runtime.sessions()
+        assert info.agent_id == "cra-implicit"
+        assert _kinds(runtime, info.session_id).count("langchain.tool.ended") == 1

@@ -277,8 +277,8 @@ class TestSessionLifecycle:
         info = only_session(runtime)
         assert types(runtime, info.session_id) == ["session.started", "session.ended"]
 
-    def test_a_failed_model_call_opens_nothing(self, runtime):
-        """The session opens at the first reply: a model that fails leaves no open session."""
+    def test_a_failed_first_model_call_ends_the_session_it_opened(self, runtime):
+        """The session opens before the first model call; if that call fails it ends (error)."""
 
         def fail(messages: Any) -> AIMessage:
             raise RuntimeError("model down")
@@ -286,7 +286,42 @@ class TestSessionLifecycle:
         agent, _ = agent_with(fail)
         with pytest.raises(RuntimeError, match="model down"):
             agent.invoke({"messages": [HumanMessage("Hello")]}, CONFIG)
-        assert runtime.sessions() == []
+        info = only_session(runtime)
+        assert not info.active
+        events = runtime.trace_events(info.session_id)
+        assert [e.event_type for e in events] == ["session.started", "session.ended"]
+        assert events[-1].payload["reason"] == "error"
+        assert "model down" in events[-1].payload["error"]
+
+    def test_a_failed_later_model_call_leaves_the_run_session_open(self, runtime):
+        """A model call that fails after the session was opened by an earlier one ends nothing.
+
+        The run failed, not the session: with a checkpointer the next run on the thread goes
+        on recording into it.
+        """
+
+        def fail(messages: Any) -> AIMessage:
+            raise RuntimeError("model down")
+
+        agent, _ = agent_with(turn(call("read_file", "f1", repo="acme/app", path="A.md")), fail)
+        with pytest.raises(RuntimeError, match="model down"):
+            agent.invoke({"messages": [HumanMessage("Read A")]}, CONFIG)
+        info = only_session(runtime)
+        assert info.active
+        assert agent.get_state(CONFIG).values["cra_session_id"] == info.session_id
+
+    def test_async_failed_first_model_call_ends_the_session_it_opened(self, runtime):
+        """awrap_model_call: the same as the sync path."""
+
+        def fail(messages: Any) -> AIMessage:
+            raise RuntimeError("model down")
+
+        agent, _ = agent_with(fail)
+        with pytest.raises(RuntimeError, match="model down"):
+            asyncio.run(agent.ainvoke({"messages": [HumanMessage("Hello")]}, CONFIG))
+        info = only_session(runtime)
+        assert not info.active
+        assert runtime.trace_events(info.session_id)[-1].payload["reason"] == "error"
 
     def test_inside_a_cra_session_the_run_records_there_and_leaves_it_open(self, runtime):
         """The caller's session is used, not ended; the next run outside it gets its own."""

@@ -10,12 +10,21 @@ from typing import Annotated, Any
 import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from langchain_core.tools import InjectedToolCallId, StructuredTool, ToolException, tool
+from langchain_core.tools import (
+    InjectedToolArg,
+    InjectedToolCallId,
+    StructuredTool,
+    ToolException,
+    tool,
+)
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import InjectedState, ToolNode
 from langgraph.prebuilt.tool_node import ToolRuntime
 
 import cra_agents as cra
 import cra_agents_langchain
 from cra_agents_langchain import GuardedTool, ToolDeniedError, guard_tool, guard_tools
+from cra_agents_langchain._tools import DROPPED_EVENT
 from cra_agents_langchain.testing import ScriptedChatModel
 
 GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
@@ -182,3 +191,116 @@ def test_tool_runtime_still_reaches_the_tool():
         agent.invoke({"messages": [HumanMessage("go")]})
     assert SEEN == [("P", "rt1", 2)]
     assert cra.get_runtime().verify(active.session_id).valid
+
+
+@tool
+def read_as(
+    repo: str,
+    path: str,
+    user: Annotated[str, InjectedToolArg] = "nobody",
+    tool_call_id: Annotated[str, InjectedToolCallId] = "",
+) -> str:
+    """Read a file as a user."""
+    SEEN.append((path, user, tool_call_id))
+    return f"{user} read {path}"
+
+
+@tool
+def read_as_user(repo: str, path: str, user: Annotated[str, InjectedToolArg] = "nobody") -> str:
+    """Read a file as a user (no call id)."""
+    SEEN.append((path, user))
+    return f"{user} read {path}"
+
+
+@tool
+def read_for_state(repo: str, path: str, state: Annotated[dict[str, Any], InjectedState]) -> str:
+    """Read a file, knowing the state."""
+    SEEN.append((path, sorted(state)))
+    return "ok"
+
+
+def _dropped(runtime: cra.Runtime) -> list[dict[str, Any]]:
+    return [
+        e.payload
+        for s in runtime.sessions()
+        for e in runtime.trace_events(s.session_id)
+        if e.event_type == DROPPED_EVENT
+    ]
+
+
+class TestInjectedArguments:
+    """A model's value for an injected argument never reaches the tool: LangChain's is used."""
+
+    def test_direct_tool_call_drops_the_models_values(self, runtime):
+        """A ToolCall forging user and tool_call_id: both dropped, recorded; defaults and id."""
+        guarded = guard_tool(read_as, action_id="github.file.read")
+        forged = _call("read_as", "real-id", repo="a/b", path="P", user="root", tool_call_id="x")
+        message = guarded.invoke(forged)
+        assert message.content == "nobody read P"
+        assert SEEN == [("P", "nobody", "real-id")]
+        (payload,) = _dropped(runtime)
+        assert payload == {
+            "tool": "read_as",
+            "arguments": ["tool_call_id", "user"],
+            "tool_call_id": "real-id",
+        }
+
+    def test_async_direct_tool_call_drops_them_too(self, runtime):
+        """ainvoke: the same."""
+        guarded = guard_tool(read_as, action_id="github.file.read")
+        forged = _call("read_as", "a-id", repo="a/b", path="P", user="root")
+        message = asyncio.run(guarded.ainvoke(forged))
+        assert message.content == "nobody read P"
+        assert [p["arguments"] for p in _dropped(runtime)] == [["user"]]
+
+    def test_a_plain_dict_is_the_callers_own(self, runtime):
+        """Outside a ToolCall the caller supplies injected values on purpose: kept."""
+        guarded = guard_tool(read_as_user, action_id="github.file.read")
+        assert guarded.invoke({"repo": "a/b", "path": "P", "user": "alice"}) == "alice read P"
+        assert SEEN == [("P", "alice")]
+        assert _dropped(runtime) == []
+
+    def test_tool_node_injects_the_real_state(self, runtime):
+        """Through a real ToolNode: the model's forged state is replaced by the graph's."""
+        guarded = guard_tool(read_for_state, action_id="github.file.read")
+        forged = AIMessage(
+            "",
+            tool_calls=[
+                {
+                    "name": "read_for_state",
+                    "args": {"repo": "a/b", "path": "S", "state": {"admin": True}},
+                    "id": "s1",
+                }
+            ],
+        )
+        graph = StateGraph(MessagesState)
+        graph.add_node("tools", ToolNode([guarded]))
+        graph.add_edge(START, "tools")
+        with cra.session(agent_id="triage-bot", goal="State") as active:
+            out = graph.compile().invoke({"messages": [HumanMessage("go"), forged]})
+        assert out["messages"][-1].content == "ok"
+        assert SEEN == [("S", ["messages"])]  # the graph's state, not {"admin": True}
+        assert _dropped(runtime) == []  # ToolNode had already replaced it
+        assert runtime.verify(active.session_id).valid
+
+    def test_create_agent_forged_call_id_and_arg(self, runtime):
+        """In create_agent: the forged user never arrives, the real call id does."""
+        guarded = guard_tool(read_as, action_id="github.file.read")
+        model = ScriptedChatModel(
+            script=[
+                AIMessage(
+                    "",
+                    tool_calls=[
+                        {
+                            "name": "read_as",
+                            "args": {"repo": "a/b", "path": "C", "user": "root"},
+                            "id": "c9",
+                        }
+                    ],
+                ),
+                AIMessage("done"),
+            ]
+        )
+        agent = create_agent(model, [guarded])
+        agent.invoke({"messages": [HumanMessage("go")]})
+        assert SEEN == [("C", "nobody", "c9")]
