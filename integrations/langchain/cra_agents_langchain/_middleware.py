@@ -24,6 +24,7 @@ from langgraph.types import Command, interrupt
 import cra_agents as cra
 from cra_agents import ActionNotFoundError, ApprovalDecision, Call, CRAError, Runtime
 from cra_agents_langchain._common import REFUSALS, denial_text, runtime_or_default
+from cra_agents_langchain._context import AtlasContext
 
 __all__ = ["CRAMiddleware", "CRAState", "ToolFailedError"]
 
@@ -117,6 +118,22 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         goal: The session goal (default: the first human message of the run).
         actions: Tool name → action id, where names differ.
         approver: Identity recorded when a resume value does not name one.
+        context_budget_tokens: Tokens of atlas context a thread's system message may carry
+            (the blocks' ``token_estimate``); ``None``: no limit; ``0``: no context.
+        hide_denied_tools: Leave tools the gate would refuse (denied by the turn's
+            resolution, or mapped to no action) out of what the model is offered.
+        strict: A tool that maps to no action raises
+            :class:`~cra_agents.ConfigurationError` at the first model call, instead of a
+            warning.
+
+    The atlas reaches the model (see ``cra_agents_langchain._context``): at each human turn
+    the middleware resolves the turn's latest human message in the run's session (recorded:
+    ``carp.request.received``, ``policy.evaluated``, ``context.injected``,
+    ``carp.resolution.completed``), puts the selected context blocks into the system message
+    (delimited ``Context from atlas`` sections, each block once per thread, within the
+    budget) and hides the tools it denies. The session then opens before the first model
+    call, not at its reply; a model call that fails ends a session it opened (reason
+    ``error``).
     """
 
     state_schema = CRAState
@@ -129,6 +146,9 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         goal: str | None = None,
         actions: Mapping[str, str] | None = None,
         approver: str = "human",
+        context_budget_tokens: int | None = 4000,
+        hide_denied_tools: bool = True,
+        strict: bool = False,
     ) -> None:
         super().__init__()
         self._runtime = runtime
@@ -142,11 +162,26 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         # Owned sessions whose run ends after these tool calls (return_direct, structured).
         self._closing: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self._atlas = AtlasContext(
+            actions=self.actions,
+            budget=context_budget_tokens,
+            hide_denied_tools=hide_denied_tools,
+            strict=strict,
+        )
 
     @property
     def runtime(self) -> Runtime:
         """The runtime in use."""
         return runtime_or_default(self._runtime)
+
+    @property
+    def unmapped_tools(self) -> dict[str, list[str]]:
+        """Tools seen so far (from the first model call on) that map to no declared action.
+
+        Tool name → the closest action ids. Also logged as a warning (an error when
+        ``strict``).
+        """
+        return self._atlas.unmapped
 
     # -- sessions -------------------------------------------------------------------------
     #
@@ -157,16 +192,54 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
     # update, so interrupts, resumes and checkpointers keep it.
 
     def wrap_model_call(self, request: ModelRequest[Any], handler: _ModelHandler) -> _ModelResult:
-        """Open the run's session at its first model reply; end it with the run's last."""
-        return self._replied(request, handler(request))
+        """Give the model the turn's atlas context; end the run's session with its last reply."""
+        shaped, opened = self._atlas.prepare(self.runtime, request, self._session_before_model)
+        try:
+            response = handler(shaped)
+        except BaseException as exc:
+            self._abandon(opened, exc)
+            raise
+        return self._replied(request, response, opened)
 
     async def awrap_model_call(
         self, request: ModelRequest[Any], handler: _AsyncModelHandler
     ) -> _ModelResult:
         """Async :meth:`wrap_model_call`."""
-        return self._replied(request, await handler(request))
+        shaped, opened = self._atlas.prepare(self.runtime, request, self._session_before_model)
+        try:
+            response = await handler(shaped)
+        except BaseException as exc:
+            self._abandon(opened, exc)
+            raise
+        return self._replied(request, response, opened)
 
-    def _replied(self, request: ModelRequest[Any], response: ModelResponse[Any]) -> _ModelResult:
+    def _session_before_model(
+        self, request: ModelRequest[Any]
+    ) -> tuple[str, tuple[str, bool] | None]:
+        """The run's session before its model call (to resolve the turn in), opened if need be.
+
+        The state's session if it can still record, else a new one (or the caller's
+        ``cra.session``): its id, and ``(id, owned)`` when opened here for ``_replied``.
+        """
+        runtime = self.runtime
+        session_id = cast("str | None", request.state.get("cra_session_id"))
+        if session_id and _usable(runtime, session_id):
+            return session_id, None
+        opened = self._open(runtime, request)
+        return opened[0], opened
+
+    def _abandon(self, opened: tuple[str, bool] | None, error: BaseException) -> None:
+        """The model call failed: end the session opened for it (no reply will carry it)."""
+        if opened is not None and opened[1]:
+            with contextlib.suppress(CRAError):
+                self.runtime.end_session(opened[0], "error", error=repr(error)[:1000])
+
+    def _replied(
+        self,
+        request: ModelRequest[Any],
+        response: ModelResponse[Any],
+        opened: tuple[str, bool] | None = None,
+    ) -> _ModelResult:
         # After the model answered, not before: a model call that fails (and is retried by
         # an outer middleware, or ends the run) opens nothing that would never end.
         runtime = self.runtime
@@ -184,7 +257,7 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
             session_id = None
         update: dict[str, Any] | None = None
         if not session_id:
-            session_id, owned = self._open(runtime, request)
+            session_id, owned = opened or self._open(runtime, request)
             update = {"cra_session_id": session_id, "cra_session_owned": owned}
         ends = _run_end(request, response)
         if ends is not None and not ends:  # this reply ends the run

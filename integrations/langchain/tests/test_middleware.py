@@ -243,10 +243,12 @@ class TestSessionLifecycle:
         agent, _ = agent_with(AIMessage("Nothing to do."))
         agent.invoke({"messages": [HumanMessage("Hello")]}, CONFIG)
         info = only_session(runtime)
-        assert types(runtime, info.session_id) == ["session.started", "session.ended"]
+        events = types(runtime, info.session_id)
+        assert (events[0], events[-1]) == ("session.started", "session.ended")
+        assert not [e for e in events if e.startswith("action.")]
 
-    def test_a_failed_model_call_opens_nothing(self, runtime):
-        """The session opens at the first reply: a model that fails leaves no open session."""
+    def test_a_failed_model_call_leaves_no_open_session(self, runtime):
+        """The session the turn was resolved in ends (reason error) when the model fails."""
 
         def fail(messages: Any) -> AIMessage:
             raise RuntimeError("model down")
@@ -254,6 +256,25 @@ class TestSessionLifecycle:
         agent, _ = agent_with(fail)
         with pytest.raises(RuntimeError, match="model down"):
             agent.invoke({"messages": [HumanMessage("Hello")]}, CONFIG)
+        info = only_session(runtime)
+        assert not info.active
+        ended = runtime.trace_events(info.session_id)[-1]
+        assert ended.event_type == "session.ended"
+        assert ended.payload["reason"] == "error"
+        assert "model down" in ended.payload["error"]
+
+    def test_without_atlas_features_a_failed_model_call_opens_nothing(self, runtime):
+        """No context and no tool hiding: the session opens at the first reply, so none here."""
+
+        def fail(messages: Any) -> AIMessage:
+            raise RuntimeError("model down")
+
+        middleware = CRAMiddleware(
+            agent_id="gh-agent", actions=ACTIONS, context_budget_tokens=0, hide_denied_tools=False
+        )
+        agent = create_agent(ScriptedChatModel(script=[fail]), TOOLS, middleware=[middleware])
+        with pytest.raises(RuntimeError, match="model down"):
+            agent.invoke({"messages": [HumanMessage("Hello")]})
         assert runtime.sessions() == []
 
     def test_inside_a_cra_session_the_run_records_there_and_leaves_it_open(self, runtime):
