@@ -223,14 +223,14 @@ class ToolIndex:
 @dataclass(slots=True)
 class _Thread:
     turn: TurnContext
+    #: The last system message shaped for the turn: (the one given, the one sent).
+    system: tuple[SystemMessage | None, SystemMessage] | None = None
 
 
 class AtlasContext:
     """Per-thread context injection and tool hiding for :class:`CRAMiddleware` (thread-safe).
 
     Args:
-        agent_id: The agent (for messages only; the request is the session's agent's).
-        actions: The middleware's tool name → action id table (read live).
         budget: Token budget of a thread's context; ``None``: no limit; ``0``: no context.
         hide_denied_tools: Leave denied and unmapped tools out of ``request.tools``.
         strict: Unmapped tools raise :class:`~cra_agents.ConfigurationError`.
@@ -240,7 +240,6 @@ class AtlasContext:
     def __init__(
         self,
         *,
-        actions: Mapping[str, str],
         budget: int | None,
         hide_denied_tools: bool,
         strict: bool,
@@ -251,7 +250,6 @@ class AtlasContext:
                 "context_budget_tokens must be 0 or more (None: no limit)",
                 details={"reason": "invalid_context_budget"},
             )
-        self.actions = actions
         self.budget = budget
         self.hide_denied_tools = hide_denied_tools
         self.strict = strict
@@ -271,22 +269,25 @@ class AtlasContext:
         index = self._index
         return {} if index is None else {k: list(v) for k, v in index.unmapped.items()}
 
-    def index(self, runtime: Runtime) -> ToolIndex:
-        """The tool index of ``runtime`` (a new one when the runtime changed)."""
+    def index(self, runtime: Runtime, actions: Mapping[str, str]) -> ToolIndex:
+        """The tool index of ``runtime`` and ``actions`` (a new one when either is another)."""
         index = self._index
-        if index is None or index.runtime is not runtime or index.actions is not self.actions:
-            index = self._index = ToolIndex(runtime, self.actions)
+        if index is None or index.runtime is not runtime or index.actions is not actions:
+            index = self._index = ToolIndex(runtime, actions)
         return index
 
     def check_tools(
-        self, runtime: Runtime, tools: Iterable[BaseTool | dict[str, Any]]
+        self,
+        runtime: Runtime,
+        tools: Iterable[BaseTool | dict[str, Any]],
+        actions: Mapping[str, str],
     ) -> ToolIndex:
         """Map new tools; warn about (or, when ``strict``, refuse) those that map to nothing.
 
         Raises:
             ConfigurationError: ``strict`` and a tool maps to no declared action.
         """
-        index = self.index(runtime)
+        index = self.index(runtime, actions)
         with self._lock:
             new = index.check(tools)
         if self.strict and index.unmapped:
@@ -304,14 +305,19 @@ class AtlasContext:
         return index
 
     def prepare(
-        self, runtime: Runtime, request: ModelRequest[Any], session_for: SessionFor
+        self,
+        runtime: Runtime,
+        request: ModelRequest[Any],
+        session_for: SessionFor,
+        actions: Mapping[str, str],
     ) -> tuple[ModelRequest[Any], tuple[str, bool] | None]:
         """The request the model gets, and the session opened for it (if one was).
 
         Resolves the turn (once per thread and turn) in the run's session, which
-        ``session_for`` finds or opens.
+        ``session_for`` finds or opens. ``actions`` is the middleware's tool name → action
+        id table.
         """
-        index = self.check_tools(runtime, request.tools)
+        index = self.check_tools(runtime, request.tools, actions)
         if not self.resolves:
             return request, None
         state = request.state
@@ -319,15 +325,14 @@ class AtlasContext:
         # the state's messages for it).
         turn_key, text = latest_human_turn(request.messages)
         thread = _thread_id(request) or state.get("cra_session_id")
-        context = self._cached(thread, turn_key)
+        known = self._cached(thread, turn_key)
         opened = None
-        if context is None:
+        if known is None:
             session_id, opened = session_for(request)
-            thread = thread or session_id
-            context = self._resolve(runtime, session_id, str(thread), turn_key, text)
-        return self._shape(request, index, context), opened
+            known = self._resolve(runtime, str(thread or session_id), session_id, turn_key, text)
+        return self._shape(request, index, known), opened
 
-    def _cached(self, thread: object, turn_key: str) -> TurnContext | None:
+    def _cached(self, thread: object, turn_key: str) -> _Thread | None:
         if not thread:
             return None
         with self._lock:
@@ -335,11 +340,11 @@ class AtlasContext:
             if known is None or known.turn.turn != turn_key:
                 return None
             self._threads.move_to_end(str(thread))
-            return known.turn
+            return known
 
     def _resolve(
-        self, runtime: Runtime, session_id: str, thread: str, turn_key: str, text: str
-    ) -> TurnContext:
+        self, runtime: Runtime, thread: str, session_id: str, turn_key: str, text: str
+    ) -> _Thread:
         with self._lock:
             known = self._threads.get(thread)
         held = () if known is None else known.turn.blocks
@@ -366,19 +371,29 @@ class AtlasContext:
             denied = frozenset(d.action_id for d in resolution.denied_actions)
             resolution_id = resolution.resolution_id
         context = TurnContext(turn_key, blocks, denied, render_context(blocks), resolution_id)
+        entry = _Thread(context)
         with self._lock:
-            self._threads[thread] = _Thread(context)
+            self._threads[thread] = entry
             self._threads.move_to_end(thread)
             while len(self._threads) > self.max_threads:
                 self._threads.popitem(last=False)
-        return context
+        return entry
 
     def _shape(
-        self, request: ModelRequest[Any], index: ToolIndex, context: TurnContext
+        self, request: ModelRequest[Any], index: ToolIndex, known: _Thread
     ) -> ModelRequest[Any]:
+        context = known.turn
         changes: dict[str, Any] = {}
         if context.section is not None:
-            changes["system_message"] = with_context(request.system_message, context.section)
+            given = request.system_message
+            memo = known.system
+            # create_agent passes the same system message to every call: shaped once a turn.
+            if memo is not None and memo[0] is given:
+                changes["system_message"] = memo[1]
+            else:
+                sent = with_context(given, context.section)
+                known.system = (given, sent)
+                changes["system_message"] = sent
         if self.hide_denied_tools and request.tools:
             visible = index.visible(request.tools, context.denied)
             if len(visible) != len(request.tools):

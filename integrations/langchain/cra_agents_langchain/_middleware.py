@@ -163,7 +163,6 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         self._closing: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._atlas = AtlasContext(
-            actions=self.actions,
             budget=context_budget_tokens,
             hide_denied_tools=hide_denied_tools,
             strict=strict,
@@ -193,7 +192,9 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
 
     def wrap_model_call(self, request: ModelRequest[Any], handler: _ModelHandler) -> _ModelResult:
         """Give the model the turn's atlas context; end the run's session with its last reply."""
-        shaped, opened = self._atlas.prepare(self.runtime, request, self._session_before_model)
+        shaped, opened = self._atlas.prepare(
+            self.runtime, request, self._session_before_model, self.actions
+        )
         try:
             response = handler(shaped)
         except BaseException as exc:
@@ -205,7 +206,9 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         self, request: ModelRequest[Any], handler: _AsyncModelHandler
     ) -> _ModelResult:
         """Async :meth:`wrap_model_call`."""
-        shaped, opened = self._atlas.prepare(self.runtime, request, self._session_before_model)
+        shaped, opened = self._atlas.prepare(
+            self.runtime, request, self._session_before_model, self.actions
+        )
         try:
             response = await handler(shaped)
         except BaseException as exc:
@@ -241,7 +244,9 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         opened: tuple[str, bool] | None = None,
     ) -> _ModelResult:
         # After the model answered, not before: a model call that fails (and is retried by
-        # an outer middleware, or ends the run) opens nothing that would never end.
+        # an outer middleware, or ends the run) opens nothing that would never end. A session
+        # opened before the call to resolve the turn in comes as `opened` (and a failed call
+        # ended it: _abandon).
         runtime = self.runtime
         state = request.state
         session_id = cast("str | None", state.get("cra_session_id"))

@@ -14,6 +14,7 @@ from langchain.agents.middleware import AgentMiddleware, ModelRequest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
 
 import cra_agents as cra
 from cra_agents.protocol import ContextBlock
@@ -47,7 +48,7 @@ def delete_repo(repo: str, confirm_name: str) -> str:
 
 
 @tool
-def merge_pull_request(repo: str, pr_number: int) -> str:
+def merge_pull_request(repo: str, pr_number: int, expected_head_sha: str) -> str:
     """Merge a pull request (maps by the action's executor name; needs approval)."""
     return "merged"
 
@@ -152,6 +153,8 @@ class TestContextInjection:
         assert len(seen.requests) == 2
         first, second = seen.system(0), seen.system(1)
         assert first == second
+        # Shaped once for the turn: the same message object for both calls.
+        assert seen.requests[0].system_message is seen.requests[1].system_message
         assert first.startswith("You triage GitHub issues.\n\n")
         assert blocks_in(first) == recorded
         assert f"{MARK}{OPS}: Example Org Conventions (org-conventions) ---" in first
@@ -174,6 +177,22 @@ class TestContextInjection:
         # Earlier blocks first (the system message grows only at its end), each once.
         assert blocks_in(seen.system(1)) == [*held, "release-notes"]
         assert seen.system(1).startswith(seen.system(0))
+
+    def test_an_approval_interrupt_and_its_resume_are_one_turn(self, runtime):
+        """Resuming after an approval interrupt does not resolve the turn again."""
+        merge = {"repo": "acme/app", "pr_number": 7, "expected_head_sha": "a" * 40}
+        agent, _, seen, _ = build(
+            AIMessage("", tool_calls=[{"name": "merge_pull_request", "args": merge, "id": "m1"}]),
+            AIMessage("Merged."),
+        )
+        agent.invoke({"messages": [HumanMessage("Merge PR 7")]}, config())
+        assert agent.get_state(config()).interrupts
+        out = agent.invoke(Command(resume={"decision": "approve"}), config())
+        assert out["messages"][-1].content == "Merged."
+        (info,) = runtime.sessions()
+        assert requests(runtime, info.session_id) == ["Merge PR 7"]
+        assert seen.system(0) == seen.system(1)
+        assert "action.executed" in [e.event_type for e in runtime.trace_events(info.session_id)]
 
     def test_another_thread_starts_afresh(self, runtime):
         """Blocks are held per thread: a second thread gets (and records) its own."""
@@ -418,7 +437,7 @@ class TestPieces:
 
     def test_threads_are_bounded(self, runtime):
         """At most max_threads threads are held; the oldest is resolved afresh."""
-        context = AtlasContext(actions={}, budget=None, hide_denied_tools=True, strict=False)
+        context = AtlasContext(budget=None, hide_denied_tools=True, strict=False)
         context.max_threads = 2
         sessions = [runtime.create_session("triage-bot", f"run {i}") for i in range(3)]
 
@@ -428,7 +447,7 @@ class TestPieces:
                 messages=[HumanMessage("Triage new issues", id="h")],
                 state=cast("Any", {"messages": [], "cra_session_id": session.session_id}),
             )
-            context.prepare(runtime, request, lambda _: (session.session_id, None))
+            context.prepare(runtime, request, lambda _: (session.session_id, None), {})
 
         for session in sessions:
             prepare(session)
