@@ -60,6 +60,7 @@ __all__ = [
     "closest_actions",
     "latest_human_turn",
     "render_context",
+    "turn_text",
     "with_context",
 ]
 
@@ -95,18 +96,30 @@ class TurnContext:
     resolution_id: str | None
 
 
-def latest_human_turn(messages: Sequence[Any]) -> tuple[str, str]:
-    """The key and the text of the latest human message (``("", "")`` if there is none).
+def latest_human_turn(messages: Sequence[Any]) -> tuple[str, HumanMessage | None]:
+    """The key of the turn and its latest human message (``("", None)`` if there is none).
 
     The key is the message's id (LangGraph gives every message in the state one), else its
-    position and text.
+    position and text: the text is not read on every model call, only to resolve a turn.
     """
     for index in range(len(messages) - 1, -1, -1):
         message = messages[index]
         if isinstance(message, HumanMessage):
-            text = message.text.strip()
-            return (message.id or f"{index}:{text[:200]}"), text
-    return "", ""
+            return (message.id or f"{index}:{turn_text(message)[:200]}"), message
+    return "", None
+
+
+def turn_text(message: HumanMessage) -> str:
+    """The message's text: its string content, or its text blocks one per line."""
+    content = message.content
+    if isinstance(content, str):
+        return content.strip()
+    parts = (
+        part if isinstance(part, str) else part.get("text")
+        for part in content
+        if isinstance(part, str) or part.get("type") == "text"
+    )
+    return "\n".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
 
 
 def render_context(blocks: Iterable[ContextBlock]) -> str | None:
@@ -323,12 +336,13 @@ class AtlasContext:
         state = request.state
         # request.messages: what this model call sees (another middleware may have trimmed
         # the state's messages for it).
-        turn_key, text = latest_human_turn(request.messages)
+        turn_key, human = latest_human_turn(request.messages)
         thread = _thread_id(request) or state.get("cra_session_id")
         known = self._cached(thread, turn_key)
         opened = None
         if known is None:
             session_id, opened = session_for(request)
+            text = "" if human is None else turn_text(human)
             known = self._resolve(runtime, str(thread or session_id), session_id, turn_key, text)
         return self._shape(request, index, known), opened
 

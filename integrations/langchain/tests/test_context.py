@@ -194,6 +194,17 @@ class TestContextInjection:
         assert seen.system(0) == seen.system(1)
         assert "action.executed" in [e.event_type for e in runtime.trace_events(info.session_id)]
 
+    def test_a_turn_of_text_parts_is_resolved_for_its_text(self, runtime):
+        """A human message of content blocks: its text is the goal."""
+        agent, _, _, _ = build(AIMessage("ok"))
+        parts: list[str | dict[Any, Any]] = [
+            {"type": "text", "text": "Triage"},
+            {"type": "text", "text": "new issues"},
+        ]
+        agent.invoke({"messages": [HumanMessage(content=parts)]}, config())
+        (info,) = runtime.sessions()
+        assert requests(runtime, info.session_id) == ["Triage\nnew issues"]
+
     def test_another_thread_starts_afresh(self, runtime):
         """Blocks are held per thread: a second thread gets (and records) its own."""
         agent, _, seen, _ = build(AIMessage("one"), AIMessage("two"))
@@ -395,11 +406,10 @@ class TestPieces:
             HumanMessage("  second  ", id="h2"),
             AIMessage("answer"),
         ]
-        assert latest_human_turn(messages) == ("h2", "second")
-        assert latest_human_turn([HumanMessage("no id")]) == ("0:no id", "no id")
-        assert latest_human_turn([AIMessage("x")]) == ("", "")
-        parts = HumanMessage(content=[{"type": "text", "text": "look"}, {"type": "image"}])
-        assert latest_human_turn([parts])[1] == "look"
+        assert latest_human_turn(messages) == ("h2", messages[2])
+        alone = HumanMessage("no id")
+        assert latest_human_turn([alone]) == ("0:no id", alone)
+        assert latest_human_turn([AIMessage("x")]) == ("", None)
 
     def test_with_context_keeps_the_base_message(self):
         """Appended to a text system message, added as a block to a list one, else alone."""
