@@ -64,7 +64,7 @@ __all__ = [
     "with_context",
 ]
 
-logger = logging.getLogger("cra_agents_langchain")
+logger = logging.getLogger(__name__)
 
 #: Threads whose injected context is remembered (least recently used dropped first).
 MAX_THREADS = 1024

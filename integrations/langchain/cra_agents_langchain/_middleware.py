@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Annotated, Any, NotRequired, cast
 
 from langchain.agents.middleware import (
@@ -181,6 +181,17 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         ``strict``).
         """
         return self._atlas.unmapped
+
+    def check_tools(self, tools: Iterable[BaseTool | dict[str, Any]]) -> dict[str, list[str]]:
+        """Map ``tools`` now (e.g. when building the agent), not at the first model call.
+
+        Returns :attr:`unmapped_tools`; logs each new one as a warning.
+
+        Raises:
+            ConfigurationError: ``strict``, and a tool maps to no declared action.
+        """
+        self._atlas.check_tools(self.runtime, tools, self.actions)
+        return self.unmapped_tools
 
     # -- sessions -------------------------------------------------------------------------
     #

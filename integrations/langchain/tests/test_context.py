@@ -391,6 +391,16 @@ class TestUnmappedTools:
         agent.invoke({"messages": [HumanMessage("Read it")]})
         assert middleware.unmapped_tools["read_file"][0] == "github.file.read"
 
+    def test_checked_when_the_agent_is_built(self, runtime):
+        """check_tools: the same report before any model call; strict raises there."""
+        tools = [*TOOLS, close_the_issue]
+        lenient = CRAMiddleware(actions=ACTIONS)
+        assert list(lenient.check_tools(tools)) == ["close_the_issue"]
+        assert lenient.unmapped_tools["close_the_issue"][0] == "github.issue.close"
+        with pytest.raises(cra.ConfigurationError, match="close_the_issue"):
+            CRAMiddleware(actions=ACTIONS, strict=True).check_tools(tools)
+        assert CRAMiddleware(actions=ACTIONS, strict=True).check_tools(TOOLS) == {}
+
     def test_a_bad_budget_is_a_configuration_error(self):
         """A negative budget is refused when the middleware is built."""
         with pytest.raises(cra.ConfigurationError, match="context_budget_tokens"):
