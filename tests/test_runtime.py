@@ -496,6 +496,46 @@ class TestContext:
         ]
         assert "pull-request-guide" in ids
 
+    def test_budget_and_exclusions_narrow_what_is_recorded(self, rt):
+        """Blocks left out by the budget or held already are neither returned nor recorded."""
+        session = rt.create_session("triage-bot", "Triage new issues")
+        full = _resolve(rt, session, risk_tier="high").context_blocks
+        ids = [b.block_id for b in full]
+        tokens = {b.block_id: b.token_estimate or 0 for b in full}
+        assert ids == [
+            "incident-safety",
+            "repo-safety",
+            "org-conventions",
+            "label-taxonomy",
+            "issue-triage",
+        ]
+        assert tokens["repo-safety"] > tokens["org-conventions"] + tokens["label-taxonomy"]
+        # repo-safety does not fit after incident-safety; the smaller blocks after it do.
+        small = ["incident-safety", "org-conventions", "label-taxonomy"]
+        budget = sum(tokens[i] for i in small)
+
+        def again(**kwargs: Any) -> list[str]:
+            request = cra.resolve_request(session, risk_tier="high")
+            return [b.block_id for b in rt.resolve(request, **kwargs).context_blocks]
+
+        assert again(context_budget_tokens=budget) == small
+        assert again(exclude_context=[(OPS_ID, "repo-safety"), ("other.atlas", "org-conventions")])
+        assert again(exclude_context=[(OPS_ID, "repo-safety"), (OPS_ID, "issue-triage")]) == small
+        assert again(context_budget_tokens=0) == []
+        per_resolution: list[list[str]] = []
+        for event in rt.trace_events(session.session_id):
+            if event.event_type == "carp.request.received":
+                per_resolution.append([])
+            elif event.event_type == "context.injected":
+                per_resolution[-1].append(event.payload["block_id"])
+            elif event.event_type == "carp.resolution.completed":
+                assert event.payload["context_block_count"] == len(per_resolution[-1])
+        assert per_resolution == [ids, small, [i for i in ids if i != "repo-safety"], small, []]
+        # The memoised selection is not narrowed for later requests.
+        assert again() == ids
+        with pytest.raises(cra.InvalidRequestError, match="context_budget_tokens"):
+            again(context_budget_tokens=-1)
+
 
 # -- events and schemas -----------------------------------------------------------------------
 

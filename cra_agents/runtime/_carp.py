@@ -8,7 +8,7 @@ allowed action, parameters) are checked here; the decision itself is the gate's,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -106,11 +106,28 @@ class CarpMixin(SessionsMixin):
                 details={"reason": "clock_skew"},
             )
 
-    def resolve(self, request: CARPRequest | Mapping[str, Any]) -> CARPResolution:
+    def resolve(
+        self,
+        request: CARPRequest | Mapping[str, Any],
+        *,
+        context_budget_tokens: int | None = None,
+        exclude_context: Collection[tuple[str, str]] = (),
+    ) -> CARPResolution:
         """Resolve a CARP request: allowed, denied and approval-bound actions, and context.
 
         Events: ``carp.request.received``, one ``policy.evaluated`` per considered action,
         one ``context.injected`` per block, ``carp.resolution.completed``.
+
+        Args:
+            request: The CARP request (operation ``resolve`` or ``validate``).
+            context_budget_tokens: At most this many tokens of context (the blocks'
+                ``token_estimate``): in priority order, a block that does not fit what is
+                left is left out, and smaller ones after it may still fit.
+            exclude_context: ``(source, block_id)`` pairs of blocks the caller already holds
+                (e.g. injected on an earlier turn of a conversation): left out.
+
+        The resolution's ``context_blocks`` and its ``context.injected`` events are the
+        blocks left after both, so the trace records what the caller was given.
 
         Raises:
             InvalidRequestError: malformed request, agent mismatch, clock skew, reused id.
@@ -128,7 +145,19 @@ class CarpMixin(SessionsMixin):
         self._admit(session, req)
         if not req.task.goal.isascii():  # lone surrogates cannot be written as UTF-8
             check_recordable({"goal": req.task.goal})
-        resolution, batch, stored = self._resolver.resolve(req, session.trace_id, views, atlas_ids)
+        if context_budget_tokens is not None and context_budget_tokens < 0:
+            raise InvalidRequestError(
+                "context_budget_tokens must be 0 or more",
+                details={"reason": "invalid_context_budget"},
+            )
+        resolution, batch, stored = self._resolver.resolve(
+            req,
+            session.trace_id,
+            views,
+            atlas_ids,
+            context_budget_tokens=context_budget_tokens,
+            exclude_context=frozenset(exclude_context),
+        )
         with session.lock:
             if session.ended_ns is not None:
                 raise SessionEndedError(f"session {session.session_id} has ended")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -172,8 +172,15 @@ class Resolver:
         trace_id: str,
         views: list[_AtlasView],
         atlas_ids: Sequence[str],
+        *,
+        context_budget_tokens: int | None = None,
+        exclude_context: Collection[tuple[str, str]] = (),
     ) -> tuple[CARPResolution, list[tuple[str, Mapping[str, Any]]], StoredResolution]:
-        """The resolution of ``req``, the events that record it, and what execute keeps."""
+        """The resolution of ``req``, the events that record it, and what execute keeps.
+
+        ``exclude_context`` (``(source, block_id)`` pairs the caller already holds) and
+        ``context_budget_tokens`` narrow the selected blocks (see :func:`_fit`).
+        """
         task = req.task
         ctx = ConditionContext(
             agent_id=req.requester.agent_id,
@@ -185,6 +192,10 @@ class Resolver:
         views_key = None if not req.atlas_ids else tuple(v.position for v in views)
         plan = self._plan(views, views_key, ctx, context_key)
         blocks, block_events = self._context(views, views_key, task, ctx, context_key)
+        if context_budget_tokens is not None or exclude_context:
+            blocks, block_events = _fit(
+                blocks, block_events, context_budget_tokens, exclude_context
+            )
         now_ns = time.time_ns()
         allowed = list(plan.allowed)
         denied = list(plan.denied)
@@ -397,6 +408,33 @@ class Resolver:
             if cacheable:
                 _remember(self._contexts, key, hit, self._lock)
         return list(hit[0]), hit[1]
+
+
+def _fit(
+    blocks: list[ContextBlock],
+    events: tuple[tuple[str, dict[str, Any]], ...],
+    budget: int | None,
+    exclude: Collection[tuple[str, str]],
+) -> tuple[list[ContextBlock], tuple[tuple[str, dict[str, Any]], ...]]:
+    """The blocks (and their events) not excluded that fit the token budget.
+
+    In priority order, a block that does not fit what is left of the budget is skipped and
+    smaller ones after it may still fit. Only what is kept is recorded as injected.
+    """
+    kept: list[ContextBlock] = []
+    kept_events: list[tuple[str, dict[str, Any]]] = []
+    left = budget
+    for block, event in zip(blocks, events, strict=True):
+        if (block.source, block.block_id) in exclude:
+            continue
+        if left is not None:
+            tokens = block.token_estimate or 0
+            if tokens > left:
+                continue
+            left -= tokens
+        kept.append(block)
+        kept_events.append(event)
+    return kept, tuple(kept_events)
 
 
 def _remember(table: dict[Any, Any], key: Any, value: Any, lock: threading.Lock) -> None:

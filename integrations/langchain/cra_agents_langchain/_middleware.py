@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, NotRequired, cast
 
 import orjson
@@ -34,6 +34,7 @@ from cra_agents_langchain._common import (
     denial_text,
     runtime_or_default,
 )
+from cra_agents_langchain._context import AtlasContext
 from cra_agents_langchain._hitl import (
     ALL_DECISIONS,
     Answer,
@@ -173,6 +174,20 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         allowed_decisions: The decisions a person may give (LangChain's ``review_configs``).
         description_prefix: First line of the description a reviewer is shown.
         edit_notice: Tell the model when a person edited its call (as LangChain does).
+        context_budget_tokens: Tokens of atlas context a thread's system message may carry
+            (the blocks' ``token_estimate``); ``None``: no limit; ``0``: no context.
+        hide_denied_tools: Leave tools the gate would refuse (denied by the turn's
+            resolution, or mapped to no action) out of what the model is offered.
+        strict: A tool that maps to no action raises
+            :class:`~cra_agents.ConfigurationError` at the first model call, instead of a
+            warning.
+
+    The atlas reaches the model (see ``cra_agents_langchain._context``): at each human turn
+    the middleware resolves the turn's latest human message in the run's session (recorded:
+    ``carp.request.received``, ``policy.evaluated``, ``context.injected``,
+    ``carp.resolution.completed``), puts the selected context blocks into the system message
+    (delimited ``Context from atlas`` sections, each block once per thread, within the
+    budget) and hides the tools it denies.
     """
 
     state_schema = CRAState
@@ -194,6 +209,9 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         allowed_decisions: Sequence[DecisionType] = ALL_DECISIONS,
         description_prefix: str = "Tool execution requires approval",
         edit_notice: bool = True,
+        context_budget_tokens: int | None = 4000,
+        hide_denied_tools: bool = True,
+        strict: bool = False,
     ) -> None:
         super().__init__()
         if interrupt_mode not in ("batched", "per_call"):
@@ -223,11 +241,36 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         # Owned sessions whose run ends after these tool calls (return_direct, structured).
         self._closing: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self._atlas = AtlasContext(
+            budget=context_budget_tokens,
+            hide_denied_tools=hide_denied_tools,
+            strict=strict,
+        )
 
     @property
     def runtime(self) -> Runtime:
         """The runtime in use."""
         return runtime_or_default(self._runtime)
+
+    @property
+    def unmapped_tools(self) -> dict[str, list[str]]:
+        """Tools seen so far (from the first model call on) that map to no declared action.
+
+        Tool name → the closest action ids. Also logged as a warning (an error when
+        ``strict``).
+        """
+        return self._atlas.unmapped
+
+    def check_tools(self, tools: Iterable[BaseTool | dict[str, Any]]) -> dict[str, list[str]]:
+        """Map ``tools`` now (e.g. when building the agent), not at the first model call.
+
+        Returns :attr:`unmapped_tools`; logs each new one as a warning.
+
+        Raises:
+            ConfigurationError: ``strict``, and a tool maps to no declared action.
+        """
+        self._atlas.check_tools(self.runtime, tools, self.actions)
+        return self.unmapped_tools
 
     # -- sessions -------------------------------------------------------------------------
     #
@@ -238,11 +281,18 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
     # update, so interrupts, resumes and checkpointers keep it.
 
     def wrap_model_call(self, request: ModelRequest[Any], handler: _ModelHandler) -> _ModelResult:
-        """Open the run's session before its first model call; end it with the run's last."""
+        """Give the model the turn's atlas context; end the run's session with its last reply.
+
+        The session opens before the model call (its callback events and the turn's
+        resolution are recorded in it); a model call that fails ends a session it opened.
+        """
         runtime = self.runtime
+        if self._atlas.strict:  # refuse unmapped tools before anything is recorded
+            self._atlas.check_tools(runtime, request.tools, self.actions)
         session_id, owned, update = self._open(runtime, request)
         try:
-            response = handler(request)
+            shaped = self._atlas.prepare(runtime, request, session_id, self.actions)
+            response = handler(shaped)
         except BaseException as error:
             if update is not None and owned:  # opened for this call: nothing will end it
                 _end(runtime, session_id, error)
@@ -254,9 +304,12 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
     ) -> _ModelResult:
         """Async :meth:`wrap_model_call`."""
         runtime = self.runtime
+        if self._atlas.strict:  # refuse unmapped tools before anything is recorded
+            self._atlas.check_tools(runtime, request.tools, self.actions)
         session_id, owned, update = self._open(runtime, request)
         try:
-            response = await handler(request)
+            shaped = self._atlas.prepare(runtime, request, session_id, self.actions)
+            response = await handler(shaped)
         except BaseException as error:
             if update is not None and owned:
                 _end(runtime, session_id, error)

@@ -189,6 +189,10 @@ class TestUnserialisableMessages:
         assert handler.errors == 0
 
 
+#: No turn resolution (context or tool hiding): only the callback events and the calls.
+NO_RESOLUTION: dict[str, Any] = {"context_budget_tokens": 0, "hide_denied_tools": False}
+
+
 def _kinds(runtime: cra.Runtime, session_id: str) -> list[str]:
     return [e.event_type for e in runtime.trace_events(session_id)]
 
@@ -199,7 +203,7 @@ class TestWithMiddleware:
     def test_a_run_without_a_checkpointer_records_in_the_middleware_session(self, runtime):
         """No thread_id: the session is announced through the run tree; nothing stray opens."""
         model = _model({"name": "read_file", "args": {"repo": "acme/app", "path": "M"}, "id": "m1"})
-        middleware = CRAMiddleware(agent_id="gh", actions=ACTIONS)
+        middleware = CRAMiddleware(agent_id="gh", actions=ACTIONS, **NO_RESOLUTION)
         agent = create_agent(model, [read_file], middleware=[middleware])
         handler = CRACallbackHandler(chains=True)
         agent.invoke({"messages": [HumanMessage("read M")]}, {"callbacks": [handler]})
@@ -220,7 +224,7 @@ class TestWithMiddleware:
     def test_async_run_records_in_the_middleware_session(self, runtime):
         """ainvoke: the same, the sync handler being run by LangChain's executor."""
         model = _model({"name": "read_file", "args": {"repo": "acme/app", "path": "N"}, "id": "n1"})
-        middleware = CRAMiddleware(agent_id="gh", actions=ACTIONS)
+        middleware = CRAMiddleware(agent_id="gh", actions=ACTIONS, **NO_RESOLUTION)
         agent = create_agent(model, [read_file], middleware=[middleware])
         handler = CRACallbackHandler()
         asyncio.run(agent.ainvoke({"messages": [HumanMessage("read N")]}, {"callbacks": [handler]}))
@@ -269,7 +273,7 @@ class TestWithMiddleware:
         agent = create_agent(
             ScriptedChatModel(script=[fail]),
             [read_file],
-            middleware=[CRAMiddleware(agent_id="gh", actions=ACTIONS)],
+            middleware=[CRAMiddleware(agent_id="gh", actions=ACTIONS, **NO_RESOLUTION)],
         )
         handler = CRACallbackHandler()
         with pytest.raises(RuntimeError, match="model down"):
