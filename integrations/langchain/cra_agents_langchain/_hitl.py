@@ -162,6 +162,9 @@ class Answer:
     message: str | None = None
     #: ``edit``: the arguments to run the call with instead.
     args: Mapping[str, Any] | None = None
+    #: Given in another middleware (LangChain's ``HumanInTheLoopMiddleware``), which tells
+    #: the model about an edit itself.
+    elsewhere: bool = False
 
     def as_state(self) -> dict[str, Any]:
         """The JSON form kept in the graph state until the tool call runs."""

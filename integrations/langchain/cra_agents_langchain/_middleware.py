@@ -13,6 +13,7 @@ from langchain.agents.middleware import (
     AgentMiddleware,
     AgentState,
     ExtendedModelResponse,
+    HumanInTheLoopMiddleware,
     ModelRequest,
     ModelResponse,
     ToolCallRequest,
@@ -20,7 +21,9 @@ from langchain.agents.middleware import (
 from langchain.agents.middleware.types import PrivateStateAttr
 from langchain_core.messages import AIMessage, HumanMessage, ToolCall, ToolMessage
 from langchain_core.tools import BaseTool
+from langgraph.config import get_config
 from langgraph.errors import GraphBubbleUp
+from langgraph.prebuilt.tool_node import ToolRuntime
 from langgraph.runtime import Runtime as GraphRuntime
 from langgraph.types import Command, interrupt
 
@@ -174,6 +177,14 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         allowed_decisions: The decisions a person may give (LangChain's ``review_configs``).
         description_prefix: First line of the description a reviewer is shown.
         edit_notice: Tell the model when a person edited its call (as LangChain does).
+        reviewed_by: The agent's ``HumanInTheLoopMiddleware``: the calls it asks a person
+            about (its ``interrupt_on``, with ``when``) are not asked again; the answer given
+            there is recorded as the approval (approver ``approver``), its edits are decided
+            as they will run, and its rejections and answers are recorded as refusals (at the
+            next model call). With LangChain's middleware in its default batched mode the
+            order of the two in ``middleware=[...]`` does not matter. In its ``per_call``
+            mode list it first (``[HumanInTheLoopMiddleware(...), CRAMiddleware(...)]``), so
+            its ``wrap_tool_call`` asks before ours decides.
         context_budget_tokens: Tokens of atlas context a thread's system message may carry
             (the blocks' ``token_estimate``); ``None``: no limit; ``0``: no context.
         hide_denied_tools: Leave tools the gate would refuse (denied by the turn's
@@ -209,6 +220,7 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         allowed_decisions: Sequence[DecisionType] = ALL_DECISIONS,
         description_prefix: str = "Tool execution requires approval",
         edit_notice: bool = True,
+        reviewed_by: HumanInTheLoopMiddleware[Any, Any, Any] | None = None,
         context_budget_tokens: int | None = 4000,
         hide_denied_tools: bool = True,
         strict: bool = False,
@@ -233,6 +245,7 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         self.allowed_decisions: list[DecisionType] = list(dict.fromkeys(allowed_decisions))
         self.description_prefix = description_prefix
         self.edit_notice = edit_notice
+        self.reviewed_by = reviewed_by
         # Tool call -> answer, least recently used first.
         self._done: OrderedDict[_Key, ToolMessage | Command[Any]] = OrderedDict()
         # Tool calls whose approval.requested is recorded (a resumed node asks again).
@@ -286,16 +299,11 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         The session opens before the model call (its callback events and the turn's
         resolution are recorded in it); a model call that fails ends a session it opened.
         """
-        runtime = self.runtime
-        if self._atlas.strict:  # refuse unmapped tools before anything is recorded
-            self._atlas.check_tools(runtime, request.tools, self.actions)
-        session_id, owned, update = self._open(runtime, request)
+        shaped, session_id, owned, update = self._before_model(request)
         try:
-            shaped = self._atlas.prepare(runtime, request, session_id, self.actions)
             response = handler(shaped)
         except BaseException as error:
-            if update is not None and owned:  # opened for this call: nothing will end it
-                _end(runtime, session_id, error)
+            self._model_failed(session_id, owned, update, error)
             raise
         return self._replied(request, response, session_id, owned, update)
 
@@ -303,18 +311,36 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         self, request: ModelRequest[Any], handler: _AsyncModelHandler
     ) -> _ModelResult:
         """Async :meth:`wrap_model_call`."""
+        shaped, session_id, owned, update = self._before_model(request)
+        try:
+            response = await handler(shaped)
+        except BaseException as error:
+            self._model_failed(session_id, owned, update, error)
+            raise
+        return self._replied(request, response, session_id, owned, update)
+
+    def _before_model(
+        self, request: ModelRequest[Any]
+    ) -> tuple[ModelRequest[Any], str, bool, dict[str, Any] | None]:
+        """The run's session (opened if need be) and the request the model gets."""
         runtime = self.runtime
         if self._atlas.strict:  # refuse unmapped tools before anything is recorded
             self._atlas.check_tools(runtime, request.tools, self.actions)
         session_id, owned, update = self._open(runtime, request)
         try:
+            if self.reviewed_by is not None:
+                self._record_reviewed(runtime, session_id, request.state)
             shaped = self._atlas.prepare(runtime, request, session_id, self.actions)
-            response = await handler(shaped)
         except BaseException as error:
-            if update is not None and owned:
-                _end(runtime, session_id, error)
+            self._model_failed(session_id, owned, update, error)
             raise
-        return self._replied(request, response, session_id, owned, update)
+        return shaped, session_id, owned, update
+
+    def _model_failed(
+        self, session_id: str, owned: bool, update: dict[str, Any] | None, error: BaseException
+    ) -> None:
+        if update is not None and owned:  # opened for this call: nothing will end it
+            _end(self.runtime, session_id, error)
 
     def _replied(
         self,
@@ -437,15 +463,15 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
 
     def after_model(self, state: CRAState, runtime: GraphRuntime[Any]) -> dict[str, Any] | None:
         """Batched review: one interrupt for every call of the model's turn needing approval."""
-        return self._review(state)
+        return self._review(state, runtime)
 
     async def aafter_model(
         self, state: CRAState, runtime: GraphRuntime[Any]
     ) -> dict[str, Any] | None:
         """Async :meth:`after_model`."""
-        return self._review(state)
+        return self._review(state, runtime)
 
-    def _review(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _review(self, state: Mapping[str, Any], graph: GraphRuntime[Any]) -> dict[str, Any] | None:
         messages = state.get("messages") or []
         stale: dict[str, Any] | None = {_ANSWERS: {}} if state.get(_ANSWERS) else None
         last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
@@ -461,6 +487,8 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
             call_id = str(call.get("id") or "")
             if call_id in answered or self._done.get(_key(session_id, call)) is not None:
                 continue
+            if self.reviewed_by is not None and self._hitl_asks(_tool_request(call, state, graph)):
+                continue  # the person is asked there; their answer counts here
             precheck = self._precheck(runtime, session_id, call)
             if precheck is not None:
                 gated.append((call, precheck))
@@ -589,6 +617,60 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         self._remember(_key(session_id, call), message)
         return message
 
+    # -- beside LangChain's HumanInTheLoopMiddleware ---------------------------------------
+
+    def _hitl_asks(self, request: ToolCallRequest) -> bool:
+        """Whether ``reviewed_by`` asks a person about this call (its ``interrupt_on``)."""
+        hitl = self.reviewed_by
+        config = None if hitl is None else hitl.interrupt_on.get(request.tool_call["name"])
+        if config is None:
+            return False
+        when = config.get("when")
+        return when is None or bool(when(request))
+
+    def _hitl_answer(self, request: ToolCallRequest) -> tuple[Answer, Mapping[str, Any]]:
+        """The answer a call reaching the tools got in ``reviewed_by``: approved, or edited.
+
+        A call that middleware rejected or answered never reaches the tools (its
+        ``ToolMessage`` answered it). An edit is its state's ``hitl_edited_tool_calls``
+        entry (batched; applied here, so the call is decided as it will run, whatever the
+        order of the two middleware) or a call that differs from the model's (per call).
+        Returns the answer and the arguments as the model produced them.
+        """
+        tool_call = request.tool_call
+        call_id = str(tool_call.get("id") or "")
+        state = request.state if isinstance(request.state, Mapping) else {}
+        produced = _model_call(state, call_id)
+        original = produced.get("args") if produced is not None else None
+        if not isinstance(original, Mapping):
+            original = tool_call.get("args") or {}
+        edits = state.get(_HITL_EDITS) or {}
+        edited = edits.get(call_id) if isinstance(edits, Mapping) else None
+        args = edited.get("args") if isinstance(edited, Mapping) else tool_call.get("args")
+        note = "reviewed in HumanInTheLoopMiddleware"
+        if isinstance(args, Mapping) and dict(args) != dict(original):
+            return Answer("edit", self.approver, note, dict(args), elsewhere=True), original
+        return Answer("approve", self.approver, note, elsewhere=True), original
+
+    def _record_reviewed(self, runtime: Runtime, session_id: str, state: Mapping[str, Any]) -> None:
+        """Record the calls ``reviewed_by`` refused or answered since the last model call."""
+        messages = state.get("messages") or []
+        for message in reversed(messages):
+            if isinstance(message, (HumanMessage, AIMessage)):
+                break  # only the answers of the latest turn, once
+            if not isinstance(message, ToolMessage):
+                continue
+            extra = message.additional_kwargs
+            data = extra.get("lc_data")
+            kind = data.get("decision") if isinstance(data, Mapping) else None
+            if extra.get("lc_source") != _HITL_SOURCE or kind not in ("reject", "respond"):
+                continue
+            call = _model_call(state, message.tool_call_id)
+            if call is None or self._done.get(_key(session_id, call)) is not None:
+                continue
+            text = message.content if isinstance(message.content, str) else str(message.content)
+            self._answered(runtime, session_id, call, Answer(kind, self.approver, text))
+
     # -- tool calls -----------------------------------------------------------------------
 
     def _remember(
@@ -621,8 +703,11 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         answer: Answer | None = None
         state = request.state
         kept = state.get(_ANSWERS) if isinstance(state, Mapping) else None
+        original: Mapping[str, Any] | None = None
         if kept and call_id in kept:  # decided in the batched review
             answer = Answer.from_state(kept[call_id])
+        elif self.reviewed_by is not None and self._hitl_asks(request):
+            answer, original = self._hitl_answer(request)
         elif not runtime.shadow:
             precheck = self._precheck(runtime, session_id, tool_call)
             if precheck is not None:
@@ -637,7 +722,9 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
             actions=self.actions,
             session_id=session_id,
             tool_call_id=call_id or None,
-            approval=None if answer is None else _approval(answer, tool_call),
+            approval=None
+            if answer is None
+            else _approval(answer, tool_call if original is None else {"args": original}),
         )
         return call, answer
 
@@ -664,7 +751,9 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
                 call.fail(ToolFailedError(str(outcome.content)))
             else:
                 call.result = outcome.content
-            if answer is not None and answer.args is not None and self.edit_notice:
+            # (An edit made in HumanInTheLoopMiddleware gets that middleware's own notice.)
+            edited = answer is not None and answer.args is not None and not answer.elsewhere
+            if edited and self.edit_notice:
                 outcome = with_edit_notice(outcome, request.tool_call["name"], call.arguments)
         else:
             call.result = repr(outcome)
@@ -717,6 +806,44 @@ class _PerCallMiddleware(CRAMiddleware):
         return "CRAMiddleware"
 
 
+#: What LangChain's HumanInTheLoopMiddleware marks its answer messages with, and where it
+#: keeps a batched review's edits (langchain 1.5, ``human_in_the_loop.py``).
+_HITL_SOURCE = "hitl_interrupt_decision"
+_HITL_EDITS = "hitl_edited_tool_calls"
+
+
+def _model_call(state: Mapping[str, Any], call_id: str) -> ToolCall | None:
+    """The tool call ``call_id`` as the model produced it (the latest AI message with it)."""
+    for message in reversed(state.get("messages") or []):
+        if isinstance(message, AIMessage):
+            for call in message.tool_calls:
+                if call.get("id") == call_id:
+                    return call
+    return None
+
+
+def _tool_request(call: ToolCall, state: Any, graph: GraphRuntime[Any]) -> ToolCallRequest:
+    """A ``ToolCallRequest`` for ``when`` predicates before the tools run.
+
+    Built as LangChain's HumanInTheLoopMiddleware builds it in its ``after_model``.
+    """
+    try:
+        config = get_config()
+    except RuntimeError:
+        config = {}
+    tool_runtime = ToolRuntime(
+        state=state,
+        context=graph.context,
+        config=config,
+        stream_writer=graph.stream_writer,
+        tool_call_id=call["id"],
+        store=graph.store,
+        execution_info=graph.execution_info,
+        server_info=graph.server_info,
+    )
+    return ToolCallRequest(tool_call=call, tool=None, state=state, runtime=tool_runtime)
+
+
 def _key(session_id: str, call: ToolCall) -> _Key:
     """The idempotency key of a tool call (see ``CRAMiddleware``)."""
     args = call.get("args") or {}
@@ -727,8 +854,8 @@ def _key(session_id: str, call: ToolCall) -> _Key:
     return session_id, str(call.get("id") or ""), call["name"], shown
 
 
-def _approval(answer: Answer, call: ToolCall) -> ApprovalDecision:
-    """The gate's form of a person's answer."""
+def _approval(answer: Answer, call: Mapping[str, Any]) -> ApprovalDecision:
+    """The gate's form of a person's answer (``call``: as the model produced it)."""
     if answer.type in ("approve", "edit"):
         original = call.get("args") or {} if answer.args is not None else None
         return ApprovalDecision(True, answer.approver, answer.message, original_arguments=original)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
+from langchain.agents.middleware import HumanInTheLoopMiddleware
 from langchain.agents.middleware.human_in_the_loop import (
     HITLRequest,
     HITLResponse,
@@ -311,3 +312,85 @@ def test_per_call_unreadable_answer_is_not_swallowed_by_the_tool_node(runtime):
     assert RAN == [("merge_pr", 7)]
     (approved,) = of_type(events_of(runtime), "action.approved")
     assert approved["approver"] == "carol"
+
+
+class TestBesideHumanInTheLoopMiddleware:
+    """With ``reviewed_by=`` the person answers LangChain's middleware once, not ours again."""
+
+    @staticmethod
+    def agent(order: str, mode: str = "batched") -> Any:
+        hitl = HumanInTheLoopMiddleware(interrupt_on={"merge_pr": True}, interrupt_mode=mode)
+        cra_middleware = CRAMiddleware(agent_id="gh-agent", actions=ACTIONS, reviewed_by=hitl)
+        middleware = [hitl, cra_middleware] if order == "hitl-first" else [cra_middleware, hitl]
+        model = ScriptedChatModel(
+            script=[turn(read("r1", "A.md"), merge("m1", 7)), AIMessage("ok")]
+        )
+        return create_agent(
+            model, [read_file, merge_pr], middleware=middleware, checkpointer=InMemorySaver()
+        )
+
+    @pytest.mark.parametrize("order", ["hitl-first", "cra-first"])
+    def test_approved_there_is_not_asked_again(self, runtime, order):
+        agent = self.agent(order)
+        first = agent.invoke({"messages": [HumanMessage("Merge 7")]}, CONFIG)
+        (pending,) = first["__interrupt__"]
+        assert "cra" not in pending.value  # LangChain's own request, not ours
+        result = agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), CONFIG)
+        assert "__interrupt__" not in result  # not asked a second time
+        assert sorted(RAN) == [("merge_pr", 7), ("read_file", "A.md")]
+        events = events_of(runtime)
+        assert of_type(events, "approval.requested") == []
+        merged = [a for a in of_type(events, "action.approved") if "approver" in a]
+        assert [(a["approver"], a["approval_reason"]) for a in merged] == [
+            ("human", "reviewed in HumanInTheLoopMiddleware")
+        ]
+
+    @pytest.mark.parametrize("order", ["hitl-first", "cra-first"])
+    def test_an_edit_there_is_decided_as_it_runs(self, runtime, order):
+        agent = self.agent(order)
+        agent.invoke({"messages": [HumanMessage("Merge 7")]}, CONFIG)
+        edited = {"repo": "acme/app", "pr_number": 9, "expected_head_sha": SHA}
+        decision = {"type": "edit", "edited_action": {"name": "merge_pr", "args": edited}}
+        agent.invoke(Command(resume={"decisions": [decision]}), CONFIG)
+        assert ("merge_pr", 9) in RAN
+        events = events_of(runtime)
+        (approved,) = [a for a in of_type(events, "action.approved") if "approver" in a]
+        assert "original_parameters_hash" in approved
+        merge_requested = [
+            r for r in of_type(events, "action.requested") if r["action_id"] == "github.pr.merge"
+        ]
+        assert merge_requested[0]["parameters_hash"] != approved["original_parameters_hash"]
+
+    @pytest.mark.parametrize("order", ["hitl-first", "cra-first"])
+    def test_a_rejection_there_is_recorded(self, runtime, order):
+        agent = self.agent(order)
+        agent.invoke({"messages": [HumanMessage("Merge 7")]}, CONFIG)
+        answer = {"decisions": [{"type": "reject", "message": "after the freeze"}]}
+        agent.invoke(Command(resume=answer), CONFIG)
+        assert RAN == [("read_file", "A.md")]
+        (denied,) = of_type(events_of(runtime), "action.denied")
+        assert denied["reason"] == "approval_denied"
+        assert "after the freeze" in denied["approval_reason"]
+
+    def test_per_call_with_langchains_middleware_first(self, runtime):
+        agent = self.agent("hitl-first", mode="per_call")
+        first = agent.invoke({"messages": [HumanMessage("Merge 7")]}, CONFIG)
+        (pending,) = first["__interrupt__"]
+        assert pending.value["type"] == "tool_approval" and "cra" not in pending.value
+        result = agent.invoke(Command(resume={pending.id: {"type": "approve"}}), CONFIG)
+        assert "__interrupt__" not in result
+        assert sorted(RAN) == [("merge_pr", 7), ("read_file", "A.md")]
+
+    def test_without_reviewed_by_both_ask(self, runtime):
+        """The default: each middleware asks for what it gates (documented)."""
+        hitl = HumanInTheLoopMiddleware(interrupt_on={"merge_pr": True})
+        model = ScriptedChatModel(script=[turn(merge("m1", 7)), AIMessage("ok")])
+        agent = create_agent(
+            model,
+            [read_file, merge_pr],
+            middleware=[CRAMiddleware(agent_id="gh-agent", actions=ACTIONS), hitl],
+            checkpointer=InMemorySaver(),
+        )
+        first = agent.invoke({"messages": [HumanMessage("Merge 7")]}, CONFIG)
+        second = agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), CONFIG)
+        assert "__interrupt__" in first and "__interrupt__" in second
