@@ -11,7 +11,7 @@ import asyncio
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from langchain.agents import create_agent
@@ -318,10 +318,12 @@ class TestBesideHumanInTheLoopMiddleware:
     """With ``reviewed_by=`` the person answers LangChain's middleware once, not ours again."""
 
     @staticmethod
-    def agent(order: str, mode: str = "batched") -> Any:
+    def agent(order: str, mode: Literal["batched", "per_call"] = "batched") -> Any:
         hitl = HumanInTheLoopMiddleware(interrupt_on={"merge_pr": True}, interrupt_mode=mode)
         cra_middleware = CRAMiddleware(agent_id="gh-agent", actions=ACTIONS, reviewed_by=hitl)
-        middleware = [hitl, cra_middleware] if order == "hitl-first" else [cra_middleware, hitl]
+        middleware: list[Any] = (
+            [hitl, cra_middleware] if order == "hitl-first" else [cra_middleware, hitl]
+        )
         model = ScriptedChatModel(
             script=[turn(read("r1", "A.md"), merge("m1", 7)), AIMessage("ok")]
         )
@@ -383,7 +385,7 @@ class TestBesideHumanInTheLoopMiddleware:
 
     def test_without_reviewed_by_both_ask(self, runtime):
         """The default: each middleware asks for what it gates (documented)."""
-        hitl = HumanInTheLoopMiddleware(interrupt_on={"merge_pr": True})
+        hitl: Any = HumanInTheLoopMiddleware(interrupt_on={"merge_pr": True})
         model = ScriptedChatModel(script=[turn(merge("m1", 7)), AIMessage("ok")])
         agent = create_agent(
             model,
