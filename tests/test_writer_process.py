@@ -189,12 +189,15 @@ def test_store_error_in_the_writer_process_fails_closed(tmp_path):
 
 
 def test_a_stalled_writer_process_is_a_dead_one(tmp_path):
-    """SIGSTOP: group callers wait at most the deadline, then every call is refused."""
+    """SIGSTOP: group callers wait at most the deadline, then every call is refused.
+
+    The deadline (3 s) leaves room for the first write on a loaded 2-core machine.
+    """
     store = JsonlStore(tmp_path / "j")
     collector = TraceCollector(
         store,
         durability="group",
-        backpressure_timeout=0.5,
+        backpressure_timeout=3.0,
         process_url=f"jsonl://{tmp_path / 'j'}",
     )
     chain = SessionChain("s-1", "t-1")
@@ -207,7 +210,7 @@ def test_a_stalled_writer_process_is_a_dead_one(tmp_path):
         started = time.monotonic()
         with pytest.raises(cra.TraceUnavailableError):
             collector.committed(chain, chain.append("context.injected", {"n": 1}))
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 10
         with pytest.raises(cra.TraceUnavailableError):
             collector.check()
     finally:
