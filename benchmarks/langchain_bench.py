@@ -44,6 +44,7 @@ from cra_agents_langchain import CRAMiddleware, guard_tool
 from cra_agents_langchain.testing import ScriptedChatModel
 
 ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+ACTIONS = {"read_file": "github.file.read"}
 
 
 @tool
@@ -93,7 +94,7 @@ def main() -> int:
     rows: list[tuple[str, tuple[float, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         runtime = cra.configure(atlases=[ATLAS], store=f"sqlite://{tmp}/t.db")
-        middleware = CRAMiddleware(agent_id="bench", actions={"read_file": "github.file.read"})
+        middleware = CRAMiddleware(agent_id="bench", actions=ACTIONS)
         session = runtime.create_session("bench", "benchmark")
         ids = itertools.count()
         tool_runtime: ToolRuntime[Any, Any] = ToolRuntime(
@@ -165,9 +166,22 @@ def main() -> int:
                 5000,
             )
 
+        # The per-run cost split: the turn's resolution (context and tool hiding) and the
+        # batched review's after_model node are what CRAMiddleware adds beyond the calls.
+        quiet = {"context_budget_tokens": 0, "hide_denied_tools": False}
         runs: list[tuple[str, AgentMiddleware[Any, Any, Any] | None]] = [
             ("create_agent run", None),
             ("create_agent run, with CRAMiddleware", middleware),
+            (
+                "  ... without turn resolution",
+                CRAMiddleware(agent_id="bench", actions=ACTIONS, **quiet),
+            ),
+            (
+                "  ... per_call, without turn resolution",
+                CRAMiddleware(
+                    agent_id="bench", actions=ACTIONS, interrupt_mode="per_call", **quiet
+                ),
+            ),
             ("create_agent run, with HITL middleware", hitl),
         ]
         rows += _timed([(label, _agent_run(used, args)) for label, used in runs], 600, rounds=30)
@@ -178,6 +192,8 @@ def main() -> int:
         "tool call through HITL middleware": "tool call without middleware",
         "guard_tool(tool).invoke": "tool.invoke",
         "create_agent run, with CRAMiddleware": "create_agent run",
+        "  ... without turn resolution": "create_agent run",
+        "  ... per_call, without turn resolution": "create_agent run",
         "create_agent run, with HITL middleware": "create_agent run",
     }
     medians = {name: figures[0] for name, figures in rows}
