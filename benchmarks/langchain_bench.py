@@ -168,7 +168,7 @@ def main() -> int:
 
         # The per-run cost split: the turn's resolution (context and tool hiding) and the
         # batched review's after_model node are what CRAMiddleware adds beyond the calls.
-        quiet = {"context_budget_tokens": 0, "hide_denied_tools": False}
+        quiet: dict[str, Any] = {"context_budget_tokens": 0, "hide_denied_tools": False}
         runs: list[tuple[str, AgentMiddleware[Any, Any, Any] | None]] = [
             ("create_agent run", None),
             ("create_agent run, with CRAMiddleware", middleware),
