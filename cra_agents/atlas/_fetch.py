@@ -17,6 +17,9 @@ _MAX_REDIRECTS = 3
 #: The only content codings accepted: the body is never decompressed, so a small encoded body
 #: cannot expand past ``max_bytes`` (a zstd frame of 8 KB decodes to 256 MiB).
 _IDENTITY = frozenset({"", "identity"})
+#: The watchdog fires this long after the deadline: a server that is merely silent is cut by
+#: httpx's own timeout first, the watchdog only by one that keeps the reads busy.
+_GRACE = 0.05
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -107,7 +110,7 @@ def fetch_bytes(
 
     origin = _origin(url)
     current = url
-    watchdog = _Watchdog(deadline - time.monotonic())
+    watchdog = _Watchdog(deadline - time.monotonic() + _GRACE)
     try:
         with httpx.Client(trust_env=False, follow_redirects=False) as client:
             for _ in range(_MAX_REDIRECTS + 1):
