@@ -59,7 +59,9 @@ def _compile(pattern: str) -> Any:
     options = re2.Options()
     options.log_errors = False  # RE2 would write each refusal to stderr
     try:
-        hit = re2.compile(pattern, options)
+        # Compiled and matched as UTF-8 bytes (RE2's own encoding): the same matches as on
+        # str, without the wrapper's per-call mapping of byte offsets back to characters.
+        hit = re2.compile(pattern.encode("utf-8", "surrogatepass"), options)
     except re2.error as exc:
         detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
         raise PatternError(f"pattern {pattern!r} cannot run in linear time: {detail}") from None
@@ -72,7 +74,7 @@ def _compile(pattern: str) -> Any:
 
 def search(pattern: str, text: str) -> bool:
     """Whether ``pattern`` matches somewhere in ``text`` (RE2; :class:`PatternError` if not RE2)."""
-    return _compile(pattern).search(text) is not None
+    return _compile(pattern).search(text.encode("utf-8", "surrogatepass")) is not None
 
 
 def _escape(part: str) -> str:
