@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cra_agents._clock import parse_timestamp_ns
+from cra_agents._text import visible
 from cra_agents._version import __version__
 from cra_agents.protocol import TraceEvent
 from cra_agents.protocol import events as ev
@@ -1356,8 +1357,13 @@ class _Report:
 
 
 def _e(value: object) -> str:
-    """Escape anything for HTML text and attribute values (the trace is untrusted)."""
-    return html.escape("" if value is None else str(value), quote=True)
+    r"""Escape anything for HTML text and attribute values (the trace is untrusted).
+
+    Controls and invisible format characters (bidirectional overrides, zero-width spaces...)
+    are shown as escapes such as ``\u202e``, by the same rule as the ``cra`` command; line
+    feeds and tabs are kept for the page to lay out.
+    """
+    return html.escape(visible("" if value is None else str(value), keep="\n\t"), quote=True)
 
 
 def _str(value: object) -> str | None:

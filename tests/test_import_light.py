@@ -18,6 +18,8 @@ HEAVY = (
     "httpx",
     "jsonschema",
     "rich",
+    "re2",
+    "fastjsonschema",
 )
 #: Modules (and everything under them) the core must not import.
 HEAVY_MODULES = (

@@ -8,6 +8,7 @@ import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cra_agents._schema_rules import _walk, linear_validator
 from cra_agents.runtime._params import FAST_KEYWORDS, _validators, fast_path_applies, first_error
 
 _json = st.recursive(
@@ -32,6 +33,7 @@ def _schema(depth: int = 2) -> st.SearchStrategy[dict[str, Any]]:
         st.tuples(st.just("const"), _json),
         st.tuples(st.sampled_from(["minLength", "maxLength"]), st.integers(0, 5)),
         st.tuples(st.just("pattern"), st.sampled_from(["^a", "b$", "^[a-z]+/[a-z]+$", "é", "^$"])),
+        st.tuples(st.just("format"), st.sampled_from(["date-time", "uri", "email", "ipv4"])),
         st.tuples(
             st.sampled_from(["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]),
             st.integers(-3, 3) | st.sampled_from([0.5, -1.5, 1.0]),
@@ -52,8 +54,13 @@ def _schema(depth: int = 2) -> st.SearchStrategy[dict[str, Any]]:
 @settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schema=_schema(), instance=_json)
 def test_fast_path_agrees_with_jsonschema(schema: dict[str, Any], instance: Any) -> None:
-    assert fast_path_applies(schema)
-    expected = jsonschema.Draft202012Validator(schema).is_valid(instance)
+    # pattern (run by RE2, never by fastjsonschema's re) and format (checked by jsonschema's
+    # checkers only) keep a schema off the fast path; every other keyword here is on it.
+    slow = {keyword for _, keyword, _ in _walk(schema, "")}
+    assert fast_path_applies(schema) == (not slow)
+    judge = linear_validator(jsonschema.Draft202012Validator)
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    expected = judge(schema, format_checker=checker).is_valid(instance)
     _, fast = _validators(schema)
     if fast is not None:  # None: fastjsonschema refused to compile it; jsonschema decides
         try:
@@ -81,6 +88,7 @@ def test_other_keywords_take_the_jsonschema_path() -> None:
         assert not fast_path_applies(schema)
     assert fast_path_applies(True)
     assert "format" not in FAST_KEYWORDS
+    assert "pattern" not in FAST_KEYWORDS  # fastjsonschema would run it with re
     _, fast = _validators({"type": "array", "uniqueItems": True})
     assert fast is None
     assert first_error({"type": "array", "uniqueItems": True}, {"x": 1}) is not None

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -95,6 +96,17 @@ def read_document(
     Raises:
         AtlasError: unreadable, refused, or the digest pin does not match.
     """
+    return _read_document(source, sha256=sha256, max_bytes=max_bytes, timeout=timeout)
+
+
+def _read_document(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    sha256: str | None,
+    max_bytes: int,
+    timeout: float,
+    deadline: float | None = None,
+) -> tuple[dict[str, Any], str, Path | None]:
     if isinstance(source, Mapping):
         document = dict(source)
         if sha256 is not None:
@@ -108,7 +120,7 @@ def read_document(
         from cra_agents.atlas._fetch import fetch_bytes
 
         url = str(source)
-        data = fetch_bytes(url, max_bytes=max_bytes, timeout=timeout)
+        data = fetch_bytes(url, max_bytes=max_bytes, timeout=timeout, deadline=deadline)
         if sha256 is not None:
             _check_pin(sha256, hashlib.sha256(data).hexdigest(), url)
         return _parse(data, label=url, max_bytes=max_bytes), url, None
@@ -170,8 +182,16 @@ def read_context_file(
         AtlasError: ``path_escape`` (absolute, or outside ``base``), ``not_a_file`` (a FIFO,
             device or socket) or ``io_error``.
     """
-    root = base.resolve()
-    target = (root / name).resolve()
+    try:
+        root = base.resolve()
+        target = (root / name).resolve()
+    except (ValueError, OSError) as exc:  # a NUL byte (ValueError), a loop: names the OS refuses
+        raise AtlasError(
+            f"context file name {name!r} is not a usable file name: {exc}",
+            reason="bad_name",
+            path=where,
+            source=source,
+        ) from exc
     if Path(name).is_absolute() or not target.is_relative_to(root):
         raise AtlasError(
             f"context file {name!r} lies outside the atlas directory",
@@ -201,6 +221,14 @@ def _require_regular(path: Path, label: str, where: str) -> None:
         mode = path.stat().st_mode
     except FileNotFoundError:
         return  # reported by the caller's open()
+    except ValueError as exc:  # a NUL byte in the name
+        raise AtlasError(
+            f"not a usable file name: {exc}",
+            reason="bad_name",
+            path=where,
+            source=label,
+            code="ATLAS_LOAD_ERROR",
+        ) from exc
     except OSError as exc:
         raise AtlasError(
             f"cannot read: {exc.strerror}",
@@ -306,9 +334,12 @@ def _read_context(
 
 
 def _fetch_context(
-    manifest: AtlasManifest, url: str, max_bytes: int, timeout: float
+    manifest: AtlasManifest, url: str, max_bytes: int, timeout: float, deadline: float
 ) -> tuple[dict[str, str], list[str]]:
-    """Context pack files of a URL atlas, fetched relative to the manifest's URL."""
+    """Context pack files of a URL atlas, fetched relative to the manifest's URL.
+
+    Every file shares the manifest's ``deadline``: ``timeout`` bounds the whole load.
+    """
     from cra_agents.atlas._fetch import fetch_bytes
 
     base = urljoin(url, ".")
@@ -323,10 +354,17 @@ def _fetch_context(
                 source=url,
             )
         try:
-            return fetch_bytes(target, max_bytes=max_bytes, timeout=timeout)
+            return fetch_bytes(target, max_bytes=max_bytes, timeout=timeout, deadline=deadline)
         except AtlasError as exc:
             if exc.details.get("status") == 404:
                 return None
+            if exc.reason == "bad_url":
+                raise AtlasError(
+                    f"context file name {name!r} is not a usable URL path",
+                    reason="bad_name",
+                    path=where,
+                    source=url,
+                ) from exc
             raise
 
     return _collect_context(manifest, url, max_bytes, read)
@@ -348,7 +386,8 @@ def load_atlas(
         sha256: Optional pin (hex, ``sha256:`` prefix allowed) of the exact manifest bytes read
             from the file or URL, or of the canonical JSON of a dict. Checked before parsing.
         max_bytes: Size cap of the manifest and of each context file.
-        timeout: Total time budget of a URL fetch, in seconds.
+        timeout: Total time budget of a URL atlas, in seconds: the manifest and every context
+            file are fetched within it, however slowly a server sends.
 
     Returns:
         The loaded :class:`Atlas`. Real upstream atlases load: inline ``context_blocks``, a
@@ -369,12 +408,13 @@ def load_atlas(
         return source
     if isinstance(source, AtlasManifest):
         source = source.model_dump(mode="json", exclude_none=True)
-    document, label, base = read_document(
-        source, sha256=sha256, max_bytes=max_bytes, timeout=timeout
+    deadline = time.monotonic() + timeout  # one budget for the manifest and its context files
+    document, label, base = _read_document(
+        source, sha256=sha256, max_bytes=max_bytes, timeout=timeout, deadline=deadline
     )
     manifest = _validate(document, label)
     if base is None and _is_url(label):
-        files, missing = _fetch_context(manifest, label, max_bytes, timeout)
+        files, missing = _fetch_context(manifest, label, max_bytes, timeout, deadline)
     else:
         files, missing = _read_context(manifest, base, label, max_bytes)
     try:

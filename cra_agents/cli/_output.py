@@ -15,24 +15,23 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from cra_agents._text import visible
+
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.table import Table
 
 __all__ = ["STYLE", "CLIError", "Output", "clean", "esc"]
 
-# C0 and C1 control characters (and DEL) in trace content would reach the terminal as escape
-# sequences (cursor moves, erased lines, OSC 52 clipboard writes): they are shown escaped.
-_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
-    0x0A: "\\n",
-    0x0D: "\\r",
-    0x09: "\\t",
-}
-
 
 def clean(text: object) -> str:
-    r"""``text`` with control characters written as escapes (``\\n``, ``\\x1b``...)."""
-    return str(text).translate(_CONTROL)
+    r"""``text`` with control and invisible format characters escaped (``\\n``, ``\\u202e``...).
+
+    C0/C1 controls would reach the terminal as escape sequences, and bidirectional overrides
+    or zero-width characters would reorder or hide trace content: the rule is
+    :func:`cra_agents._text.visible`, shared with the HTML report.
+    """
+    return visible(str(text))
 
 
 def esc(text: object) -> str:

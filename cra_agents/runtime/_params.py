@@ -4,8 +4,15 @@ jsonschema is the judge. Every guarded call is checked, though, and jsonschema t
 microseconds for even a small object schema, so schemas made only of keywords whose meaning is
 the same in draft 7 and 2020-12 (:data:`FAST_KEYWORDS`) are also compiled with fastjsonschema,
 which checks them in a few microseconds. Its verdict is used only to *accept*: when it rejects,
-or the schema uses anything else (``format``, ``$ref``, ``uniqueItems``...), jsonschema decides
-and words the error. A differential property test holds the two to the same verdicts.
+or the schema uses anything else (``format``, ``pattern``, ``$ref``, ``uniqueItems``...),
+jsonschema decides and words the error. A differential property test holds the two to the same
+verdicts.
+
+Patterns run on model-chosen strings, so they never reach a backtracking engine: jsonschema's
+regex keywords are swapped for RE2 ones (:mod:`cra_agents._schema_rules`), ``pattern`` stays
+off the fast path (fastjsonschema would use ``re``), and a schema with a pattern RE2 cannot
+run counts as invalid. Every ``format`` with an installed checker (``jsonschema[format-nongpl]``)
+is enforced; lint reports the others.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import fastjsonschema
 import jsonschema
 import orjson
 
+from cra_agents._schema_rules import PatternError, linear_validator, schema_problems
 from cra_agents.atlas import json_pointer
 
 __all__ = ["FAST_KEYWORDS", "first_error"]
@@ -33,7 +41,6 @@ FAST_KEYWORDS = frozenset(
         "const",
         "minLength",
         "maxLength",
-        "pattern",
         "minimum",
         "maximum",
         "exclusiveMinimum",
@@ -115,7 +122,9 @@ def _validators(schema: Mapping[str, Any]) -> tuple[Any, _Check | None]:
         return compiled
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     cls.check_schema(dict(schema))
-    validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+    for problem in schema_problems(schema):  # patterns only: formats are lint's business
+        raise jsonschema.exceptions.SchemaError(f"{problem.message} (at {problem.path})")
+    validator = linear_validator(cls)(schema, format_checker=cls.FORMAT_CHECKER)
     fast: _Check | None = None
     if "$schema" not in schema and fast_path_applies(schema):
         try:
@@ -165,6 +174,8 @@ def first_error(schema: Mapping[str, Any], parameters: Mapping[str, Any]) -> tup
         error = jsonschema.exceptions.best_match(validator.iter_errors(parameters))
     except jsonschema.exceptions.SchemaError as exc:
         return "", f"the action's parameters_schema is itself invalid: {exc.message}"
+    except PatternError as exc:  # schema_problems finds them first: defence in depth
+        return "", f"the action's parameters_schema is itself invalid: {exc}"
     if error is None:
         return None
     return json_pointer(error.absolute_path), error.message

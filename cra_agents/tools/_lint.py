@@ -37,12 +37,21 @@ L012      warning   action description missing or shorter than 20 characters
 L013      info      atlas, capability, context pack or policy description missing or
                     shorter than 20 characters
 L014      info      deny or require_approval policy without a reason
+L015      warning   ``parameters_schema`` pattern RE2 cannot run in linear time
+                    (backreference, lookaround), or ``unevaluatedProperties`` beside
+                    ``patternProperties``: every call of the action is refused
+L016      warning   ``parameters_schema`` format no installed checker knows: any string
+                    passes it
 ========  ========  ==============================================================
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from cra_agents._exceptions import AtlasError
+from cra_agents._schema_rules import schema_problems
 from cra_agents.atlas import (
     DEFAULT_MAX_BYTES,
     AtlasSource,
@@ -157,6 +166,8 @@ class _Linter:
                 f"the parameters_schema of {name!r} accepts arguments it does not list; add "
                 '"additionalProperties": false so unexpected arguments are refused',
             )
+        if schema is not None:
+            self.schema(where, name, schema)
         restricting = self.covering(name, ("deny", "require_approval"))
         if action.risk_tier in _HIGH and not restricting:
             self.add(
@@ -195,6 +206,25 @@ class _Linter:
                 f"action {name!r} has {'a very short' if action.description.strip() else 'no'} "
                 "description; agents choose actions by it, so say what it does and what it "
                 "changes",
+            )
+
+    def schema(self, where: str, name: str, schema: Mapping[str, Any]) -> None:
+        import jsonschema
+
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        known = frozenset(cls.FORMAT_CHECKER.checkers)
+        for problem in schema_problems(schema, known):
+            hint = (
+                "; calls of this action are refused until it is rewritten for RE2 (no "
+                "backreferences or lookaround)"
+                if problem.code == "L015"
+                else f"; use one of {', '.join(sorted(known))}, or a pattern"
+            )
+            self.add(
+                problem.code,
+                "warning",
+                f"{where}/parameters_schema{problem.path}",
+                f"in the parameters_schema of {name!r}: {problem.message}{hint}",
             )
 
     # -- policies ---------------------------------------------------------------------------
