@@ -182,13 +182,14 @@ class TestEveryCheckpointedLogMustBeThere:
         checkpoint = sign_checkpoint(a, KEY)
         error = cra.TraceError("index says otherwise", code="TRACE_INDEX_MISMATCH")
         results = verify_logs(
-            [(a[0]["session_id"], error), ("x", OSError("gone"))],
+            [(a[0]["session_id"], error), ("x", OSError("gone")), (None, OSError("?"))],
             checkpoints=[checkpoint],
             verify_key=PUB,
         )
         assert [(r.log_id, r.error_type) for r in results] == [
             (a[0]["session_id"], "index_mismatch"),
             ("x", "malformed_event"),
+            (None, "malformed_event"),
         ]
 
 

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import orjson
 
-from cra_agents._exceptions import CRAError
+from cra_agents._exceptions import TraceError
 from cra_agents.cli._output import CLIError, Output
 from cra_agents.cli._output import esc as _esc
 from cra_agents.cli._sources import (
@@ -52,8 +52,6 @@ def _read_logs(
     sources: list[Source], advance: Callable[[int], None]
 ) -> Iterator[tuple[str | None, Any]]:
     """Each source as ``verify_logs`` takes it: (the id a store keeps it under, its items)."""
-    from cra_agents.trace import INDEX_MISMATCH
-
     for source in sources:
         items: Any
         if source.items is not None:  # a file: its events name their session themselves
@@ -61,10 +59,8 @@ def _read_logs(
         else:
             try:
                 items = source.events()
-            except CRAError as exc:  # the store's index disagrees with the events: report it
-                if exc.code != INDEX_MISMATCH:
-                    raise
-                items = exc
+            except TraceError as exc:  # e.g. the store's index disagrees with the events
+                items = exc  # reported for this session; the others are still verified
         advance(1)
         yield (source.session_id if source.store is not None else None), items
 

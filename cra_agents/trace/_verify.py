@@ -14,7 +14,7 @@ from cra_agents._exceptions import TraceError
 from cra_agents.protocol import GENESIS_HASH, TraceEvent
 from cra_agents.trace._checkpoint import Checkpoint, _as_list
 from cra_agents.trace._hash import _material, spec_event_hash
-from cra_agents.trace._read import TornTail, iter_jsonl
+from cra_agents.trace._read import INDEX_MISMATCH, TornTail, iter_jsonl
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -31,9 +31,6 @@ __all__ = [
     "verify_store",
 ]
 
-#: The :class:`~cra_agents.TraceError` code a store raises when what it keeps beside the
-#: hashed events (a file name, a session key, an id or type column) disagrees with them.
-INDEX_MISMATCH = "TRACE_INDEX_MISMATCH"
 
 ErrorType = Literal[
     "invalid_genesis",
@@ -217,7 +214,7 @@ def verify_chain(
             stored = event["event_hash"]
             linked = event["previous_event_hash"]
             sequence = event["sequence"]
-            carried = event["session_id"]
+            carried = event.get("session_id")  # checked with the hash (linkage-only: not)
         except (KeyError, TypeError) as exc:
             return fail("malformed_event", f"event {count} lacks field {exc}")
         if count == 0:
@@ -233,9 +230,18 @@ def verify_chain(
                     "sequence_gap",
                     f"event {count} has sequence {sequence}, expected {previous_sequence + 1}",
                 )
+        if check_hashes:
+            try:
+                matched = _rule(event)
+            except (KeyError, TypeError) as exc:
+                return fail("malformed_event", f"event {count} lacks field {exc}")
+            if matched is None:
+                return fail("hash_mismatch", f"event {count}'s hash does not match its content")
+            rules |= matched
+            rule_sets.append(matched)
         if session is None:
-            session = str(carried)
-        elif carried != session:
+            session = None if carried is None else str(carried)
+        elif carried is not None and carried != session:
             # A chain is one session's; the hash covers the id, so this was written so.
             if log_id is not None:
                 return fail(
@@ -246,15 +252,6 @@ def verify_chain(
             return fail(
                 "session_mismatch", f"event {count} belongs to session {carried}, not {session}"
             )
-        if check_hashes:
-            try:
-                matched = _rule(event)
-            except (KeyError, TypeError) as exc:
-                return fail("malformed_event", f"event {count} lacks field {exc}")
-            if matched is None:
-                return fail("hash_mismatch", f"event {count}'s hash does not match its content")
-            rules |= matched
-            rule_sets.append(matched)
         previous = stored
         previous_sequence = sequence
         count += 1
@@ -455,7 +452,7 @@ def verify_store(
 ) -> list[ChainVerification]:
     """Verify every session of ``store`` with :func:`verify_logs`.
 
-    A session the store cannot read because its index disagrees with its events (see
+    A session the store refuses to read because its index disagrees with its events (see
     :data:`INDEX_MISMATCH`) is reported ``index_mismatch``; every checkpointed log must be
     in the store.
 
@@ -467,9 +464,7 @@ def verify_store(
         for session_id in store.sessions():
             try:
                 yield session_id, store.read(session_id)
-            except TraceError as exc:
-                if exc.code != INDEX_MISMATCH:
-                    raise
+            except TraceError as exc:  # reported for this session, as verify_logs says
                 yield session_id, exc
 
     return verify_logs(
