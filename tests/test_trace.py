@@ -335,6 +335,7 @@ class TestTamperMatrix:
             "hash_rule",
             "checkpoint_size",
             "unverifiable_tail",
+            "log_id",
         }
         assert body["error_type"] == "hash_mismatch"
         json.dumps(body)

@@ -328,5 +328,7 @@ def _hint_for(exc: CRAError) -> str:
         "ATLAS_LOAD_ERROR": "run 'cra atlas validate PATH' to see every finding",
         "ATLAS_ALREADY_LOADED": "pass atlases whose ids and action ids do not overlap",
         "INVALID_TRACE_EVENT": "run 'cra trace verify' on the trace to locate the bad event",
+        "TRACE_INDEX_MISMATCH": "the store was changed outside cra-agents: treat it as "
+        "tampering and run 'cra trace verify --all' to see which sessions",
     }
     return hints.get(exc.code, "see the message above; -v shows debug logs")

@@ -13,7 +13,15 @@ from pydantic import ValidationError
 from cra_agents.cli._output import CLIError
 from cra_agents.trace import TraceStore, open_store
 
-__all__ = ["Source", "StoreRef", "iter_targets", "load_checkpoints", "read_file", "resolve_target"]
+__all__ = [
+    "Source",
+    "StoreRef",
+    "iter_targets",
+    "load_checkpoint_set",
+    "load_checkpoints",
+    "read_file",
+    "resolve_target",
+]
 
 _DEFAULT = "sqlite://.cra/traces.db"
 
@@ -237,17 +245,35 @@ def iter_targets(targets: list[str], all_sessions: bool, store: StoreRef) -> Ite
 
 
 def load_checkpoints(
-    checkpoint: str | None, pubkey: str | None, log_id: str | None, *, required: bool = True
+    checkpoint: str | None, pubkey: str | None, log_id: str | None
 ) -> tuple[list[Any], Any]:
-    """Checkpoints (from a ``.checkpoints.jsonl`` file or a directory) and the verify key.
-
-    With ``required=False`` a directory without a checkpoint of this log gives none (the key is
-    still returned), for ``verify --all`` over sessions of which only some are checkpointed.
+    """One log's checkpoints (from a ``.checkpoints.jsonl`` file or a directory), and the key.
 
     Raises:
-        CLIError: only one of the two options, or unreadable files.
+        CLIError: only one of the two options, unreadable files, or no checkpoint of the log.
     """
-    from cra_agents.trace import Checkpoint, load_verify_key, read_checkpoints
+    if checkpoint is not None and Path(checkpoint).is_dir() and log_id is None:
+        raise CLIError(
+            "usage",
+            "a checkpoint directory needs a session to pick its file",
+            "pass the checkpoint file itself",
+        )
+    return _load(checkpoint, pubkey, log_id)
+
+
+def load_checkpoint_set(checkpoint: str | None, pubkey: str | None) -> tuple[list[Any], Any]:
+    """Every checkpoint in a ``.checkpoints.jsonl`` file or a directory of them, and the key.
+
+    The set vouches for each log it names: ``cra trace verify`` requires all of them.
+
+    Raises:
+        CLIError: only one of the two options, unreadable files, or no checkpoint at all.
+    """
+    return _load(checkpoint, pubkey, None)
+
+
+def _load(checkpoint: str | None, pubkey: str | None, log_id: str | None) -> tuple[list[Any], Any]:
+    from cra_agents.trace import load_verify_key, read_checkpoints
 
     if checkpoint is None and pubkey is None:
         return [], None
@@ -267,34 +293,29 @@ def load_checkpoints(
         ) from exc
     path = Path(checkpoint)
     try:
-        if path.is_dir():
-            if log_id is None:
-                raise CLIError(
-                    "usage",
-                    "a checkpoint directory needs a session to pick its file",
-                    "pass the checkpoint file itself",
-                )
-            found = read_checkpoints(path, log_id)
-        else:
-            import json
-
-            found = [
-                Checkpoint.from_dict(json.loads(line))
-                for line in path.read_text("utf-8").splitlines()
-                if line.strip()
-            ]
+        found = read_checkpoints(path, log_id) if path.is_dir() else _read_one(path)
     except (ValueError, OSError) as exc:
         raise CLIError(
             "bad_checkpoint",
             f"cannot read checkpoints from {checkpoint}: {exc}",
             "pass a .checkpoints.jsonl file written by 'cra trace checkpoint'",
         ) from exc
-    if not found and not required and path.is_dir():
-        return [], key
     if not found:
         raise CLIError(
             "bad_checkpoint",
-            f"no checkpoints for this log in {checkpoint}",
+            f"no checkpoints {'for this log ' if log_id else ''}in {checkpoint}",
             "sign one with 'cra trace checkpoint SESSION --key KEY'",
         )
     return found, key
+
+
+def _read_one(path: Path) -> list[Any]:
+    import json
+
+    from cra_agents.trace import Checkpoint
+
+    return [
+        Checkpoint.from_dict(json.loads(line))
+        for line in path.read_text("utf-8").splitlines()
+        if line.strip()
+    ]

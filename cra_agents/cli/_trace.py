@@ -6,18 +6,20 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from cra_agents._exceptions import TraceError
 from cra_agents.cli._output import CLIError, Output
 from cra_agents.cli._output import esc as _esc
 from cra_agents.cli._sources import (
     Source,
     StoreRef,
     iter_targets,
+    load_checkpoint_set,
     load_checkpoints,
     read_file,
     resolve_target,
@@ -46,22 +48,31 @@ def _short(value: str | None, n: int = 12) -> str:
 # -- verify -------------------------------------------------------------------------------------
 
 
-def _counted(items: Iterable[Any], advance: Callable[[int], None]) -> Iterator[Any]:
-    for item in items:
+def _read_logs(
+    sources: list[Source], advance: Callable[[int], None]
+) -> Iterator[tuple[str | None, Any]]:
+    """Each source as ``verify_logs`` takes it: (the id a store keeps it under, its items)."""
+    for source in sources:
+        items: Any
+        if source.items is not None:  # a file: its events name their session themselves
+            items = source.items
+        else:
+            try:
+                items = source.events()
+            except TraceError as exc:  # e.g. the store's index disagrees with the events
+                items = exc  # reported for this session; the others are still verified
         advance(1)
-        yield item
-
-
-def _verify_source(source: Source, out: Output, checkpoints: list[Any], key: Any) -> Any:
-    from cra_agents.trace import verify_chain
-
-    items: list[Any] = source.items if source.items is not None else source.events()
-    with out.progress(f"verifying {_short(source.label, 20)}", len(items)) as advance:
-        return verify_chain(_counted(items, advance), checkpoints=checkpoints, verify_key=key)
+        yield (source.session_id if source.store is not None else None), items
 
 
 def verify(args: argparse.Namespace, out: Output) -> int:
-    """Verify chains (and checkpoints, and exported span links); exit 1 when any is invalid."""
+    """Verify chains (and checkpoints, and exported span links); exit 1 when any is invalid.
+
+    With ``--checkpoint``, the checkpoints vouch for every log they name: each of those logs
+    must be among the ones verified and whole up to its checkpoint, else it is ``truncated``.
+    """
+    from cra_agents.trace import verify_logs
+
     store = StoreRef(args.store)
     results: list[dict[str, Any]] = []
     rows = []
@@ -71,18 +82,23 @@ def verify(args: argparse.Namespace, out: Output) -> int:
         if args.targets or args.all or not args.from_otlp
         else []
     )
-    several = len(sources) > 1
-    for source in sources:
-        checkpoints, key = load_checkpoints(
-            args.checkpoint, args.pubkey, source.log_id, required=not several
+    checkpoints, key = load_checkpoint_set(args.checkpoint, args.pubkey) if sources else ([], None)
+    covered = {c.log_id for c in checkpoints}
+    with out.progress("verifying", len(sources)) as advance:
+        verdicts = verify_logs(
+            _read_logs(sources, advance), checkpoints=checkpoints, verify_key=key
         )
-        result = _verify_source(source, out, checkpoints, key)
+    for index, result in enumerate(verdicts):
+        label = sources[index].label if index < len(sources) else str(result.log_id)
         empty = result.valid and result.event_count == 0
         failed = failed or not result.valid or empty
-        entry = {"target": source.label, **result.as_dict()}
+        entry = {"target": label, **result.as_dict()}
+        if index >= len(sources):
+            entry["missing"] = True
         if empty:
             entry.update(valid=False, error_type="empty_trace", error_message="no events")
-        if args.checkpoint and not checkpoints:
+        unchecked = bool(checkpoints) and result.log_id not in covered
+        if unchecked:
             entry["checkpoint"] = "missing"
         results.append(entry)
         if empty:
@@ -102,12 +118,12 @@ def verify(args: argparse.Namespace, out: Output) -> int:
                 f"checkpoint at {result.checkpoint_size}, "
                 f"{result.unverifiable_tail} events after it"
             )
-        elif args.checkpoint and not checkpoints:
+        elif unchecked:
             tail = "no checkpoint for this session"
         ok = result.valid and not empty
         rows.append(
             (
-                _esc(source.label),
+                _esc(label),
                 out.styled("valid" if ok else "invalid", "VALID" if ok else "INVALID"),
                 str(result.event_count),
                 _esc(where),

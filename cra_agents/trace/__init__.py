@@ -25,10 +25,17 @@ from cra_agents.trace._memory import MemoryStore
 from cra_agents.trace._read import TornTail, iter_jsonl, read_events
 from cra_agents.trace._sqlite import SqliteStore
 from cra_agents.trace._store import WRITERS, TraceStore, Writer, open_store, writer_url
-from cra_agents.trace._verify import ChainVerification, verify_chain
+from cra_agents.trace._verify import (
+    INDEX_MISMATCH,
+    ChainVerification,
+    verify_chain,
+    verify_logs,
+    verify_store,
+)
 
 __all__ = [
     "DURABILITY_MODES",
+    "INDEX_MISMATCH",
     "WRITERS",
     "CallRecord",
     "ChainVerification",
@@ -67,6 +74,8 @@ __all__ = [
     "sign_checkpoint",
     "spec_event_hash",
     "verify_chain",
+    "verify_logs",
+    "verify_store",
     "writer_url",
 ]
 

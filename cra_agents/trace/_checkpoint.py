@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _HEADER = "cra-trace-checkpoint/v1"
+_CHECKPOINTS = ".checkpoints.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +242,7 @@ def append_checkpoint(checkpoint: Checkpoint, directory: str | os.PathLike[str])
     """Append ``checkpoint`` to ``<directory>/<log_id>.checkpoints.jsonl`` (fsynced)."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{checkpoint.log_id}.checkpoints.jsonl"
+    path = folder / f"{checkpoint.log_id}{_CHECKPOINTS}"
     line = json.dumps(checkpoint.as_dict(), sort_keys=True) + "\n"
     with path.open("a", encoding="utf-8") as handle:
         handle.write(line)
@@ -250,15 +251,25 @@ def append_checkpoint(checkpoint: Checkpoint, directory: str | os.PathLike[str])
     return path
 
 
-def read_checkpoints(directory: str | os.PathLike[str], log_id: str) -> list[Checkpoint]:
+def read_checkpoints(
+    directory: str | os.PathLike[str], log_id: str | None = None
+) -> list[Checkpoint]:
     """The checkpoints stored for ``log_id``, oldest first (none: an empty list).
+
+    With ``log_id`` None: every checkpoint in the directory (every ``*.checkpoints.jsonl``),
+    file by file; each names its log in its signed ``log_id``, whatever its file is called.
 
     Raises:
         ValueError: a stored line is not a checkpoint.
     """
-    path = Path(directory) / f"{log_id}.checkpoints.jsonl"
-    if not path.exists():
-        return []
+    if log_id is None:
+        files = sorted(Path(directory).glob(f"*{_CHECKPOINTS}"))
+        return [c for path in files for c in _read_file(path)]
+    path = Path(directory) / f"{log_id}{_CHECKPOINTS}"
+    return _read_file(path) if path.exists() else []
+
+
+def _read_file(path: Path) -> list[Checkpoint]:
     out = []
     for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
         if line.strip():

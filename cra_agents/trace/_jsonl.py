@@ -14,6 +14,7 @@ import orjson
 
 from cra_agents._exceptions import TraceError
 from cra_agents.protocol import TraceEvent
+from cra_agents.trace._read import check_indexed
 
 __all__ = ["JsonlStore", "repair_torn_tail"]
 
@@ -129,6 +130,8 @@ class JsonlStore:
 
         Raises:
             ValueError: a line is not a valid event (use ``verify_chain(path)`` to diagnose).
+            TraceError: an event of another session is in the file (it was renamed), with
+                code ``TRACE_INDEX_MISMATCH``.
         """
         path = self._written(session_id)
         if path is None:
@@ -138,7 +141,7 @@ class JsonlStore:
             for raw in reader:
                 if not raw.endswith(b"\n"):
                     break  # a torn tail is not an event; verify_chain reports it
-                event = parse_line(raw)
+                event = check_indexed(parse_line(raw), session_id)
                 if since_sequence is not None and event.sequence <= since_sequence:
                     continue
                 if event_type is not None and event.event_type != event_type:
@@ -149,7 +152,11 @@ class JsonlStore:
         return out
 
     def last_sequence(self, session_id: str) -> int:
-        """The sequence of the session's last complete line (-1: none), read from the end."""
+        """The sequence of the session's last complete line (-1: none), read from the end.
+
+        Raises:
+            TraceError: the line is another session's (code ``TRACE_INDEX_MISMATCH``).
+        """
         path = self._written(session_id)
         if path is None:
             return -1
@@ -167,7 +174,7 @@ class JsonlStore:
                 whole = lines[1:-1] if position > 0 else lines[:-1]
                 complete = [line for line in whole if line.strip()]
                 if complete:
-                    return parse_line(complete[-1]).sequence
+                    return check_indexed(parse_line(complete[-1]), session_id).sequence
         return -1
 
     def sessions(self) -> list[str]:

@@ -16,10 +16,51 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cra_agents._exceptions import TraceError
 from cra_agents._safejson import JSONInputError, loads_strict
 from cra_agents.protocol import TraceEvent
 
-__all__ = ["MAX_LINE_BYTES", "TornTail", "iter_jsonl", "read_events"]
+__all__ = [
+    "INDEX_MISMATCH",
+    "MAX_LINE_BYTES",
+    "TornTail",
+    "check_indexed",
+    "iter_jsonl",
+    "read_events",
+]
+
+#: The :class:`~cra_agents.TraceError` code a store raises when what it keeps beside the
+#: hashed events (a file name, a session key, an id or type column) disagrees with them.
+INDEX_MISMATCH = "TRACE_INDEX_MISMATCH"
+
+
+def check_indexed(
+    event: TraceEvent,
+    session_id: str,
+    *,
+    sequence: int | None = None,
+    event_type: str | None = None,
+) -> TraceEvent:
+    """``event`` if it is what the store's index says it is (session, sequence, type).
+
+    Stores answer reads from the hashed event, never from an index beside it; an index that
+    disagrees was changed behind the writer's back, and no reader may act on it.
+
+    Raises:
+        TraceError: code :data:`INDEX_MISMATCH`; the store was tampered with.
+    """
+    said = {"session_id": session_id, "sequence": sequence, "event_type": event_type}
+    for name, value in said.items():
+        if value is not None and getattr(event, name) != value:
+            raise TraceError(
+                f"the store lists event {event.event_id} under {name} {value!r}, but the "
+                f"hashed event says {getattr(event, name)!r}: the store's index was changed "
+                "(run 'cra trace verify --all')",
+                code=INDEX_MISMATCH,
+                details={"reason": "index_mismatch", "field": name, "session_id": session_id},
+            )
+    return event
+
 
 #: The longest line (one event) the reader accepts.
 MAX_LINE_BYTES = 64 * 1024 * 1024

@@ -11,8 +11,10 @@ A session gets a small integer key when its first event is stored. An event's ``
 is one contiguous range of the table's B-tree: no second index, no session id repeated in
 every row. ``event`` holds the event's stored line (:func:`event_line` without the LF, the
 bytes a JSONL store writes), which reads hand to :func:`parse_line` as they are; the hash
-chain is checked over exactly those bytes. ``event_type`` is the one column a query filters
-on. A session holds at most 2**32 events, and a database 2**31 sessions.
+chain is checked over exactly those bytes. ``event_type`` is a copy for SQL outside the
+library: reads filter on the hashed event, and refuse a row whose id or type column disagrees
+with it (``TRACE_INDEX_MISMATCH``), as the verifier reports it. A session holds at most 2**32
+events, and a database 2**31 sessions.
 
 Versions: a new database gets the layout above at :data:`SCHEMA_VERSION`. A database of the
 first layout (``user_version`` 0: ``events`` keyed by the session id text, the event as TEXT
@@ -36,6 +38,7 @@ from typing import Any, Final
 from cra_agents._exceptions import ConfigurationError
 from cra_agents.protocol import TraceEvent
 from cra_agents.trace._jsonl import event_line, parse_line
+from cra_agents.trace._read import check_indexed
 
 __all__ = ["SCHEMA_VERSION", "V0_LAYOUT", "SqliteStore"]
 
@@ -379,35 +382,60 @@ class SqliteStore:
         since_sequence: int | None = None,
         limit: int | None = None,
     ) -> list[TraceEvent]:
-        """Events of a session in sequence order, optionally filtered."""
+        """Events of a session in sequence order, optionally filtered.
+
+        Filters are answered from the hashed events: the ``event_type`` column and the rowid
+        only locate rows, and a row they misdescribe is refused.
+
+        Raises:
+            TraceError: a row's id or type column disagrees with its event (code
+                ``TRACE_INDEX_MISMATCH``): the database was changed behind the store.
+        """
         with self._lock:
             key = self._key(session_id)
             if key is None:
                 return []
+            base = key * _SPAN
             start = 0 if since_sequence is None else min(max(since_sequence + 1, 0), _SPAN)
-            query = "SELECT event FROM events WHERE id BETWEEN ? AND ?"
-            args: list[Any] = [key * _SPAN + start, key * _SPAN + _SPAN - 1]
-            if event_type is not None:
-                query += " AND event_type = ?"
-                args.append(event_type)
-            query += " ORDER BY id"
-            if limit is not None:
+            # Every row of the range is read when filtering by type: the column is not trusted
+            # to say which rows to skip.
+            query = "SELECT id, event_type, event FROM events WHERE id BETWEEN ? AND ? ORDER BY id"
+            args: list[Any] = [base + start, base + _SPAN - 1]
+            if limit is not None and event_type is None:
                 query += " LIMIT ?"
                 args.append(limit)
             rows = self._db.execute(query, args).fetchall()
-        return [parse_line(row[0]) for row in rows]
+        out: list[TraceEvent] = []
+        for row_id, column, line in rows:
+            event = check_indexed(
+                parse_line(line), session_id, sequence=row_id - base, event_type=column
+            )
+            if event_type is None or event.event_type == event_type:
+                out.append(event)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
 
     def last_sequence(self, session_id: str) -> int:
-        """The sequence of the session's last stored event (-1: none), from the rowid."""
+        """The sequence of the session's last stored event (-1: none), checked against it.
+
+        Raises:
+            TraceError: the row's id or type disagrees with its event (``TRACE_INDEX_MISMATCH``).
+        """
         with self._lock:
             key = self._key(session_id)
             if key is None:
                 return -1
             row = self._db.execute(
-                "SELECT id FROM events WHERE id BETWEEN ? AND ? ORDER BY id DESC LIMIT 1",
+                "SELECT id, event_type, event FROM events WHERE id BETWEEN ? AND ? "
+                "ORDER BY id DESC LIMIT 1",
                 (key * _SPAN, key * _SPAN + _SPAN - 1),
             ).fetchone()
-        return -1 if row is None else int(row[0]) - key * _SPAN
+        if row is None:
+            return -1
+        sequence = int(row[0]) - key * _SPAN
+        check_indexed(parse_line(row[2]), session_id, sequence=sequence, event_type=row[1])
+        return sequence
 
     def sessions(self) -> list[str]:
         """Session ids, oldest first."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,12 +14,23 @@ from cra_agents._exceptions import TraceError
 from cra_agents.protocol import GENESIS_HASH, TraceEvent
 from cra_agents.trace._checkpoint import Checkpoint, _as_list
 from cra_agents.trace._hash import _material, spec_event_hash
-from cra_agents.trace._read import TornTail, iter_jsonl
+from cra_agents.trace._read import INDEX_MISMATCH, TornTail, iter_jsonl
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["ChainVerification", "ErrorType", "HashRule", "verify_chain"]
+    from cra_agents.trace._store import TraceStore
+
+__all__ = [
+    "INDEX_MISMATCH",
+    "ChainVerification",
+    "ErrorType",
+    "HashRule",
+    "verify_chain",
+    "verify_logs",
+    "verify_store",
+]
+
 
 ErrorType = Literal[
     "invalid_genesis",
@@ -32,6 +43,8 @@ ErrorType = Literal[
     "truncated",
     "torn_tail",
     "unverifiable_tail",
+    "session_mismatch",
+    "index_mismatch",
 ]
 #: ``normalized``: the Rust rule; ``as_written``: the spec's Appendix B; ``both``: every event
 #: hashes identically under both (what we write); ``mixed``: events differ in the rule they need.
@@ -53,6 +66,8 @@ class ChainVerification:
     checkpoint_size: int | None = None
     #: Events after the latest checkpoint: consistent, but not protected against truncation.
     unverifiable_tail: int | None = None
+    #: The log this is about: the id its store or caller names, else its events' session id.
+    log_id: str | None = None
 
     def __bool__(self) -> bool:
         return self.valid
@@ -69,6 +84,7 @@ class ChainVerification:
             "hash_rule": self.hash_rule,
             "checkpoint_size": self.checkpoint_size,
             "unverifiable_tail": self.unverifiable_tail,
+            "log_id": self.log_id,
         }
 
 
@@ -128,28 +144,34 @@ def _rule(event: Mapping[str, Any]) -> set[str] | None:
 
 
 def verify_chain(
-    events_or_path: Iterable[TraceEvent | Mapping[str, Any]] | str | os.PathLike[str],
+    events_or_path: Iterable[TraceEvent | Mapping[str, Any] | BaseException]
+    | str
+    | os.PathLike[str],
     *,
     check_hashes: bool = True,
     checkpoints: Checkpoint | Iterable[Checkpoint] | None = None,
     verify_key: Ed25519PublicKey | None = None,
+    log_id: str | None = None,
 ) -> ChainVerification:
     """Verify one session's chain, and optionally that it holds its signed checkpoints.
 
     Event 0 must link to the genesis hash (64 zeros) and have sequence 0; every later event
-    must link to its predecessor's hash and follow its sequence by one; every stored hash must
-    equal the recomputed one, under the Rust rule (normalised timestamp) or the spec's rule
-    (timestamp as written) — ``hash_rule`` says which.
+    must link to its predecessor's hash and follow its sequence by one, and carry the same
+    session id; every stored hash must equal the recomputed one, under the Rust rule
+    (normalised timestamp) or the spec's rule (timestamp as written) — ``hash_rule`` says which.
 
     Args:
         events_or_path: Events (models or dicts) in stored order, or a ``.trace.jsonl`` path.
-            A last line cut off by a crash is reported as ``torn_tail``, not as tampering.
+            A last line cut off by a crash is reported as ``torn_tail``, not as tampering,
+            unless the cut lies below the latest checkpoint: that is ``truncated``.
         check_hashes: Recompute hashes (turn off only for linkage-only checks).
         checkpoints: Signed checkpoints of this log (see :func:`sign_checkpoint`). Each must
             carry a valid signature by ``verify_key`` and match the log at its size; a log
             shorter than the latest is ``truncated`` (a rollback to an older state included);
             events after the latest are counted in ``unverifiable_tail``.
         verify_key: The Ed25519 public key the checkpoints were signed with.
+        log_id: The id the log is known by outside its events (a store's session key, a
+            file name); every event must carry it as its session id, else ``index_mismatch``.
 
     Returns:
         A :class:`ChainVerification`; it is truthy when valid.
@@ -162,17 +184,9 @@ def verify_chain(
         raise ValueError("checking checkpoints needs the verify_key they were signed with")
     for anchor in anchors:
         if verify_key is not None and not anchor.verify_signature(verify_key):
-            return ChainVerification(
-                False,
-                0,
-                None,
-                "checkpoint_invalid",
-                f"checkpoint of size {anchor.size} ({anchor.timestamp}) has no valid signature "
-                "by this key",
-            )
+            return _bad_signature(anchor, log_id)
     wanted = {anchor.size for anchor in anchors}
     hashes_at: dict[int, str] = {0: GENESIS_HASH} if anchors else {}
-    session_ids: set[str] = set()
     source: Iterable[Any]
     if isinstance(events_or_path, str | os.PathLike):
         source = iter_jsonl(events_or_path)
@@ -181,15 +195,18 @@ def verify_chain(
     previous = GENESIS_HASH
     previous_sequence = -1
     count = 0
+    session: str | None = log_id
     rules: set[str] = set()
     rule_sets: list[set[str]] = []
+    torn: TornTail | None = None
 
     def fail(kind: ErrorType, message: str) -> ChainVerification:
-        return ChainVerification(False, count, count, kind, message, previous, None)
+        return ChainVerification(False, count, count, kind, message, previous, None, log_id=session)
 
     for item in source:
         if isinstance(item, TornTail):
-            return fail("torn_tail", f"the last line is incomplete ({item}); repair it explicitly")
+            torn = item  # a crash, unless a checkpoint covers what it cut (see below)
+            break
         if isinstance(item, BaseException):
             return fail("malformed_event", f"event {count} cannot be read: {item}")
         event = _fields(item)
@@ -197,6 +214,7 @@ def verify_chain(
             stored = event["event_hash"]
             linked = event["previous_event_hash"]
             sequence = event["sequence"]
+            carried = event.get("session_id")  # checked with the hash (linkage-only: not)
         except (KeyError, TypeError) as exc:
             return fail("malformed_event", f"event {count} lacks field {exc}")
         if count == 0:
@@ -221,64 +239,234 @@ def verify_chain(
                 return fail("hash_mismatch", f"event {count}'s hash does not match its content")
             rules |= matched
             rule_sets.append(matched)
+        if session is None:
+            session = None if carried is None else str(carried)
+        elif carried is not None and carried != session:
+            # A chain is one session's; the hash covers the id, so this was written so.
+            if log_id is not None:
+                return fail(
+                    "index_mismatch",
+                    f"event {count} belongs to session {carried}, but the log is stored as "
+                    f"{log_id}: its name or key was changed",
+                )
+            return fail(
+                "session_mismatch", f"event {count} belongs to session {carried}, not {session}"
+            )
         previous = stored
         previous_sequence = sequence
         count += 1
-        if anchors:
-            if count in wanted:
-                hashes_at[count] = stored
-            session_ids.add(str(event.get("session_id")))
-    hash_rule: HashRule | None = None
-    if rule_sets:
-        if all(len(s) == 2 for s in rule_sets):
-            hash_rule = "both"
-        elif all("normalized" in s for s in rule_sets):
-            hash_rule = "normalized"
-        elif all("as_written" in s for s in rule_sets):
-            hash_rule = "as_written"
-        else:
-            hash_rule = "mixed"
+        if count in wanted:
+            hashes_at[count] = stored
+    hash_rule = _hash_rule(rule_sets)
+
+    def verdict(
+        valid: bool,
+        index: int | None = None,
+        kind: ErrorType | None = None,
+        message: str | None = None,
+        size: int | None = None,
+    ) -> ChainVerification:
+        tail = None if size is None else max(count - size, 0)
+        return ChainVerification(
+            valid, count, index, kind, message, previous, hash_rule, size, tail, session
+        )
+
+    torn_message = f"the last line is incomplete ({torn}); a crash cut it: repair it explicitly"
     if not anchors:
-        return ChainVerification(True, count, None, None, None, previous, hash_rule)
+        if torn is not None:
+            return verdict(False, count, "torn_tail", torn_message)
+        return verdict(True)
     for anchor in anchors:
-        if session_ids and session_ids != {anchor.log_id}:
-            return ChainVerification(
+        if count and anchor.log_id != session:
+            return verdict(
                 False,
-                count,
                 None,
                 "checkpoint_invalid",
-                f"checkpoint is for log {anchor.log_id}, not {', '.join(sorted(session_ids))}",
-                previous,
-                hash_rule,
+                f"checkpoint is for log {anchor.log_id}, not {session}",
             )
     latest = max(anchors, key=lambda a: a.size)
     if count < latest.size:
-        return ChainVerification(
+        how = "cut inside a covered event, which no crash does" if torn else "removed"
+        return verdict(
             False,
-            count,
             count,
             "truncated",
             f"the log has {count} events but a checkpoint signed at {latest.timestamp} covers "
-            f"{latest.size}: events were removed from its end",
-            previous,
-            hash_rule,
+            f"{latest.size}: events were {how} from its end",
             latest.size,
-            0,
         )
     for anchor in sorted(anchors, key=lambda a: a.size):
         if hashes_at.get(anchor.size) != anchor.head_hash:
-            return ChainVerification(
+            return verdict(
                 False,
-                count,
                 max(anchor.size - 1, 0),
                 "checkpoint_mismatch",
                 f"event {anchor.size - 1} differs from the checkpoint signed at "
                 f"{anchor.timestamp}: the log was rewritten",
-                previous,
-                hash_rule,
+                latest.size,
+            )
+    if torn is not None:  # above every checkpoint: what a crash leaves
+        return verdict(False, count, "torn_tail", torn_message, latest.size)
+    return verdict(True, size=latest.size)
+
+
+def _hash_rule(rule_sets: list[set[str]]) -> HashRule | None:
+    if not rule_sets:
+        return None
+    if all(len(s) == 2 for s in rule_sets):
+        return "both"
+    if all("normalized" in s for s in rule_sets):
+        return "normalized"
+    if all("as_written" in s for s in rule_sets):
+        return "as_written"
+    return "mixed"
+
+
+def _bad_signature(anchor: Checkpoint, log_id: str | None) -> ChainVerification:
+    return ChainVerification(
+        False,
+        0,
+        None,
+        "checkpoint_invalid",
+        f"checkpoint of size {anchor.size} ({anchor.timestamp}) has no valid signature by this key",
+        log_id=log_id or anchor.log_id,
+    )
+
+
+#: One log for :func:`verify_logs`: the id it is stored under (None: whatever its events
+#: say), and its events in stored order, or the error its reading raised.
+LogItems = tuple[
+    str | None, Sequence[TraceEvent | Mapping[str, Any] | BaseException] | BaseException
+]
+
+
+def verify_logs(
+    logs: Iterable[LogItems],
+    *,
+    checkpoints: Iterable[Checkpoint] | None = None,
+    verify_key: Ed25519PublicKey | None = None,
+    check_hashes: bool = True,
+) -> list[ChainVerification]:
+    """Verify a set of logs against a set of checkpoints, as a whole.
+
+    Each log is checked with :func:`verify_chain` against the checkpoints signed for its
+    session id (a log without any is verified, with ``checkpoint_size`` None). Then every log
+    a checkpoint names must have been among ``logs``: one that is not — deleted, or re-keyed
+    to another session id — gets a result of its own, ``truncated`` to 0 events (checkpoints
+    of an empty log excepted). So a set of checkpoints vouches for the whole set of logs.
+
+    Args:
+        logs: ``(stored_id, events)`` pairs; ``stored_id`` is what the log is stored under
+            (checked against its events, see ``log_id`` of :func:`verify_chain`) or None;
+            ``events`` may be the exception reading them raised: a
+            :class:`~cra_agents.TraceError` with code :data:`INDEX_MISMATCH` is reported
+            ``index_mismatch``, anything else ``malformed_event``.
+        checkpoints: Signed checkpoints of any of the logs.
+        verify_key: The Ed25519 public key they were signed with.
+        check_hashes: As for :func:`verify_chain`.
+
+    Returns:
+        One result per log, in order, then one per missing checkpointed log.
+
+    Raises:
+        ValueError: checkpoints without a ``verify_key``.
+    """
+    anchors = _as_list(checkpoints)
+    if anchors and verify_key is None:
+        raise ValueError("checking checkpoints needs the verify_key they were signed with")
+    by_log: dict[str, list[Checkpoint]] = {}
+    for anchor in anchors:
+        by_log.setdefault(anchor.log_id, []).append(anchor)
+    results: list[ChainVerification] = []
+    present: set[str] = set()
+    for stored_id, events in logs:
+        if isinstance(events, BaseException):
+            if stored_id is not None:
+                present.add(stored_id)
+            index = isinstance(events, TraceError) and events.code == INDEX_MISMATCH
+            results.append(
+                ChainVerification(
+                    False,
+                    0,
+                    0,
+                    "index_mismatch" if index else "malformed_event",
+                    f"the log cannot be read: {events}",
+                    log_id=stored_id,
+                )
+            )
+            continue
+        carried = next((_session_of(e) for e in events if not isinstance(e, BaseException)), None)
+        owner = carried or stored_id
+        if owner is not None:
+            present.add(owner)
+        results.append(
+            verify_chain(
+                events,
+                check_hashes=check_hashes,
+                checkpoints=by_log.get(owner or "", []),
+                verify_key=verify_key,
+                log_id=stored_id,
+            )
+        )
+    for log_id, group in by_log.items():
+        if log_id in present:
+            continue
+        bad = next(
+            (a for a in group if verify_key is None or not a.verify_signature(verify_key)), None
+        )
+        if bad is not None:
+            results.append(_bad_signature(bad, log_id))
+            continue
+        latest = max(group, key=lambda a: a.size)
+        if latest.size == 0:
+            continue  # an empty log leaves nothing behind to find
+        results.append(
+            ChainVerification(
+                False,
+                0,
+                0,
+                "truncated",
+                f"log {log_id} is missing, but a checkpoint signed at {latest.timestamp} "
+                f"covers {latest.size} of its events: it was deleted or renamed",
+                GENESIS_HASH,
+                None,
                 latest.size,
                 0,
+                log_id,
             )
-    return ChainVerification(
-        True, count, None, None, None, previous, hash_rule, latest.size, count - latest.size
+        )
+    return results
+
+
+def _session_of(item: TraceEvent | Mapping[str, Any]) -> str | None:
+    value = _fields(item).get("session_id")
+    return value if isinstance(value, str) else None
+
+
+def verify_store(
+    store: TraceStore,
+    *,
+    checkpoints: Iterable[Checkpoint] | None = None,
+    verify_key: Ed25519PublicKey | None = None,
+    check_hashes: bool = True,
+) -> list[ChainVerification]:
+    """Verify every session of ``store`` with :func:`verify_logs`.
+
+    A session the store refuses to read because its index disagrees with its events (see
+    :data:`INDEX_MISMATCH`) is reported ``index_mismatch``; every checkpointed log must be
+    in the store.
+
+    Raises:
+        ValueError: checkpoints without a ``verify_key``.
+    """
+
+    def logs() -> Iterator[LogItems]:
+        for session_id in store.sessions():
+            try:
+                yield session_id, store.read(session_id)
+            except TraceError as exc:  # reported for this session, as verify_logs says
+                yield session_id, exc
+
+    return verify_logs(
+        logs(), checkpoints=checkpoints, verify_key=verify_key, check_hashes=check_hashes
     )
