@@ -63,6 +63,7 @@ from cra_agents.trace import (
     Checkpoint,
     Durability,
     TraceCollector,
+    TraceStats,
     TraceStore,
     Writer,
     open_store,
@@ -192,7 +193,9 @@ class Runtime(CarpMixin):
             if action.parameters_schema is not None
         )
         self.durability: Durability = durability
-        self.store: TraceStore = open_store(store, durable=durability != "async")
+        # Probed now: a store that cannot be written is refused here, not found out (in
+        # async mode, after the calls it should have recorded have run).
+        self.store: TraceStore = open_store(store, durable=durability != "async", writable=True)
         try:
             self._collector = TraceCollector(
                 self.store,
@@ -289,19 +292,39 @@ class Runtime(CarpMixin):
     # -- trace ----------------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Write every queued event to the store; False if ``timeout`` passed first."""
-        return self._collector.flush(timeout)
+        """Write every queued event to the store; False if ``timeout`` passed first.
+
+        Raises:
+            TraceUnavailableError: recording failed (now or earlier): events were lost.
+        """
+        done = self._collector.flush(timeout)
+        self._collector.raise_failure()
+        return done
 
     def close(self, timeout: float = 10.0) -> None:
         """Drain queued events (bounded wait), stop the writer and close the store.
 
         Idempotent; also runs at interpreter exit. A closed runtime refuses new work with
         ``TraceUnavailableError``.
+
+        Raises:
+            TraceUnavailableError: recording failed while the runtime ran, so events were
+                lost (raised by the close that closes, after everything is closed).
         """
+        closing = not self._collector.closed
         self._collector.close(timeout)
         self._finalizer.detach()
         self.observers.shutdown()  # after the drain: the last events reached them
         self._approvers.close()
+        if closing:
+            self._collector.raise_failure()
+
+    def trace_stats(self) -> TraceStats:
+        """Events recorded, events lost and calls refused since the runtime started.
+
+        .. versionadded:: 0.2
+        """
+        return self._collector.stats()
 
     def __enter__(self) -> Runtime:
         return self

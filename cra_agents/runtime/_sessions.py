@@ -441,6 +441,12 @@ class SessionsMixin:
         Calls already running finish and are recorded first: ``session.ended`` is written when
         the last of them ends, so no event of the session follows it. A call still waiting
         for its approver is refused and records nothing.
+
+        Raises:
+            SessionNotFoundError, SessionEndedError: unknown, or ended already.
+            TraceUnavailableError: the trace failed while the runtime ran (in ``async`` mode
+                no call waited for the write that failed): events were lost. The session is
+                ended all the same.
         """
         session = self._session(session_id)
         with session.lock:
@@ -460,6 +466,7 @@ class SessionsMixin:
             ready = session.inflight == 0
         if ready:
             self._write_ended(session)
+        self._collector.raise_failure()
         return session.info()
 
     def _write_ended(self, session: SessionState) -> None:
