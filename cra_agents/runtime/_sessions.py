@@ -19,6 +19,7 @@ import contextvars
 import copy
 import functools
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ from cra_agents._exceptions import (
     TraceError,
 )
 from cra_agents._ids import new_id
+from cra_agents.protocol import UUID_PATTERN
 from cra_agents.protocol import events as ev
 from cra_agents.trace import SessionChain, TraceCollector
 
@@ -51,10 +53,40 @@ __all__ = [
     "SessionInfo",
     "SessionScope",
     "SessionState",
+    "check_session_id",
     "current_session",
+    "is_session_id",
     "propagate",
     "session_for_call",
 ]
+
+# TRACE/1.0 events carry the session id as a UUID (``protocol.Uuid``); an id that is not one
+# could be written but never read back, and names a file in a JSONL store. ``fullmatch``
+# without the anchors: ``$`` would also match before a trailing newline.
+_SESSION_ID = re.compile(UUID_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+def is_session_id(value: object) -> bool:
+    """Whether ``value`` is a valid session id: a UUID in its 8-4-4-4-12 hex form."""
+    return isinstance(value, str) and _SESSION_ID.fullmatch(value) is not None
+
+
+def check_session_id(value: object, field: str = "session_id") -> str:
+    """``value`` if it is a valid session id (see :func:`is_session_id`).
+
+    Raises:
+        InvalidRequestError: it is not (reason ``invalid_session_id``), before anything is
+            recorded or any file is named after it.
+    """
+    if not is_session_id(value):
+        shown = repr(value)
+        raise InvalidRequestError(
+            f"{field} must be a UUID (8-4-4-4-12 hex digits, as TRACE/1.0 requires), not "
+            f"{shown[:80]}{'...' if len(shown) > 80 else ''}",
+            details={"reason": "invalid_session_id", "field": field},
+        )
+    return cast("str", value)
+
 
 P = ParamSpec("P")
 EndReason = Literal["completed", "timeout", "error", "cancelled"]
@@ -318,12 +350,21 @@ class SessionsMixin:
         parent_session_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> SessionInfo:
-        """Start a session; its chain begins with ``session.started``."""
+        """Start a session; its chain begins with ``session.started``.
+
+        Raises:
+            InvalidRequestError: an empty or too long ``agent_id``, an empty ``goal``, or a
+                ``session_id`` / ``parent_session_id`` that is not a UUID (reason
+                ``invalid_session_id``).
+            TraceUnavailableError: the trace cannot record it.
+        """
         if not agent_id or len(agent_id) > 255:
             raise InvalidRequestError("agent_id must be 1 to 255 characters")
         if not goal:
             raise InvalidRequestError("goal must not be empty")
-        session_id = session_id or new_id()
+        session_id = new_id() if session_id is None else check_session_id(session_id)
+        if parent_session_id is not None:
+            check_session_id(parent_session_id, "parent_session_id")
         payload = ev.session_started(
             agent_id,
             goal,
