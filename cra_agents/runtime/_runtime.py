@@ -9,6 +9,7 @@ import re
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ from cra_agents.runtime._resolve import Resolver
 from cra_agents.runtime._sessions import (
     SessionState,
     check_recordable,
+    is_session_id,
     session_for_call,
 )
 from cra_agents.trace import (
@@ -225,6 +227,8 @@ class Runtime(CarpMixin):
         self.shadow = shadow
         self.implicit_sessions = implicit_sessions
         self._sessions: dict[str, SessionState] = {}
+        # Ended sessions, the last ``ended_sessions_kept`` (see SessionsMixin).
+        self._ended: OrderedDict[str, SessionState] = OrderedDict()
         self._lock = threading.Lock()
         self._implicit: str | None = None
         #: ``cra.session`` blocks open on this runtime, per session (see session_for_call).
@@ -346,10 +350,9 @@ class Runtime(CarpMixin):
         limit: int | None = None,
     ) -> list[TraceEvent]:
         """The session's events in sequence order (queued events are flushed first)."""
-        session = self._sessions.get(session_id)
-        if session is not None:
+        if session_id in self._sessions or session_id in self._ended:
             self._collector.flush()
-        elif session_id not in self.store.sessions():
+        elif not is_session_id(session_id) or self.store.last_sequence(session_id) < 0:
             raise SessionNotFoundError(f"no session {session_id}")
         return self.store.read(
             session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
