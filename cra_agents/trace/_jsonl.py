@@ -134,17 +134,21 @@ class JsonlStore:
         """Fdatasync every file written since the last sync (nothing if not ``durable``)."""
         with self._lock:
             try:
-                written = [self._files.get(session_id) for session_id in self._unsynced]
-                if written:
+                # A file closed since it was written was synced when it was closed.
+                written = [
+                    handle
+                    for session_id in self._unsynced
+                    if (handle := self._files.get(session_id)) is not None
+                ]
+                if self._unsynced:
                     self._check_present(written)
                 if self.durable:
                     for handle in written:
-                        if handle is not None:
-                            os.fdatasync(handle.fileno())
+                        os.fdatasync(handle.fileno())
             finally:
                 self._unsynced.clear()
 
-    def _check_present(self, handles: list[IO[bytes] | None]) -> None:
+    def _check_present(self, handles: list[IO[bytes]]) -> None:
         """Raise if the directory or a file just written was deleted or replaced."""
         try:
             current = _identity(self.directory)
@@ -158,7 +162,7 @@ class JsonlStore:
                 str(self.directory),
             )
         for handle in handles:
-            if handle is not None and os.fstat(handle.fileno()).st_nlink == 0:
+            if os.fstat(handle.fileno()).st_nlink == 0:
                 raise FileNotFoundError(
                     errno.ENOENT,
                     "a trace file was deleted while in use; events written to it are lost",

@@ -210,8 +210,7 @@ class SqliteStore:
             try:
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             finally:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._db.rollback()  # a no-op when SQLite already ended the transaction
 
     def _user_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -366,9 +365,9 @@ class SqliteStore:
                 )
             except BaseException:
                 # SQLite ends the transaction itself after some errors (a full disk): the
-                # original error is what the caller must see, not a failed ROLLBACK.
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                # original error is what the caller must see, not a failed ROLLBACK, and
+                # rollback() does nothing when no transaction is open.
+                db.rollback()
                 self._new_keys.clear()
                 raise
 
