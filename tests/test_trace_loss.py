@@ -371,3 +371,78 @@ class TestDeletedUnderTheStore:
         with pytest.raises(FileNotFoundError, match="deleted or replaced"):
             store.sync()
         store.close()
+
+
+class TestEveryDoorReports:
+    def test_configure_over_a_failed_runtime_logs_its_loss(self, caplog):
+        """Replacing a runtime whose trace failed logs the loss; the new one is in place."""
+        from tests.test_stores import FailingStore
+
+        cra.configure([GITHUB_OPS], store=FailingStore(ok=0))
+        cra.get_runtime().create_session("bot", "Lost")
+        with pytest.raises(cra.TraceUnavailableError):
+            cra.get_runtime().flush()
+        with caplog.at_level(logging.ERROR, logger="cra_agents"):
+            fresh = cra.configure([GITHUB_OPS], store="memory://")
+        assert "closing the previous cra_agents runtime" in caplog.text
+        assert cra.get_runtime() is fresh
+        cra.shutdown()
+
+    def test_the_exit_hook_logs_instead_of_raising(self, caplog):
+        """At interpreter exit nobody can catch the error: it is logged."""
+        from cra_agents import guard
+        from tests.test_stores import FailingStore
+
+        cra.configure([GITHUB_OPS], store=FailingStore(ok=0))
+        cra.get_runtime().create_session("bot", "Lost")
+        with pytest.raises(cra.TraceUnavailableError):
+            cra.get_runtime().flush()
+        with caplog.at_level(logging.ERROR, logger="cra_agents"):
+            guard._shutdown_at_exit()
+        assert "not recorded" in caplog.text
+        guard._shutdown_at_exit()  # nothing configured: nothing to report
+
+    def test_sync_commits_count_each_event_once(self):
+        """A late commit of an older sequence (another thread's) adds nothing to the count."""
+        from cra_agents.trace import MemoryStore, SessionChain, TraceCollector
+
+        collector = TraceCollector(MemoryStore(), durability="sync")
+        chain = SessionChain("3f1c2a9e-0000-4000-8000-000000000003", "t")
+        first = chain.append("session.started", {"agent_id": "a"})
+        second = chain.append("context.injected", {"n": 1})
+        collector.committed(chain, second)
+        collector.committed(chain, first)
+        assert collector.stats().appended == collector.stats().written == 2
+        collector.close()
+
+    def test_a_send_to_a_dead_writer_waits_for_its_reason(self, tmp_path):
+        """The pipe breaks when the child died: the reader's report is awaited, then raised."""
+        import signal
+
+        from cra_agents.trace._process import WriterProcess
+
+        exits: list[BaseException] = []
+        process = WriterProcess(
+            f"jsonl://{tmp_path}", durable=False, on_ack=lambda ack: None, on_exit=exits.append
+        )
+        os.kill(process.pid, signal.SIGKILL)
+        process.process.wait()
+
+        def flood() -> None:
+            for _ in range(100):  # the pipe buffer may take a few frames first
+                process.send([("s", "t", False, [(0, 0, [("x.y", b"{}")] * 1000)])])
+
+        with pytest.raises(BrokenPipeError):
+            flood()
+        assert exits
+        assert "exited unexpectedly" in str(exits[0])
+        process.close(timeout=5)
+
+    def test_an_unreadable_stored_session_is_unknown(self, tmp_path):
+        """session(id) on a damaged file in the store: not found, never a crash."""
+        runtime = cra.Runtime([GITHUB_OPS], store=f"jsonl://{tmp_path}", writer="thread")
+        damaged = "3f1c2a9e-0000-4000-8000-000000000004"
+        (tmp_path / f"{damaged}.trace.jsonl").write_text('{"not": "an event"}\n')
+        with pytest.raises(cra.SessionNotFoundError):
+            runtime.session(damaged)
+        runtime.close()
