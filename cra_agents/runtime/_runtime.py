@@ -350,10 +350,12 @@ class Runtime(CarpMixin):
         limit: int | None = None,
     ) -> list[TraceEvent]:
         """The session's events in sequence order (queued events are flushed first)."""
-        if session_id in self._sessions or session_id in self._ended:
-            self._collector.flush()
-        elif not is_session_id(session_id) or self.store.last_sequence(session_id) < 0:
+        known = session_id in self._sessions or session_id in self._ended
+        if not known and (
+            not is_session_id(session_id) or self.store.last_sequence(session_id) < 0
+        ):
             raise SessionNotFoundError(f"no session {session_id}")
+        self._collector.flush()  # an ended session no longer kept may still have events queued
         return self.store.read(
             session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
         )
