@@ -24,12 +24,13 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
-from cra_agents._exceptions import ConfigurationError
+from cra_agents._exceptions import ConfigurationError, CRAError
 from cra_agents.atlas import AtlasSource
 from cra_agents.runtime import (
     ActiveSession,
@@ -54,6 +55,8 @@ __all__ = [
     "session",
     "shutdown",
 ]
+
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -102,7 +105,10 @@ def configure(
     with _lock:
         previous, _runtime = _runtime, runtime
     if previous is not None:
-        previous.close()
+        try:
+            previous.close()
+        except CRAError as exc:  # the new runtime is in place; the old one's loss is logged
+            logger.error("closing the previous cra_agents runtime: %s", exc)
     return runtime
 
 
@@ -121,14 +127,26 @@ def get_runtime() -> Runtime:
     return runtime
 
 
-@atexit.register
 def shutdown() -> None:
-    """Flush and close the configured runtime (also runs at interpreter exit)."""
+    """Flush and close the configured runtime (also runs at interpreter exit).
+
+    Raises:
+        TraceUnavailableError: the trace failed while the runtime ran: events were lost
+            (at interpreter exit this is logged instead).
+    """
     global _runtime
     with _lock:
         runtime, _runtime = _runtime, None
     if runtime is not None:
         runtime.close()
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    try:
+        shutdown()
+    except CRAError as exc:  # nobody is left to catch it: the log is the report
+        logger.error("cra_agents: %s", exc)
 
 
 def session(agent_id: str, goal: str, *, metadata: dict[str, Any] | None = None) -> SessionScope:

@@ -450,12 +450,16 @@ def test_trace_failure_ends_open_spans(memory_spans, monkeypatch):
             runtime.flush()
             monkeypatch.setattr(runtime.store, "append", broken)
             read_file("acme/app", "again.md")  # queued, then the writer fails
-            runtime.flush()
+            with pytest.raises(cra.TraceUnavailableError):
+                runtime.flush()  # the flush that meets the failure reports the loss
             read_file("acme/app", "refused.md")
 
     with pytest.raises(cra.TraceUnavailableError):
         calls()
-    runtime.flush()  # the writer gives up on what it cannot store: open spans end
+    with pytest.raises(cra.TraceUnavailableError):
+        runtime.flush()  # the writer gives up on what it cannot store: open spans end
+    with pytest.raises(cra.TraceUnavailableError):
+        cra.shutdown()  # and the close reports the loss once more
     names = [s.name for s in memory_spans.get_finished_spans()]
     assert names.count("execute_tool read_file") == 3
     assert "invoke_agent bot" in names

@@ -53,8 +53,8 @@ class TestBoundedSessionState:
                 idempotency_key="k1",
             )
         )
-        runtime.end_session(session.session_id)
         state = runtime._sessions[session.session_id]
+        runtime.end_session(session.session_id)
         assert (state.resolutions, state.idempotency, state.request_ids) == ({}, {}, {})
         assert runtime.session(session.session_id).resolution_count == 1
 

@@ -6,12 +6,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from cra_agents._exceptions import TraceError
 from cra_agents.cli._output import CLIError
 from cra_agents.trace import TraceStore, open_store
+
+if TYPE_CHECKING:
+    from cra_agents.protocol import TraceEvent
 
 __all__ = [
     "Source",
@@ -75,6 +79,27 @@ class StoreRef:
         """Session ids, oldest first."""
         return self.open().sessions()
 
+    def read(self, session_id: str, since_sequence: int | None = None) -> list[TraceEvent]:
+        """One session's events (after ``since_sequence``).
+
+        Raises:
+            CLIError: ``unreadable_session``: the session's stored events are not TRACE
+                events (an id that is not a UUID, written by an older version, or damage).
+                Commands over the whole store report that session and go on.
+        """
+        try:
+            return self.open().read(session_id, since_sequence=since_sequence)
+        except TraceError:
+            raise  # the store's index disagrees with its events: tampering, not damage
+        except ValueError as exc:
+            first = str(exc).strip().splitlines()[:3]
+            raise CLIError(
+                "unreadable_session",
+                f"the stored events of session {session_id!r} cannot be read: "
+                f"{' '.join(line.strip() for line in first)}",
+                "'cra trace verify --all' reports every such session; the others are intact",
+            ) from exc
+
     def close(self) -> None:
         """Close the store if it was opened."""
         if self._store is not None:
@@ -122,7 +147,7 @@ class Source:
             return [dict(item) for item in self.items]
         if self.store is None or self.session_id is None:  # pragma: no cover - invariant
             raise CLIError("internal", "a source without a file or a session", "report it")
-        return [e.model_dump(mode="json") for e in self.store.open().read(self.session_id)]
+        return [e.model_dump(mode="json") for e in self.store.read(self.session_id)]
 
     @property
     def log_id(self) -> str | None:

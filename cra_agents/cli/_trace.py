@@ -61,6 +61,8 @@ def _read_logs(
                 items = source.events()
             except TraceError as exc:  # e.g. the store's index disagrees with the events
                 items = exc  # reported for this session; the others are still verified
+            except CLIError as exc:  # unreadable (a malformed id or event): reported, go on
+                items = ValueError(exc.message)
         advance(1)
         yield (source.session_id if source.store is not None else None), items
 
@@ -302,9 +304,26 @@ def list_sessions(args: argparse.Namespace, out: Output) -> int:
     store = StoreRef(args.store)
     sessions = store.sessions()
     shown = sessions if args.limit <= 0 else sessions[-args.limit :]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    unreadable = 0
     for session_id in shown:
-        events = store.open().read(session_id)
+        try:
+            events = store.read(session_id)
+        except CLIError as exc:  # one bad session must not hide the whole store
+            unreadable += 1
+            out.warn(exc.message)
+            rows.append(
+                {
+                    "session_id": session_id,
+                    "agent_id": None,
+                    "goal": None,
+                    "started_at": None,
+                    "events": None,
+                    "ended": None,
+                    "error": exc.code,
+                }
+            )
+            continue
         first = events[0] if events else None
         last = events[-1] if events else None
         payload = first.payload if first is not None else {}
@@ -319,8 +338,15 @@ def list_sessions(args: argparse.Namespace, out: Output) -> int:
             }
         )
     if out.json_mode:
-        out.json({"store": store.label, "total": len(sessions), "sessions": rows})
-        return 0
+        out.json(
+            {
+                "store": store.label,
+                "total": len(sessions),
+                "unreadable": unreadable,
+                "sessions": rows,
+            }
+        )
+        return 1 if unreadable else 0
     out.print(
         out.table(
             ["session", "agent", "goal", "started", "events", "ended"],
@@ -331,7 +357,7 @@ def list_sessions(args: argparse.Namespace, out: Output) -> int:
                     _short(str(r["goal"] or ""), 40),
                     r["started_at"],
                     r["events"],
-                    "yes" if r["ended"] else "open",
+                    "unreadable" if r.get("error") else "yes" if r["ended"] else "open",
                 )
                 for r in rows
             ],
@@ -339,7 +365,7 @@ def list_sessions(args: argparse.Namespace, out: Output) -> int:
             + (f", the last {len(shown)}" if len(shown) < len(sessions) else ""),
         )
     )
-    return 0
+    return 1 if unreadable else 0
 
 
 # -- tail ---------------------------------------------------------------------------------------
@@ -375,6 +401,7 @@ def tail(args: argparse.Namespace, out: Output) -> int:
 
     source: Source | None = None
     seen: dict[str, int] = {}
+    bad: set[str] = set()  # sessions whose events cannot be read: warned about once
     offset = 0
     if args.target and "#" not in args.target and Path(args.target).is_file():
         path = Path(args.target)  # a file, whatever sessions it holds
@@ -397,7 +424,7 @@ def tail(args: argparse.Namespace, out: Output) -> int:
     else:
         events = []
         for session_id in reversed(store.sessions()):
-            events[:0] = [e.model_dump(mode="json") for e in store.open().read(session_id)]
+            events[:0] = [e.model_dump(mode="json") for e in _readable(store, session_id, out, bad)]
             if len([e for e in events if wanted(e)]) >= args.lines:
                 break
         events.sort(key=lambda e: (e["timestamp"], e["sequence"]))
@@ -411,8 +438,13 @@ def tail(args: argparse.Namespace, out: Output) -> int:
         return 0
     if source is None:  # follow every session: only what is written from now on
         for session_id in store.sessions():
-            if session_id not in seen:
+            if session_id in seen or session_id in bad:
+                continue
+            try:
                 seen[session_id] = _last_sequence(store, session_id)
+            except (TraceError, ValueError) as exc:  # unreadable: warned once, then skipped
+                bad.add(session_id)
+                out.warn(f"the stored events of session {session_id!r} cannot be read: {exc}")
     deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
     try:
         while deadline is None or time.monotonic() < deadline:
@@ -422,7 +454,7 @@ def tail(args: argparse.Namespace, out: Output) -> int:
                 continue
             ids = [source.session_id] if source is not None and source.session_id else None
             for session_id in ids or store.sessions():
-                fresh = store.open().read(session_id, since_sequence=seen.get(session_id, -1))
+                fresh = _readable(store, session_id, out, bad, seen.get(session_id, -1))
                 for item in fresh:
                     seen[session_id] = item.sequence
                     event = item.model_dump(mode="json")
@@ -431,6 +463,24 @@ def tail(args: argparse.Namespace, out: Output) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _readable(
+    store: StoreRef,
+    session_id: str,
+    out: Output,
+    bad: set[str],
+    since_sequence: int | None = None,
+) -> list[Any]:
+    """A session's events; none when they cannot be read (warned once, then in ``bad``)."""
+    if session_id in bad:
+        return []
+    try:
+        return store.read(session_id, since_sequence)
+    except CLIError as exc:
+        bad.add(session_id)
+        out.warn(exc.message)
+        return []
 
 
 def _last_sequence(store: StoreRef, session_id: str) -> int:

@@ -28,6 +28,7 @@ from cra_agents.protocol._common import (
     ACTION_ID_PATTERN,
     ATLAS_ID_PATTERN,
     SEMVER_PATTERN,
+    UUID_PATTERN,
     RiskTier,
     trusted,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "GENESIS_HASH",
     "SEMVER_PATTERN",
     "TRACE_VERSION",
+    "UUID_PATTERN",
     "Action",
     "ActionExample",
     "ActionRateLimit",

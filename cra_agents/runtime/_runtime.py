@@ -9,6 +9,7 @@ import re
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ from cra_agents.runtime._resolve import Resolver
 from cra_agents.runtime._sessions import (
     SessionState,
     check_recordable,
+    is_session_id,
     session_for_call,
 )
 from cra_agents.trace import (
@@ -63,6 +65,7 @@ from cra_agents.trace import (
     Checkpoint,
     Durability,
     TraceCollector,
+    TraceStats,
     TraceStore,
     Writer,
     open_store,
@@ -192,7 +195,9 @@ class Runtime(CarpMixin):
             if action.parameters_schema is not None
         )
         self.durability: Durability = durability
-        self.store: TraceStore = open_store(store, durable=durability != "async")
+        # Probed now: a store that cannot be written is refused here, not found out (in
+        # async mode, after the calls it should have recorded have run).
+        self.store: TraceStore = open_store(store, durable=durability != "async", writable=True)
         try:
             self._collector = TraceCollector(
                 self.store,
@@ -222,6 +227,8 @@ class Runtime(CarpMixin):
         self.shadow = shadow
         self.implicit_sessions = implicit_sessions
         self._sessions: dict[str, SessionState] = {}
+        # Ended sessions, the last ``ended_sessions_kept`` (see SessionsMixin).
+        self._ended: OrderedDict[str, SessionState] = OrderedDict()
         self._lock = threading.Lock()
         self._implicit: str | None = None
         #: ``cra.session`` blocks open on this runtime, per session (see session_for_call).
@@ -289,19 +296,39 @@ class Runtime(CarpMixin):
     # -- trace ----------------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Write every queued event to the store; False if ``timeout`` passed first."""
-        return self._collector.flush(timeout)
+        """Write every queued event to the store; False if ``timeout`` passed first.
+
+        Raises:
+            TraceUnavailableError: recording failed (now or earlier): events were lost.
+        """
+        done = self._collector.flush(timeout)
+        self._collector.raise_failure()
+        return done
 
     def close(self, timeout: float = 10.0) -> None:
         """Drain queued events (bounded wait), stop the writer and close the store.
 
         Idempotent; also runs at interpreter exit. A closed runtime refuses new work with
         ``TraceUnavailableError``.
+
+        Raises:
+            TraceUnavailableError: recording failed while the runtime ran, so events were
+                lost (raised by the close that closes, after everything is closed).
         """
+        closing = not self._collector.closed
         self._collector.close(timeout)
         self._finalizer.detach()
         self.observers.shutdown()  # after the drain: the last events reached them
         self._approvers.close()
+        if closing:
+            self._collector.raise_failure()
+
+    def trace_stats(self) -> TraceStats:
+        """Events recorded, events lost and calls refused since the runtime started.
+
+        .. versionadded:: 0.2
+        """
+        return self._collector.stats()
 
     def __enter__(self) -> Runtime:
         return self
@@ -323,11 +350,12 @@ class Runtime(CarpMixin):
         limit: int | None = None,
     ) -> list[TraceEvent]:
         """The session's events in sequence order (queued events are flushed first)."""
-        session = self._sessions.get(session_id)
-        if session is not None:
-            self._collector.flush()
-        elif session_id not in self.store.sessions():
+        known = session_id in self._sessions or session_id in self._ended
+        if not known and (
+            not is_session_id(session_id) or self.store.last_sequence(session_id) < 0
+        ):
             raise SessionNotFoundError(f"no session {session_id}")
+        self._collector.flush()  # an ended session no longer kept may still have events queued
         return self.store.read(
             session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
         )

@@ -19,8 +19,10 @@ import contextvars
 import copy
 import functools
 import os
+import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,8 +38,9 @@ from cra_agents._exceptions import (
     TraceError,
 )
 from cra_agents._ids import new_id
+from cra_agents.protocol import UUID_PATTERN
 from cra_agents.protocol import events as ev
-from cra_agents.trace import SessionChain, TraceCollector
+from cra_agents.trace import SessionChain, TraceCollector, TraceStore
 
 if TYPE_CHECKING:
     from cra_agents.protocol import ExecuteResponse, TraceEvent
@@ -51,10 +54,40 @@ __all__ = [
     "SessionInfo",
     "SessionScope",
     "SessionState",
+    "check_session_id",
     "current_session",
+    "is_session_id",
     "propagate",
     "session_for_call",
 ]
+
+# TRACE/1.0 events carry the session id as a UUID (``protocol.Uuid``); an id that is not one
+# could be written but never read back, and names a file in a JSONL store. ``fullmatch``
+# without the anchors: ``$`` would also match before a trailing newline.
+_SESSION_ID = re.compile(UUID_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+def is_session_id(value: object) -> bool:
+    """Whether ``value`` is a valid session id: a UUID in its 8-4-4-4-12 hex form."""
+    return isinstance(value, str) and _SESSION_ID.fullmatch(value) is not None
+
+
+def check_session_id(value: object, field: str = "session_id") -> str:
+    """``value`` if it is a valid session id (see :func:`is_session_id`).
+
+    Raises:
+        InvalidRequestError: it is not (reason ``invalid_session_id``), before anything is
+            recorded or any file is named after it.
+    """
+    if not is_session_id(value):
+        shown = repr(value)
+        raise InvalidRequestError(
+            f"{field} must be a UUID (8-4-4-4-12 hex digits, as TRACE/1.0 requires), not "
+            f"{shown[:80]}{'...' if len(shown) > 80 else ''}",
+            details={"reason": "invalid_session_id", "field": field},
+        )
+    return cast("str", value)
+
 
 P = ParamSpec("P")
 EndReason = Literal["completed", "timeout", "error", "cancelled"]
@@ -297,11 +330,23 @@ def check_recordable(payload: Mapping[str, Any]) -> None:
 
 
 class SessionsMixin:
-    """Sessions of :class:`~cra_agents.Runtime`: create, end, the implicit one, scopes."""
+    """Sessions of :class:`~cra_agents.Runtime`: create, end, the implicit one, scopes.
+
+    Memory: an ended session leaves ``_sessions`` at once. The last
+    :attr:`ended_sessions_kept` ended ones stay in a bounded map (for :meth:`session` and
+    :meth:`sessions` while their last events are written); older ones are answered by
+    :meth:`session` from the store, the record, so a long-running runtime's memory does not
+    grow with the number of sessions it has served.
+    """
+
+    #: Ended sessions kept in memory, newest; older ones are read back from the store.
+    ended_sessions_kept: int = 1024
 
     _collector: TraceCollector
     _lock: threading.Lock
     _sessions: dict[str, SessionState]
+    _ended: OrderedDict[str, SessionState]
+    store: TraceStore
     _scopes: dict[str, int]
     _implicit: str | None
     observers: ObserverSet
@@ -318,12 +363,22 @@ class SessionsMixin:
         parent_session_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> SessionInfo:
-        """Start a session; its chain begins with ``session.started``."""
+        """Start a session; its chain begins with ``session.started``.
+
+        Raises:
+            InvalidRequestError: an empty or too long ``agent_id``, an empty ``goal``, or a
+                ``session_id`` / ``parent_session_id`` that is not a UUID (reason
+                ``invalid_session_id``).
+            TraceUnavailableError: the trace cannot record it.
+        """
         if not agent_id or len(agent_id) > 255:
             raise InvalidRequestError("agent_id must be 1 to 255 characters")
         if not goal:
             raise InvalidRequestError("goal must not be empty")
-        session_id = session_id or new_id()
+        given = session_id
+        session_id = new_id() if given is None else check_session_id(given)
+        if parent_session_id is not None:
+            check_session_id(parent_session_id, "parent_session_id")
         payload = ev.session_started(
             agent_id,
             goal,
@@ -339,8 +394,10 @@ class SessionsMixin:
         session.shadow = self.shadow
         if payload.get("metadata"):
             session.metadata = MappingProxyType(payload["metadata"])
+        if given is not None and self._stored_info(session_id) is not None:
+            raise CRAError(f"session {session_id} already exists", code="SESSION_ALREADY_EXISTS")
         with self._lock:
-            if session_id in self._sessions:
+            if session_id in self._sessions or session_id in self._ended:
                 raise CRAError(
                     f"session {session_id} already exists", code="SESSION_ALREADY_EXISTS"
                 )
@@ -358,20 +415,79 @@ class SessionsMixin:
         return SessionScope(cast("Runtime", self), agent_id, goal, metadata)
 
     def session(self, session_id: str) -> SessionInfo:
-        """The current state of a session."""
-        return self._session(session_id).info()
+        """The current state of a session.
+
+        An ended session no longer kept in memory (see :attr:`ended_sessions_kept`) is read
+        back from the store: its ``session.started`` and ``session.ended`` events.
+
+        Raises:
+            SessionNotFoundError: neither this runtime nor its store knows it.
+        """
+        session = self._sessions.get(session_id) or self._ended.get(session_id)
+        if session is not None:
+            return session.info()
+        stored = self._stored_info(session_id)
+        if stored is None:
+            raise SessionNotFoundError(f"no session {session_id}")
+        return stored
 
     def sessions(self) -> list[SessionInfo]:
-        """Every session this runtime knows, oldest first."""
+        """The active sessions and the last ``ended_sessions_kept`` ended ones, oldest first."""
         with self._lock:
-            sessions = list(self._sessions.values())
+            sessions = [*self._sessions.values(), *self._ended.values()]
+        sessions.sort(key=lambda s: s.created_ns)
         return [s.info() for s in sessions]
 
     def _session(self, session_id: str) -> SessionState:
         session = self._sessions.get(session_id)
         if session is None:
-            raise SessionNotFoundError(f"no session {session_id}")
+            session = self._ended.get(session_id)
+            if session is None:
+                if self._stored_info(session_id) is not None:
+                    raise SessionEndedError(f"session {session_id} has ended")
+                raise SessionNotFoundError(f"no session {session_id}")
         return session
+
+    def _stored_info(self, session_id: str) -> SessionInfo | None:
+        """An ended session as its stored events tell it; None if the store has no start."""
+        if not is_session_id(session_id):
+            return None
+        try:
+            first = self.store.read(session_id, limit=1)
+            if not first or first[0].event_type != ev.SESSION_STARTED:
+                return None
+            ended = self.store.read(session_id, event_type=ev.SESSION_ENDED, limit=1)
+            count = self.store.last_sequence(session_id) + 1
+        except (ValueError, OSError):  # unreadable: as good as unknown here
+            return None
+        started = first[0].payload
+        closing = ended[0].payload if ended else {}
+        metadata = started.get("metadata")
+        return SessionInfo(
+            session_id=session_id,
+            agent_id=str(started.get("agent_id", "")),
+            goal=str(started.get("goal", "")),
+            trace_id=first[0].trace_id,
+            parent_session_id=started.get("parent_session_id"),
+            created_at=first[0].timestamp,
+            active=False,
+            ended_at=ended[0].timestamp if ended else None,
+            resolution_count=int(closing.get("resolution_count", 0)),
+            action_count=int(closing.get("action_count", 0)),
+            event_count=count,
+            durable_count=count,
+            shadow=self.shadow,
+            metadata=MappingProxyType(dict(metadata)) if metadata else None,
+        )
+
+    def _forget(self, session: SessionState) -> None:
+        """Move an ended session out of the live map into the bounded map of ended ones."""
+        with self._lock:
+            if self._sessions.get(session.session_id) is session:
+                del self._sessions[session.session_id]
+            self._ended[session.session_id] = session
+            while len(self._ended) > max(self.ended_sessions_kept, 0):
+                self._ended.popitem(last=False)
 
     def _active(self, session_id: str) -> SessionState:
         session = self._session(session_id)
@@ -397,7 +513,7 @@ class SessionsMixin:
             )
         with self._lock:
             current = self._implicit
-            if current is not None and self._sessions[current].active:
+            if current is not None and current in self._sessions:  # live: not ended
                 return current
         info = self.create_session("cra-implicit", f"implicit session of process {os.getpid()}")
         with self._lock:
@@ -441,6 +557,12 @@ class SessionsMixin:
         Calls already running finish and are recorded first: ``session.ended`` is written when
         the last of them ends, so no event of the session follows it. A call still waiting
         for its approver is refused and records nothing.
+
+        Raises:
+            SessionNotFoundError, SessionEndedError: unknown, or ended already.
+            TraceUnavailableError: the trace failed while the runtime ran (in ``async`` mode
+                no call waited for the write that failed): events were lost. The session is
+                ended all the same.
         """
         session = self._session(session_id)
         with session.lock:
@@ -460,6 +582,9 @@ class SessionsMixin:
             ready = session.inflight == 0
         if ready:
             self._write_ended(session)
+        # Calls still in flight hold the state themselves; the runtime lets go of it now.
+        self._forget(session)
+        self._collector.raise_failure()
         return session.info()
 
     def _write_ended(self, session: SessionState) -> None:

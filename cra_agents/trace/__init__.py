@@ -18,7 +18,12 @@ from cra_agents.trace._checkpoint import (
     save_verify_key,
     sign_checkpoint,
 )
-from cra_agents.trace._collector import DURABILITY_MODES, Durability, TraceCollector
+from cra_agents.trace._collector import (
+    DURABILITY_MODES,
+    Durability,
+    TraceCollector,
+    TraceStats,
+)
 from cra_agents.trace._hash import compute_event_hash, spec_event_hash
 from cra_agents.trace._jsonl import JsonlStore, repair_torn_tail
 from cra_agents.trace._memory import MemoryStore
@@ -52,6 +57,7 @@ __all__ = [
     "SqliteStore",
     "TornTail",
     "TraceCollector",
+    "TraceStats",
     "TraceStore",
     "Writer",
     "append_checkpoint",

@@ -30,7 +30,11 @@ Writer, chosen per runtime:
 
 If the writer dies or the store fails, the collector records the failure, logs it, and every
 later :meth:`check` raises :class:`~cra_agents.TraceUnavailableError`: the runtime then denies
-what needs a durable record (fail closed) instead of running tools it cannot record.
+what needs a durable record (fail closed) instead of running tools it cannot record. In
+``async`` mode nobody waits for the write that failed, so the loss is also counted
+(:meth:`stats`: events never recorded, calls refused) and :meth:`raise_failure` raises it
+again where the caller asks what became of its events (``Runtime.flush``, ``close``, the end
+of a session).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import logging
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Literal
 
 from cra_agents._exceptions import ConfigurationError, TraceUnavailableError
@@ -47,7 +52,7 @@ from cra_agents.trace._chain import SessionChain, build_event
 from cra_agents.trace._process import Ack, Record, WriterProcess
 from cra_agents.trace._store import TraceStore
 
-__all__ = ["DURABILITY_MODES", "Durability", "TraceCollector"]
+__all__ = ["DURABILITY_MODES", "Durability", "TraceCollector", "TraceStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,26 @@ Durability = Literal["async", "group", "sync"]
 # GIL between chunks, never holds up a caller for more than about a millisecond.
 _CHUNK = 256
 DURABILITY_MODES: tuple[Durability, ...] = ("async", "group", "sync")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceStats:
+    """What became of the events handed to the trace writer so far.
+
+    .. versionadded:: 0.2
+    """
+
+    #: Events handed to the writer.
+    appended: int
+    #: Events known to be in the store.
+    written: int
+    #: Events handed over but not (yet) known to be in the store; once the trace has failed,
+    #: the events that will never be recorded.
+    unrecorded: int
+    #: Calls and requests refused because the trace had failed (``TRACE_UNAVAILABLE``).
+    refused: int
+    #: Why recording stopped (``repr`` of the error), or None while it works.
+    failure: str | None
 
 
 class TraceCollector:
@@ -108,6 +133,8 @@ class TraceCollector:
         # Callers held back by backpressure right now: the writer must not nap while any is.
         self._held = 0
         self._written = 0
+        self._appended = 0  # events handed over by committed()
+        self._refused = 0  # check() refusals after a failure
         self._thread: threading.Thread | None = None
         # The process writer: what was shipped and not yet acknowledged, by session id
         # (chain, last sequence shipped); messages shipped and acknowledged.
@@ -144,19 +171,55 @@ class TraceCollector:
         """Events handed to the store so far."""
         return self._written
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self._closed
+
+    def stats(self) -> TraceStats:
+        """Counts of what was recorded and what was lost (see :class:`TraceStats`)."""
+        with self._cond:
+            appended, written = self._appended, self._written
+        failure = self._failure
+        return TraceStats(
+            appended=appended,
+            written=written,
+            unrecorded=max(appended - written, 0),
+            refused=self._refused,
+            failure=None if failure is None else repr(failure),
+        )
+
     def check(self) -> None:
         """Raise :class:`TraceUnavailableError` if events can no longer be recorded."""
         if self._failure is not None:
-            raise TraceUnavailableError(
-                f"the trace cannot be recorded ({self._failure!r}); refusing to act without "
-                "an audit record",
-                details={"reason": "trace_unavailable", "cause": repr(self._failure)},
-            )
+            self._refused += 1  # only ever on this failure path: free for working calls
+            raise self._unavailable()
         if self._closed:
             raise TraceUnavailableError(
                 "the runtime is closed; no further events can be recorded",
                 details={"reason": "trace_unavailable", "cause": "closed"},
             )
+
+    def _unavailable(self) -> TraceUnavailableError:
+        failure = self._failure
+        stats = self.stats()
+        return TraceUnavailableError(
+            f"the trace cannot be recorded ({failure!r}); {stats.unrecorded} event(s) were "
+            "not recorded, and the runtime refuses to act without an audit record",
+            details={
+                "reason": "trace_unavailable",
+                "cause": repr(failure),
+                "unrecorded": stats.unrecorded,
+            },
+        )
+
+    def raise_failure(self) -> None:
+        """Raise :class:`TraceUnavailableError` if recording ever failed (closed or not).
+
+        Unlike :meth:`check`, a runtime closed in good order passes: this reports loss.
+        """
+        if self._failure is not None:
+            raise self._unavailable()
 
     def committed(self, chain: SessionChain, sequence: int) -> None:
         """Called after appending up to ``sequence``; returns when durability allows.
@@ -166,6 +229,10 @@ class TraceCollector:
         """
         if self.durability == "sync":
             with self._write_lock:
+                if sequence > chain.committed:
+                    with self._cond:
+                        self._appended += sequence - chain.committed
+                    chain.committed = sequence
                 self._write([chain])
             if self._process is not None:  # shipped: wait for the child's acknowledgement
                 with self._cond:
@@ -177,6 +244,7 @@ class TraceCollector:
             added = sequence - chain.committed
             if added > 0:
                 self._backlog += added
+                self._appended += added
                 chain.committed = sequence
             if self.durability == "async":
                 if self._backlog >= self.max_backlog:
@@ -272,7 +340,10 @@ class TraceCollector:
                 finally:
                     if self._process is not None:
                         self._process.close(timeout)
-                    self.store.close()
+                    try:
+                        self.store.close()
+                    except Exception as exc:  # noqa: BLE001 - the last sync failed: loss
+                        self._fail(exc)
             _live.discard(self)
 
     # -- writer side ---------------------------------------------------------------------

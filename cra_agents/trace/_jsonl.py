@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -48,20 +50,50 @@ class JsonlStore:
     directory without interleaving lines. ``sync`` fsyncs every file written since the last
     sync (``durable=False`` leaves syncing to the operating system). At most 64 files stay
     open; older handles are closed (after a flush and sync) and reopened on demand.
+
+    A store deleted under it is not written to in silence: an open file keeps accepting
+    writes after its directory entry is gone, so ``sync`` checks that the directory is still
+    the one opened and that every file written since the last sync still has a name, and
+    raises ``FileNotFoundError`` otherwise.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.durable = durable
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._identity = _identity(self.directory)
         self._lock = threading.Lock()
         self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
         self._unsynced: set[str] = set()
         self._closed = False
 
+    def check_writable(self) -> None:
+        """Create, write and remove a probe file in the directory.
+
+        Raises:
+            OSError: the directory cannot be written (read-only, full, gone).
+        """
+        probe = self.directory / f".cra-probe-{os.getpid()}-{threading.get_ident()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+            probe.unlink()
+
     def path(self, session_id: str) -> Path:
-        """The file of ``session_id``."""
-        if "/" in session_id or session_id.startswith("."):
+        """The file of ``session_id``.
+
+        Raises:
+            ValueError: ``session_id`` could name a file outside the directory or a hidden one.
+        """
+        if (
+            not session_id
+            or "/" in session_id
+            or "\\" in session_id
+            or "\0" in session_id
+            or session_id.startswith(".")
+        ):
             raise ValueError(f"not a session id: {session_id!r}")
         return self.directory / f"{session_id}{_SUFFIX}"
 
@@ -102,12 +134,41 @@ class JsonlStore:
     def sync(self) -> None:
         """Fdatasync every file written since the last sync (nothing if not ``durable``)."""
         with self._lock:
-            if self.durable:
-                for session_id in self._unsynced:
-                    handle = self._files.get(session_id)
-                    if handle is not None:
+            try:
+                # A file closed since it was written was synced when it was closed.
+                written = [
+                    handle
+                    for session_id in self._unsynced
+                    if (handle := self._files.get(session_id)) is not None
+                ]
+                if self._unsynced:
+                    self._check_present(written)
+                if self.durable:
+                    for handle in written:
                         os.fdatasync(handle.fileno())
-            self._unsynced.clear()
+            finally:
+                self._unsynced.clear()
+
+    def _check_present(self, handles: list[IO[bytes]]) -> None:
+        """Raise if the directory or a file just written was deleted or replaced."""
+        try:
+            current = _identity(self.directory)
+        except FileNotFoundError:
+            current = None
+        if current != self._identity:
+            raise FileNotFoundError(
+                errno.ENOENT,
+                "the trace store directory was deleted or replaced while in use; "
+                "events written since cannot be found",
+                str(self.directory),
+            )
+        for handle in handles:
+            if os.fstat(handle.fileno()).st_nlink == 0:
+                raise FileNotFoundError(
+                    errno.ENOENT,
+                    "a trace file was deleted while in use; events written to it are lost",
+                    handle.name,
+                )
 
     def _written(self, session_id: str) -> Path | None:
         """The session's file with everything appended so far flushed to it; None: no file."""
@@ -183,13 +244,23 @@ class JsonlStore:
         return [p.name[: -len(_SUFFIX)] for p in files]
 
     def close(self) -> None:
-        """Sync and close every file."""
-        self.sync()
-        with self._lock:
-            for handle in self._files.values():
-                handle.close()
-            self._files.clear()
-            self._closed = True
+        """Sync and close every file (closed even when the last sync fails)."""
+        try:
+            self.sync()
+        finally:
+            with self._lock:
+                handles = list(self._files.values())
+                self._files.clear()
+                self._closed = True
+                for handle in handles:
+                    with contextlib.suppress(OSError):  # buffered bytes of a failed store
+                        handle.close()
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """What tells a directory or file apart from one put in its place."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
 
 
 def repair_torn_tail(path: str | os.PathLike[str]) -> int:

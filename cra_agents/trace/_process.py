@@ -179,7 +179,11 @@ class WriterProcess:
         with self._send_lock:
             if self._stdin.closed:
                 raise BrokenPipeError("the trace writer process is closed")
-            _write_all(self._stdin.fileno(), data)
+            try:
+                _write_all(self._stdin.fileno(), data)
+            except OSError:
+                self.reason(1.0)
+                raise
 
     def _read(self) -> None:
         frames = _Frames(self._stdout.fileno())
@@ -190,15 +194,27 @@ class WriterProcess:
                 for message in frames.messages():
                     if message[0] == "A":
                         self._on_ack(message[1])
-                    elif message[0] == "E":
+                    elif message[0] == "E" and error is None:
+                        # Reported at once, not after the child has exited: its exit (closing
+                        # the store, interpreter shutdown) takes 100 ms or more, during which
+                        # async callers would go on acting without a record.
                         error = OSError(f"the trace writer process failed: {message[1]}")
+                        self._on_exit(error)
         except BaseException as exc:  # noqa: BLE001 - reported through on_exit
-            error = exc
+            if error is None:
+                error = exc
+                self._on_exit(error)
         code = self.process.wait()
         if error is None and not self._closing:
-            error = OSError(f"the trace writer process exited unexpectedly (code {code})")
-        if error is not None:
-            self._on_exit(error)
+            self._on_exit(OSError(f"the trace writer process exited unexpectedly (code {code})"))
+
+    def reason(self, timeout: float) -> None:
+        """Give the reader up to ``timeout`` seconds to report why the child stopped.
+
+        A send that finds the pipe broken calls this first, so the collector records the
+        child's own error (a full disk, say) rather than the broken pipe it caused.
+        """
+        self._reader.join(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Close the pipe: the child writes what it has, syncs, closes the store and exits."""
@@ -226,9 +242,7 @@ def main() -> None:
     out = sys.stdout.buffer.fileno()
     try:
         _serve(url, durable, parent, sys.stdin.buffer.fileno(), out)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit 1
-        with contextlib.suppress(OSError):
-            _write_all(out, _frame(("E", repr(exc))))
+    except BaseException:  # noqa: BLE001 - reported to the parent by _serve, then exit 1
         sys.exit(1)
 
 
@@ -241,8 +255,18 @@ class _Sealed:
         self.__dict__ = fields
 
 
+def _report(out: int, exc: BaseException) -> None:
+    """Tell the parent why this writer stops (before anything else can fail or block)."""
+    with contextlib.suppress(OSError):
+        _write_all(out, _frame(("E", repr(exc))))
+
+
 def _serve(url: str, durable: bool, parent: int, inp: int, out: int) -> None:
-    store = open_store(url, durable=durable)
+    try:
+        store = open_store(url, durable=durable)
+    except BaseException as exc:
+        _report(out, exc)
+        raise
     # session id -> [head hash, root span id]; dropped once the session's end is written.
     heads: dict[str, list[Any]] = {}
     frames = _Frames(inp)
@@ -284,5 +308,10 @@ def _serve(url: str, durable: bool, parent: int, inp: int, out: int) -> None:
             store.sync()
             with contextlib.suppress(BrokenPipeError):  # the agent is gone; keep writing
                 _write_all(out, _frame(("A", (len(messages), list(acks.items()), watched))))
-    finally:
         store.close()
+    except BaseException as exc:
+        # Reported first: closing a store that failed (a full disk) may fail or take long.
+        _report(out, exc)
+        with contextlib.suppress(Exception):
+            store.close()
+        raise

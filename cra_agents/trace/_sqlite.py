@@ -27,6 +27,7 @@ returns them to the file system). A database of a newer version is refused.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -198,7 +199,21 @@ class SqliteStore:
                     details={"reason": "store_not_sqlite"},
                 ) from exc
             raise
+        self._identity = _identity(self.path)
         self._closed = False
+
+    def check_writable(self) -> None:
+        """Take the write lock and write the header in a transaction that is rolled back.
+
+        Raises:
+            sqlite3.Error: the database cannot be written (a read-only file, say).
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            finally:
+                self._db.rollback()  # a no-op when SQLite already ended the transaction
 
     def _user_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -352,7 +367,10 @@ class SqliteStore:
                     [(base + e.sequence, e.event_type, event_line(e)[:-1]) for e in events],
                 )
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite ends the transaction itself after some errors (a full disk): the
+                # original error is what the caller must see, not a failed ROLLBACK, and
+                # rollback() does nothing when no transaction is open.
+                db.rollback()
                 self._new_keys.clear()
                 raise
 
@@ -373,6 +391,19 @@ class SqliteStore:
                 new_keys, self._new_keys = self._new_keys, {}
             for session_id, key in new_keys.items():
                 self._remember(session_id, key)
+            # A database deleted under an open connection still takes commits, into a file
+            # no one can open again: say so rather than go on writing in silence.
+            try:
+                current: tuple[int, int] | None = _identity(self.path)
+            except FileNotFoundError:
+                current = None
+            if current != self._identity:
+                raise FileNotFoundError(
+                    errno.ENOENT,
+                    "the trace database was deleted or replaced while in use; events "
+                    "committed since cannot be found",
+                    str(self.path),
+                )
 
     def read(
         self,
@@ -446,13 +477,21 @@ class SqliteStore:
         return [row[0] for row in rows]
 
     def close(self) -> None:
-        """Commit and close the database."""
-        if not self._closed:
-            self.sync()
-        with self._lock:
+        """Commit and close the database (closed even when the last commit fails)."""
+        try:
             if not self._closed:
-                self._db.close()
-                self._closed = True
+                self.sync()
+        finally:
+            with self._lock:
+                if not self._closed:
+                    self._db.close()
+                    self._closed = True
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """What tells the database file apart from one put in its place."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
 
 
 def _utf8(text: str) -> bytes:

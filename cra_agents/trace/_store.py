@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -82,7 +84,10 @@ class TraceStore(Protocol):
 
 
 def open_store(
-    store: TraceStore | str | os.PathLike[str] | None, *, durable: bool = True
+    store: TraceStore | str | os.PathLike[str] | None,
+    *,
+    durable: bool = True,
+    writable: bool = False,
 ) -> TraceStore:
     """A store object from a store or a URL.
 
@@ -94,11 +99,44 @@ def open_store(
     Args:
         store: A store, a store URL, or ``None``.
         durable: For the file stores: sync to the disk (see each store), not only to the OS.
+        writable: Check now that the store can be written (a probe file in a JSONL directory,
+            a rolled-back write to a SQLite database; stores of your own with a
+            ``check_writable()`` method are asked too), so a read-only, full or missing store
+            is refused when the runtime is configured rather than at its first event.
 
     Raises:
         ConfigurationError: not a URL, a URL without a path, or an unknown scheme (also a
-            ``ValueError``).
+            ``ValueError``); with ``writable``, a store that cannot be written (reason
+            ``store_not_writable``).
     """
+    opened = _open(store, durable, "store_not_writable" if writable else "store_not_openable")
+    if writable:
+        check = getattr(opened, "check_writable", None)
+        if check is not None:
+            try:
+                check()
+            except Exception as exc:
+                if opened is not store:
+                    with contextlib.suppress(Exception):
+                        opened.close()
+                raise ConfigurationError(
+                    f"the trace store {_describe(store, opened)} cannot be written ({exc}); "
+                    "every event must be recorded, so the runtime refuses to start: point it "
+                    "at a writable location",
+                    details={"reason": "store_not_writable", "cause": repr(exc)},
+                ) from exc
+    return opened
+
+
+def _describe(store: object, opened: TraceStore) -> str:
+    if isinstance(store, str | os.PathLike):
+        return repr(os.fspath(store))
+    return type(opened).__name__
+
+
+def _open(
+    store: TraceStore | str | os.PathLike[str] | None, durable: bool, reason: str
+) -> TraceStore:
     if store is None:
         store = os.environ.get("CRA_AGENTS_STORE") or _DEFAULT_URL
     if not isinstance(store, str | os.PathLike):
@@ -111,10 +149,16 @@ def open_store(
         return MemoryStore()
     if not rest:
         raise _bad_url(f"store URL {url!r} names no path", "store_url_without_path")
-    if scheme == "jsonl":
-        return JsonlStore(rest, durable=durable)
-    if scheme == "sqlite":
-        return SqliteStore(rest, durable=durable)
+    try:
+        if scheme == "jsonl":
+            return JsonlStore(rest, durable=durable)
+        if scheme == "sqlite":
+            return SqliteStore(rest, durable=durable)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigurationError(
+            f"cannot open the trace store {url!r} ({exc}); point it at a writable location",
+            details={"reason": reason, "cause": repr(exc)},
+        ) from exc
     if scheme in ("postgresql", "postgres"):
         raise _bad_url(
             "the PostgreSQL store is not available yet; use sqlite:// or jsonl://",
