@@ -605,18 +605,16 @@ class Gate:
         key: tuple[Any, ...],
         builder: Callable[..., Mapping[str, Any]],
         open_names: tuple[str, ...],
-        fixed: Callable[[], dict[str, Any]],
+        fixed: dict[str, Any],
     ) -> Template:
-        """The template of ``builder``'s payload for ``key``, made on first use.
+        """Make (and keep) the template of ``builder``'s payload for ``key``.
 
-        ``fixed()`` gives the builder's other arguments only then: a cached template costs
-        one dict lookup.
+        Called on a miss only: the callers look ``key`` up themselves, so a cached template
+        costs one dict lookup and no allocation beyond the key.
         """
-        found = self._templates.get(key)
-        if found is None:
-            if len(self._templates) >= _TEMPLATES_MAX:
-                self._templates.clear()
-            found = self._templates[key] = Template(builder, open_names, **fixed())
+        if len(self._templates) >= _TEMPLATES_MAX:
+            self._templates.clear()
+        found = self._templates[key] = Template(builder, open_names, **fixed)
         return found
 
     def _evaluated(self, call: Call, decision: PolicyDecision) -> bytes:
@@ -632,23 +630,30 @@ class Gate:
             )
         return found
 
-    def _requested(self, call: Call) -> bytes:
-        """``action.requested``, from the template for the call's action and optional fields."""
+    def _requested_template(self, call: Call) -> Template:
+        """The ``action.requested`` template for the call's action and optional fields."""
         resolution_id, tool_call_id = call.resolution_id, call.tool_call_id
         names = _REQUESTED_OPEN[resolution_id is not None, tool_call_id is not None]
         # Which stated tiers the payload records is the builder's rule: the key is the raw tier.
-        template = self._template(
-            ("requested", call.action_id, names, call.stated_risk, call.shadow),
-            ev.action_requested,
-            names,
-            lambda: {
+        key = ("requested", call.action_id, names, call.stated_risk, call.shadow)
+        found = self._templates.get(key)
+        if found is None:
+            fixed: dict[str, Any] = {
                 "action_id": call.action_id,
                 "risk_tier": call.stated_risk,
                 "shadow": call.shadow,
-                **({} if resolution_id is not None else {"resolution_id": None}),
-                **({} if tool_call_id is not None else {"tool_call_id": None}),
-            },
-        )
+            }
+            if resolution_id is None:
+                fixed["resolution_id"] = None
+            if tool_call_id is None:
+                fixed["tool_call_id"] = None
+            found = self._template(key, ev.action_requested, names, fixed)
+        return found
+
+    def _requested(self, call: Call) -> bytes:
+        """``action.requested``, from the template for the call's action and optional fields."""
+        template = self._requested_template(call)
+        resolution_id, tool_call_id = call.resolution_id, call.tool_call_id
         if resolution_id is None:
             if tool_call_id is None:
                 return template.fill(call.execution_id, call.digest)
@@ -656,6 +661,23 @@ class Gate:
         if tool_call_id is None:
             return template.fill(call.execution_id, call.digest, resolution_id)
         return template.fill(call.execution_id, call.digest, resolution_id, tool_call_id)
+
+    def _approved_template(self, call: Call, policy_id: str) -> Template:
+        """The ``action.approved`` template of a call no person approved."""
+        resolution_id = call.resolution_id
+        names = _APPROVED_OPEN[resolution_id is not None]
+        key = ("approved", call.action_id, policy_id, names, call.shadow)
+        found = self._templates.get(key)
+        if found is None:
+            fixed: dict[str, Any] = {
+                "action_id": call.action_id,
+                "policy_id": policy_id,
+                "shadow": call.shadow,
+            }
+            if resolution_id is None:
+                fixed["resolution_id"] = None
+            found = self._template(key, ev.action_approved, names, fixed)
+        return found
 
     def _approved(self, call: Call, policy_id: str) -> Mapping[str, Any] | bytes:
         """``action.approved``: a template unless a person approved (rare: built as a dict)."""
@@ -672,31 +694,22 @@ class Gate:
                 ),
                 shadow=call.shadow,
             )
-        resolution_id = call.resolution_id
-        names = _APPROVED_OPEN[resolution_id is not None]
-        template = self._template(
-            ("approved", call.action_id, policy_id, names, call.shadow),
-            ev.action_approved,
-            names,
-            lambda: {
-                "action_id": call.action_id,
-                "policy_id": policy_id,
-                "shadow": call.shadow,
-                **({} if resolution_id is not None else {"resolution_id": None}),
-            },
-        )
-        if resolution_id is None:
+        template = self._approved_template(call, policy_id)
+        if call.resolution_id is None:
             return template.fill(call.execution_id)
-        return template.fill(call.execution_id, resolution_id)
+        return template.fill(call.execution_id, call.resolution_id)
 
     def _executed(self, call: Call, duration_ms: int, result: Any) -> bytes:
         """``action.executed``: the action's template with the call's id, time and digest."""
-        template = self._template(
-            ("executed", call.action_id, call.shadow),
-            ev.action_executed,
-            ("execution_id", "duration_ms", "result_hash"),
-            lambda: {"action_id": call.action_id, "shadow": call.shadow},
-        )
+        key = ("executed", call.action_id, call.shadow)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(
+                key,
+                ev.action_executed,
+                ("execution_id", "duration_ms", "result_hash"),
+                {"action_id": call.action_id, "shadow": call.shadow},
+            )
         return template.fill(call.execution_id, duration_ms, _result_digest(result))
 
     # -- helpers -----------------------------------------------------------------------------
