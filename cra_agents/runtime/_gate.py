@@ -14,6 +14,11 @@ and *yields* the two things that need the outside world —
 and returns the authorized :class:`Call`, or raises the refusal after recording it. The sync
 and async shells (:mod:`cra_agents.runtime._runtime`) only drive it.
 
+Most calls are the common case: a memoised ``allow`` with nothing else asked of the call.
+:meth:`Gate.allowed` decides those in one straight function, with no generator, and hands the
+shell's recorder the same events the flow would yield, built by the same templates; it says
+no to anything else, and the flow decides it. Which calls it takes is decided there alone.
+
 The rules, fixed here once for every adapter:
 
 1. Arguments are canonicalised to JSON, digested, and the tool runs with arguments **rebuilt
@@ -91,6 +96,9 @@ RUNTIME_POLICY: Final = "carp-runtime"
 INTERNAL_POLICY: Final = "cra-internal"
 RISK_ORDER: Final = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 _MEMO_SIZE = 1024
+#: Whether :meth:`Gate.allowed` may decide the common case (False: every call takes
+#: :meth:`Gate.flow`; for measuring one against the other).
+_FAST_PATH = True
 _TEMPLATES_MAX = 4096
 # The open values of action.requested / action.approved, by which optional ids are present.
 _REQUESTED_OPEN: Final = {
@@ -296,6 +304,11 @@ Ask = ApprovalRequest
 #: (Plain values, not step objects: the gate allocates nothing per call it need not.)
 Record = list[tuple[str, Mapping[str, Any] | bytes]]
 Step = Ask | Record
+# Gate.allowed's cache entry: the decision, action.requested's template, policy.evaluated's
+# bytes, action.approved's template, the action's parameters_schema and its fast check.
+_Allowed = tuple[
+    PolicyDecision, Template, bytes, Template, "Mapping[str, Any] | None", "_Accept | None"
+]
 Flow = Generator[Step, Any, "Call"]
 
 
@@ -324,6 +337,9 @@ class Gate:
         # which optional fields are present: a call fills in its ids and digests.
         self._templates: dict[tuple[Any, ...], Template] = {}
         self._constants: dict[tuple[Any, ...], bytes] = {}  # payloads with nothing open
+        # What allowed() needs of a memoised allow, per (action, agent, risk tier, stated
+        # tier, tool call id given): the decision, its payloads' templates and constant.
+        self._allowed: dict[tuple[Any, ...], _Allowed] = {}
 
     # -- building a call -------------------------------------------------------------------
 
@@ -466,6 +482,94 @@ class Gate:
             raise _ended(call)
         call.started_ns = time.monotonic_ns()
         return call
+
+    def allowed(self, call: Call, record: Callable[[Call, Record], bool]) -> bool:
+        """Decide the common case in one go, as :meth:`flow` would; False when it is not it.
+
+        The common case: a decision memoised as ``allow`` (so no approval, rate limit or time
+        window), arguments that are recordable and pass the schema, and nothing else asked of
+        the call (no resolution, approval, approval token, condition context, runtime refusal
+        or shadow mode; a tool runs after the decision). The events are the ones :meth:`flow`
+        records for such a call, from the same templates, handed to ``record`` (the shell's
+        recorder, as a ``Record`` step); ``record`` returning False raises
+        :class:`~cra_agents.SessionEndedError` as the flow does. On False nothing of the call
+        was changed: drive :meth:`flow`, which decides (and refuses) everything else. An
+        exception leaves like one from the flow: the shell refuses the call (fail closed).
+        """
+        if (
+            call.resolution_id is not None
+            or call.approval_id is not None
+            or call.approval is not None
+            or call.context is not None
+            or call.refusal is not None
+            or call.mapping_error is not None
+            or call.shadow
+            or not call.runs_tool
+            or not _FAST_PATH
+        ):
+            return False
+        tool_call_id = call.tool_call_id
+        key = (
+            call.action_id,
+            call.agent_id,
+            call.risk_tier,
+            call.stated_risk,
+            tool_call_id is None,
+        )
+        found = self._allowed.get(key)
+        if found is None:
+            decision = self._memo.get(key[:3])
+            if decision is None or decision.effect is not Effect.ALLOW:
+                return False  # undecided yet (the flow memoises it), or not an allow
+            schema = call.schema
+            found = (
+                decision,
+                self._requested_template(call),
+                self._evaluated(call, decision),
+                self._approved_template(call, decision.policy_id),
+                schema,
+                None if schema is None else _fast_validator(schema),
+            )
+            if len(self._allowed) >= _MEMO_SIZE:
+                self._allowed.clear()
+            self._allowed[key] = found
+        decision, requested, evaluated, approved, schema, accept = found
+        if call.schema is not schema:
+            return False
+        # prepare(), for arguments it accepts: anything else is the flow's to refuse.
+        try:
+            raw = canonical_json(call.arguments)
+        except (CRAError, TypeError, ValueError, RecursionError):
+            return False
+        if not raw.startswith(b"{"):
+            return False
+        arguments = orjson.loads(raw)
+        if accept is not None:
+            try:
+                accept(arguments)
+            except Exception:  # noqa: BLE001 - not surely valid: the flow's first_error judges
+                return False
+        elif schema is not None and first_error(schema, arguments) is not None:
+            return False
+        call.arguments = arguments
+        call.digest = parameters_hash = sha256_hex(raw)
+        call.decision = decision
+        call.policy_id = decision.policy_id
+        execution_id = call.execution_id
+        events: Record = [
+            (
+                ev.ACTION_REQUESTED,
+                requested.fill(execution_id, parameters_hash)
+                if tool_call_id is None
+                else requested.fill(execution_id, parameters_hash, tool_call_id),
+            ),
+            (ev.POLICY_EVALUATED, evaluated),
+            (ev.ACTION_APPROVED, approved.fill(execution_id)),
+        ]
+        if not record(call, events):
+            raise _ended(call)
+        call.started_ns = time.monotonic_ns()
+        return True
 
     def prepare(self, call: Call) -> tuple[CRAError, str, str] | None:
         """Canonicalise the arguments and run the rules before the policy (no events).
@@ -780,6 +884,8 @@ class Gate:
 
 
 _Checker = Callable[[Mapping[str, Any], Mapping[str, Any]], "tuple[str, str] | None"]
+#: A schema's fast check: returns when the parameters are surely valid, raises otherwise.
+_Accept = Callable[[Any], Any]
 #: The parameter checker, imported on first use (``import cra_agents`` loads no jsonschema).
 _check: _Checker | None = None
 
@@ -802,6 +908,13 @@ def first_error(schema: Mapping[str, Any], parameters: Mapping[str, Any]) -> tup
 
         _check = loaded
     return _check(schema, parameters)
+
+
+def _fast_validator(schema: Mapping[str, Any]) -> _Accept | None:
+    """The fast check of ``schema`` (see :func:`cra_agents.runtime._params.fast_validator`)."""
+    from cra_agents.runtime._params import fast_validator
+
+    return fast_validator(schema)
 
 
 def _granted(approval: Approval) -> ApprovalDecision:
