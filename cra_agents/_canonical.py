@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -69,8 +70,11 @@ def _canonical(value: Any) -> bytes:
         raise TraceError(
             f"value is not canonical JSON: {exc}", details={"reason": "not_json"}
         ) from exc
-    keys = b"\\" in out  # an escape: a key may need one (a string's escapes do not matter)
-    floats = b"null" in out or b"e+" in out  # a non-finite float or a positive exponent
+    # ``92 in out`` (a byte value) is a plain memchr, much cheaper than a bytes needle; a "u"
+    # or a "+" must be there for "null" or "e+" to be.
+    keys = 92 in out  # a backslash: a key may need escaping (a string's escapes do not matter)
+    # a non-finite float (written "null") or a positive exponent
+    floats = (117 in out and b"null" in out) or (43 in out and b"e+" in out)
     if (keys or floats) and _differs(value, keys, floats):
         # Only keys and floats can make orjson's output differ from canonical JSON; a None, a
         # newline or "e+" inside a string merely looks suspicious and stays on the fast path.
@@ -194,7 +198,7 @@ class Template:
         fixed: The other arguments.
     """
 
-    __slots__ = ("_format", "_order")
+    __slots__ = ("_format", "_pick")
 
     def __init__(
         self, builder: Callable[..., Mapping[str, Any]], open_names: Sequence[str], **fixed: Any
@@ -213,9 +217,13 @@ class Template:
         for _, _, quoted in found:
             text = text.replace(quoted, b"%b")
         self._format = text
-        self._order = tuple(index for _, index, _ in found)
+        order = tuple(index for _, index, _ in found)
+        # The values in the order the payload holds them: as given when keys sort that way.
+        self._pick: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = (
+            None if order == tuple(range(len(order))) else operator.itemgetter(*order)
+        )
 
     def fill(self, *values: str | int) -> bytes:
         """The payload's canonical JSON with ``values`` (in ``open_names`` order) filled in."""
-        dumps = orjson.dumps
-        return self._format % tuple([dumps(values[index]) for index in self._order])
+        pick = self._pick
+        return self._format % tuple(map(orjson.dumps, values if pick is None else pick(values)))

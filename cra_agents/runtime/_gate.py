@@ -14,6 +14,11 @@ and *yields* the two things that need the outside world —
 and returns the authorized :class:`Call`, or raises the refusal after recording it. The sync
 and async shells (:mod:`cra_agents.runtime._runtime`) only drive it.
 
+Most calls are the common case: a memoised ``allow`` with nothing else asked of the call.
+:meth:`Gate.allowed` decides those in one straight function, with no generator, and hands the
+shell's recorder the same events the flow would yield, built by the same templates; it says
+no to anything else, and the flow decides it. Which calls it takes is decided there alone.
+
 The rules, fixed here once for every adapter:
 
 1. Arguments are canonicalised to JSON, digested, and the tool runs with arguments **rebuilt
@@ -91,6 +96,9 @@ RUNTIME_POLICY: Final = "carp-runtime"
 INTERNAL_POLICY: Final = "cra-internal"
 RISK_ORDER: Final = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 _MEMO_SIZE = 1024
+#: Whether :meth:`Gate.allowed` may decide the common case (False: every call takes
+#: :meth:`Gate.flow`; for measuring one against the other).
+_FAST_PATH = True
 _TEMPLATES_MAX = 4096
 # The open values of action.requested / action.approved, by which optional ids are present.
 _REQUESTED_OPEN: Final = {
@@ -296,6 +304,11 @@ Ask = ApprovalRequest
 #: (Plain values, not step objects: the gate allocates nothing per call it need not.)
 Record = list[tuple[str, Mapping[str, Any] | bytes]]
 Step = Ask | Record
+# Gate.allowed's cache entry: the decision, action.requested's template, policy.evaluated's
+# bytes, action.approved's template, the action's parameters_schema and its fast check.
+_Allowed = tuple[
+    PolicyDecision, Template, bytes, Template, "Mapping[str, Any] | None", "_Accept | None"
+]
 Flow = Generator[Step, Any, "Call"]
 
 
@@ -324,6 +337,9 @@ class Gate:
         # which optional fields are present: a call fills in its ids and digests.
         self._templates: dict[tuple[Any, ...], Template] = {}
         self._constants: dict[tuple[Any, ...], bytes] = {}  # payloads with nothing open
+        # What allowed() needs of a memoised allow, per (action, agent, risk tier, stated
+        # tier, tool call id given): the decision, its payloads' templates and constant.
+        self._allowed: dict[tuple[Any, ...], _Allowed] = {}
 
     # -- building a call -------------------------------------------------------------------
 
@@ -467,6 +483,94 @@ class Gate:
         call.started_ns = time.monotonic_ns()
         return call
 
+    def allowed(self, call: Call, record: Callable[[Call, Record], bool]) -> bool:
+        """Decide the common case in one go, as :meth:`flow` would; False when it is not it.
+
+        The common case: a decision memoised as ``allow`` (so no approval, rate limit or time
+        window), arguments that are recordable and pass the schema, and nothing else asked of
+        the call (no resolution, approval, approval token, condition context, runtime refusal
+        or shadow mode; a tool runs after the decision). The events are the ones :meth:`flow`
+        records for such a call, from the same templates, handed to ``record`` (the shell's
+        recorder, as a ``Record`` step); ``record`` returning False raises
+        :class:`~cra_agents.SessionEndedError` as the flow does. On False nothing of the call
+        was changed: drive :meth:`flow`, which decides (and refuses) everything else. An
+        exception leaves like one from the flow: the shell refuses the call (fail closed).
+        """
+        if (
+            call.resolution_id is not None
+            or call.approval_id is not None
+            or call.approval is not None
+            or call.context is not None
+            or call.refusal is not None
+            or call.mapping_error is not None
+            or call.shadow
+            or not call.runs_tool
+            or not _FAST_PATH
+        ):
+            return False
+        tool_call_id = call.tool_call_id
+        key = (
+            call.action_id,
+            call.agent_id,
+            call.risk_tier,
+            call.stated_risk,
+            tool_call_id is None,
+        )
+        found = self._allowed.get(key)
+        if found is None:
+            decision = self._memo.get(key[:3])
+            if decision is None or decision.effect is not Effect.ALLOW:
+                return False  # undecided yet (the flow memoises it), or not an allow
+            schema = call.schema
+            found = (
+                decision,
+                self._requested_template(call),
+                self._evaluated(call, decision),
+                self._approved_template(call, decision.policy_id),
+                schema,
+                None if schema is None else _fast_validator(schema),
+            )
+            if len(self._allowed) >= _MEMO_SIZE:
+                self._allowed.clear()
+            self._allowed[key] = found
+        decision, requested, evaluated, approved, schema, accept = found
+        if call.schema is not schema:
+            return False
+        # prepare(), for arguments it accepts: anything else is the flow's to refuse.
+        try:
+            raw = canonical_json(call.arguments)
+        except (CRAError, TypeError, ValueError, RecursionError):
+            return False
+        if not raw.startswith(b"{"):
+            return False
+        arguments = orjson.loads(raw)
+        if accept is not None:
+            try:
+                accept(arguments)
+            except Exception:  # noqa: BLE001 - not surely valid: the flow's first_error judges
+                return False
+        elif schema is not None and first_error(schema, arguments) is not None:
+            return False
+        call.arguments = arguments
+        call.digest = parameters_hash = sha256_hex(raw)
+        call.decision = decision
+        call.policy_id = decision.policy_id
+        execution_id = call.execution_id
+        events: Record = [
+            (
+                ev.ACTION_REQUESTED,
+                requested.fill(execution_id, parameters_hash)
+                if tool_call_id is None
+                else requested.fill(execution_id, parameters_hash, tool_call_id),
+            ),
+            (ev.POLICY_EVALUATED, evaluated),
+            (ev.ACTION_APPROVED, approved.fill(execution_id)),
+        ]
+        if not record(call, events):
+            raise _ended(call)
+        call.started_ns = time.monotonic_ns()
+        return True
+
     def prepare(self, call: Call) -> tuple[CRAError, str, str] | None:
         """Canonicalise the arguments and run the rules before the policy (no events).
 
@@ -605,18 +709,16 @@ class Gate:
         key: tuple[Any, ...],
         builder: Callable[..., Mapping[str, Any]],
         open_names: tuple[str, ...],
-        fixed: Callable[[], dict[str, Any]],
+        fixed: dict[str, Any],
     ) -> Template:
-        """The template of ``builder``'s payload for ``key``, made on first use.
+        """Make (and keep) the template of ``builder``'s payload for ``key``.
 
-        ``fixed()`` gives the builder's other arguments only then: a cached template costs
-        one dict lookup.
+        Called on a miss only: the callers look ``key`` up themselves, so a cached template
+        costs one dict lookup and no allocation beyond the key.
         """
-        found = self._templates.get(key)
-        if found is None:
-            if len(self._templates) >= _TEMPLATES_MAX:
-                self._templates.clear()
-            found = self._templates[key] = Template(builder, open_names, **fixed())
+        if len(self._templates) >= _TEMPLATES_MAX:
+            self._templates.clear()
+        found = self._templates[key] = Template(builder, open_names, **fixed)
         return found
 
     def _evaluated(self, call: Call, decision: PolicyDecision) -> bytes:
@@ -632,23 +734,30 @@ class Gate:
             )
         return found
 
-    def _requested(self, call: Call) -> bytes:
-        """``action.requested``, from the template for the call's action and optional fields."""
+    def _requested_template(self, call: Call) -> Template:
+        """The ``action.requested`` template for the call's action and optional fields."""
         resolution_id, tool_call_id = call.resolution_id, call.tool_call_id
         names = _REQUESTED_OPEN[resolution_id is not None, tool_call_id is not None]
         # Which stated tiers the payload records is the builder's rule: the key is the raw tier.
-        template = self._template(
-            ("requested", call.action_id, names, call.stated_risk, call.shadow),
-            ev.action_requested,
-            names,
-            lambda: {
+        key = ("requested", call.action_id, names, call.stated_risk, call.shadow)
+        found = self._templates.get(key)
+        if found is None:
+            fixed: dict[str, Any] = {
                 "action_id": call.action_id,
                 "risk_tier": call.stated_risk,
                 "shadow": call.shadow,
-                **({} if resolution_id is not None else {"resolution_id": None}),
-                **({} if tool_call_id is not None else {"tool_call_id": None}),
-            },
-        )
+            }
+            if resolution_id is None:
+                fixed["resolution_id"] = None
+            if tool_call_id is None:
+                fixed["tool_call_id"] = None
+            found = self._template(key, ev.action_requested, names, fixed)
+        return found
+
+    def _requested(self, call: Call) -> bytes:
+        """``action.requested``, from the template for the call's action and optional fields."""
+        template = self._requested_template(call)
+        resolution_id, tool_call_id = call.resolution_id, call.tool_call_id
         if resolution_id is None:
             if tool_call_id is None:
                 return template.fill(call.execution_id, call.digest)
@@ -656,6 +765,23 @@ class Gate:
         if tool_call_id is None:
             return template.fill(call.execution_id, call.digest, resolution_id)
         return template.fill(call.execution_id, call.digest, resolution_id, tool_call_id)
+
+    def _approved_template(self, call: Call, policy_id: str) -> Template:
+        """The ``action.approved`` template of a call no person approved."""
+        resolution_id = call.resolution_id
+        names = _APPROVED_OPEN[resolution_id is not None]
+        key = ("approved", call.action_id, policy_id, names, call.shadow)
+        found = self._templates.get(key)
+        if found is None:
+            fixed: dict[str, Any] = {
+                "action_id": call.action_id,
+                "policy_id": policy_id,
+                "shadow": call.shadow,
+            }
+            if resolution_id is None:
+                fixed["resolution_id"] = None
+            found = self._template(key, ev.action_approved, names, fixed)
+        return found
 
     def _approved(self, call: Call, policy_id: str) -> Mapping[str, Any] | bytes:
         """``action.approved``: a template unless a person approved (rare: built as a dict)."""
@@ -672,31 +798,22 @@ class Gate:
                 ),
                 shadow=call.shadow,
             )
-        resolution_id = call.resolution_id
-        names = _APPROVED_OPEN[resolution_id is not None]
-        template = self._template(
-            ("approved", call.action_id, policy_id, names, call.shadow),
-            ev.action_approved,
-            names,
-            lambda: {
-                "action_id": call.action_id,
-                "policy_id": policy_id,
-                "shadow": call.shadow,
-                **({} if resolution_id is not None else {"resolution_id": None}),
-            },
-        )
-        if resolution_id is None:
+        template = self._approved_template(call, policy_id)
+        if call.resolution_id is None:
             return template.fill(call.execution_id)
-        return template.fill(call.execution_id, resolution_id)
+        return template.fill(call.execution_id, call.resolution_id)
 
     def _executed(self, call: Call, duration_ms: int, result: Any) -> bytes:
         """``action.executed``: the action's template with the call's id, time and digest."""
-        template = self._template(
-            ("executed", call.action_id, call.shadow),
-            ev.action_executed,
-            ("execution_id", "duration_ms", "result_hash"),
-            lambda: {"action_id": call.action_id, "shadow": call.shadow},
-        )
+        key = ("executed", call.action_id, call.shadow)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(
+                key,
+                ev.action_executed,
+                ("execution_id", "duration_ms", "result_hash"),
+                {"action_id": call.action_id, "shadow": call.shadow},
+            )
         return template.fill(call.execution_id, duration_ms, _result_digest(result))
 
     # -- helpers -----------------------------------------------------------------------------
@@ -767,6 +884,8 @@ class Gate:
 
 
 _Checker = Callable[[Mapping[str, Any], Mapping[str, Any]], "tuple[str, str] | None"]
+#: A schema's fast check: returns when the parameters are surely valid, raises otherwise.
+_Accept = Callable[[Any], Any]
 #: The parameter checker, imported on first use (``import cra_agents`` loads no jsonschema).
 _check: _Checker | None = None
 
@@ -789,6 +908,13 @@ def first_error(schema: Mapping[str, Any], parameters: Mapping[str, Any]) -> tup
 
         _check = loaded
     return _check(schema, parameters)
+
+
+def _fast_validator(schema: Mapping[str, Any]) -> _Accept | None:
+    """The fast check of ``schema`` (see :func:`cra_agents.runtime._params.fast_validator`)."""
+    from cra_agents.runtime._params import fast_validator
+
+    return fast_validator(schema)
 
 
 def _granted(approval: Approval) -> ApprovalDecision:

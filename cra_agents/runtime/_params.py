@@ -28,7 +28,7 @@ import orjson
 from cra_agents._schema_rules import PatternError, linear_validator, schema_problems
 from cra_agents.atlas import json_pointer
 
-__all__ = ["FAST_KEYWORDS", "first_error"]
+__all__ = ["FAST_KEYWORDS", "fast_validator", "first_error"]
 
 #: Keywords the fast path understands exactly as jsonschema's 2020-12 validator does.
 FAST_KEYWORDS = frozenset(
@@ -179,3 +179,15 @@ def first_error(schema: Mapping[str, Any], parameters: Mapping[str, Any]) -> tup
     if error is None:
         return None
     return json_pointer(error.absolute_path), error.message
+
+
+def fast_validator(schema: Mapping[str, Any]) -> Callable[[Any], Any] | None:
+    """The compiled fast check of ``schema``, if it has one (see the module docstring).
+
+    It returns when the parameters are valid and raises when they may not be; only its
+    acceptance counts: whatever it raises, :func:`first_error` judges and words the verdict.
+    """
+    try:
+        return _validators(schema)[1]
+    except Exception:  # noqa: BLE001 - an invalid schema: first_error refuses, fail closed
+        return None

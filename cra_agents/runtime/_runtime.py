@@ -657,8 +657,10 @@ class Runtime(CarpMixin):
 
     def gate_sync(self, call: Call, *, ask: bool = True) -> Call:
         """Drive the gate for ``call`` on this thread (approvers asked with a timeout)."""
-        flow = self._gate.flow(call, ask=ask)
         try:
+            if self._gate.allowed(call, self._record_step):
+                return call
+            flow = self._gate.flow(call, ask=ask)
             step = next(flow)
             while True:
                 if isinstance(step, list):
@@ -673,8 +675,10 @@ class Runtime(CarpMixin):
 
     async def gate_async(self, call: Call, *, ask: bool = True) -> Call:
         """Drive the gate for ``call`` from async code (async approvers awaited)."""
-        flow = self._gate.flow(call, ask=ask)
         try:
+            if self._gate.allowed(call, self._record_step):
+                return call
+            flow = self._gate.flow(call, ask=ask)
             step = next(flow)
             while True:
                 if isinstance(step, list):

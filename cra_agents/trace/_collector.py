@@ -124,7 +124,10 @@ class TraceCollector:
         self.max_backlog = max_backlog
         self.backpressure_timeout = backpressure_timeout
         self.commit_delay = commit_delay
-        self._cond = threading.Condition(threading.Lock())  # a plain lock: cheaper than RLock
+        # A plain lock: cheaper than RLock. committed() takes it directly: a Condition's
+        # __enter__ is a Python-level call, and committed() runs twice per guarded call.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._dirty: dict[int, SessionChain] = {}
         self._backlog = 0
         self._write_lock = threading.Lock()  # one writer of the store at a time
@@ -239,7 +242,7 @@ class TraceCollector:
                     self._await_durable(chain, sequence)
             self.check()
             return
-        with self._cond:
+        with self._mutex:  # the lock of self._cond
             self._dirty[id(chain)] = chain
             added = sequence - chain.committed
             if added > 0:
