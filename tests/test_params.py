@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import fastjsonschema
 import jsonschema
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cra_agents._schema_rules import _walk, linear_validator
-from cra_agents.runtime._params import FAST_KEYWORDS, _validators, fast_path_applies, first_error
+from cra_agents.runtime._params import (
+    FAST_KEYWORDS,
+    _validators,
+    fast_path_applies,
+    fast_validator,
+    first_error,
+)
 
 _json = st.recursive(
     st.none()
@@ -54,9 +62,9 @@ def _schema(depth: int = 2) -> st.SearchStrategy[dict[str, Any]]:
 @settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schema=_schema(), instance=_json)
 def test_fast_path_agrees_with_jsonschema(schema: dict[str, Any], instance: Any) -> None:
-    # pattern (run by RE2, never by fastjsonschema's re) and format (checked by jsonschema's
-    # checkers only) keep a schema off the fast path; every other keyword here is on it.
-    slow = {keyword for _, keyword, _ in _walk(schema, "")}
+    # format (checked by jsonschema's checkers only) keeps a schema off the fast path; every
+    # other keyword here is on it, pattern too (its compiled regexes are swapped for RE2's).
+    slow = {keyword for _, keyword, _ in _walk(schema, "") if keyword == "format"}
     assert fast_path_applies(schema) == (not slow)
     judge = linear_validator(jsonschema.Draft202012Validator)
     checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -88,7 +96,11 @@ def test_other_keywords_take_the_jsonschema_path() -> None:
         assert not fast_path_applies(schema)
     assert fast_path_applies(True)
     assert "format" not in FAST_KEYWORDS
-    assert "pattern" not in FAST_KEYWORDS  # fastjsonschema would run it with re
+    assert "pattern" in FAST_KEYWORDS  # on RE2: the check's compiled regexes are swapped
+    check = fast_validator({"type": "string", "pattern": "^(a+)+$"})
+    assert check is not None
+    with pytest.raises(fastjsonschema.JsonSchemaValueException):
+        check("a" * 41 + "!")  # decided at once: RE2, not a backtracking re
     _, fast = _validators({"type": "array", "uniqueItems": True})
     assert fast is None
     assert first_error({"type": "array", "uniqueItems": True}, {"x": 1}) is not None

@@ -9,14 +9,15 @@ jsonschema decides and words the error. A differential property test holds the t
 verdicts.
 
 Patterns run on model-chosen strings, so they never reach a backtracking engine: jsonschema's
-regex keywords are swapped for RE2 ones (:mod:`cra_agents._schema_rules`), ``pattern`` stays
-off the fast path (fastjsonschema would use ``re``), and a schema with a pattern RE2 cannot
-run counts as invalid. Every ``format`` with an installed checker (``jsonschema[format-nongpl]``)
-is enforced; lint reports the others.
+regex keywords are swapped for RE2 ones (:mod:`cra_agents._schema_rules`), so are the
+compiled patterns of fastjsonschema's generated check (it would use ``re``), and a schema with
+a pattern RE2 cannot run counts as invalid. Every ``format`` with an installed checker is
+enforced; lint reports the others.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -25,7 +26,12 @@ import fastjsonschema
 import jsonschema
 import orjson
 
-from cra_agents._schema_rules import PatternError, linear_validator, schema_problems
+from cra_agents._schema_rules import (
+    LinearPattern,
+    PatternError,
+    linear_validator,
+    schema_problems,
+)
 from cra_agents.atlas import json_pointer
 
 __all__ = ["FAST_KEYWORDS", "fast_validator", "first_error"]
@@ -41,6 +47,7 @@ FAST_KEYWORDS = frozenset(
         "const",
         "minLength",
         "maxLength",
+        "pattern",
         "minimum",
         "maximum",
         "exclusiveMinimum",
@@ -128,9 +135,10 @@ def _validators(schema: Mapping[str, Any]) -> tuple[Any, _Check | None]:
     fast: _Check | None = None
     if "$schema" not in schema and fast_path_applies(schema):
         try:
-            fast = fastjsonschema.compile(_plain(schema), use_default=False)
-        except fastjsonschema.JsonSchemaDefinitionException:  # jsonschema alone decides
-            fast = None
+            fast = _linear(fastjsonschema.compile(_plain(schema), use_default=False))
+        except (fastjsonschema.JsonSchemaDefinitionException, re.error):
+            fast = None  # jsonschema alone decides (fastjsonschema's rewrite of a pattern
+            # that RE2 runs can be one Python's re refuses: `[$]`)
     with _lock:
         _remember(schema, validator, fast)
         if content is not None:
@@ -138,6 +146,22 @@ def _validators(schema: Mapping[str, Any]) -> tuple[Any, _Check | None]:
                 _by_content.pop(next(iter(_by_content)))  # the oldest
             _by_content[content] = (validator, fast)
     return validator, fast
+
+
+def _linear(check: _Check) -> _Check | None:
+    """``check`` with its compiled ``pattern`` regexes swapped for RE2 ones (None: cannot).
+
+    fastjsonschema runs the generated function in a namespace whose ``REGEX_PATTERNS`` maps
+    each pattern to its compiled form, called as ``.search(value)``.
+    """
+    patterns = getattr(check, "__globals__", {}).get("REGEX_PATTERNS")
+    if patterns is None:
+        return check
+    if not isinstance(patterns, dict):
+        return None  # a fastjsonschema this code does not know: jsonschema alone decides
+    for pattern in list(patterns):
+        patterns[pattern] = LinearPattern(pattern)
+    return check
 
 
 def _remember(schema: Mapping[str, Any], validator: Any, fast: _Check | None) -> None:
