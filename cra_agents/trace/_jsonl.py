@@ -61,7 +61,7 @@ class JsonlStore:
         self.durable = durable
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._identity = _identity(self.directory)
+        self._identity = file_identity(self.directory)
         self._lock = threading.Lock()
         self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
         self._unsynced: set[str] = set()
@@ -151,17 +151,7 @@ class JsonlStore:
 
     def _check_present(self, handles: list[IO[bytes]]) -> None:
         """Raise if the directory or a file just written was deleted or replaced."""
-        try:
-            current = _identity(self.directory)
-        except FileNotFoundError:
-            current = None
-        if current != self._identity:
-            raise FileNotFoundError(
-                errno.ENOENT,
-                "the trace store directory was deleted or replaced while in use; "
-                "events written since cannot be found",
-                str(self.directory),
-            )
+        check_unreplaced(self.directory, self._identity, "the trace store directory")
         for handle in handles:
             if os.fstat(handle.fileno()).st_nlink == 0:
                 raise FileNotFoundError(
@@ -257,10 +247,28 @@ class JsonlStore:
                         handle.close()
 
 
-def _identity(path: Path) -> tuple[int, int]:
+def file_identity(path: Path) -> tuple[int, int]:
     """What tells a directory or file apart from one put in its place."""
     status = os.stat(path)
     return status.st_dev, status.st_ino
+
+
+def check_unreplaced(path: Path, identity: tuple[int, int], what: str) -> None:
+    """Raise ``FileNotFoundError`` if ``path`` is gone or no longer the one opened as ``identity``.
+
+    A store deleted or replaced under an open handle still takes writes, into a file nobody
+    can open again: stores say so rather than go on writing in silence.
+    """
+    try:
+        current: tuple[int, int] | None = file_identity(path)
+    except FileNotFoundError:
+        current = None
+    if current != identity:
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"{what} was deleted or replaced while in use; what was written since cannot be found",
+            str(path),
+        )
 
 
 def repair_torn_tail(path: str | os.PathLike[str]) -> int:

@@ -27,7 +27,6 @@ returns them to the file system). A database of a newer version is refused.
 
 from __future__ import annotations
 
-import errno
 import os
 import sqlite3
 import threading
@@ -38,7 +37,7 @@ from typing import Any, Final
 
 from cra_agents._exceptions import ConfigurationError
 from cra_agents.protocol import TraceEvent
-from cra_agents.trace._jsonl import event_line, parse_line
+from cra_agents.trace._jsonl import check_unreplaced, event_line, file_identity, parse_line
 from cra_agents.trace._read import check_indexed
 
 __all__ = ["SCHEMA_VERSION", "V0_LAYOUT", "SqliteStore"]
@@ -199,7 +198,7 @@ class SqliteStore:
                     details={"reason": "store_not_sqlite"},
                 ) from exc
             raise
-        self._identity = _identity(self.path)
+        self._identity = file_identity(self.path)
         self._closed = False
 
     def check_writable(self) -> None:
@@ -391,19 +390,7 @@ class SqliteStore:
                 new_keys, self._new_keys = self._new_keys, {}
             for session_id, key in new_keys.items():
                 self._remember(session_id, key)
-            # A database deleted under an open connection still takes commits, into a file
-            # no one can open again: say so rather than go on writing in silence.
-            try:
-                current: tuple[int, int] | None = _identity(self.path)
-            except FileNotFoundError:
-                current = None
-            if current != self._identity:
-                raise FileNotFoundError(
-                    errno.ENOENT,
-                    "the trace database was deleted or replaced while in use; events "
-                    "committed since cannot be found",
-                    str(self.path),
-                )
+            check_unreplaced(self.path, self._identity, "the trace database")
 
     def read(
         self,
@@ -486,12 +473,6 @@ class SqliteStore:
                 if not self._closed:
                     self._db.close()
                     self._closed = True
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    """What tells the database file apart from one put in its place."""
-    status = os.stat(path)
-    return status.st_dev, status.st_ino
 
 
 def _utf8(text: str) -> bytes:
