@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -25,21 +25,9 @@ from cra_agents.otel import (
 )
 from cra_agents.trace import open_store
 from tests.harness.collector import Collector
+from tests.harness.spans import exported
 
 GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
-
-
-def _exported(span: ReadableSpan) -> ExportedSpan:
-    context = span.get_span_context()
-    assert context is not None
-    return ExportedSpan(
-        name=span.name,
-        trace_id=f"{context.trace_id:032x}",
-        span_id=f"{context.span_id:016x}",
-        parent_span_id=f"{span.parent.span_id:016x}" if span.parent else None,
-        attributes=dict(span.attributes or {}),
-        status_code=span.status.status_code.name,
-    )
 
 
 @pytest.fixture
@@ -82,7 +70,7 @@ class TestSpans:
                 comment("acme/app", 1, "hi")
         runtime = cra.get_runtime()
         runtime.flush()
-        spans = [_exported(s) for s in memory_spans.get_finished_spans()]
+        spans = [exported(s) for s in memory_spans.get_finished_spans()]
         assert sorted(s.name for s in spans) == [
             "execute_tool comment",
             "execute_tool delete_repo",
@@ -136,7 +124,7 @@ class TestSpans:
             read_file("acme/app", "README.md")
         runtime = cra.get_runtime()
         runtime.flush()
-        spans = [_exported(s) for s in memory_spans.get_finished_spans()]
+        spans = [exported(s) for s in memory_spans.get_finished_spans()]
         (read,) = _by_name(spans, "execute_tool read_file")
         forged = ExportedSpan(
             read.name,
@@ -186,7 +174,7 @@ class TestSpans:
             cra.get_runtime().flush()
         finally:
             cra.shutdown()
-        spans = {s.name: _exported(s) for s in exporter.get_finished_spans()}
+        spans = {s.name: exported(s) for s in exporter.get_finished_spans()}
         tool = spans["execute_tool delete"].attributes
         assert tool[sc.CRA_SHADOW] is True
         assert spans["invoke_agent triage-bot"].attributes[sc.CRA_SHADOW] is True
@@ -206,7 +194,7 @@ class TestSpans:
         with pytest.raises(ValueError, match="boom"):
             block()
         cra.get_runtime().flush()
-        spans = {s.name: _exported(s) for s in memory_spans.get_finished_spans()}
+        spans = {s.name: exported(s) for s in memory_spans.get_finished_spans()}
         tool = spans["execute_tool read_file"]
         assert tool.attributes[sc.CRA_REASON] == "invalid_parameters"
         assert tool.attributes[sc.CRA_TRACE_EVENT_TYPE] == "action.denied"

@@ -31,29 +31,16 @@ import cra_agents as cra
 from cra_agents import semconv as sc
 from cra_agents._clock import parse_timestamp_ns
 from cra_agents.otel import (
-    ExportedSpan,
     otlp_json,
     read_otlp_json,
     verify_spans,
 )
+from tests.harness.spans import exported
 
 GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
 MERGE: dict[str, Any] = {"repo": "acme/app", "pr_number": 7, "expected_head_sha": "a" * 40}
 #: What only the live call knows (the offline export has no atlas, risk tier or description).
 LIVE_ONLY = {sc.CRA_ATLAS_ID, sc.CRA_ATLAS_VERSION, sc.CRA_RISK_TIER, sc.GEN_AI_TOOL_DESCRIPTION}
-
-
-def _exported(span: ReadableSpan) -> ExportedSpan:
-    context = span.get_span_context()
-    assert context is not None
-    return ExportedSpan(
-        name=span.name,
-        trace_id=f"{context.trace_id:032x}",
-        span_id=f"{context.span_id:016x}",
-        parent_span_id=f"{span.parent.span_id:016x}" if span.parent else None,
-        attributes=dict(span.attributes or {}),
-        status_code=span.status.status_code.name,
-    )
 
 
 def _by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
@@ -317,16 +304,16 @@ class TestSameSpansAsTheExport:
             if span.get("parentSpanId")
         }
         for execution_id, span in live.items():
-            exported = _exported(span)
+            got = exported(span)
             expected = offline[execution_id]
-            assert exported.status_code == expected.status_code
+            assert got.status_code == expected.status_code
             # The events name the action, not the tool: the export names spans after the action.
-            tool = exported.attributes[sc.GEN_AI_TOOL_NAME]
-            assert exported.name == expected.name.replace(
+            tool = got.attributes[sc.GEN_AI_TOOL_NAME]
+            assert got.name == expected.name.replace(
                 str(expected.attributes[sc.GEN_AI_TOOL_NAME]), str(tool)
             )
-            assert expected.attributes[sc.GEN_AI_TOOL_NAME] == exported.attributes[sc.CRA_ACTION_ID]
-            shared = {k: v for k, v in exported.attributes.items() if k not in LIVE_ONLY}
+            assert expected.attributes[sc.GEN_AI_TOOL_NAME] == got.attributes[sc.CRA_ACTION_ID]
+            shared = {k: v for k, v in got.attributes.items() if k not in LIVE_ONLY}
             assert shared == {**expected.attributes, sc.GEN_AI_TOOL_NAME: tool}, execution_id
             start, end, status = times[execution_id]
             assert span.end_time == end
@@ -334,7 +321,7 @@ class TestSameSpansAsTheExport:
             assert (span.status.description or None) == status.get("message")
         outcomes = sorted(str(s.attributes.get(sc.CRA_OUTCOME)) for s in live.values())
         assert outcomes == ["denied", "denied", "executed", "failed"]
-        report = verify_spans([_exported(s) for s in exporter.get_finished_spans()], runtime)
+        report = verify_spans([exported(s) for s in exporter.get_finished_spans()], runtime)
         assert report.valid and report.checked_links == 4 + 1 + 2  # decisions, session, outcomes
         assert verify_spans(read_otlp_json(path), runtime).checked_links == 4 + 2
         stats = runtime.telemetry.stats

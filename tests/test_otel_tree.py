@@ -15,7 +15,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import cra_agents as cra
 from cra_agents import semconv as sc
 from cra_agents.otel import (
-    ExportedSpan,
     OTelConfig,
     otlp_json,
     read_otlp_json,
@@ -23,6 +22,7 @@ from cra_agents.otel import (
     verify_spans,
 )
 from cra_agents.otel._config import _environment_endpoint
+from tests.harness.spans import exported
 
 GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
 ACTIONS = {"read_file": "github.file.read", "delete_repo": "github.repo.delete"}
@@ -59,19 +59,6 @@ def _spans(exporter: InMemorySpanExporter) -> dict[str, list[ReadableSpan]]:
     return by_name
 
 
-def _exported(span: ReadableSpan) -> ExportedSpan:
-    context = span.get_span_context()
-    assert context is not None
-    return ExportedSpan(
-        name=span.name,
-        trace_id=f"{context.trace_id:032x}",
-        span_id=f"{context.span_id:016x}",
-        parent_span_id=f"{span.parent.span_id:016x}" if span.parent else None,
-        attributes=dict(span.attributes or {}),
-        status_code=span.status.status_code.name,
-    )
-
-
 class TestSessionSpans:
     def test_a_created_session_is_a_span_and_the_parent_of_its_calls(self, provider, exporter):
         """create_session: invoke_agent under the current span; calls under it; the thread."""
@@ -105,7 +92,7 @@ class TestSessionSpans:
             assert tool_attrs[sc.GEN_AI_CONVERSATION_ID] == "thread-7"
             assert tool_attrs[sc.GEN_AI_AGENT_NAME] == "gh-agent"
             assert tool_attrs[sc.CRA_SESSION_ID] == info.session_id
-        report = verify_spans([_exported(s) for s in exporter.get_finished_spans()], runtime)
+        report = verify_spans([exported(s) for s in exporter.get_finished_spans()], runtime)
         assert report.valid
         assert report.checked_links == 4  # two decisions, one outcome, session.ended
 
@@ -187,7 +174,7 @@ class TestAdoptedToolSpans:
         assert attrs[sc.GEN_AI_AGENT_NAME] == "gh-agent"
         telemetry = runtime.telemetry
         assert telemetry is not None and telemetry.stats.spans_adopted == 1
-        assert verify_spans([_exported(mine)], runtime).valid
+        assert verify_spans([exported(mine)], runtime).valid
 
     def test_an_ended_foreign_span_keeps_what_the_caller_knew(self, provider, exporter):
         """Ended before the events were stored: identity attributes, no link, no error."""
