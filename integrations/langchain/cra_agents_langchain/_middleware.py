@@ -604,7 +604,7 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
             actions=self.actions,
             session_id=session_id,
             tool_call_id=call_id or None,
-            approval=_approval(answer, call),
+            approval=_approval(answer, call.get("args") or {}),
         )
         try:
             runtime.gate_sync(gate)
@@ -699,15 +699,16 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
         if done is not None:  # LangGraph re-ran the node on resume: answered already
             return done
         call_id = key[1]
+        # The arguments as the model produced them (another middleware may have edited them).
         arguments: Mapping[str, Any] = tool_call.get("args") or {}
+        produced = arguments
         answer: Answer | None = None
         state = request.state
         kept = state.get(_ANSWERS) if isinstance(state, Mapping) else None
-        original: Mapping[str, Any] | None = None
         if kept and call_id in kept:  # decided in the batched review
             answer = Answer.from_state(kept[call_id])
         elif self.reviewed_by is not None and self._hitl_asks(request):
-            answer, original = self._hitl_answer(request)
+            answer, produced = self._hitl_answer(request)
         elif not runtime.shadow:
             precheck = self._precheck(runtime, session_id, tool_call)
             if precheck is not None:
@@ -722,9 +723,7 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
             actions=self.actions,
             session_id=session_id,
             tool_call_id=call_id or None,
-            approval=None
-            if answer is None
-            else _approval(answer, tool_call if original is None else {"args": original}),
+            approval=None if answer is None else _approval(answer, produced),
         )
         return call, answer
 
@@ -854,10 +853,10 @@ def _key(session_id: str, call: ToolCall) -> _Key:
     return session_id, str(call.get("id") or ""), call["name"], shown
 
 
-def _approval(answer: Answer, call: Mapping[str, Any]) -> ApprovalDecision:
-    """The gate's form of a person's answer (``call``: as the model produced it)."""
+def _approval(answer: Answer, produced: Mapping[str, Any]) -> ApprovalDecision:
+    """The gate's form of a person's answer (``produced``: the model's arguments)."""
     if answer.type in ("approve", "edit"):
-        original = call.get("args") or {} if answer.args is not None else None
+        original = produced if answer.args is not None else None
         return ApprovalDecision(True, answer.approver, answer.message, original_arguments=original)
     return ApprovalDecision(
         False, answer.approver, answer.message, responded=answer.type == "respond"
