@@ -22,10 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.replay import load_events, replay_session
 from cra_agents.report import render_report, timeline
 
-ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+ATLAS = atlas_path("github-ops")
 
 
 def record(directory: Path, calls: int) -> Path:

@@ -26,12 +26,13 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import Timing, interleave, load_average, rss_bytes, static, time_calls
 from reference_guard import ToyGuard  # the yardstick, beside this file
 
-ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+ATLAS = atlas_path("github-ops")
 
 
 class _Discard(SpanExporter):

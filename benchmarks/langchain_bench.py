@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from langchain.agents import create_agent
@@ -40,10 +39,11 @@ from langchain_core.tools import tool
 from langgraph.prebuilt.tool_node import ToolRuntime
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents_langchain import CRAMiddleware, guard_tool
 from cra_agents_langchain.testing import ScriptedChatModel
 
-ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+ATLAS = atlas_path("github-ops")
 ACTIONS = {"read_file": "github.file.read"}
 
 

@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleave, load_average, rss_bytes, static
 from reference_guard import ToyGuard  # the yardstick, beside this file
 
-ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+ATLAS = atlas_path("github-ops")
 CALLS = 20_000
 REPS = 3
 SUSTAIN_S = 5.0

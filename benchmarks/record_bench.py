@@ -59,7 +59,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from _timing import Contender, interleave, load_average, machine, rss_bytes, static
@@ -68,9 +67,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from reference_guard import ToyGuard
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.trace import Durability
 
-ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+ATLAS = atlas_path("github-ops")
 WRITER = os.environ.get("CRA_BENCH_WRITER", "")
 #: ``writer=`` only when asked for: today's ``configure()`` has no such option.
 WRITER_OPTION: dict[str, Any] = {"writer": WRITER} if WRITER else {}

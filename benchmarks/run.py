@@ -19,10 +19,11 @@ from _timing import Timing, load_average, samples
 from import_bench import STATEMENT, import_costs
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.policy import ConditionContext, PolicyEngine
 
 ROOT = Path(__file__).resolve().parents[1]
-GITHUB_OPS = ROOT / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 
 def _stats(samples_ns: list[int]) -> tuple[float, float]:

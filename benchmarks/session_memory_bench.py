@@ -19,11 +19,11 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 
-ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+ATLAS = atlas_path("github-ops")
 TARGET_MIB_PER_20K = 2.0
 
 

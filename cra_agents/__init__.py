@@ -4,8 +4,9 @@ Resolve an agent's tool calls (CARP/1.0) against loaded atlases (Atlas/1.0) befo
 record every step in a SHA-256 hash-chained audit log (TRACE/1.0)::
 
     import cra_agents as cra
+    from cra_agents.examples import atlas_path
 
-    runtime = cra.Runtime(atlases=["examples/atlases/github-ops"])
+    runtime = cra.Runtime(atlases=[atlas_path("github-ops")])
     session = runtime.create_session("triage-bot", "Triage new issues")
     resolution = runtime.resolve(cra.resolve_request(session, "Triage new issues"))
     assert cra.verify_chain(runtime.trace_events(session.session_id)).valid

@@ -3,8 +3,9 @@
 ::
 
     import cra_agents as cra
+    from cra_agents.examples import atlas_path
 
-    cra.configure(atlases=["examples/atlases/github-ops"])
+    cra.configure(atlases=[atlas_path("github-ops")])
 
     @cra.guarded("github.issue.create")
     def create_issue(repo: str, title: str) -> dict: ...

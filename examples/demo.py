@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from pathlib import Path
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 
-ATLAS = Path(__file__).parent / "atlases" / "github-ops"
+ATLAS = atlas_path("github-ops")
 GOALS: list[tuple[str, str, cra.protocol.RiskTier, list[str]]] = [
     ("triage-bot", "Triage new bug reports and label them", "low", []),
     ("release-bot", "Publish the 2.4.0 release with a changelog", "high", []),

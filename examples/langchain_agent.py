@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from langchain.agents import create_agent
@@ -19,10 +18,11 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents_langchain import CRAMiddleware
 from cra_agents_langchain.testing import ScriptedChatModel
 
-ATLAS = Path(__file__).parent / "atlases" / "github-ops"
+ATLAS = atlas_path("github-ops")
 SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
 
 

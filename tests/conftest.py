@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from cra_agents.examples import atlas_path
 from tests.harness.collector import Collector, rotel_binary, start_collector
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES_DIR = REPO_ROOT / "examples" / "atlases"
+EXAMPLES_DIR = atlas_path("github-ops").parent
 DEFAULT_CONFORMANCE_DIR = REPO_ROOT.parent / "shared" / "conformance"
 
 _MINIMAL_MANIFEST: dict[str, object] = {

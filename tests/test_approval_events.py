@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import cra_agents as cra
 from cra_agents import ApprovalDecision, InvalidRequestError
+from cra_agents.examples import atlas_path
 from cra_agents.report import timeline
 from cra_agents.trace import fold_session
 
-ATLAS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+ATLAS = atlas_path("github-ops")
 SHA = "c" * 40
 ARGS = {"repo": "acme/app", "pr_number": 3, "expected_head_sha": SHA}
 

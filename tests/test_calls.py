@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import cra_agents as cra
 from cra_agents._clock import parse_timestamp_ns
+from cra_agents.examples import atlas_path
 from cra_agents.trace import (
     CallRecord,
     ResolutionRecord,
@@ -20,7 +20,7 @@ from cra_agents.trace import (
 )
 from tests.test_report import chain, dicts
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 MERGE_ARGS = {"repo": "acme/app", "pr_number": 7, "expected_head_sha": "a" * 40}
 _PROPERTIES = (
     "session_id",

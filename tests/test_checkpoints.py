@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
 
 import pytest
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.trace import (
     Checkpoint,
     JsonlStore,
@@ -25,7 +25,7 @@ from cra_agents.trace import (
     verify_chain,
 )
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 
 @pytest.fixture(scope="module")

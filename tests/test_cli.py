@@ -124,7 +124,7 @@ def test_installed_console_script_runs():
     if not script.exists():
         pytest.skip("the cra console script is installed by `uv sync`")
     done = subprocess.run(
-        [str(script), "atlas", "validate", str(REPO / "examples/atlases/github-ops")],
+        [str(script), "atlas", "validate", str(REPO / "cra_agents/examples/atlases/github-ops")],
         capture_output=True,
         text=True,
         check=False,
@@ -245,6 +245,10 @@ def test_atlas_init_scaffolds_a_strictly_valid_atlas(capsys, tmp_path):
     assert "local.notes-bot" in out
     assert (target / "context" / "guide.md").exists()
     code, document = run_json(capsys, "atlas", "validate", "--strict", str(target))
+    assert code == 0
+    assert document["atlases"][0]["findings"] == []
+    # Lint-clean too: not even a note to act on.
+    code, document = run_json(capsys, "atlas", "lint", str(target))
     assert code == 0
     assert document["atlases"][0]["findings"] == []
     # It works: the scaffold's policies decide as their names say.

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from cra_agents.examples import atlas_path
 from cra_agents.trace import open_store, repair_torn_tail, verify_chain
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).parent / "harness" / "crash_child.py"
-ATLAS = ROOT / "examples" / "atlases" / "github-ops"
+ATLAS = atlas_path("github-ops")
 RUNS = int(os.environ.get("CRA_KILL_RUNS", "100"))
 
 

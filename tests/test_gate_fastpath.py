@@ -10,18 +10,18 @@ import asyncio
 import itertools
 import types
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import cra_agents as cra
 from cra_agents._canonical import canonical_json
+from cra_agents.examples import atlas_path
 from cra_agents.protocol import TraceEvent
 from cra_agents.protocol import events as ev
 from cra_agents.runtime import Observer, _gate
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 READ = "github.file.read"
 CLOCK_NS = 5_000_000_000
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,13 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.policy import PolicyEngine
 from cra_agents.runtime import ToolMap
 from cra_agents.runtime import _gate as gate_module
 from cra_agents.runtime import _sessions as sessions_module
 from cra_agents.trace import TraceCollector
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 MERGE: dict[str, Any] = {"repo": "acme/app", "pr_number": 7, "expected_head_sha": "a" * 40}
 
 

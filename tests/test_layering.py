@@ -3,7 +3,8 @@
 The layers (``../shared/DESIGN.md``, "Layout"), lowest first::
 
     protocol, cra_agents._* helpers, semconv        the wire and shared helpers
-    atlas, trace                                    load atlases / hash, store, verify chains
+    atlas, trace, examples                          load atlases / hash, store, verify chains /
+                                                    the shipped example atlases
     policy                                          decides (reads atlases)
     runtime                                         the gate, sessions, resolution, observers
     guard                                           configure / session / @guarded
@@ -29,6 +30,7 @@ LAYER = {
     "protocol": 0,
     "semconv": 0,
     "atlas": 1,
+    "examples": 1,
     "trace": 1,
     "policy": 2,
     "runtime": 3,

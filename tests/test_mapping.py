@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.runtime import ToolMap
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 
 def _atlas(*actions: tuple[str, str, str]) -> dict[str, Any]:

@@ -213,11 +213,12 @@ def test_audit_and_replay(kernel_specs: KernelSpecManager, tmp_path: Path) -> No
 
 # -- the approval paths of NotebookApprover, through a real kernel --------------------------
 
-SETUP = f"""
+SETUP = """
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.notebook import NotebookApprover
 runtime = cra.configure(
-    atlases=[{str(REPO / "examples" / "atlases" / "github-ops")!r}],
+    atlases=[atlas_path("github-ops")],
     store="memory://",
     approvals=NotebookApprover(approver="kernel-test"),
 )
@@ -225,23 +226,23 @@ SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
 
 @cra.guarded("github.pr.merge")
 def merge(repo: str, pr_number: int, expected_head_sha: str) -> str:
-    return f"merged {{repo}}#{{pr_number}}"
+    return f"merged {repo}#{pr_number}"
 
 @cra.guarded("github.pr.merge")
 async def amerge(repo: str, pr_number: int, expected_head_sha: str) -> str:
-    return f"merged {{repo}}#{{pr_number}} (async)"
+    return f"merged {repo}#{pr_number} (async)"
 
 def attempt(call):
     try:
         print(call())
     except cra.ActionDenied as denied:
-        print(f"denied: {{denied.reason}}")
+        print(f"denied: {denied.reason}")
 
 async def attempt_async(call):
     try:
         print(await call())
     except cra.ActionDenied as denied:
-        print(f"denied: {{denied.reason}}")
+        print(f"denied: {denied.reason}")
 """
 
 

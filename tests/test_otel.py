@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import cra_agents as cra
 from cra_agents import semconv as sc
+from cra_agents.examples import atlas_path
 from cra_agents.otel import (
     ExportedSpan,
     OTelConfig,
@@ -27,7 +27,7 @@ from cra_agents.trace import open_store
 from tests.harness.collector import Collector
 from tests.harness.spans import exported
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,6 +29,7 @@ from opentelemetry.util.types import Attributes
 import cra_agents as cra
 from cra_agents import semconv as sc
 from cra_agents._clock import parse_timestamp_ns
+from cra_agents.examples import atlas_path
 from cra_agents.otel import (
     otlp_json,
     read_otlp_json,
@@ -37,7 +37,7 @@ from cra_agents.otel import (
 )
 from tests.harness.spans import exported
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 MERGE: dict[str, Any] = {"repo": "acme/app", "pr_number": 7, "expected_head_sha": "a" * 40}
 #: What only the live call knows (the offline export has no atlas, risk tier or description).
 LIVE_ONLY = {sc.CRA_ATLAS_ID, sc.CRA_ATLAS_VERSION, sc.CRA_RISK_TIER, sc.GEN_AI_TOOL_DESCRIPTION}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import cra_agents as cra
 from cra_agents import semconv as sc
+from cra_agents.examples import atlas_path
 from cra_agents.otel import (
     OTelConfig,
     otlp_json,
@@ -24,7 +24,7 @@ from cra_agents.otel import (
 from cra_agents.otel._config import _environment_endpoint
 from tests.harness.spans import exported
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 ACTIONS = {"read_file": "github.file.read", "delete_repo": "github.repo.delete"}
 
 

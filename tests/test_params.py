@@ -154,7 +154,13 @@ class TestCompiledAhead:
         import cra_agents as cra
         from cra_agents.runtime import _params
 
-        atlas = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+        atlas = (
+            Path(__file__).resolve().parents[1]
+            / "cra_agents"
+            / "examples"
+            / "atlases"
+            / "github-ops"
+        )
         with cra.Runtime([atlas], store="memory://") as runtime:
             schemas = [
                 action.parameters_schema

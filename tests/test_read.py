@@ -9,10 +9,11 @@ import pytest
 
 import cra_agents as cra
 from cra_agents._safejson import JSONInputError
+from cra_agents.examples import atlas_path
 from cra_agents.replay import load_events
 from cra_agents.trace import TornTail, iter_jsonl, read_events, verify_chain
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 
 import cra_agents as cra
 from cra_agents._ids import new_id
+from cra_agents.examples import atlas_path
 from cra_agents.replay import (
     diff_traces,
     load_events,
@@ -20,7 +21,7 @@ from cra_agents.replay import (
 )
 from cra_agents.trace import JsonlStore, SessionChain
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 ISSUE = {"repo": "acme/app", "issue_number": 1, "body": "Thanks, looking into it."}
 
 

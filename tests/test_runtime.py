@@ -15,10 +15,11 @@ import pytest
 
 import cra_agents as cra
 from cra_agents._clock import format_timestamp, parse_timestamp_ns
+from cra_agents.examples import atlas_path
 from cra_agents.protocol import AllowedAction, CARPResolution, TraceEvent
 from cra_agents.runtime import _gate as gate_module
 
-GITHUB_OPS = Path(__file__).parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 OPS_ID = "com.example.github-ops"
 OPS_ACTIONS = [
     "github.issue.list",

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 
 @pytest.fixture

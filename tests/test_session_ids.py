@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 
 import cra_agents as cra
 from cra_agents.cli import main
+from cra_agents.examples import atlas_path
 from cra_agents.runtime._sessions import is_session_id
 from cra_agents.trace import SessionChain, open_store
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 HOSTILE = [
     "my-session",

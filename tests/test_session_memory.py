@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import gc
 import uuid
-from pathlib import Path
 
 import pytest
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.runtime._sessions import SessionState
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 
 @pytest.fixture(params=["memory", "sqlite", "jsonl"])

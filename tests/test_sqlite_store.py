@@ -16,12 +16,13 @@ import pytest
 
 import cra_agents as cra
 from cra_agents.cli import main
+from cra_agents.examples import atlas_path
 from cra_agents.protocol import TraceEvent
 from cra_agents.trace import MemoryStore, SessionChain, SqliteStore, open_store, verify_chain
 from cra_agents.trace._jsonl import event_line
 from cra_agents.trace._sqlite import SCHEMA_VERSION, V0_LAYOUT
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 ROOT = Path(__file__).resolve().parents[1]
 
 # Databases of the first layout (V0_LAYOUT) may also have this index.

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.protocol import TraceEvent
 from cra_agents.trace import (
     JsonlStore,
@@ -26,7 +27,7 @@ from cra_agents.trace import (
     verify_chain,
 )
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 
 def _stores(tmp_path: Path) -> dict[str, cra.TraceStore]:

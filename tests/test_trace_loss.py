@@ -28,9 +28,10 @@ from pathlib import Path
 import pytest
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.trace import JsonlStore, SqliteStore, open_store
 
-GITHUB_OPS = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 CALLS = 400
 
 WRITERS = ["thread", "process"]

@@ -15,6 +15,7 @@ import pytest
 
 import cra_agents as cra
 from cra_agents._ids import new_id
+from cra_agents.examples import atlas_path
 from cra_agents.protocol import TraceEvent
 from cra_agents.protocol import events as ev
 from cra_agents.trace import (
@@ -30,7 +31,7 @@ from cra_agents.trace._jsonl import event_line
 from cra_agents.trace._store import writer_url
 
 ROOT = Path(__file__).resolve().parents[1]
-GITHUB_OPS = ROOT / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 
 def read_file(repo: str, path: str) -> str:

@@ -398,7 +398,7 @@ def load_atlas(
             offending field. No partially loaded atlas is ever returned.
 
     Example:
-        >>> atlas = load_atlas("examples/atlases/github-ops")  # doctest: +SKIP
+        >>> atlas = load_atlas(cra_agents.examples.atlas_path("github-ops"))  # doctest: +SKIP
         >>> atlas.atlas_id  # doctest: +SKIP
         'com.example.github-ops'
     """

@@ -113,7 +113,7 @@ def _scaffold(name: str, atlas_id: str) -> dict[str, Any]:
         "name": title[:100],
         "description": f"{title}: actions, policies and context for a governed agent. "
         "Edit this description: say what agents may do with this atlas.",
-        "authors": ["Your Name <you@example.com>"],
+        "authors": ["Edit me: the team that owns this atlas"],
         "license": "Apache-2.0",
         "domains": [slug],
         "capabilities": [
@@ -139,6 +139,7 @@ def _scaffold(name: str, atlas_id: str) -> dict[str, Any]:
                 "policy_id": "deny-delete",
                 "type": "deny",
                 "name": "Deletion is never automated",
+                "description": "Deleting a note loses it for good: only a person does it.",
                 "actions": [f"{prefix}.delete"],
                 "parameters": {"reason": "Deleting notes needs a person"},
             },
@@ -146,6 +147,7 @@ def _scaffold(name: str, atlas_id: str) -> dict[str, Any]:
                 "policy_id": "approve-write",
                 "type": "require_approval",
                 "name": "Writes need approval",
+                "description": "A person reads every write before it is made.",
                 "actions": [f"{prefix}.write"],
                 "parameters": {"reason": "A person approves every write"},
             },
@@ -153,6 +155,7 @@ def _scaffold(name: str, atlas_id: str) -> dict[str, Any]:
                 "policy_id": "limit-read",
                 "type": "rate_limit",
                 "name": "Read rate limit",
+                "description": "At most 60 reads a minute, against runaway loops.",
                 "actions": [f"{prefix}.read"],
                 "parameters": {"max_calls": 60, "window_seconds": 60},
             },
@@ -160,6 +163,7 @@ def _scaffold(name: str, atlas_id: str) -> dict[str, Any]:
                 "policy_id": "allow-read",
                 "type": "allow",
                 "name": "Reading is allowed",
+                "description": "Reading notes changes nothing: agents may do it.",
                 "actions": [f"{prefix}.read"],
             },
         ],
@@ -208,6 +212,19 @@ def _scaffold(name: str, atlas_id: str) -> dict[str, Any]:
     }
 
 
+def _copy_example(example: str, directory: Path) -> list[str]:
+    from cra_agents.examples import atlas_names, copy_atlas
+
+    if example not in atlas_names():
+        raise CLIError(
+            "unknown_example",
+            f"there is no example atlas {example!r}",
+            f"choose one of: {', '.join(atlas_names())}",
+        )
+    copy_atlas(example, directory, overwrite=True)
+    return sorted(str(p) for p in directory.rglob("*") if p.is_file())
+
+
 def init(args: argparse.Namespace, out: Output) -> int:
     """Write a valid atlas directory to start from."""
     from cra_agents.atlas import validate_atlas
@@ -229,14 +246,25 @@ def init(args: argparse.Namespace, out: Output) -> int:
             f"{manifest} already exists",
             "choose another NAME, or pass --force to overwrite the scaffold files",
         )
-    document = _scaffold(name, atlas_id)
-    (directory / "context").mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    (directory / "context" / "guide.md").write_text(_GUIDE.format(name=document["name"]), "utf-8")
+    if args.example is not None:
+        if args.atlas_id:
+            raise CLIError(
+                "usage",
+                "--id names a new scaffold; an example keeps its own atlas id",
+                "drop --id, or edit atlas_id in the copied atlas.json",
+            )
+        files = _copy_example(args.example, directory)
+        atlas_id = json.loads(manifest.read_text("utf-8"))["atlas_id"]
+    else:
+        document = _scaffold(name, atlas_id)
+        (directory / "context").mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        guide = directory / "context" / "guide.md"
+        guide.write_text(_GUIDE.format(name=document["name"]), "utf-8")
+        files = [str(manifest), str(guide)]
     report = validate_atlas(directory, strict=True)
-    if not report.valid:  # pragma: no cover - the scaffold is tested to validate
-        raise CLIError("internal", f"the scaffold does not validate: {report.errors}", "report it")
-    files = [str(manifest), str(directory / "context" / "guide.md")]
+    if not report.valid:  # pragma: no cover - the scaffold and examples are tested to validate
+        raise CLIError("internal", f"the atlas does not validate: {report.errors}", "report it")
     if out.json_mode:
         out.json({"atlas_id": atlas_id, "directory": str(directory), "files": files})
         return 0

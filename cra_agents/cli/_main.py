@@ -45,7 +45,7 @@ exit codes: 0 success · 1 check failed (invalid, denied, different) · 2 usage 
 stores: --store URL or CRA_AGENTS_STORE (default sqlite://.cra/traces.db); memory:// is not
         readable from another process. SESSION may be a session id, a unique prefix of one,
         'last' (the newest session) or a .trace.jsonl file.
-docs: https://example.com/cra-agents/cli (also README.md, section "The cra command")
+docs: README.md, section "The cra command" (the package's description on its index page)
 """
 
 
@@ -154,10 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fail-on", choices=["error", "warning"], default="error", help="exit 1 from this level"
     )
-    p = command(group, "init", _atlas.init, "scaffold a valid atlas directory")
+    p = command(group, "init", _atlas.init, "scaffold an atlas, or copy a shipped example")
     p.add_argument("name", metavar="NAME", help="directory to create; its name names the atlas")
     p.add_argument("--id", dest="atlas_id", metavar="ATLAS_ID", help="atlas id (reverse DNS)")
     p.add_argument("--force", action="store_true", help="write into an existing directory")
+    p.add_argument(
+        "--example",
+        metavar="EXAMPLE",
+        help="copy a shipped example atlas instead of the scaffold (github-ops)",
+    )
     p = command(group, "convert", _atlas.convert, "convert legacy Atlas 0.1 to Atlas 1.0")
     p.add_argument("paths", nargs="+", metavar="PATH", help="legacy atlas directory or file")
     p.add_argument(

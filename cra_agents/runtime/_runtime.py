@@ -136,7 +136,7 @@ class Runtime(CarpMixin):
             share limits between runtimes or to replay with recorded time.
 
     Example:
-        >>> rt = Runtime(atlases=["examples/atlases/github-ops"])  # doctest: +SKIP
+        >>> rt = Runtime(atlases=[cra_agents.examples.atlas_path("github-ops")])  # doctest: +SKIP
         >>> s = rt.create_session("triage-bot", "Triage new issues")  # doctest: +SKIP
         >>> resolution = rt.resolve(resolve_request(s))  # doctest: +SKIP
         >>> resolution.decision.type  # doctest: +SKIP

@@ -2,9 +2,10 @@
 
 Not imported by ``import cra_agents``; ``cra_agents.lint_atlas`` loads this module on first use::
 
+    from cra_agents.examples import atlas_path
     from cra_agents.tools import convert_legacy_atlas, lint_atlas
 
-    report = lint_atlas("examples/atlases/github-ops")
+    report = lint_atlas(atlas_path("github-ops"))
     conversion = convert_legacy_atlas("legacy-atlas/")
 """
 

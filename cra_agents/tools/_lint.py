@@ -385,7 +385,7 @@ def lint_atlas(source: AtlasSource, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Va
         otherwise the lint findings, all warnings or infos, so ``valid`` is true.
 
     Example:
-        >>> report = lint_atlas("examples/atlases/github-ops")  # doctest: +SKIP
+        >>> report = lint_atlas(cra_agents.examples.atlas_path("github-ops"))  # doctest: +SKIP
         >>> [f.code for f in report.warnings]  # doctest: +SKIP
         ['L005']
     """

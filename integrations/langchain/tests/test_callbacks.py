@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -19,11 +18,12 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents_langchain import CRACallbackHandler, CRAMiddleware
 from cra_agents_langchain._common import THREAD_SESSIONS
 from cra_agents_langchain.testing import ScriptedChatModel
 
-GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 ACTIONS = {
     "read_file": "github.file.read",
     "delete_repo": "github.repo.delete",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -17,6 +16,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.protocol import ContextBlock
 from cra_agents.report import render_report, timeline
 from cra_agents_langchain import CRAMiddleware
@@ -29,7 +29,7 @@ from cra_agents_langchain._context import (
 )
 from cra_agents_langchain.testing import ScriptedChatModel
 
-GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 OPS = "com.example.github-ops"
 ACTIONS = {"read_file": "github.file.read", "delete_repo": "github.repo.delete"}
 MARK = "--- Context from atlas "

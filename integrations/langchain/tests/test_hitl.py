@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -29,11 +28,12 @@ from langgraph.types import Command
 from pydantic import TypeAdapter, ValidationError
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents.report import timeline
 from cra_agents_langchain import CRAMiddleware
 from cra_agents_langchain.testing import ScriptedChatModel
 
-GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 SHA = "b" * 40
 ACTIONS = {"read_file": "github.file.read", "merge_pr": "github.pr.merge"}
 RAN: list[tuple[str, Any]] = []

@@ -16,10 +16,11 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 import cra_agents as cra
+from cra_agents.examples import atlas_path
 from cra_agents_langchain import CRAMiddleware
 from cra_agents_langchain.testing import ScriptedChatModel, ScriptError
 
-GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 SHA = "a" * 40
 ACTIONS = {
     "read_file": "github.file.read",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from langchain_core.tools import tool
@@ -14,9 +13,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import cra_agents as cra
 from cra_agents import semconv as sc
+from cra_agents.examples import atlas_path
 from cra_agents_langchain import guard_tool
 
-GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 
 
 @tool

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
@@ -23,11 +22,12 @@ from langgraph.prebuilt.tool_node import ToolRuntime
 
 import cra_agents as cra
 import cra_agents_langchain
+from cra_agents.examples import atlas_path
 from cra_agents_langchain import GuardedTool, ToolDeniedError, guard_tool, guard_tools
 from cra_agents_langchain._tools import DROPPED_EVENT
 from cra_agents_langchain.testing import ScriptedChatModel
 
-GITHUB_OPS = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "github-ops"
+GITHUB_OPS = atlas_path("github-ops")
 SEEN: list[Any] = []
 
 
