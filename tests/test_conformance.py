@@ -2,11 +2,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from cra_agents.conformance import main, run_conformance
+from cra_agents.cli import main as cli_main
+from cra_agents.conformance import (
+    UPSTREAM_REPOSITORY,
+    SuiteNotFoundError,
+    find_suite,
+    main,
+    run_conformance,
+)
 
 
 def _suite() -> Path:
@@ -51,10 +59,38 @@ def test_cli_human_output(capsys):
     assert "0 failed" in capsys.readouterr().out
 
 
-def test_missing_suite_exits_2(tmp_path, capsys):
-    """A folder without the suite is a usage error, not a pass."""
+def test_missing_suite_exits_2_and_says_where_to_get_one(tmp_path, capsys, monkeypatch):
+    """A folder without the suite is a usage error, not a pass, and the message says where."""
     assert main([str(tmp_path)]) == 2
-    assert "no conformance suite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no conformance suite" in err
+    assert f"git clone --depth 1 {UPSTREAM_REPOSITORY}" in err
+    assert "--suite CRA-Core/specs" in err
+    # The cra command: the same, as its error line and hint, exit 2.
+    monkeypatch.delenv("CRA_CONFORMANCE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["conformance"]) == 2
+    err = capsys.readouterr().err
+    assert "suite_not_found" in err and "(default)" in err
+    assert UPSTREAM_REPOSITORY in err and "--suite" in err
+    with pytest.raises(SuiteNotFoundError) as caught:
+        run_conformance(tmp_path)
+    assert caught.value.hint in str(caught.value)
+
+
+@pytest.mark.parametrize("root", ["repository", "specs"])
+def test_upstream_layout_is_accepted_as_it_is(tmp_path, root):
+    """A clone of upstream (specs/schemas, specs/conformance/golden) runs without rearranging."""
+    suite = _suite()
+    clone = tmp_path / "CRA-Core"
+    shutil.copytree(suite / "schemas", clone / "specs" / "schemas")
+    shutil.copytree(suite / "golden", clone / "specs" / "conformance" / "golden")
+    where = clone if root == "repository" else clone / "specs"
+    found = find_suite(where)
+    assert found.golden == clone / "specs" / "conformance" / "golden"
+    report = run_conformance(where)
+    assert report["test_run"]["failed"] == 0
+    assert any(r["test_id"] == "golden.simple-resolve" for r in report["results"])
 
 
 def test_real_upstream_atlas_loads_and_resolves():

@@ -248,7 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- conformance, doctor, serve --
     p = command(commands, "conformance", _misc.conformance, "run the upstream conformance suite")
-    p.add_argument("--suite", metavar="DIR", help="conformance directory (default ../shared/…)")
+    p.add_argument(
+        "--suite",
+        metavar="DIR",
+        help="the suite: upstream CRA's specs/ folder or a folder with schemas/ and golden/ "
+        "(default: $CRA_CONFORMANCE_DIR, else ../shared/conformance)",
+    )
     p = command(commands, "doctor", _misc.doctor, "check the installation, store and collector")
     p.add_argument("--collector", metavar="URL", help="OTLP endpoint to probe")
     _store_option(p)

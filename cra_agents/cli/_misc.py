@@ -103,16 +103,12 @@ def resolve(args: argparse.Namespace, out: Output) -> int:
 
 def conformance(args: argparse.Namespace, out: Output) -> int:
     """The upstream conformance run; the harness JSON with ``--json``."""
-    from cra_agents.conformance import run_conformance
+    from cra_agents.conformance import SuiteNotFoundError, run_conformance
 
     try:
         report = run_conformance(args.suite)
-    except FileNotFoundError as exc:
-        raise CLIError(
-            "suite_not_found",
-            str(exc),
-            "pass --suite DIR (the folder with schemas/ and golden/) or set CRA_CONFORMANCE_DIR",
-        ) from exc
+    except SuiteNotFoundError as exc:
+        raise CLIError("suite_not_found", str(exc).partition("\n")[0], exc.hint) from exc
     run = report["test_run"]
     if out.json_mode:
         out.json(report)

@@ -12,12 +12,27 @@ Runs, against this implementation:
   schemas in ``SUITE_DIR/schemas``;
 * ports of the upstream Rust ``tests/conformance.rs`` tests.
 
-``SUITE_DIR`` defaults to ``$CRA_CONFORMANCE_DIR``, else ``../shared/conformance``. The output
-is the upstream harness format; the exit status is 1 when any case fails.
+``SUITE_DIR`` defaults to ``$CRA_CONFORMANCE_DIR``, else ``../shared/conformance``; upstream's
+own ``specs/`` folder (or a clone of the upstream repository, :data:`UPSTREAM_REPOSITORY`) works
+as it is. The output is the upstream harness format; the exit status is 1 when any case fails.
 """
 
 from __future__ import annotations
 
-from cra_agents.conformance._run import main, run_conformance
+from cra_agents.conformance._run import (
+    UPSTREAM_REPOSITORY,
+    Suite,
+    SuiteNotFoundError,
+    find_suite,
+    main,
+    run_conformance,
+)
 
-__all__ = ["main", "run_conformance"]
+__all__ = [
+    "UPSTREAM_REPOSITORY",
+    "Suite",
+    "SuiteNotFoundError",
+    "find_suite",
+    "main",
+    "run_conformance",
+]

@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -41,10 +41,59 @@ def _expect(condition: bool, message: str) -> None:
         raise CaseFailedError(message)
 
 
+#: Where the suite comes from: the upstream CRA specification's ``specs/`` folder.
+UPSTREAM_REPOSITORY = "https://github.com/Domusgpt/CRA-Core"
+#: How to get a suite, one line (the CLI's hint).
+WHERE_TO_GET = (
+    f"cra-agents does not ship the suite: git clone --depth 1 {UPSTREAM_REPOSITORY} and run "
+    "cra conformance --suite CRA-Core/specs (or set CRA_CONFORMANCE_DIR)"
+)
+
+
+class Suite(NamedTuple):
+    """Where a conformance suite keeps its schemas and its golden case directories."""
+
+    root: Path
+    schemas: Path
+    golden: Path
+
+
+class SuiteNotFoundError(FileNotFoundError):
+    """No conformance suite at the given (or default) place.
+
+    Attributes:
+        hint: Where to get one (:data:`WHERE_TO_GET`); also the message's last line.
+    """
+
+    hint = WHERE_TO_GET
+
+
 def default_suite_dir() -> Path:
     """``$CRA_CONFORMANCE_DIR``, else ``../shared/conformance`` from the working directory."""
     env = os.environ.get("CRA_CONFORMANCE_DIR")
     return Path(env) if env else Path("..") / "shared" / "conformance"
+
+
+def find_suite(suite_dir: str | os.PathLike[str] | None = None) -> Suite:
+    """Locate a suite: a folder with ``schemas/`` and ``golden/``, or upstream's layout.
+
+    Accepted: a folder holding ``schemas/`` and ``golden/``; upstream's ``specs/`` folder
+    (``schemas/`` and ``conformance/golden/``); or a clone of the upstream repository (its
+    ``specs/``).
+
+    Raises:
+        SuiteNotFoundError: nothing of the kind there; the message says where to get a suite.
+    """
+    root = Path(suite_dir) if suite_dir is not None else default_suite_dir()
+    for base in (root, root / "specs"):
+        for golden in (base / "golden", base / "conformance" / "golden"):
+            if (base / "schemas").is_dir() and golden.is_dir():
+                return Suite(base, base / "schemas", golden)
+    origin = "" if suite_dir is not None or "CRA_CONFORMANCE_DIR" in os.environ else " (default)"
+    raise SuiteNotFoundError(
+        f"no conformance suite at {root}{origin}: expected schemas/ and golden/ there, or "
+        f"upstream's specs/ folder.\n{WHERE_TO_GET}"
+    )
 
 
 # -- schema cases (CONFORMANCE.md §1 and §6) --------------------------------------------------
@@ -74,8 +123,8 @@ _REQUEST_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
 }
 
 
-def _request_case(document: dict[str, Any], error_path: str | None) -> Callable[[Path], Any]:
-    def case(suite: Path) -> dict[str, Any]:
+def _request_case(document: dict[str, Any], error_path: str | None) -> Callable[[Suite], Any]:
+    def case(suite: Suite) -> dict[str, Any]:
         try:
             CARPRequest.model_validate(document)
         except ValidationError as exc:
@@ -120,8 +169,8 @@ _ATLAS_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
 }
 
 
-def _atlas_case(document: dict[str, Any], error_path: str | None) -> Callable[[Path], Any]:
-    def case(suite: Path) -> dict[str, Any]:
+def _atlas_case(document: dict[str, Any], error_path: str | None) -> Callable[[Suite], Any]:
+    def case(suite: Suite) -> dict[str, Any]:
         report = validate_atlas(document, strict=True)
         paths = [f.path for f in report.errors]
         if error_path is None:
@@ -153,7 +202,7 @@ RUST_RULE_HASH = "3d71a7b30f84fadf986955467af6cabdbd180a61de5b14f4582cd3cdfbe57d
 SPEC_RULE_HASH = "f5b4945b0bb5f9adc249a7062a5bf1bbcf6f095edbd8fb1503bbc2d5a05d19c5"
 
 
-def _hash_single(suite: Path) -> dict[str, Any]:
+def _hash_single(suite: Suite) -> dict[str, Any]:
     rust, spec = compute_event_hash(_SINGLE_EVENT), spec_event_hash(_SINGLE_EVENT)
     _expect(rust == RUST_RULE_HASH, f"Rust-rule hash {rust} != {RUST_RULE_HASH}")
     _expect(spec == SPEC_RULE_HASH, f"spec-rule hash {spec} != {SPEC_RULE_HASH}")
@@ -167,8 +216,8 @@ def _hash_single(suite: Path) -> dict[str, Any]:
 
 def _linkage(
     events: list[tuple[int, str, str]], expected: tuple[str, int] | None
-) -> Callable[[Path], Any]:
-    def case(suite: Path) -> dict[str, Any]:
+) -> Callable[[Suite], Any]:
+    def case(suite: Suite) -> dict[str, Any]:
         chain = [
             {
                 "event_id": f"event-{i + 1}",
@@ -202,7 +251,7 @@ def _atlas(actions: list[str], **changes: Any) -> dict[str, Any]:
     )
 
 
-def _deny_precedence(suite: Path) -> dict[str, Any]:
+def _deny_precedence(suite: Suite) -> dict[str, Any]:
     engine = PolicyEngine(
         [
             load_atlas(
@@ -234,7 +283,7 @@ def _deny_precedence(suite: Path) -> dict[str, Any]:
     return {"decision": decision.result, "policy_id": decision.policy_id}
 
 
-def _rate_limit(suite: Path) -> dict[str, Any]:
+def _rate_limit(suite: Suite) -> dict[str, Any]:
     engine = PolicyEngine(
         [
             load_atlas(
@@ -262,7 +311,7 @@ def _rate_limit(suite: Path) -> dict[str, Any]:
     return {"sequence": got}
 
 
-def _risk_escalation(suite: Path) -> dict[str, Any]:
+def _risk_escalation(suite: Suite) -> dict[str, Any]:
     engine = PolicyEngine(
         [
             load_atlas(
@@ -291,7 +340,7 @@ def _session(runtime: Runtime, goal: str, **kwargs: Any) -> Any:
     return session, runtime.resolve(resolve_request(session, goal, **kwargs))
 
 
-def _context_ordering(suite: Path) -> dict[str, Any]:
+def _context_ordering(suite: Suite) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         packs = []
@@ -312,7 +361,7 @@ def _context_ordering(suite: Path) -> dict[str, Any]:
     return {"order": order}
 
 
-def _capability_filter(suite: Path) -> dict[str, Any]:
+def _capability_filter(suite: Suite) -> dict[str, Any]:
     atlas = _atlas(
         ["resource.get", "resource.list", "resource.create", "resource.update"],
         capabilities=[
@@ -332,7 +381,7 @@ def _capability_filter(suite: Path) -> dict[str, Any]:
     return {"allowed": allowed}
 
 
-def _diff_semantic(suite: Path) -> dict[str, Any]:
+def _diff_semantic(suite: Suite) -> dict[str, Any]:
     from cra_agents.replay import diff_traces
 
     def trace(duration: int) -> list[dict[str, Any]]:
@@ -378,15 +427,15 @@ def _matches(expected: Any, actual: Any, path: str = "") -> Iterator[str]:
         yield f"{path or '/'}: expected {expected!r}, got {actual!r}"
 
 
-def _schema_validator(suite: Path, name: str) -> Any:
+def _schema_validator(suite: Suite, name: str) -> Any:
     import jsonschema
 
-    schema = json.loads((suite / "schemas" / f"{name}.schema.json").read_text("utf-8"))
+    schema = json.loads((suite.schemas / f"{name}.schema.json").read_text("utf-8"))
     return jsonschema.Draft202012Validator(schema)
 
 
-def _golden(directory: Path) -> Callable[[Path], Any]:
-    def case(suite: Path) -> dict[str, Any]:
+def _golden(directory: Path) -> Callable[[Suite], Any]:
+    def case(suite: Suite) -> dict[str, Any]:
         request = json.loads((directory / "request.json").read_text("utf-8"))
         expected_resolution = json.loads(
             (directory / "expected-resolution.json").read_text("utf-8")
@@ -435,8 +484,8 @@ def _golden(directory: Path) -> Callable[[Path], Any]:
 # -- ports of cra-core tests/conformance.rs ----------------------------------------------------
 
 
-def _rust_simple_resolve(suite: Path) -> dict[str, Any]:
-    runtime = Runtime([suite / "golden" / "simple-resolve"], store="memory://")
+def _rust_simple_resolve(suite: Suite) -> dict[str, Any]:
+    runtime = Runtime([suite.golden / "simple-resolve"], store="memory://")
     session, resolution = _session(runtime, "I need to read and manage data")
     allowed = {a.action_id for a in resolution.allowed_actions}
     _expect(resolution.decision.type == "partial", f"decision {resolution.decision.type}")
@@ -464,7 +513,7 @@ def _rust_simple_resolve(suite: Path) -> dict[str, Any]:
     return {"events": len(events)}
 
 
-def _rust_deny_precedence(suite: Path) -> dict[str, Any]:
+def _rust_deny_precedence(suite: Suite) -> dict[str, Any]:
     atlas = _atlas(
         ["data.get", "data.delete"],
         policies=[
@@ -486,7 +535,7 @@ def _rust_deny_precedence(suite: Path) -> dict[str, Any]:
     return {"decision": resolution.decision.type}
 
 
-def _rust_genesis(suite: Path) -> dict[str, Any]:
+def _rust_genesis(suite: Suite) -> dict[str, Any]:
     runtime = Runtime([_atlas(["data.get"])], store="memory://")
     session = runtime.create_session("test-agent", "Check genesis")
     first = runtime.trace_events(session.session_id)[0]
@@ -498,7 +547,7 @@ def _rust_genesis(suite: Path) -> dict[str, Any]:
     return {"genesis": GENESIS_HASH}
 
 
-def _rust_sequence(suite: Path) -> dict[str, Any]:
+def _rust_sequence(suite: Suite) -> dict[str, Any]:
     runtime = Runtime([_atlas(["data.get"])], store="memory://")
     session = runtime.create_session("test-agent", "Sequence")
     for _ in range(3):
@@ -533,7 +582,7 @@ def _context_atlas() -> dict[str, Any]:
     )
 
 
-def _rust_context(suite: Path) -> dict[str, Any]:
+def _rust_context(suite: Suite) -> dict[str, Any]:
     runtime = Runtime([_context_atlas()], store="memory://")
     session, hit = _session(runtime, "Fix the hash computation")
     _, miss = _session(runtime, "Working on something else")
@@ -560,7 +609,7 @@ def _rust_context(suite: Path) -> dict[str, Any]:
     return {"blocks": ids}
 
 
-def _rust_context_chain(suite: Path) -> dict[str, Any]:
+def _rust_context_chain(suite: Suite) -> dict[str, Any]:
     runtime = Runtime([_context_atlas()], store="memory://")
     session = runtime.create_session("test-agent", "hash chain work")
     for _ in range(3):
@@ -571,8 +620,8 @@ def _rust_context_chain(suite: Path) -> dict[str, Any]:
     return {"events": result.event_count}
 
 
-def _cases(suite: Path) -> list[tuple[str, Callable[[Path], Any] | None, str | None]]:
-    cases: list[tuple[str, Callable[[Path], Any] | None, str | None]] = []
+def _cases(suite: Suite) -> list[tuple[str, Callable[[Suite], Any] | None, str | None]]:
+    cases: list[tuple[str, Callable[[Suite], Any] | None, str | None]] = []
     cases += [(n, _request_case(d, p), None) for n, (d, p) in _REQUEST_CASES.items()]
     cases.append(("hash.compute.single_event", _hash_single, None))
     cases.append(
@@ -614,7 +663,7 @@ def _cases(suite: Path) -> list[tuple[str, Callable[[Path], Any] | None, str | N
         ("replay.diff.semantic", _diff_semantic, None),
     ]
     cases += [(n, _atlas_case(d, p), None) for n, (d, p) in _ATLAS_CASES.items()]
-    golden = suite / "golden"
+    golden = suite.golden
     for directory in sorted(golden.iterdir()) if golden.is_dir() else []:
         if (directory / "expected-trace.jsonl").is_file():
             cases.append((f"golden.{directory.name}", _golden(directory), None))
@@ -633,14 +682,10 @@ def run_conformance(suite_dir: str | os.PathLike[str] | None = None) -> dict[str
     """Run every case against ``suite_dir``; return the upstream harness result object.
 
     Raises:
-        FileNotFoundError: ``suite_dir`` does not exist.
+        SuiteNotFoundError: no suite there (a ``FileNotFoundError``); the message says where
+            to get one.
     """
-    suite = Path(suite_dir) if suite_dir is not None else default_suite_dir()
-    if not (suite / "schemas").is_dir():
-        raise FileNotFoundError(
-            f"no conformance suite at {suite} (expected schemas/ and golden/ there); "
-            "pass the folder or set CRA_CONFORMANCE_DIR"
-        )
+    suite = find_suite(suite_dir)
     started = time.perf_counter()
     results = []
     for test_id, case, skip in _cases(suite):
