@@ -1,7 +1,8 @@
 """Jupyter helpers: approvals answered in the notebook, traces shown inline.
 
-Install with ``pip install "cra-agents[notebook]"`` (ipywidgets, IPython). Nothing here imports
-IPython or ipywidgets before it is used, and ``import cra_agents`` never imports this module.
+Install with ``pip install "cra-agents[notebook]"`` (ipywidgets and IPython; ipykernel, nbclient
+and nbformat to run notebooks). Nothing here imports IPython or ipywidgets before it is used,
+and ``import cra_agents`` never imports this module.
 
 Approvals in a notebook
 -----------------------
@@ -18,15 +19,33 @@ A kernel receives widget clicks (comm messages) on the same queue as cells, so a
 
   - A synchronous call waits on a blocked cell, so a click could not arrive: the request is
     shown and the answer read with ``input()``, which Jupyter forwards to the front end as a
-    text box. A front end without stdin (nbclient, Voilà) raises ``StdinNotImplementedError``:
-    nobody can be asked, so the call is denied at once, saying why (fail closed).
+    text box. A client that does not offer stdin makes ``input()`` raise
+    ``StdinNotImplementedError``: nobody can be asked, so the call is denied at once, saying
+    why (fail closed).
   - An ``async`` guarded function awaited in a cell leaves the kernel's event loop free. Kernels
     that dispatch comm messages while an async cell awaits (ipykernel >= 7.4, detected by
     feature) deliver the click, so the request gets Approve / Reject buttons there; elsewhere
     it falls back to ``input()`` on a worker thread.
 
-Unattended runs (CI executes the notebooks, nobody clicks) press the same buttons from code:
-``prompt.approve_button.click()`` runs the very handlers a human click runs.
+Runs nobody can answer
+----------------------
+``jupyter nbconvert --execute``, ``jupyter execute``, papermill and nbclient itself run a
+notebook with nobody to click or type, and the kernel can tell: ipykernel keeps the
+``allow_stdin`` flag of the execute request it is running on the kernel object
+(``kernel._allow_stdin``, set for every request in ``do_execute``); nbclient, which the other
+three are built on, sends ``allow_stdin=False``, while interactive front ends (JupyterLab,
+Jupyter Notebook, VS Code) send ``True``. :func:`nobody_can_answer` reads it. There, every
+approval gets an immediate outcome instead of a wait: it is **rejected**, with the reason
+``approval_denied: nobody can answer here ...`` recorded and shown under the cell together with
+how to approve instead (run the cell in an interactive front end, or approve from code). No
+environment variable is involved. (Voilà executes notebooks through nbclient too, so approvals
+asked while Voilà runs a notebook are rejected the same way.)
+
+An unattended run that *should* approve says so in code: ``on_prompt`` (of
+:func:`approval_prompt` and :class:`NotebookApprover`) gets the prompt before anything else and
+may answer it, e.g. ``prompt.approve_button.click()``, which runs the very handlers a human
+click runs. The example notebooks do this when their papermill parameter ``AUTO_APPROVE`` is
+true (``papermill -p AUTO_APPROVE True``).
 
 Display helpers: :func:`events_table` (a trace as a compact table) and :func:`decisions_plot`
 (decisions over time as inline SVG, optionally with a replay's changed decisions).
@@ -64,6 +83,7 @@ __all__ = [
     "decisions_plot",
     "events_table",
     "kernel_takes_clicks_while_awaiting",
+    "nobody_can_answer",
     "resume_value",
     "widgets_available",
 ]
@@ -77,6 +97,19 @@ _NO_STDIN = (
     "(no stdin, e.g. nbclient or Voilà) and no approval widget is shown"
 )
 _NO_TERMINAL = "approval_denied: no notebook front end or terminal to ask for approval"
+#: The approver recorded on a request rejected because nobody could answer it.
+_NOBODY_APPROVER = "nobody (run without an interactive front end)"
+_NOBODY = (
+    "approval_denied: nobody can answer here: this notebook is being run without an "
+    "interactive front end (nbclient, nbconvert --execute, jupyter execute or papermill), "
+    "so nobody can click or type"
+)
+_HOW_TO_APPROVE = (
+    "To decide yourself, open the notebook in JupyterLab, Jupyter Notebook or VS Code and run "
+    "the cell there. An unattended run that should approve must say so in code: answer the "
+    "prompt in on_prompt (the example notebooks do with the parameter AUTO_APPROVE = True, "
+    "e.g. papermill -p AUTO_APPROVE True)."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +180,18 @@ def kernel_takes_clicks_while_awaiting() -> bool:
         return "concurrent" in inspect.signature(dispatch).parameters
     except (TypeError, ValueError):
         return False
+
+
+def nobody_can_answer() -> bool:
+    """Whether the running cell was sent by an executor nobody watches (nbclient and co.).
+
+    ipykernel keeps the ``allow_stdin`` flag of the execute request being run on the kernel
+    (``kernel._allow_stdin``, set for every request). Interactive front ends (JupyterLab,
+    Jupyter Notebook, VS Code, consoles) send ``allow_stdin=True``; nbclient sends ``False``,
+    and so do the tools built on it: ``jupyter nbconvert --execute``, ``jupyter execute``,
+    papermill. Outside a kernel, or in a kernel without that attribute, this is ``False``.
+    """
+    return getattr(_kernel(), "_allow_stdin", None) is False
 
 
 def _display(obj: Any) -> None:
@@ -306,6 +351,19 @@ def resume_value(
     if answers is None:
         return {**decision, "approver": approver}
     return {"decisions": [dict(decision) for _ in range(answers)], "approver": approver}
+
+
+def _show_nobody(request: Mapping[str, Any]) -> None:
+    """Show the request and why it is denied without asking: nobody can answer here."""
+    explanation = f"{_NOBODY}.\n{_HOW_TO_APPROVE}"
+    _display(
+        Rendered(
+            _request_html(request)
+            + '<p style="border-left:4px solid #c62828;padding:4px 10px"><b>Rejected without '
+            + f"asking</b>: {html.escape(_NOBODY)}.<br>{html.escape(_HOW_TO_APPROVE)}</p>",
+            f"{_request_text(request)}\n{explanation}",
+        )
+    )
 
 
 def _stdin_error() -> type[BaseException] | None:
@@ -539,10 +597,19 @@ class ApprovalPrompt:
     def ask_text(self, ask: Callable[[str], str] | None = None) -> dict[str, Any] | None:
         """Answer through ``input()`` (or ``ask``): the fallback without widgets.
 
-        A front end without stdin cannot answer: the request is rejected, saying why.
+        A front end without stdin, or a run nobody can answer (:func:`nobody_can_answer`),
+        cannot answer: the request is rejected at once, saying why.
         """
+        if ask is None and nobody_can_answer():
+            return self.deny_unanswerable()
         approved, why = _ask_text(self.request, ask)
         return self.respond(approved, reason=why)
+
+    def deny_unanswerable(self) -> dict[str, Any] | None:
+        """Reject at once because nobody can answer here, showing why and how to approve."""
+        if not self.answered:
+            _show_nobody(self.request)
+        return self.respond(False, approver=_NOBODY_APPROVER, reason=_NOBODY)
 
     # -- display ---------------------------------------------------------------------------
 
@@ -585,8 +652,15 @@ def approval_prompt(
     widgets: bool | None = None,
     ask: Callable[[str], str] | None = None,
     show: bool = True,
+    on_prompt: Callable[[ApprovalPrompt], Any] | None = None,
 ) -> ApprovalPrompt:
     """Ask for an approval in the notebook: buttons when widgets work, else ``input()``.
+
+    Where nobody can answer (:func:`nobody_can_answer`: the notebook is run by nbclient,
+    ``nbconvert --execute``, ``jupyter execute`` or papermill), the request is rejected at once
+    with the reason ``approval_denied: nobody can answer here ...``, shown under the cell with
+    how to approve instead, and ``on_answer`` gets the rejection. An unattended run that should
+    approve answers in ``on_prompt`` (``lambda p: p.approve_button.click()``).
 
     For a LangGraph interrupt of ``CRAMiddleware``::
 
@@ -607,20 +681,35 @@ def approval_prompt(
             :func:`widgets_available`.
         ask: The text reader of the fallback (default :func:`input`).
         show: Display the widget now.
+        on_prompt: Called with the prompt once built and shown, before anything else; it may
+            answer it (an unattended run presses a button here). A prompt still unanswered when
+            it returns, in a run nobody can answer, is rejected.
 
     Returns:
-        The prompt; without widgets it is already answered (rejected when nobody could be asked).
+        The prompt; without widgets, or where nobody can answer, it is already answered
+        (rejected when nobody could be asked).
 
     Raises:
         ImportError: ``widgets=True`` without ipywidgets.
     """
     prompt = ApprovalPrompt(request, on_answer, approver=approver)
     use_widgets = widgets if widgets is not None else widgets_available()
+    # A custom ``ask`` reads answers without the front end; buttons need someone to click.
+    unattended = (use_widgets or ask is None) and nobody_can_answer()
+    if unattended and on_prompt is None:  # no buttons that nobody can press
+        prompt.deny_unanswerable()
+        return prompt
     if use_widgets:
         prompt.build_widgets()
         if show:
             _display(prompt)
-    else:
+    if on_prompt is not None:
+        on_prompt(prompt)
+    if prompt.answered:
+        return prompt
+    if unattended:
+        prompt.deny_unanswerable()
+    elif not use_widgets:
         prompt.ask_text(ask)
     return prompt
 
@@ -632,14 +721,18 @@ class NotebookApprover:
     asks:
 
     - from a synchronous guarded call: with ``input()``, which Jupyter forwards to the front
-      end. The cell is blocked meanwhile, so widget clicks could not arrive; a front end
-      without stdin (nbclient, Voilà) means nobody can be asked, and the call is denied at once
-      with the reason ``approval_denied: nobody can be asked here ...``;
+      end. The cell is blocked meanwhile, so widget clicks could not arrive; a client without
+      stdin means nobody can be asked, and the call is denied at once with the reason
+      ``approval_denied: nobody can be asked here ...``;
     - from an awaited async guarded call, on a kernel that delivers clicks while an async cell
       awaits (:func:`kernel_takes_clicks_while_awaiting`): with Approve / Reject buttons
       (:class:`ApprovalPrompt`); otherwise with ``input()`` on a worker thread.
 
-    The runtime's ``approval_timeout`` still applies: no answer in time denies.
+    Where the notebook is run by nbclient, ``nbconvert --execute``, ``jupyter execute`` or
+    papermill (:func:`nobody_can_answer`), nobody is asked: the call is denied at once with the
+    reason ``approval_denied: nobody can answer here ...``, and the output says how to approve
+    instead. Only ``on_prompt`` can answer there (async calls), and it must answer before it
+    returns. The runtime's ``approval_timeout`` still applies: no answer in time denies.
 
     Args:
         approver: Identity recorded in ``action.approved`` (default ``notebook:<user>``; the
@@ -647,8 +740,8 @@ class NotebookApprover:
         ask: Reads the text answer (default :func:`input`).
         widgets: ``False`` never shows buttons; ``True`` shows them for async calls even when
             the kernel is not known to deliver clicks meanwhile; default: detect.
-        on_prompt: Called with each :class:`ApprovalPrompt` shown; an unattended run uses it to
-            press a button (``lambda p: loop.call_soon(p.approve_button.click)``).
+        on_prompt: Called with each :class:`ApprovalPrompt` shown with buttons (async calls);
+            an unattended run presses a button here (``lambda p: p.approve_button.click()``).
     """
 
     def __init__(
@@ -675,11 +768,7 @@ class NotebookApprover:
         if _running_loop() is None:  # the runtime's worker thread: a synchronous call
             return self._text(request)
         if self._buttons():
-            prompt = approval_prompt(request, approver=self.approver, widgets=True)
-            self.prompts.append(prompt)
-            if self.on_prompt is not None:
-                self.on_prompt(prompt)
-            return prompt.wait()
+            return self._prompt(request).wait()
         return asyncio.to_thread(self._text, request)
 
     async def acall(self, request: ApprovalRequest) -> ApprovalDecision:
@@ -689,12 +778,15 @@ class NotebookApprover:
         worker thread.
         """
         if self._buttons():
-            prompt = approval_prompt(request, approver=self.approver, widgets=True)
-            self.prompts.append(prompt)
-            if self.on_prompt is not None:
-                self.on_prompt(prompt)
-            return await prompt.wait()
+            return await self._prompt(request).wait()
         return await asyncio.to_thread(self._text, request)
+
+    def _prompt(self, request: ApprovalRequest) -> ApprovalPrompt:
+        prompt = approval_prompt(
+            request, approver=self.approver, widgets=True, on_prompt=self.on_prompt
+        )
+        self.prompts.append(prompt)
+        return prompt
 
     def _text(self, request: ApprovalRequest) -> ApprovalDecision:
         prompt = ApprovalPrompt(request, approver=self.approver)

@@ -30,6 +30,7 @@ from cra_agents.notebook import (
     decisions_plot,
     events_table,
     kernel_takes_clicks_while_awaiting,
+    nobody_can_answer,
     resume_value,
     widgets_available,
 )
@@ -109,6 +110,25 @@ def in_kernel(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return shown
 
 
+class NoFrontEndKernel(FakeKernel):
+    """A kernel running a cell sent with ``allow_stdin=False`` (nbclient and the tools on it)."""
+
+    _allow_stdin = False
+
+
+class FrontEndKernel(FakeKernel):
+    """A kernel running a cell sent by JupyterLab, Notebook or VS Code (``allow_stdin=True``)."""
+
+    _allow_stdin = True
+
+
+@pytest.fixture
+def unattended(monkeypatch: pytest.MonkeyPatch, in_kernel: list[Any]) -> list[Any]:
+    """Run by nbclient, nbconvert, jupyter execute or papermill; returns what was displayed."""
+    monkeypatch.setattr(notebook, "_kernel", NoFrontEndKernel)
+    return in_kernel
+
+
 @pytest.fixture
 def no_ipywidgets(monkeypatch: pytest.MonkeyPatch) -> None:
     """ipywidgets is not installed (an import of it fails)."""
@@ -176,6 +196,16 @@ def test_kernel_takes_clicks_while_awaiting(monkeypatch: pytest.MonkeyPatch) -> 
     Odd.dispatch_shell.__signature__ = "not a signature"  # type: ignore[attr-defined]
     monkeypatch.setattr(notebook, "_kernel", Odd)
     assert not kernel_takes_clicks_while_awaiting()
+
+
+def test_nobody_can_answer_reads_the_requests_allow_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not nobody_can_answer()  # no kernel: not a notebook run
+    monkeypatch.setattr(notebook, "_kernel", FakeKernel)
+    assert not nobody_can_answer()  # a kernel that does not say: ask as before
+    monkeypatch.setattr(notebook, "_kernel", FrontEndKernel)
+    assert not nobody_can_answer()
+    monkeypatch.setattr(notebook, "_kernel", NoFrontEndKernel)
+    assert nobody_can_answer()
 
 
 def test_display_outside_a_kernel_prints(capsys: pytest.CaptureFixture[str]) -> None:
@@ -403,6 +433,123 @@ def test_prompt_displays_itself_in_a_kernel(in_kernel: list[Any]) -> None:
     assert bundle["text/plain"].endswith("[waiting for an answer]")
 
 
+# -- runs nobody can answer ----------------------------------------------------------------
+
+NOBODY = (
+    "approval_denied: nobody can answer here: this notebook is being run without an "
+    "interactive front end (nbclient, nbconvert --execute, jupyter execute or papermill), "
+    "so nobody can click or type"
+)
+NOBODY_APPROVER = "nobody (run without an interactive front end)"
+
+
+def _explained(shown: list[Any]) -> None:
+    """The one thing displayed: the request, why it was rejected and how to approve."""
+    (card,) = shown
+    assert isinstance(card, Rendered)
+    assert card.text.startswith("-- approval needed --") and NOBODY in card.text
+    assert "open the notebook in JupyterLab, Jupyter Notebook or VS Code" in card.text
+    assert "Rejected without asking" in card.html and "Approval needed" in card.html
+
+
+def test_unattended_prompt_is_rejected_at_once_saying_why(unattended: list[Any]) -> None:
+    resumed: list[dict[str, Any]] = []
+    prompt = approval_prompt(BATCHED, resumed.append, approver="alice")
+    assert prompt.widget is None  # no buttons nobody can press
+    assert resumed == [
+        {
+            "decisions": [{"type": "reject", "message": NOBODY}] * 2,
+            "approver": NOBODY_APPROVER,
+        }
+    ]
+    assert prompt.decision == ApprovalDecision(False, NOBODY_APPROVER, NOBODY)
+    _explained(unattended)
+    assert prompt.deny_unanswerable() == resumed[0]  # answered once, shown once
+    assert len(unattended) == 1
+
+
+@pytest.mark.parametrize("widgets", [None, False])
+def test_unattended_prompt_approved_in_on_prompt(
+    unattended: list[Any], widgets: bool | None
+) -> None:
+    def press(prompt: ApprovalPrompt) -> None:
+        if prompt.approve_button is not None:
+            prompt.approver_field.value = "robot"
+            prompt.approve_button.click()
+        else:
+            prompt.respond(True, approver="robot")
+
+    resumed: list[dict[str, Any]] = []
+    prompt = approval_prompt(PAYLOAD, resumed.append, widgets=widgets, on_prompt=press)
+    assert resumed == [{"type": "approve", "approver": "robot"}]
+    assert (prompt.widget is not None) is (widgets is None)
+    assert "nobody can answer" not in repr(unattended)
+
+
+def test_unattended_prompt_unanswered_by_on_prompt_is_rejected(unattended: list[Any]) -> None:
+    seen: list[ApprovalPrompt] = []
+    prompt = approval_prompt(PAYLOAD, on_prompt=seen.append)
+    assert seen == [prompt] and prompt.widget is not None
+    assert prompt.answer == {"type": "reject", "message": NOBODY, "approver": NOBODY_APPROVER}
+    prompt.approve_button.click()  # too late: answered
+    assert prompt.answer["type"] == "reject"
+    assert unattended[0] is prompt
+    _explained(unattended[1:])
+
+
+def test_unattended_prompt_with_a_reader_of_its_own_asks_it(unattended: list[Any]) -> None:
+    prompt = approval_prompt(PAYLOAD, widgets=False, ask=lambda p: "y", approver="ops")
+    assert prompt.answer == {"type": "approve", "approver": "ops"}
+    # buttons still need someone to click: a reader does not change that
+    assert approval_prompt(PAYLOAD, widgets=True, ask=lambda p: "y").answer == {
+        "type": "reject",
+        "message": NOBODY,
+        "approver": NOBODY_APPROVER,
+    }
+
+
+def test_attended_on_prompt_may_leave_the_answer_to_input(in_kernel: list[Any]) -> None:
+    seen: list[ApprovalPrompt] = []
+    prompt = approval_prompt(PAYLOAD, widgets=False, ask=lambda p: "y", on_prompt=seen.append)
+    assert seen == [prompt] and prompt.answer is not None and prompt.answer["type"] == "approve"
+
+
+def test_unattended_ask_text_does_not_call_input(
+    monkeypatch: pytest.MonkeyPatch, unattended: list[Any]
+) -> None:
+    def no_input(prompt: str) -> str:
+        raise AssertionError("input() called")
+
+    monkeypatch.setattr(builtins, "input", no_input)
+    prompt = ApprovalPrompt(_request(), approver="you")
+    prompt.ask_text()
+    assert prompt.decision == ApprovalDecision(False, NOBODY_APPROVER, NOBODY)
+    _explained(unattended)
+
+
+def test_unattended_approver_denies_sync_and_async_calls_at_once(unattended: list[Any]) -> None:
+    approver = NotebookApprover(approver="you")
+    denied = ApprovalDecision(False, NOBODY_APPROVER, NOBODY)
+    assert approver(_request()) == denied  # a synchronous call (no running loop)
+
+    async def scenario(handler: NotebookApprover) -> list[ApprovalDecision]:
+        answer = handler(_request())
+        assert not isinstance(answer, ApprovalDecision)
+        return [await answer, await handler.acall(_request())]
+
+    assert asyncio.run(scenario(approver)) == [denied, denied]
+    assert all(p.answered and p.widget is None for p in approver.prompts)
+
+    def press(prompt: ApprovalPrompt) -> None:
+        prompt.approver_field.value = "unattended run"
+        prompt.approve_button.click()
+
+    auto = NotebookApprover(approver="you", on_prompt=press)
+    approved = ApprovalDecision(True, "unattended run", "approved in the notebook")
+    assert asyncio.run(scenario(auto)) == [approved, approved]
+    assert auto(_request()) == denied  # on_prompt answers buttons: a sync call has none
+
+
 def test_close_stops_answers() -> None:
     prompt = approval_prompt(PAYLOAD, widgets=True, show=False)
     prompt.close("expired")
@@ -524,6 +671,13 @@ def test_approver_async_path_without_buttons_asks_on_a_thread() -> None:
 
     assert asyncio.run(scenario()).approved
     assert threads and threads[0] != threading.main_thread().name
+
+
+def test_approver_acall_without_buttons_asks_on_a_thread() -> None:
+    approver = NotebookApprover(approver="jo", widgets=False, ask=lambda p: "y")
+    assert asyncio.run(approver.acall(_request())) == ApprovalDecision(
+        True, "jo", "approved in the notebook"
+    )
 
 
 def test_approver_detects_buttons(monkeypatch: pytest.MonkeyPatch, in_kernel: list[Any]) -> None:

@@ -1,14 +1,21 @@
-"""The notebooks in ``notebooks/`` run top to bottom in a real kernel, unattended.
+"""The notebooks in ``notebooks/`` run top to bottom, anywhere, with nobody to click.
 
-Each notebook is executed with nbclient in a Jupyter kernel started from this interpreter (a
-kernelspec written to a temporary directory, so no globally installed kernel is used), with
-``notebooks/`` as working directory and ``CRA_NOTEBOOK_UNATTENDED=1``. The tests check that no
-cell errs, look for the outputs that show each notebook did its job, print the wall time (not
-asserted), and check that the repository is left as it was.
+Each notebook is copied to a fresh temporary directory outside the repository and executed
+there, as a user would, by each of the four usual tools: nbclient (its Python API),
+``jupyter nbconvert --to notebook --execute``, ``jupyter execute`` and papermill (its command
+line). No ``CRA_*`` environment variable is set. The kernel is this interpreter (a kernelspec
+written to a temporary ``JUPYTER_PATH``, so no globally installed kernel is used).
+
+Nobody can click or type under those tools, and the kernel knows it (they send
+``allow_stdin=False``): the approvals are rejected at once, with the reason shown. The tests
+check that outcome, that no cell errs, that every run ends well within ``RUN_TIMEOUT`` (a hang
+fails fast), that the chains verify, and that the repository is left as it was. The explicit
+unattended approval (the papermill parameter ``AUTO_APPROVE``) is run too.
 
 The approval paths of :class:`cra_agents.notebook.NotebookApprover` are also driven here through
-a real kernel: a click sent by a "front end" (a comm message, as JupyterLab sends it) while an
-async cell awaits, an ``input()`` answered over the stdin channel, and a front end without stdin.
+a real kernel, playing the front end: a click sent as a comm message while an async cell awaits
+(as JupyterLab sends it, with ``allow_stdin=True``), an ``input()`` answered over the stdin
+channel, and a cell sent with ``allow_stdin=False`` as nbclient sends it.
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ import json
 import os
 import queue
 import re
+import shutil
+import signal
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +43,25 @@ from nbclient import NotebookClient
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 NAMES = ("01_quickstart.ipynb", "02_langchain_agent.ipynb", "03_audit_and_replay.ipynb")
-CELL_TIMEOUT = 90  # below pytest's 120 s per test, so a stuck cell is named
+TOOLS = ("nbclient", "nbconvert", "jupyter-execute", "papermill")
+CELL_TIMEOUT = 60
+RUN_TIMEOUT = 90  # a whole run, kernel start to shutdown; below pytest's 120 s per test
+BIN = Path(sys.executable).parent  # the venv's jupyter, papermill
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+NOBODY = (
+    "approval_denied: nobody can answer here: this notebook is being run without an "
+    "interactive front end (nbclient, nbconvert --execute, jupyter execute or papermill)"
+)
+HOW = "open the notebook in JupyterLab, Jupyter Notebook or VS Code and run the cell there"
+AUTO = "unattended run (AUTO_APPROVE)"
 
 
 @pytest.fixture(scope="module")
-def kernel_specs(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
-    """A ``python3`` kernelspec that starts this very interpreter (the project's venv)."""
-    root = tmp_path_factory.mktemp("kernels")
-    spec_dir = root / "python3"
-    spec_dir.mkdir()
+def jupyter_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``JUPYTER_PATH`` whose ``python3`` kernelspec starts this very interpreter."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec_dir = root / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(
         json.dumps(
             {
@@ -52,17 +71,27 @@ def kernel_specs(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
             }
         )
     )
-    return KernelSpecManager(kernel_dirs=[str(root)], ensure_native_kernel=False)
+    return root
 
 
-def _kernel_env(tmp: Path) -> dict[str, str]:
-    """The kernel's environment: ours without test, coverage and CRA settings, unattended."""
+@pytest.fixture(scope="module")
+def kernel_specs(jupyter_path: Path) -> KernelSpecManager:
+    return KernelSpecManager(
+        kernel_dirs=[str(jupyter_path / "kernels")], ensure_native_kernel=False
+    )
+
+
+def _kernel_env(tmp: Path, jupyter_path: Path | None = None) -> dict[str, str]:
+    """The environment of a run: ours without test, coverage and CRA settings, isolated."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRA_", "COV_", "PYTEST_"))}
-    env["CRA_NOTEBOOK_UNATTENDED"] = "1"
     # No CRA_AGENTS_STORE: a notebook that forgot its store would write ./.cra, which fails.
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # the debugger's frozen-modules note on stderr
     env["JUPYTER_PLATFORM_DIRS"] = "1"
     env["IPYTHONDIR"] = str(tmp / "ipython")  # no user profile, startup files or history here
+    env["JUPYTER_CONFIG_DIR"] = str(tmp / "jupyter-config")  # no user configuration either
+    env["JUPYTER_DATA_DIR"] = str(tmp / "jupyter-data")
+    if jupyter_path is not None:
+        env["JUPYTER_PATH"] = str(jupyter_path)  # searched first: our python3 kernelspec
     return env
 
 
@@ -93,31 +122,117 @@ def _text(cell: Any) -> str:
     return "".join(parts)
 
 
-def execute(name: str, kernel_specs: KernelSpecManager, tmp: Path) -> tuple[Any, str, float]:
-    """Run one notebook; returns the executed notebook, all its output text, and wall time."""
-    notebook = _read(NOTEBOOKS / name)
-    manager = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=kernel_specs)
-    assert manager.kernel_spec is not None
-    assert manager.kernel_spec.argv[0] == sys.executable
-    client = NotebookClient(
-        notebook,
-        km=manager,
-        timeout=CELL_TIMEOUT,
-        kernel_name="python3",
-        allow_errors=False,
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
+def _command(tool: str, name: str, out: Path, auto_approve: bool) -> list[str]:
+    if tool == "nbconvert":
+        return [
+            str(BIN / "jupyter"),
+            "nbconvert",
+            "--to",
+            "notebook",
+            "--execute",
+            name,
+            "--output",
+            out.name,
+            "--output-dir",
+            str(out.parent),
+            f"--ExecutePreprocessor.timeout={CELL_TIMEOUT}",
+        ]
+    if tool == "jupyter-execute":
+        return [
+            str(BIN / "jupyter"),
+            "execute",
+            name,
+            f"--output={out.stem}",
+            f"--timeout={CELL_TIMEOUT}",
+        ]
+    assert tool == "papermill"
+    parameters = ["-p", "AUTO_APPROVE", "True"] if auto_approve else []
+    return [
+        str(BIN / "papermill"),
+        name,
+        str(out),
+        *parameters,
+        "--execution-timeout",
+        str(CELL_TIMEOUT),
+        "--no-progress-bar",
+    ]
+
+
+def _run_cli(command: list[str], cwd: Path, env: dict[str, str]) -> None:
+    """Run a tool in its own process group; on a hang, kill it and its kernel, and fail."""
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"{command[:3]} did not finish within {RUN_TIMEOUT} s")
+    assert process.returncode == 0, (command, stdout, stderr)
+    assert "Traceback" not in stderr, stderr
+
+
+def execute(
+    name: str,
+    tool: str,
+    tmp: Path,
+    jupyter_path: Path,
+    kernel_specs: KernelSpecManager,
+    *,
+    auto_approve: bool = False,
+) -> tuple[Any, str]:
+    """Run a copy of one notebook in ``tmp`` with ``tool``; the executed notebook and its text."""
+    work = tmp / "work"
+    work.mkdir()
+    shutil.copy(NOTEBOOKS / name, work / name)
+    out = work / f"executed-{name}"
+    env = _kernel_env(tmp, jupyter_path)
     started = time.perf_counter()
-    client.execute(env=_kernel_env(tmp), cleanup_kc=True)  # and shut the kernel down
+    if tool == "nbclient":
+        notebook = _read(work / name)
+        if auto_approve:  # the parameters cell, edited as a person would
+            (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+            cell.source = cell.source.replace("AUTO_APPROVE = False", "AUTO_APPROVE = True")
+        manager = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=kernel_specs)
+        assert manager.kernel_spec is not None
+        assert manager.kernel_spec.argv[0] == sys.executable
+        client = NotebookClient(
+            notebook,
+            km=manager,
+            timeout=CELL_TIMEOUT,
+            kernel_name="python3",
+            allow_errors=False,
+            resources={"metadata": {"path": str(work)}},
+        )
+        client.execute(env=env, cleanup_kc=True)  # and shut the kernel down
+        nbformat.write(notebook, out)  # type: ignore[no-untyped-call]
+    else:
+        _run_cli(_command(tool, name, out, auto_approve), work, env)
     elapsed = time.perf_counter() - started
+    assert elapsed < RUN_TIMEOUT
+    notebook = _read(out)
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             assert output["output_type"] != "error", (name, cell["source"], output)
             if output["output_type"] == "stream":
                 assert output["name"] != "stderr" or "Traceback" not in output["text"], output
-    text = "\n".join(_text(cell) for cell in notebook.cells)
-    print(f"\n{name}: {elapsed:.1f} s wall time under nbclient")
-    return notebook, text, elapsed
+    print(f"\n{name}: {elapsed:.1f} s wall time under {tool}")
+    return notebook, "\n".join(_text(cell) for cell in notebook.cells)
+
+
+def _widgets_shown(notebook: Any) -> bool:
+    return any(
+        WIDGET_MIME in output.get("data", {})
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
 
 
 # -- committed notebooks --------------------------------------------------------------------
@@ -135,63 +250,82 @@ def test_committed_notebook_is_stripped(name: str) -> None:
         assert "widgets" not in cell.get("metadata", {})
     assert "widgets" not in notebook.metadata
     assert (NOTEBOOKS / name).stat().st_size < 40_000
+    text = json.dumps(notebook)
+    assert "CRA_NOTEBOOK" not in text and "examples/atlases" not in text
 
 
-# -- executed notebooks ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES[:2])
+def test_auto_approve_is_a_papermill_parameter(name: str) -> None:
+    (cell,) = [
+        c for c in _read(NOTEBOOKS / name).cells if "parameters" in c.metadata.get("tags", [])
+    ]
+    assert cell.source.startswith("AUTO_APPROVE = False  # papermill -p AUTO_APPROVE True")
 
 
-def test_quickstart(kernel_specs: KernelSpecManager, tmp_path: Path) -> None:
-    before = _repo_state()
-    notebook, text, _ = execute(NAMES[0], kernel_specs, tmp_path)
+# -- what each notebook shows ---------------------------------------------------------------
+
+
+def check_quickstart(notebook: Any, text: str, *, approved: bool) -> None:
     assert "com.example.github-ops 1.2.0: 15 actions" in text
     assert "allowed: {'posted': True" in text
     assert (
         "denied:  github.repo.delete by deny-repo-delete: Deleting repositories is never "
         "automated" in text
     )
-    # the approval card was shown, and answered through its Approve button
-    assert any(
-        WIDGET_MIME in output.get("data", {})
-        for cell in notebook.cells
-        for output in cell.get("outputs", [])
-    )
-    assert "merged acme/app#42" in text
-    assert "approver=ci-reviewer (unattended run)" in text
+    if approved:  # the approval card was shown, and answered through its Approve button
+        assert _widgets_shown(notebook)
+        assert "merged acme/app#42" in text
+        assert f"approver={AUTO}" in text
+        assert "nobody can answer" not in text
+    else:  # denied at once, saying why and how to approve, and recorded so
+        assert not _widgets_shown(notebook)  # no buttons that nobody can press
+        assert f"denied:  github.pr.merge by approve-merge: {NOBODY}" in text
+        assert HOW in text and "papermill -p AUTO_APPROVE True" in text
+        assert re.search(
+            r"action\.denied +github\.pr\.merge +approve-merge +reason=approval_denied: nobody "
+            r"can answer here.*approver=nobody \(run without an interactive front end\)",
+            text,
+        )
+        assert "merged acme/app#42" not in text
     assert text.count("VALID: ") == 2 and "INVALID" not in text
-    assert _repo_state() == before
 
 
-def test_langchain_agent(kernel_specs: KernelSpecManager, tmp_path: Path) -> None:
-    before = _repo_state()
-    notebook, text, _ = execute(NAMES[1], kernel_specs, tmp_path)
+def check_langchain_agent(notebook: Any, text: str, *, approved: bool) -> None:
     # the interrupt payload, shown as an approval card (text form for renderers without widgets)
     assert "'policy_id': 'approve-merge'" in text
     assert "-- approval needed --" in text and "agent    github-ops-agent" in text
-    assert any(
-        WIDGET_MIME in output.get("data", {})
-        for cell in notebook.cells
-        for output in cell.get("outputs", [])
-    )
-    # answered by the Approve button, the graph resumed and finished
-    assert (
-        "answer: {'decisions': [{'type': 'approve'}], 'approver': 'ci-reviewer (unattended run)'}"
-        in text
-    )
     assert "tool DENIED delete_repo: Denied: github.repo.delete is not permitted" in text
-    assert "tool ran    merge_pr: merged acme/app#42" in text
-    assert "model: PR #42 is merged; the repository stays." in text
+    if approved:  # answered by the Approve button, the graph resumed and finished
+        assert _widgets_shown(notebook)
+        assert f"answer: {{'decisions': [{{'type': 'approve'}}], 'approver': '{AUTO}'}}" in text
+        assert "tool ran    merge_pr: merged acme/app#42" in text
+        assert "model: PR #42 is merged; the repository stays." in text
+        assert f"github.pr.merge      approved  executed  approve-merge     {AUTO}" in text
+    else:  # rejected at once; the agent heard the rejection and left the PR open
+        assert not _widgets_shown(notebook)
+        assert HOW in text
+        assert f"answer: {{'decisions': [{{'type': 'reject', 'message': '{NOBODY}" in text
+        assert (
+            "tool DENIED merge_pr: User rejected the tool call for `merge_pr` with reason: "
+            f"{NOBODY}" in text
+        )
+        assert (
+            "model: The merge was rejected, so PR #42 stays open; the repository stays too." in text
+        )
+        assert (
+            "github.pr.merge      denied    -         approve-merge     nobody (run without an "
+            "interactive front end)" in text
+        )
+        assert "merged acme/app#42" not in text
+    assert "waiting for your answer" not in text and "kept the runtime open" not in text
     # the timeline, inline
     assert 'class="cra-timeline-view"' in text and "<svg" in text
-    assert "github.pr.merge      approved  executed  approve-merge     ci-reviewer" in text
     assert "github.repo.delete   denied" in text
     # the turn's resolution, the question to the person and the calls: one valid chain
     assert re.search(r"chain VALID: \d+ events", text)
-    assert _repo_state() == before
 
 
-def test_audit_and_replay(kernel_specs: KernelSpecManager, tmp_path: Path) -> None:
-    before = _repo_state()
-    _, text, _ = execute(NAMES[2], kernel_specs, tmp_path)
+def check_audit_and_replay(notebook: Any, text: str, *, approved: bool) -> None:
     assert "denied: github.branch.delete by deny-triage-branch-delete" in text
     assert ".trace.jsonl: 21 events" in text
     assert "original: VALID" in text
@@ -208,7 +342,37 @@ def test_audit_and_replay(kernel_specs: KernelSpecManager, tmp_path: Path) -> No
         in text
     )
     assert 'aria-label="Decisions over time"' in text and "would change (2)" in text
+
+
+CHECKS: dict[str, Callable[..., None]] = dict(
+    zip(NAMES, (check_quickstart, check_langchain_agent, check_audit_and_replay), strict=True)
+)
+
+
+# -- executed notebooks ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_unattended(
+    name: str, tool: str, jupyter_path: Path, kernel_specs: KernelSpecManager, tmp_path: Path
+) -> None:
+    """Nobody to click: approvals are rejected at once, saying why; nothing hangs or errs."""
+    before = _repo_state()
+    notebook, text = execute(name, tool, tmp_path, jupyter_path, kernel_specs)
+    CHECKS[name](notebook, text, approved=False)
     assert _repo_state() == before
+
+
+@pytest.mark.parametrize(
+    ("name", "tool"), [(NAMES[0], "papermill"), (NAMES[1], "papermill"), (NAMES[1], "nbclient")]
+)
+def test_notebook_auto_approve(
+    name: str, tool: str, jupyter_path: Path, kernel_specs: KernelSpecManager, tmp_path: Path
+) -> None:
+    """``AUTO_APPROVE = True`` presses the Approve button from code: the call goes through."""
+    notebook, text = execute(name, tool, tmp_path, jupyter_path, kernel_specs, auto_approve=True)
+    CHECKS[name](notebook, text, approved=True)
 
 
 # -- the approval paths of NotebookApprover, through a real kernel --------------------------
@@ -216,7 +380,7 @@ def test_audit_and_replay(kernel_specs: KernelSpecManager, tmp_path: Path) -> No
 SETUP = """
 import cra_agents as cra
 from cra_agents.examples import atlas_path
-from cra_agents.notebook import NotebookApprover
+from cra_agents.notebook import NotebookApprover, nobody_can_answer
 runtime = cra.configure(
     atlases=[atlas_path("github-ops")],
     store="memory://",
@@ -351,10 +515,12 @@ def test_approver_async_call_gets_a_click_from_the_front_end(
             {"method": "custom", "content": {"event": "click"}},
         )
 
-    # top-level await: the cell waits on the kernel's event loop, which stays free for comms
+    # top-level await: the cell waits on the kernel's event loop, which stays free for comms;
+    # sent as JupyterLab sends cells (allow_stdin=True: someone is there)
     run = run_cell(
         client,
         "await attempt_async(lambda: amerge('acme/app', 42, expected_head_sha=SHA))",
+        allow_stdin=True,
         on_widget=person_clicks,
     )
     assert not run.errors, run.errors
@@ -393,14 +559,37 @@ def test_approver_sync_call_asks_with_input(
     assert "denied: approval_denied" in no.text
 
 
-def test_approver_without_stdin_denies_at_once(
+def test_kernel_knows_whether_anybody_can_answer(
     kernel: tuple[KernelManager, BlockingKernelClient],
 ) -> None:
-    """A front end without stdin (nbclient, Voilà): nobody can be asked, the call is denied."""
+    """ipykernel keeps the request's allow_stdin: False as nbclient sends it, True as JupyterLab."""
+    _, client = kernel
+    assert not run_cell(client, SETUP).errors
+    code = "print('nobody' if nobody_can_answer() else 'someone')"
+    assert run_cell(client, code).text == "nobody\n"
+    assert run_cell(client, code, allow_stdin=True, answer="").text == "someone\n"
+    assert run_cell(client, code).text == "nobody\n"  # per request, not once per kernel
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "attempt(lambda: merge('acme/app', 42, expected_head_sha=SHA))",
+        "await attempt_async(lambda: amerge('acme/app', 42, expected_head_sha=SHA))",
+    ],
+    ids=["sync", "async"],
+)
+def test_approver_in_a_run_nobody_can_answer_denies_at_once(
+    call: str, kernel: tuple[KernelManager, BlockingKernelClient]
+) -> None:
+    """A cell sent as nbclient sends it (allow_stdin=False): denied at once, saying why."""
     _, client = kernel
     assert not run_cell(client, SETUP).errors
     started = time.monotonic()
-    run = run_cell(client, "attempt(lambda: merge('acme/app', 42, expected_head_sha=SHA))")
+    shown: list[str] = []
+    run = run_cell(client, call, on_widget=lambda r: shown.append(r.text))
     assert not run.errors, run.errors
-    assert "denied: approval_denied: nobody can be asked here" in run.text
+    assert f"denied: {NOBODY}" in run.text
+    assert "action   github.pr.merge" in run.text and HOW in run.text
+    assert not shown  # no buttons nobody can press
     assert time.monotonic() - started < 30  # not the 300 s approval timeout
