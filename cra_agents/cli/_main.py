@@ -23,7 +23,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from cra_agents._exceptions import CRAError
+from cra_agents._exceptions import CRAError, MissingDependencyError
 from cra_agents._version import __version__
 from cra_agents.cli._output import CLIError, Output
 
@@ -327,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _hint_for(exc: CRAError) -> str:
+    if isinstance(exc, MissingDependencyError):
+        return f"install the '{exc.extra}' extra: {exc.install_hint}"
     hints = {
         "ATLAS_NOT_FOUND": "check the path; an atlas is a directory with atlas.json or a manifest",
         "INVALID_ATLAS_MANIFEST": "run 'cra atlas validate PATH' to see every finding",
