@@ -7,8 +7,7 @@ spans on, and their absence is reported as the extra to install.
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cra_agents._exceptions import MissingDependencyError
 
@@ -32,7 +31,8 @@ def observer_from(spec: OTelSpec) -> Telemetry | None:
     try:
         from cra_agents.otel._config import telemetry_from
     except ModuleNotFoundError as exc:
-        raise missing_otel(exc, "otel-grpc" if _wants_grpc(spec) else "otel") from exc
+        grpc = isinstance(spec, str) and spec.lower().startswith("grpc")
+        raise missing_otel(exc, "otel-grpc" if grpc else "otel") from exc
     return telemetry_from(spec)
 
 
@@ -46,13 +46,3 @@ def missing_otel(exc: ModuleNotFoundError, extra: str = "otel") -> Exception:
     return MissingDependencyError(
         "OpenTelemetry spans (otel=)", package="opentelemetry-api", extra=extra
     )
-
-
-def _wants_grpc(spec: Any) -> bool:
-    """Whether ``spec`` (a string) or the environment asks for OTLP/gRPC export."""
-    if isinstance(spec, str):
-        return spec.lower().startswith("grpc")
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", ""
-    )
-    return protocol.strip().lower() == "grpc"
