@@ -19,6 +19,7 @@ code  meaning
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -87,9 +88,8 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole ``cra`` argument parser."""
-    from cra_agents.cli import _atlas, _misc, _trace
-
+    """The whole ``cra`` argument parser (the command modules are imported when one runs)."""
+    _atlas, _misc, _trace = _Commands("_atlas"), _Commands("_misc"), _Commands("_trace")
     common = _common()
     parser = _Parser(
         prog="cra",
@@ -256,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8420)
     return parser
+
+
+class _Commands:
+    """A command module by name: ``_Commands("_trace").verify`` imports it when run."""
+
+    def __init__(self, module: str) -> None:
+        self.module = f"cra_agents.cli.{module}"
+
+    def __getattr__(self, name: str) -> Handler:
+        def handler(args: argparse.Namespace, out: Output) -> int:
+            run: Handler = getattr(importlib.import_module(self.module), name)
+            return run(args, out)
+
+        return handler
 
 
 def _group_help(parser: argparse.ArgumentParser) -> Handler:
