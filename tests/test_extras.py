@@ -7,6 +7,7 @@ in a fresh interpreter.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import io
 import json
@@ -409,3 +410,74 @@ class TestStartUp:
             f"assert main(['atlas', 'validate', {str(github_ops)!r}]) == 0"
         )
         assert self._loaded(body, self.NOT_FOR_VALIDATE) == []
+
+
+class TestMarkup:
+    """Plain output renders markup exactly as rich does, without importing it."""
+
+    TEXTS = ("a[b]c", "tail\\", "tail\\\\", "a\\[b]", "p\\\\[red]q", "[dim]", "[/]", "x[y")
+
+    @pytest.mark.parametrize("text", TEXTS)
+    def test_escape_and_plain_match_rich(self, text):
+        """``esc`` is rich's escape; ``plain`` gives the text rich renders, tags or not."""
+        from rich.markup import escape, render
+
+        from cra_agents.cli._output import esc, plain
+
+        assert esc(text) == escape(text)
+        for markup in (esc(text), f"[bold]{esc(text)}[/] and [red]{esc(text)}[/red]"):
+            assert plain(markup) == render(markup, emoji=False).plain
+        if text not in ("[/]", "p\\\\[red]q"):  # unbalanced raw markup: rich refuses it
+            assert plain(text) == render(text, emoji=False).plain
+
+    def test_terminal_lines_and_errors_go_through_rich(self):
+        """On a terminal with rich: plain lines stay unstyled, errors are coloured."""
+        from cra_agents.cli._output import CLIError
+
+        class TTY(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        stdout, stderr = TTY(), TTY()
+        out = Output(stdout=stdout, stderr=stderr)
+        out.line("[bold]kept[/]")
+        out.error(CLIError("usage", "bad", "do this"))
+        assert stdout.getvalue() == "[bold]kept[/]\n"
+        assert "\x1b[" in stderr.getvalue()
+        assert "bad" in stderr.getvalue()
+        assert "do this" in stderr.getvalue()
+
+    def test_json_mode_prints_no_text(self):
+        """In JSON mode text output is dropped: stdout stays one document."""
+        stream = io.StringIO()
+        out = Output(json_mode=True, stdout=stream)
+        out.line("x")
+        out.print("y")
+        out.json({"ok": True})
+        assert json.loads(stream.getvalue()) == {"ok": True}
+
+    def test_a_stream_without_isatty_is_not_a_terminal(self):
+        """A closed or file-like stream without ``isatty`` gets plain text."""
+
+        class Sink:
+            def __init__(self) -> None:
+                self.parts: list[str] = []
+
+            def write(self, text: str) -> int:
+                self.parts.append(text)
+                return len(text)
+
+            def flush(self) -> None:
+                return None
+
+        sink = Sink()
+        out = Output(stdout=sink)  # type: ignore[arg-type]
+        out.print("[green]ok[/]")
+        assert "".join(sink.parts) == "ok\n"
+
+
+def test_subpackages_stay_reachable_from_the_package():
+    """``cra_agents.trace`` and the others ``import cra_agents`` used to load still resolve."""
+    assert cra.__getattr__("trace") is importlib.import_module("cra_agents.trace")
+    with pytest.raises(AttributeError, match="no_such"):
+        cra.__getattr__("no_such")
