@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-import orjson
-
 from cra_agents._text import visible
 
 if TYPE_CHECKING:
@@ -148,6 +146,8 @@ def _json_default(value: Any) -> Any:
 
 def dumps(data: Any) -> str:
     """Indented JSON with sorted keys (what ``--json`` prints)."""
+    import orjson  # not at the top: ``cra --help`` and text output do without it
+
     return orjson.dumps(
         data, default=_json_default, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
     ).decode()
