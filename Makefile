@@ -37,6 +37,7 @@ bench: setup
 	$(PY) benchmarks/langchain_bench.py
 	$(PY) benchmarks/cli_bench.py
 	$(PY) benchmarks/import_bench.py
+	$(PY) benchmarks/cli_start_bench.py
 	$(PY) benchmarks/record_bench.py
 
 # A separate venv for peers we compare against; they are not dependencies of this project.

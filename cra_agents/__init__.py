@@ -14,6 +14,7 @@ record every step in a SHA-256 hash-chained audit log (TRACE/1.0)::
 
 from __future__ import annotations
 
+import importlib
 import typing
 
 from cra_agents._exceptions import (
@@ -39,44 +40,44 @@ from cra_agents._exceptions import (
     TraceUnavailableError,
 )
 from cra_agents._lazy import lazy_exports as _lazy_exports
-from cra_agents._requests import execute_request, resolve_request
 from cra_agents._version import __version__
-from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
-from cra_agents.guard import (
-    configure,
-    current_session,
-    get_runtime,
-    guarded,
-    propagate,
-    session,
-    shutdown,
-)
-from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
-from cra_agents.runtime import (
-    Approval,
-    ApprovalDecision,
-    ApprovalRequest,
-    Authorization,
-    Call,
-    ConsoleApprover,
-    Observer,
-    Precheck,
-    Runtime,
-    RuntimeObserver,
-    SessionInfo,
-)
-from cra_agents.trace import (
-    ChainVerification,
-    JsonlStore,
-    MemoryStore,
-    SqliteStore,
-    TraceStore,
-    open_store,
-    verify_chain,
-)
 
 if typing.TYPE_CHECKING:
+    from cra_agents._requests import execute_request, resolve_request
+    from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
+    from cra_agents.guard import (
+        configure,
+        current_session,
+        get_runtime,
+        guarded,
+        propagate,
+        session,
+        shutdown,
+    )
+    from cra_agents.protocol import CARPRequest, CARPResolution, ExecuteResponse, TraceEvent
+    from cra_agents.runtime import (
+        Approval,
+        ApprovalDecision,
+        ApprovalRequest,
+        Authorization,
+        Call,
+        ConsoleApprover,
+        Observer,
+        Precheck,
+        Runtime,
+        RuntimeObserver,
+        SessionInfo,
+    )
     from cra_agents.tools import lint_atlas
+    from cra_agents.trace import (
+        ChainVerification,
+        JsonlStore,
+        MemoryStore,
+        SqliteStore,
+        TraceStore,
+        open_store,
+        verify_chain,
+    )
 
 #: The name the guard documentation uses for a denied call.
 ActionDenied = ActionDeniedError
@@ -143,5 +144,69 @@ __all__ = [
     "verify_chain",
 ]
 
-# The tools sit above the policy engine, and ``import cra_agents`` does not need them.
-__getattr__, __dir__ = _lazy_exports(__name__, {"lint_atlas": "cra_agents.tools"})
+# Everything but the errors is imported on first use (PEP 562), so that ``import cra_agents``
+# and what imports a submodule (``cra --help`` imports cra_agents.cli) load only what they use.
+_getattr, __dir__ = _lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("execute_request", "resolve_request"), "cra_agents._requests"),
+        **dict.fromkeys(
+            ("Atlas", "Finding", "ValidationReport", "load_atlas", "validate_atlas"),
+            "cra_agents.atlas",
+        ),
+        **dict.fromkeys(
+            (
+                "configure",
+                "current_session",
+                "get_runtime",
+                "guarded",
+                "propagate",
+                "session",
+                "shutdown",
+            ),
+            "cra_agents.guard",
+        ),
+        **dict.fromkeys(
+            ("CARPRequest", "CARPResolution", "ExecuteResponse", "TraceEvent"),
+            "cra_agents.protocol",
+        ),
+        **dict.fromkeys(
+            (
+                "Approval",
+                "ApprovalDecision",
+                "ApprovalRequest",
+                "Authorization",
+                "Call",
+                "ConsoleApprover",
+                "Observer",
+                "Precheck",
+                "Runtime",
+                "RuntimeObserver",
+                "SessionInfo",
+            ),
+            "cra_agents.runtime",
+        ),
+        "lint_atlas": "cra_agents.tools",
+        **dict.fromkeys(
+            (
+                "ChainVerification",
+                "JsonlStore",
+                "MemoryStore",
+                "SqliteStore",
+                "TraceStore",
+                "open_store",
+                "verify_chain",
+            ),
+            "cra_agents.trace",
+        ),
+    },
+)
+
+#: Subpackages ``import cra_agents`` used to load, still reachable as attributes.
+_SUBPACKAGES = frozenset(("atlas", "guard", "policy", "protocol", "runtime", "trace"))
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    return _getattr(name)

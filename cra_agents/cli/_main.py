@@ -19,11 +19,12 @@ code  meaning
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from cra_agents._exceptions import CRAError
+from cra_agents._exceptions import CRAError, MissingDependencyError
 from cra_agents._version import __version__
 from cra_agents.cli._output import CLIError, Output
 
@@ -87,9 +88,8 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole ``cra`` argument parser."""
-    from cra_agents.cli import _atlas, _misc, _trace
-
+    """The whole ``cra`` argument parser (the command modules are imported when one runs)."""
+    _atlas, _misc, _trace = _Commands("_atlas"), _Commands("_misc"), _Commands("_trace")
     common = _common()
     parser = _Parser(
         prog="cra",
@@ -263,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Commands:
+    """A command module by name: ``_Commands("_trace").verify`` imports it when run."""
+
+    def __init__(self, module: str) -> None:
+        self.module = f"cra_agents.cli.{module}"
+
+    def __getattr__(self, name: str) -> Handler:
+        def handler(args: argparse.Namespace, out: Output) -> int:
+            run: Handler = getattr(importlib.import_module(self.module), name)
+            return run(args, out)
+
+        return handler
+
+
 def _group_help(parser: argparse.ArgumentParser) -> Handler:
     def handler(args: argparse.Namespace, out: Output) -> int:
         raise CLIError(
@@ -332,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _hint_for(exc: CRAError) -> str:
+    if isinstance(exc, MissingDependencyError):
+        return f"install the '{exc.extra}' extra: {exc.install_hint}"
     hints = {
         "ATLAS_NOT_FOUND": "check the path; an atlas is a directory with atlas.json or a manifest",
         "INVALID_ATLAS_MANIFEST": "run 'cra atlas validate PATH' to see every finding",

@@ -171,6 +171,12 @@ _EXTRAS: list[tuple[str, list[str], str]] = [
         "pip install 'cra-agents[otel-grpc]' to export spans over OTLP/gRPC",
     ),
     ("yaml", ["pyyaml"], "pip install 'cra-agents[yaml]' to read YAML atlases"),
+    (
+        "signing",
+        ["cryptography"],
+        "pip install 'cra-agents[signing]' to sign and check trace checkpoints",
+    ),
+    ("cli", ["rich"], "pip install 'cra-agents[cli]' for colour and tables in cra"),
     ("notebook", ["ipywidgets"], "pip install 'cra-agents[notebook]' for approval widgets"),
     ("langchain", ["cra-agents-langchain"], "pip install cra-agents-langchain for LangChain"),
 ]
@@ -187,7 +193,7 @@ def _check_versions() -> list[Check]:
         ),
         Check("cra-agents", "pass", __version__),
     ]
-    core = ["pydantic", "orjson", "jsonschema", "fastjsonschema", "cryptography", "rich"]
+    core = ["pydantic", "orjson", "jsonschema", "fastjsonschema"]
     versions = {name: _version(name) for name in core}
     missing = [name for name, v in versions.items() if v is None]
     checks.append(

@@ -13,7 +13,7 @@ from typing import IO, Any
 import orjson
 
 from cra_agents._exceptions import TraceError
-from cra_agents.cli._output import CLIError, Output
+from cra_agents.cli._output import CLIError, Output, Tree
 from cra_agents.cli._output import esc as _esc
 from cra_agents.cli._sources import (
     Source,
@@ -236,8 +236,6 @@ def _call_line(call: Any, out: Output) -> str:
 
 def show(args: argparse.Namespace, out: Output) -> int:
     """A session as a tree: resolutions with their context, then each tool call."""
-    from rich.tree import Tree
-
     from cra_agents.report import notable_calls, timeline
     from cra_agents.trace import verify_chain
 

@@ -34,6 +34,9 @@ event it points at is stored. :func:`verify_spans` checks the links carried by e
 
 from __future__ import annotations
 
+import typing
+
+from cra_agents._lazy import lazy_exports as _lazy_exports
 from cra_agents.otel._attributes import (
     CallFacts,
     call_attributes,
@@ -41,9 +44,9 @@ from cra_agents.otel._attributes import (
     link_attributes,
     session_attributes,
 )
-from cra_agents.otel._config import OTelConfig, OTelSpec, observer_from, telemetry_from
 from cra_agents.otel._export import otlp_json
-from cra_agents.otel._observer import Telemetry, TelemetryStats
+from cra_agents.otel._plugin import missing_otel as _missing_otel
+from cra_agents.otel._plugin import observer_from
 from cra_agents.otel._verify import (
     ExportedSpan,
     SpanLinkProblem,
@@ -51,6 +54,10 @@ from cra_agents.otel._verify import (
     read_otlp_json,
     verify_spans,
 )
+
+if typing.TYPE_CHECKING:
+    from cra_agents.otel._config import OTelConfig, OTelSpec, telemetry_from
+    from cra_agents.otel._observer import Telemetry, TelemetryStats
 
 __all__ = [
     "CallFacts",
@@ -71,3 +78,24 @@ __all__ = [
     "telemetry_from",
     "verify_spans",
 ]
+
+# These need the OpenTelemetry API (the ``otel`` extra); exporting to JSON, reading exported
+# spans back and checking their links (``cra trace export --format otlp``, ``cra trace verify
+# --from-otlp``) do not, so they are imported on first use.
+_getattr, __dir__ = _lazy_exports(
+    __name__,
+    {
+        "OTelConfig": "cra_agents.otel._config",
+        "OTelSpec": "cra_agents.otel._config",
+        "telemetry_from": "cra_agents.otel._config",
+        "Telemetry": "cra_agents.otel._observer",
+        "TelemetryStats": "cra_agents.otel._observer",
+    },
+)
+
+
+def __getattr__(name: str) -> object:
+    try:
+        return _getattr(name)
+    except ModuleNotFoundError as exc:
+        raise _missing_otel(exc) from exc

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-__all__ = ["OTelConfig", "OTelSpec", "observer_from", "telemetry_from"]
+__all__ = ["OTelConfig", "OTelSpec", "telemetry_from"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,6 @@ class OTelConfig:
 
 #: What ``otel=`` accepts.
 OTelSpec = bool | str | OTelConfig | otel_trace.TracerProvider | None
-
-
-def observer_from(spec: OTelSpec) -> Telemetry | None:
-    """The runtime's ``otel=`` plug-in (see :func:`telemetry_from`)."""
-    return telemetry_from(spec)
 
 
 def telemetry_from(spec: OTelSpec) -> Telemetry | None:

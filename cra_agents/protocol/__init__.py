@@ -8,22 +8,6 @@ from cra_agents._lazy import lazy_exports as _lazy_exports
 
 # Event names and payload builders: a topic module (``from cra_agents.protocol import events``).
 from cra_agents.protocol import _events as events  # noqa: F401 - public by path, not by __all__
-from cra_agents.protocol._carp import (
-    AllowedAction,
-    CARPRequest,
-    CARPResolution,
-    Constraint,
-    ContextBlock,
-    Decision,
-    DecisionType,
-    DeniedAction,
-    ExecuteError,
-    ExecuteResponse,
-    Execution,
-    RateLimit,
-    Requester,
-    Task,
-)
 from cra_agents.protocol._common import (
     ACTION_ID_PATTERN,
     ATLAS_ID_PATTERN,
@@ -31,13 +15,6 @@ from cra_agents.protocol._common import (
     UUID_PATTERN,
     RiskTier,
     trusted,
-)
-from cra_agents.protocol._trace import (
-    EVENT_TYPES,
-    GENESIS_HASH,
-    TRACE_VERSION,
-    EventType,
-    TraceEvent,
 )
 
 if typing.TYPE_CHECKING:
@@ -55,7 +32,30 @@ if typing.TYPE_CHECKING:
         PolicyType,
         TimeWindow,
     )
+    from cra_agents.protocol._carp import (
+        AllowedAction,
+        CARPRequest,
+        CARPResolution,
+        Constraint,
+        ContextBlock,
+        Decision,
+        DecisionType,
+        DeniedAction,
+        ExecuteError,
+        ExecuteResponse,
+        Execution,
+        RateLimit,
+        Requester,
+        Task,
+    )
     from cra_agents.protocol._schemas import bundled_schema, generate_schemas
+    from cra_agents.protocol._trace import (
+        EVENT_TYPES,
+        GENESIS_HASH,
+        TRACE_VERSION,
+        EventType,
+        TraceEvent,
+    )
 
 __all__ = [
     "ACTION_ID_PATTERN",
@@ -100,8 +100,8 @@ __all__ = [
 ]
 
 # Loaded on first use (PEP 562): the Atlas models cost a third of the package's import time and
-# only loading an atlas needs them; the schema helpers only strict validation and ``make
-# schemas``. The CARP and TRACE models are needed by every call and stay eager.
+# only loading an atlas needs them; the CARP and TRACE models only resolving, calls and traces
+# (not ``cra atlas validate``); the schema helpers only strict validation and ``make schemas``.
 _ATLAS_MODELS = (
     "Action",
     "ActionExample",
@@ -116,10 +116,29 @@ _ATLAS_MODELS = (
     "PolicyType",
     "TimeWindow",
 )
+_CARP_MODELS = (
+    "AllowedAction",
+    "CARPRequest",
+    "CARPResolution",
+    "Constraint",
+    "ContextBlock",
+    "Decision",
+    "DecisionType",
+    "DeniedAction",
+    "ExecuteError",
+    "ExecuteResponse",
+    "Execution",
+    "RateLimit",
+    "Requester",
+    "Task",
+)
+_TRACE_NAMES = ("EVENT_TYPES", "GENESIS_HASH", "TRACE_VERSION", "EventType", "TraceEvent")
 __getattr__, __dir__ = _lazy_exports(
     __name__,
     {
         **dict.fromkeys(_ATLAS_MODELS, "cra_agents.protocol._atlas"),
+        **dict.fromkeys(_CARP_MODELS, "cra_agents.protocol._carp"),
+        **dict.fromkeys(_TRACE_NAMES, "cra_agents.protocol._trace"),
         **dict.fromkeys(("bundled_schema", "generate_schemas"), "cra_agents.protocol._schemas"),
     },
 )

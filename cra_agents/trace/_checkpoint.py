@@ -14,6 +14,10 @@ Keys::
     save_verify_key(key.public_key(), "checkpoint.pub")        # SubjectPublicKeyInfo PEM
     verify_key = load_verify_key("checkpoint.pub")
 
+Keys and signatures need the ``signing`` extra (cryptography); without it, what makes, reads or
+checks one raises :class:`~cra_agents.MissingDependencyError`. Checkpoint files are read and
+written, and chains without checkpoints verified, without it.
+
 The signed message is the UTF-8 text ``cra-trace-checkpoint/v1\n<log_id>\n<size>\n
 <head_hash>\n<timestamp>\n`` (a signed note, as transparency logs use).
 """
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cra_agents._clock import now_timestamp, parse_timestamp_ns
+from cra_agents._exceptions import MissingDependencyError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -55,6 +60,23 @@ _HEADER = "cra-trace-checkpoint/v1"
 _CHECKPOINTS = ".checkpoints.jsonl"
 
 
+def _require_signing() -> None:
+    """Check that the ``signing`` extra (cryptography) is installed.
+
+    Everything here that makes, reads or checks a key or a signature calls it first; reading
+    and writing checkpoint files, and verifying chains without checkpoints, do not need it.
+
+    Raises:
+        MissingDependencyError: cryptography is not installed (the ``signing`` extra).
+    """
+    try:
+        import cryptography  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "signing or checking trace checkpoints", package="cryptography", extra="signing"
+        ) from exc
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A signed statement that log ``log_id`` had ``size`` events ending in ``head_hash``."""
@@ -74,6 +96,7 @@ class Checkpoint:
 
     def verify_signature(self, verify_key: Ed25519PublicKey) -> bool:
         """Whether the signature is valid for ``verify_key`` (and the key id matches)."""
+        _require_signing()
         from cryptography.exceptions import InvalidSignature
 
         if self.key_id != key_id(verify_key):
@@ -114,6 +137,7 @@ class Checkpoint:
 
 def key_id(verify_key: Ed25519PublicKey) -> str:
     """A short, stable id of a public key: SHA-256 of its raw bytes, 16 hex digits."""
+    _require_signing()
     from cryptography.hazmat.primitives import serialization
 
     raw = verify_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -122,6 +146,7 @@ def key_id(verify_key: Ed25519PublicKey) -> str:
 
 def generate_signing_key() -> Ed25519PrivateKey:
     """A new Ed25519 signing key."""
+    _require_signing()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
     )
@@ -133,6 +158,7 @@ def save_signing_key(
     key: Ed25519PrivateKey, path: str | os.PathLike[str], *, password: bytes | None = None
 ) -> None:
     """Write ``key`` as PKCS#8 PEM (encrypted when ``password`` is given), mode 0600."""
+    _require_signing()
     from cryptography.hazmat.primitives import serialization
 
     encryption: serialization.KeySerializationEncryption = (
@@ -156,6 +182,7 @@ def load_signing_key(
     Raises:
         ValueError: the file holds no Ed25519 private key, or the password is wrong.
     """
+    _require_signing()
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
@@ -172,6 +199,7 @@ def load_signing_key(
 
 def save_verify_key(verify_key: Ed25519PublicKey, path: str | os.PathLike[str]) -> None:
     """Write a public key as SubjectPublicKeyInfo PEM."""
+    _require_signing()
     from cryptography.hazmat.primitives import serialization
 
     Path(path).write_bytes(
@@ -187,6 +215,7 @@ def load_verify_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     Raises:
         ValueError: the file holds no Ed25519 public key.
     """
+    _require_signing()
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PublicKey,
