@@ -23,6 +23,10 @@ HTTP status and category the upstream reference core maps it to, and keyword-onl
     ├── TraceUnavailableError(CRAError)                 TRACE_UNAVAILABLE
     ├── ConfigurationError(CRAError, ValueError)        CONFIGURATION_ERROR
     ├── MissingDependencyError(CRAError, ImportError)   MISSING_DEPENDENCY     .package .extra
+    ├── AuthenticationError(CRAError)                   UNAUTHORIZED           (HTTP mode)
+    ├── ForbiddenError(CRAError, PermissionError)       FORBIDDEN              (HTTP mode)
+    ├── TooManyRequestsError(CRAError)                  TOO_MANY_REQUESTS      .retry_after
+    ├── ServiceUnavailableError(CRAError)               SERVICE_UNAVAILABLE    (HTTP mode)
     └── InternalError(CRAError)                         INTERNAL_ERROR
 
 Callers may catch either our class or the builtin it also derives from.
@@ -39,8 +43,10 @@ __all__ = [
     "AtlasConflictError",
     "AtlasError",
     "AtlasNotFoundError",
+    "AuthenticationError",
     "CRAError",
     "ConfigurationError",
+    "ForbiddenError",
     "IdempotencyConflictError",
     "InternalError",
     "InvalidParametersError",
@@ -49,8 +55,10 @@ __all__ = [
     "RateLimitExceededError",
     "ResolutionExpiredError",
     "ResolutionNotFoundError",
+    "ServiceUnavailableError",
     "SessionEndedError",
     "SessionNotFoundError",
+    "TooManyRequestsError",
     "TraceError",
     "TraceUnavailableError",
 ]
@@ -354,6 +362,58 @@ class MissingDependencyError(CRAError, ImportError):
         self.package = package
         self.extra = extra
         self.install_hint = hint
+
+
+class AuthenticationError(CRAError):
+    """A request to the server carried no credentials, or credentials that do not verify."""
+
+    default_code = "UNAUTHORIZED"
+    status = 401
+    category = "authorization"
+
+
+class ForbiddenError(CRAError, PermissionError):
+    """The caller is known but may not do this (scope, or an agent id it may not act for)."""
+
+    default_code = "FORBIDDEN"
+    status = 403
+    category = "authorization"
+
+
+class TooManyRequestsError(CRAError):
+    """The server's per-caller request rate is exhausted; retry after ``retry_after`` seconds.
+
+    Not a policy decision (that is :class:`RateLimitExceededError`): a limit on API requests.
+    """
+
+    default_code = "TOO_MANY_REQUESTS"
+    status = 429
+    category = "rate_limit"
+    recoverable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.retry_after = retry_after
+        self.details.setdefault("retry_after", retry_after)
+
+
+class ServiceUnavailableError(CRAError):
+    """The CRA server could not be reached or did not answer in time (HTTP mode).
+
+    A guarded call that meets it is refused: nothing runs undecided (fail closed).
+    """
+
+    default_code = "SERVICE_UNAVAILABLE"
+    status = 503
+    category = "external"
+    recoverable = True
 
 
 class InternalError(CRAError):

@@ -75,3 +75,40 @@ class TestMissingDependencyError:
         assert (clone.package, clone.extra, clone.install_hint) == ("p", "e", error.install_hint)
         assert clone.details == {"package": "p", "extra": "e", "more": 1}
         assert str(clone) == str(error)
+
+
+class TestHttpModeErrors:
+    """The errors of HTTP mode: status, category and code as the server maps them."""
+
+    def test_status_category_and_code(self):
+        from cra_agents import (
+            AuthenticationError,
+            CRAError,
+            ForbiddenError,
+            ServiceUnavailableError,
+            TooManyRequestsError,
+        )
+
+        cases = [
+            (AuthenticationError("no key"), 401, "authorization", "UNAUTHORIZED", False),
+            (ForbiddenError("read only"), 403, "authorization", "FORBIDDEN", False),
+            (
+                TooManyRequestsError("slow down", retry_after=1.5),
+                429,
+                "rate_limit",
+                "TOO_MANY_REQUESTS",
+                True,
+            ),
+            (ServiceUnavailableError("down"), 503, "external", "SERVICE_UNAVAILABLE", True),
+        ]
+        for error, status, category, code, recoverable in cases:
+            assert isinstance(error, CRAError)
+            assert (error.status, error.category, error.code) == (status, category, code)
+            assert error.recoverable is recoverable
+            body = error.to_error_response("req-1")["error"]
+            assert body["code"] == code and body["request_id"] == "req-1"
+        assert isinstance(ForbiddenError("x"), PermissionError)
+        limited = TooManyRequestsError("slow down", retry_after=1.5)
+        assert limited.retry_after == 1.5 and limited.details == {"retry_after": 1.5}
+        again = pickle.loads(pickle.dumps(limited))
+        assert again.retry_after == 1.5 and again.code == "TOO_MANY_REQUESTS"
