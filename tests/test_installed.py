@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.processes import run_bounded
 from tests.harness.snippets import RUNNABLE, Snippet, parse_snippets, run_snippet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,15 +89,7 @@ class Venv:
         return env
 
     def run(self, *argv: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            list(argv),
-            cwd=cwd,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_bounded(argv, cwd=cwd, env=self.env(), timeout=timeout)
 
     def installed(self) -> dict[str, str]:
         done = self.run(str(self.python), "-m", "pip", "list", "--format", "json", cwd=self.path)

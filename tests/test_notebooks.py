@@ -25,8 +25,6 @@ import os
 import queue
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +37,8 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager, KernelManager
 from nbclient import NotebookClient
+
+from tests.harness.processes import run_bounded
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -160,23 +160,12 @@ def _command(tool: str, name: str, out: Path, auto_approve: bool) -> list[str]:
 
 def _run_cli(command: list[str], cwd: Path, env: dict[str, str]) -> None:
     """Run a tool in its own process group; on a hang, kill it and its kernel, and fail."""
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     try:
-        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail(f"{command[:3]} did not finish within {RUN_TIMEOUT} s")
-    assert process.returncode == 0, (command, stdout, stderr)
-    assert "Traceback" not in stderr, stderr
+        done = run_bounded(command, cwd=cwd, env=env, timeout=RUN_TIMEOUT)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
+    assert done.returncode == 0, (command, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
 
 
 def execute(

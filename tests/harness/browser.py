@@ -25,15 +25,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import struct
-import subprocess
 import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.harness.processes import run_bounded
 
 #: Set to the Chromium binary to use; default: ``chromium`` on PATH, then /usr/bin/chromium.
 CHROMIUM_ENV = "CRA_TEST_CHROMIUM"
@@ -148,27 +148,17 @@ def run_chromium(
         page.resolve().as_uri(),
     ]
     started = time.monotonic()
-    process = subprocess.Popen(
-        args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=workdir,
-    )
     try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+        done = run_bounded(args, cwd=workdir, timeout=timeout)
+    except TimeoutError as exc:
         raise TimeoutError(f"chromium did not finish within {timeout}s: {args}") from exc
     finally:
         shutil.rmtree(profile, ignore_errors=True)
-    stderr = err.decode("utf-8", "replace")
+    stderr = done.stderr
     return BrowserRun(
         args=args,
-        returncode=process.returncode,
-        stdout=out.decode("utf-8", "replace"),
+        returncode=done.returncode,
+        stdout=done.stdout,
         stderr=stderr,
         seconds=time.monotonic() - started,
         net_log=log_path,

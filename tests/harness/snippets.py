@@ -18,9 +18,10 @@ earlier ones wrote (the trace store of the quickstart, an atlas copied by ``cra 
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.harness.processes import run_bounded
 
 __all__ = ["Snippet", "parse_snippets", "run_snippet"]
 
@@ -115,15 +116,7 @@ def run_snippet(
         code = (previous_python if snippet.continued else "") + snippet.code
         script = cwd / f"snippet_{snippet.file.stem}_{snippet.line}.py"
         script.write_text(code, "utf-8")
-        done = subprocess.run(
-            [str(python), str(script)],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        done = run_bounded([str(python), str(script)], cwd=cwd, env=env, timeout=timeout)
         if done.returncode != 0:
             failures.append(
                 f"{snippet.where}: python exited {done.returncode}\n{done.stdout}\n{done.stderr}"
@@ -132,15 +125,7 @@ def run_snippet(
     for command in _bash_lines(snippet.code):
         expected = _EXPECTED_EXIT.search(command)
         want = int(expected.group(1)) if expected else 0
-        done = subprocess.run(
-            ["bash", "-c", command],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        done = run_bounded(["bash", "-c", command], cwd=cwd, env=env, timeout=timeout)
         if done.returncode != want:
             failures.append(
                 f"{snippet.where}: `{command}` exited {done.returncode}, expected {want}\n"
