@@ -117,6 +117,9 @@ def _campaign(tmp_path: Path, scheme: str, durability: str, runs: int) -> list[t
         return list(pool.map(run, range(runs)))
 
 
+# 100 kill -9 runs of child processes: about 60 s on an idle 2-core machine, twice that when the
+# machine is shared; the deadline is for a hang, not for speed.
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize(
     ("scheme", "durability", "runs"),
     [
