@@ -63,6 +63,7 @@ from cra_agents.runtime._sessions import (
 from cra_agents.trace import (
     ChainVerification,
     Checkpoint,
+    CommitListener,
     Durability,
     TraceCollector,
     TraceStats,
@@ -359,6 +360,17 @@ class Runtime(CarpMixin):
         return self.store.read(
             session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
         )
+
+    def watch_commits(self, session_id: str, listener: CommitListener) -> Callable[[], None]:
+        """Call ``listener(sequence)`` whenever events of ``session_id`` are stored.
+
+        Events up to ``sequence`` can then be read (:meth:`trace_events`, or the store by
+        sequence). Returns a function that unsubscribes. ``listener`` runs on the trace
+        writer's thread and must only hand the news over; ``listener(None)`` means recording
+        stopped (trace failure or close). Subscribe, then read what is stored: nothing is
+        missed in between (see ``cra_agents.trace._feed``).
+        """
+        return self._collector.feed.subscribe(session_id, listener)
 
     def verify(
         self,

@@ -24,6 +24,7 @@ from cra_agents.trace._collector import (
     TraceCollector,
     TraceStats,
 )
+from cra_agents.trace._feed import CommitFeed, CommitListener
 from cra_agents.trace._hash import compute_event_hash, spec_event_hash
 from cra_agents.trace._jsonl import JsonlStore, repair_torn_tail
 from cra_agents.trace._memory import MemoryStore
@@ -45,6 +46,8 @@ __all__ = [
     "CallRecord",
     "ChainVerification",
     "Checkpoint",
+    "CommitFeed",
+    "CommitListener",
     "ContextRecord",
     "Durability",
     "EventLike",

@@ -49,6 +49,7 @@ from typing import Literal
 
 from cra_agents._exceptions import ConfigurationError, TraceUnavailableError
 from cra_agents.trace._chain import SessionChain, build_event
+from cra_agents.trace._feed import CommitFeed
 from cra_agents.trace._process import Ack, Record, WriterProcess
 from cra_agents.trace._store import TraceStore
 
@@ -139,6 +140,8 @@ class TraceCollector:
         self._appended = 0  # events handed over by committed()
         self._refused = 0  # check() refusals after a failure
         self._thread: threading.Thread | None = None
+        #: Who hears that a session's events are stored (the trace stream); see ``_feed``.
+        self.feed = CommitFeed()
         # The process writer: what was shipped and not yet acknowledged, by session id
         # (chain, last sequence shipped); messages shipped and acknowledged.
         self._process: WriterProcess | None = None
@@ -343,6 +346,7 @@ class TraceCollector:
                 finally:
                     if self._process is not None:
                         self._process.close(timeout)
+                    self.feed.stop()  # everything is stored; the store closes next
                     try:
                         self.store.close()
                     except Exception as exc:  # noqa: BLE001 - the last sync failed: loss
@@ -392,6 +396,8 @@ class TraceCollector:
         if flushed and self.durability == "group":
             with self._cond:
                 self._cond.notify_all()
+        if self.feed.listeners:  # a dict: nothing to pay for when nobody listens
+            self.feed.publish((chain.session_id, chain.durable) for chain, _ in flushed)
         # Watchers (observers) hear of events only once they are durable.
         for chain, events in flushed:
             chain.notify(events)
@@ -441,6 +447,8 @@ class TraceCollector:
                     del self._unacked[session_id]
             self._acked += messages
             self._cond.notify_all()
+        if self.feed.listeners:  # a dict: nothing to pay for when nobody listens
+            self.feed.publish(durable)
         # Watchers (observers) hear of events only once they are durable.
         for session_id, fields in watched.items():
             watched_chain = chains.get(session_id)
@@ -483,6 +491,7 @@ class TraceCollector:
                     exc,
                 )
             self._cond.notify_all()
+        self.feed.stop()  # nothing more will be stored
 
     def _run(self) -> None:
         try:
