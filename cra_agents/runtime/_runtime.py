@@ -406,6 +406,11 @@ class Runtime(CarpMixin):
         """Why events can no longer be recorded, if they cannot (the runtime fails closed)."""
         return self._collector.failure
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (the runtime refuses new work)."""
+        return self._collector.closed
+
     def trace_events(
         self,
         session_id: str,

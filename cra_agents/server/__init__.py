@@ -1,8 +1,23 @@
 """The CRA HTTP server (``pip install 'cra-agents[server]'``, ``cra serve``).
 
-The parts shared by every route: :mod:`cra_agents.server._principal` (who is calling).
+:func:`create_app` builds the FastAPI app of a :class:`~cra_agents.Runtime` under a
+:class:`ServerConfig`. Both are imported lazily: ``cra_agents.server._principal`` (who is
+calling; shared with the client) imports no web framework.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from typing import TYPE_CHECKING
+
+from cra_agents._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from cra_agents.server._app import create_app
+    from cra_agents.server._config import ServerConfig
+
+__all__ = ["ServerConfig", "create_app"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {"ServerConfig": "cra_agents.server._config", "create_app": "cra_agents.server._app"},
+)
