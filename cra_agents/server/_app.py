@@ -129,7 +129,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         return Response(json.dumps(document), media_type="application/json")
 
     app.add_middleware(
-        RequestMiddleware,  # type: ignore[arg-type]
+        RequestMiddleware,
         max_body_bytes=config.max_body_bytes,
         request_timeout=config.request_timeout,
         access_log=config.access_log,

@@ -41,6 +41,7 @@ is kept, and presented keys are compared with it in constant time.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import tomllib
@@ -262,7 +263,7 @@ def _read_file(path: Path) -> Mapping[str, Any]:
             data: Any = tomllib.loads(text)
         elif suffix in {".yaml", ".yml"}:
             try:
-                import yaml
+                yaml: Any = importlib.import_module("yaml")
             except ImportError as exc:
                 raise MissingDependencyError(
                     "a YAML server configuration", package="pyyaml", extra="yaml"
@@ -280,7 +281,7 @@ def _read_file(path: Path) -> Mapping[str, Any]:
         raise ConfigurationError(f"{path} must hold a table / object at the top")
     if "server" in data and isinstance(data["server"], Mapping) and len(data) == 1:
         data = data["server"]  # [server] table allowed
-    return data
+    return dict(data)
 
 
 def _merge_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
