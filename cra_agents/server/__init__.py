@@ -7,17 +7,17 @@ calling; shared with the client) imports no web framework.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import typing
 
-from cra_agents._lazy import lazy_exports
+from cra_agents._lazy import lazy_exports as _lazy_exports
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from cra_agents.server._app import create_app
     from cra_agents.server._config import ServerConfig
 
 __all__ = ["ServerConfig", "create_app"]
 
-__getattr__, __dir__ = lazy_exports(
+__getattr__, __dir__ = _lazy_exports(
     __name__,
     {"ServerConfig": "cra_agents.server._config", "create_app": "cra_agents.server._app"},
 )
