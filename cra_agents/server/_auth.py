@@ -50,11 +50,19 @@ class CredentialAuthenticator:
             AuthenticationError: no credential, or one that does not verify.
         """
         key = headers.get("x-api-key")
-        if key:
-            return self._api_key(key)
         authorization = headers.get("authorization", "")
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
+        bearer = scheme.lower() == "bearer"
+        if key and bearer:
+            # Two credentials: which one is meant is ambiguous, and the one not checked
+            # could be invalid; refuse rather than pick.
+            raise AuthenticationError(
+                "give one credential: an X-API-Key header or a bearer token, not both",
+                details={"reason": "ambiguous_credentials"},
+            )
+        if key:
+            return self._api_key(key)
+        if bearer and token.strip():
             return self._token(token.strip())
         raise AuthenticationError(
             "credentials required: an X-API-Key header or an Authorization: Bearer token",

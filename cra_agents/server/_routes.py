@@ -42,6 +42,7 @@ REQUEST_ID_KEY = "cra.request_id"
 TRACE_ID_KEY = "cra.trace_id"
 
 T = TypeVar("T")
+_MAX_SEQUENCE = 2**62
 
 router = APIRouter()
 health_router = APIRouter()
@@ -201,6 +202,7 @@ async def list_sessions(
         for s in runtime.sessions()
         if owns(principal, s.metadata) and (status == "all" or (status == "active") == s.active)
     ]
+    offset = min(offset, len(mine))  # any offset is valid; past the end is an empty page
     page = mine[offset : offset + limit]
     return _json(
         {
@@ -305,6 +307,8 @@ async def get_traces(
     """The session's TRACE events (TraceEventList, or NDJSON by ``Accept``)."""
     principal.require("read")
     runtime = _runtime(request)
+    if since_sequence is not None:
+        since_sequence = min(since_sequence, _MAX_SEQUENCE)  # stores index 64-bit integers
 
     def read() -> tuple[list[dict[str, Any]], int]:
         _owned(runtime, principal, session_id)
