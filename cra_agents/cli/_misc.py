@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
-import math
 import os
 import platform
 import shutil
@@ -412,9 +411,8 @@ def serve(args: argparse.Namespace, out: Output) -> int:
     to the trace store.
     """
     try:
-        import uvicorn
-
-        from cra_agents.server import ServerConfig, create_app
+        from cra_agents.server import ServerConfig
+        from cra_agents.server._run import serve as run
     except ImportError as exc:
         raise CLIError(
             "missing_dependency",
@@ -442,21 +440,5 @@ def serve(args: argparse.Namespace, out: Output) -> int:
         access.setLevel(logging.INFO)
         access.propagate = False
     runtime = Runtime(config.atlases, store=config.store)
-    try:
-        app = create_app(runtime, config)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=config.host,
-                port=config.port,
-                workers=1,
-                access_log=False,  # ours: one JSON line per request
-                timeout_graceful_shutdown=math.ceil(config.shutdown_timeout),
-                lifespan="off",
-                server_header=False,
-            )
-        )
-        server.run()
-    finally:
-        runtime.close()
+    run(runtime, config)
     return 0
