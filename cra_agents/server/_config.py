@@ -299,14 +299,14 @@ def _merge_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             data[key] = env[variable]
     if env.get("CRA_ATLASES"):
         data["atlases"] = [p for p in env["CRA_ATLASES"].split(os.pathsep) if p]
-    rate = dict(data.get("rate_limit") or {})
+    rate = _table(data, "rate_limit")
     if env.get("CRA_RATE_LIMIT_PER_SECOND"):
         rate["per_second"] = env["CRA_RATE_LIMIT_PER_SECOND"]
     if env.get("CRA_RATE_LIMIT_BURST"):
         rate["burst"] = env["CRA_RATE_LIMIT_BURST"]
     if rate:
         data["rate_limit"] = rate
-    jwt = dict(data.get("jwt") or {})
+    jwt = _table(data, "jwt")
     for variable, key in (
         ("CRA_JWT_ALGORITHMS", "algorithms"),
         ("CRA_JWT_SECRET", "secret"),
@@ -328,6 +328,13 @@ def _merge_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             keys.append({"name": name, "key": key} if sep else {"name": f"dev-{n}", "key": item})
         data["api_keys"] = keys
     return data
+
+
+def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigurationError(f"{key} must be a table / object")
+    return dict(value or {})
 
 
 def _strings(value: Any, what: str) -> frozenset[str]:
