@@ -382,3 +382,19 @@ def test_graceful_server_restores_signal_handlers() -> None:
     thread.start()
     thread.join()
     assert done.is_set()
+
+
+def test_wire_is_model_dump_json_without_nones(github_ops: Path) -> None:
+    from cra_agents._requests import execute_request, resolve_request
+    from cra_agents.server._routes import wire
+
+    with Runtime([github_ops], store="memory://") as rt:
+        session = rt.create_session("bot", "triage issues")
+        resolution = rt.resolve(resolve_request(session))
+        assert wire(resolution) == json.loads(resolution.model_dump_json(exclude_none=True))
+        response = rt.execute(
+            execute_request(session, resolution.resolution_id, "github.issue.list", {"repo": "a/b"})
+        )
+        assert wire(response) == json.loads(response.model_dump_json(exclude_none=True))
+        for event in rt.trace_events(session.session_id):
+            assert wire(event, nulls=True) == event.model_dump(mode="json")

@@ -9,7 +9,7 @@ Runtime work that may wait on the trace store runs off the event loop.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -34,6 +34,7 @@ __all__ = [
     "authenticated",
     "health_router",
     "router",
+    "wire",
 ]
 
 #: Session metadata keys the server sets (beside :data:`OWNER_KEY`).
@@ -59,8 +60,12 @@ class CreateSessionRequest(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-def authenticated(request: Request) -> Principal:
-    """The caller, as ``app.state.authenticate`` proves it (401 otherwise)."""
+async def authenticated(request: Request) -> Principal:
+    """The caller, as ``app.state.authenticate`` proves it (401 otherwise).
+
+    ``async`` so that FastAPI calls it on the loop: hashing a key or checking a token's
+    signature is quicker than a hop to the thread pool.
+    """
     principal: Principal = request.app.state.authenticate(request.headers)
     return principal
 
@@ -84,9 +89,20 @@ def _json(body: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
 
 
-def _pruned(item: Mapping[str, Any]) -> dict[str, Any]:
-    """The upstream schemas type optional fields as non-null: leave ``None`` ones out."""
-    return {k: v for k, v in item.items() if v is not None}
+def wire(value: Any, *, nulls: bool = False) -> Any:
+    """A wire model as JSON-ready data, quickly (``model_dump`` walks every schema's dicts).
+
+    The upstream schemas type optional fields as non-null, so ``None`` fields of models are
+    left out (unless ``nulls``: TRACE events keep ``parent_span_id: null``); dicts (schemas,
+    payloads) are passed as they are. Equal to ``model_dump_json(exclude_none=True)``.
+    """
+    if isinstance(value, BaseModel):
+        return {
+            k: wire(v, nulls=nulls) for k, v in value.__dict__.items() if v is not None or nulls
+        }
+    if isinstance(value, list | tuple):
+        return [wire(v, nulls=nulls) for v in value]
+    return value
 
 
 # -- health ---------------------------------------------------------------------------------
@@ -237,9 +253,9 @@ async def end_session(request: Request, principal: Caller, session_id: str) -> R
 # -- CARP -----------------------------------------------------------------------------------
 
 
-def _carp(body: Mapping[str, Any]) -> CARPRequest:
+def _carp(body: bytes) -> CARPRequest:
     try:
-        return CARPRequest.model_validate(body)
+        return CARPRequest.model_validate_json(body)
     except ValidationError as exc:
         errors = [
             {
@@ -254,7 +270,7 @@ def _carp(body: Mapping[str, Any]) -> CARPRequest:
         ) from exc
 
 
-def _admitted(request: Request, principal: Principal, body: Mapping[str, Any]) -> CARPRequest:
+def _admitted(request: Request, principal: Principal, body: bytes) -> CARPRequest:
     carp = _carp(body)
     principal.require("write", agent_id=carp.requester.agent_id)
     _owned(_runtime(request), principal, carp.requester.session_id)
@@ -262,29 +278,21 @@ def _admitted(request: Request, principal: Principal, body: Mapping[str, Any]) -
 
 
 @router.post("/v1/resolve")
-async def resolve(
-    request: Request, principal: Caller, body: Annotated[dict[str, Any], Body()]
-) -> Response:
+async def resolve(request: Request, principal: Caller) -> Response:
     """Resolve a CARP request in one of the caller's sessions (CARPResolution)."""
     runtime = _runtime(request)
-    carp = _admitted(request, principal, body)
+    carp = _admitted(request, principal, await request.body())
     resolution = await _call(runtime, runtime.resolve, carp)
-    wire = resolution.model_dump(mode="json")
-    wire["decision"] = _pruned(wire["decision"])
-    for key in ("context_blocks", "allowed_actions", "denied_actions", "constraints"):
-        wire[key] = [_pruned(item) for item in wire[key]]
-    return _json(wire)
+    return _json(wire(resolution))
 
 
 @router.post("/v1/execute")
-async def execute(
-    request: Request, principal: Caller, body: Annotated[dict[str, Any], Body()]
-) -> Response:
+async def execute(request: Request, principal: Caller) -> Response:
     """Gate an execution through the runtime's call gate (ExecuteResponse; 403 when denied)."""
     runtime = _runtime(request)
-    carp = _admitted(request, principal, body)
+    carp = _admitted(request, principal, await request.body())
     response = await _call(runtime, runtime.execute, carp)
-    return _json(_pruned(response.model_dump(mode="json")))
+    return _json(wire(response))
 
 
 # -- traces ---------------------------------------------------------------------------------
@@ -316,7 +324,7 @@ async def get_traces(
             session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
         )
         total = runtime.store.last_sequence(session_id) + 1
-        return [e.model_dump(mode="json") for e in events], total
+        return [wire(e, nulls=True) for e in events], total
 
     events, total = await run_in_threadpool(read)
     if _wants_ndjson(request):
