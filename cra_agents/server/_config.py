@@ -46,7 +46,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +153,6 @@ class ServerConfig:
     request_timeout: float = 30.0
     shutdown_timeout: float = 30.0
     access_log: bool = True
-    #: Free-form, for tests and embedding applications.
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

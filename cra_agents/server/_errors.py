@@ -2,9 +2,10 @@
 
 One handler per kind: a :class:`~cra_agents.CRAError` answers with its own status (a policy
 denial is 403, a policy rate limit 429 with ``Retry-After``); a request that fails validation
-is 400 ``SCHEMA_VALIDATION_ERROR`` (``INVALID_CARP_REQUEST`` on the CARP routes) with the
-paths of the fields at fault; an unknown route 404, a wrong method 405; anything else is 500
-``INTERNAL_ERROR`` with no detail of the failure (it is logged with the request id).
+is 400 ``SCHEMA_VALIDATION_ERROR`` with the paths of the fields at fault (the CARP routes
+answer ``INVALID_CARP_REQUEST`` with the paths themselves); an unknown route 404, a wrong
+method 405; anything else is 500 ``INTERNAL_ERROR`` with no detail of the failure (it is
+logged with the request id).
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("cra_agents.server")
-
-_CARP_PATHS = ("/v1/resolve", "/v1/execute")
 
 
 class PayloadTooLargeError(CRAError):
@@ -96,11 +95,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         {"path": _location(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))}
         for e in exc.errors()
     ][:50]
-    code = "INVALID_CARP_REQUEST" if request.url.path in _CARP_PATHS else "SCHEMA_VALIDATION_ERROR"
     first = errors[0]["path"] if errors else "request"
     error = RequestSchemaError(
         f"invalid request: {first}: {errors[0]['message'] if errors else 'invalid'}",
-        code=code,
         details={"errors": errors},
     )
     return error_response(error, request_id_of(request.scope))
