@@ -135,20 +135,18 @@ def test_sigterm_finishes_in_flight_requests_and_flushes_the_store(
         store.close()
 
 
-def test_serve_without_the_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
-
+def test_serve_without_the_extra_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    import cra_agents.server
     from cra_agents.cli import main
 
-    real = builtins.__import__
-
-    def no_uvicorn(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "uvicorn" or name.startswith("uvicorn."):
-            raise ImportError("no uvicorn", name="uvicorn")
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # not installed
+    monkeypatch.delitem(sys.modules, "cra_agents.server._run", raising=False)
+    monkeypatch.delattr(cra_agents.server, "serve", raising=False)
     assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "uvicorn" in err and "cra-agents[server]" in err
 
 
 def test_serve_runs_uvicorn_and_closes_the_runtime(

@@ -412,7 +412,7 @@ def serve(args: argparse.Namespace, out: Output) -> int:
     """
     try:
         from cra_agents.server import ServerConfig
-        from cra_agents.server._run import serve as run
+        from cra_agents.server import serve as run
     except ImportError as exc:
         raise CLIError(
             "missing_dependency",
