@@ -454,13 +454,6 @@ def test_doctor_with_a_real_collector(capsys, tmp_path, otel_collector):
 # -- serve --------------------------------------------------------------------------------------
 
 
-def test_serve_is_a_placeholder_that_says_what_to_do(capsys):
-    code, _, err = run(capsys, "serve")
-    assert code == 2
-    assert "not part of this release" in err
-    assert "cra.configure" in err
-
-
 def test_environment_is_untouched():
     assert os.environ.get("CRA_AGENTS_STORE") == "memory://"
 

@@ -20,6 +20,7 @@ FACADES = (
     "cra_agents.policy",
     "cra_agents.protocol",
     "cra_agents.runtime",
+    "cra_agents.server",
     "cra_agents.tools",
     "cra_agents.trace",
 )

@@ -101,7 +101,7 @@ class TestDistribution:
                 if r.marker is not None and r.marker.evaluate({"extra": extra})
             }
 
-        others = ("yaml", "signing", "otel", "otel-grpc", "cli", "notebook")
+        others = ("yaml", "signing", "otel", "otel-grpc", "cli", "notebook", "server")
         assert wanted("all") == wanted(*others)
         assert {"cryptography>=43", "rich>=13.7"} <= wanted("all")
 

@@ -257,9 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(commands, "doctor", _misc.doctor, "check the installation, store and collector")
     p.add_argument("--collector", metavar="URL", help="OTLP endpoint to probe")
     _store_option(p)
-    p = command(commands, "serve", _misc.serve, "run the CRA HTTP server (not available yet)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8420)
+    p = command(commands, "serve", _misc.serve, "run the CRA HTTP server (CRA Runtime API)")
+    p.add_argument(
+        "--atlas",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="atlas to load (repeatable; default: the config file's atlases)",
+    )
+    p.add_argument("--host", help="interface (default 127.0.0.1, or CRA_HOST / config)")
+    p.add_argument("--port", type=int, help="TCP port (default 8420, or CRA_PORT / config)")
+    p.add_argument(
+        "--config", metavar="FILE", help="server configuration: .toml, .json or .yaml (CRA_CONFIG)"
+    )
+    _store_option(p)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import logging
 import os
 import platform
 import shutil
@@ -403,10 +404,41 @@ def doctor(args: argparse.Namespace, out: Output) -> int:
 
 
 def serve(args: argparse.Namespace, out: Output) -> int:
-    """Placeholder until the HTTP server lands."""
-    raise CLIError(
-        "not_available",
-        "the CRA HTTP server is not part of this release yet",
-        "embed the runtime instead (cra.configure / cra.Runtime); 'cra serve' arrives with the "
-        "server (CRA-Full API)",
+    """Run the CRA HTTP server under uvicorn (1 worker) until SIGTERM / SIGINT.
+
+    On the signal uvicorn stops accepting connections and lets the requests in flight finish
+    (up to ``shutdown_timeout``); then the runtime is closed, which writes every queued event
+    to the trace store.
+    """
+    try:
+        from cra_agents.server import ServerConfig
+        from cra_agents.server import serve as run
+    except ImportError as exc:
+        raise CLIError(
+            "missing_dependency",
+            f"cra serve needs the server extra ({exc.name} is not installed)",
+            "pip install 'cra-agents[server]'",
+        ) from exc
+    from cra_agents import Runtime
+
+    config = ServerConfig.load(args.config).with_options(
+        host=args.host,
+        port=args.port,
+        store=args.store,
+        atlases=tuple(args.atlas) if args.atlas else None,
     )
+    if not config.api_keys and config.jwt is None:
+        out.warn(
+            "no API key or JWT configured: every route but health answers 401 "
+            "(set CRA_API_KEYS or a config file)"
+        )
+    access = logging.getLogger("cra_agents.server")
+    if not access.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+    runtime = Runtime(config.atlases, store=config.store)
+    run(runtime, config)
+    return 0

@@ -187,6 +187,8 @@ class Runtime(CarpMixin):
             {atlas.atlas_id: (atlas.version, atlas.digest) for atlas in loaded},
             shadow=shadow,
         )
+        # Serialises load_atlas / unload_atlas (readers use the attributes they swap).
+        self._atlas_lock = threading.Lock()
         # Parameter validators are compiled now, not on each action's first call (which would
         # otherwise pay for importing jsonschema and compiling the schema: ~40 ms).
         compile_parameter_checks(
@@ -294,6 +296,69 @@ class Runtime(CarpMixin):
             raise AtlasNotFoundError(f"atlas {atlas_id!r} is not loaded")
         return atlas
 
+    def load_atlas(self, source: AtlasSource) -> Atlas:
+        """Load one more atlas into the running runtime (thread-safe).
+
+        Its policies, actions and context are in force for every later resolution and call;
+        the decisions already made and recorded stand.
+
+        Raises:
+            AtlasError: the source is not a valid atlas.
+            AtlasConflictError: an atlas of that id is loaded, or one of its action ids is
+                declared by a loaded atlas.
+        """
+        atlas = load_atlas(source)
+        compile_parameter_checks(
+            action.parameters_schema
+            for action in atlas.actions
+            if action.parameters_schema is not None
+        )
+        with self._atlas_lock:
+            loaded = [*self._atlases, atlas]
+            self._check_conflicts(loaded)
+            self._install(loaded)
+        return atlas
+
+    def unload_atlas(self, atlas_id: str) -> Atlas:
+        """Unload the atlas ``atlas_id`` (thread-safe); returns it.
+
+        Later calls of its actions are refused as undeclared and later resolutions no longer
+        offer them; what was already decided and recorded stands.
+
+        Raises:
+            AtlasNotFoundError: it is not loaded.
+        """
+        with self._atlas_lock:
+            atlas = self.atlas(atlas_id)
+            self._install([a for a in self._atlases if a.atlas_id != atlas_id])
+        return atlas
+
+    def _install(self, loaded: list[Atlas]) -> None:
+        """Rebuild the engine, resolver and gate over ``loaded`` (fresh caches), then swap."""
+        old = self.engine
+        engine = PolicyEngine(
+            loaded, default_deny=old.default_deny, clock=old.clock, limiter=old.limiter
+        )
+        resolver = Resolver(
+            loaded,
+            engine,
+            ttl_seconds=self._resolver.ttl_seconds,
+            approval_ttl_seconds=self._resolver.approval_ttl_seconds,
+        )
+        gate = Gate(
+            engine,
+            ToolMap(loaded),
+            self._approvals,
+            {atlas.atlas_id: (atlas.version, atlas.digest) for atlas in loaded},
+            shadow=self._gate.shadow,
+        )
+        # The gate first: a call that sees the new gate decides on the new engine.
+        self._gate = gate
+        self._resolver = resolver
+        self.engine = engine
+        self._by_id = {atlas.atlas_id: atlas for atlas in loaded}
+        self._atlases = tuple(loaded)
+
     # -- trace ----------------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -341,6 +406,11 @@ class Runtime(CarpMixin):
     def trace_failure(self) -> BaseException | None:
         """Why events can no longer be recorded, if they cannot (the runtime fails closed)."""
         return self._collector.failure
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (the runtime refuses new work)."""
+        return self._collector.closed
 
     def trace_events(
         self,
