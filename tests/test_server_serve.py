@@ -143,7 +143,8 @@ def test_serve_without_the_extra_says_how_to_install(
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # not installed
     monkeypatch.delitem(sys.modules, "cra_agents.server._run", raising=False)
-    monkeypatch.delattr(cra_agents.server, "serve", raising=False)
+    # Not cached in the package (vars(), not delattr: hasattr would import it lazily).
+    monkeypatch.delitem(vars(cra_agents.server), "serve", raising=False)
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "uvicorn" in err and "cra-agents[server]" in err
