@@ -14,7 +14,8 @@ mode made it:
   ``INVALID_PARAMETERS``, 404 ``ACTION_NOT_FOUND`` / ``SESSION_NOT_FOUND``, 409
   ``SESSION_ALREADY_ENDED``. A call that needs a person's approval and carries none is 423
   ``ACTION_REQUIRES_APPROVAL`` with what the approver needs in ``details`` (session_id,
-  agent_id, tool, action_id, arguments, digest, risk_tier, policy_id, reason), recorded as
+  agent_id, tool, action_id, arguments, digest, risk_tier, policy_id, reason, and the
+  ``sequence`` of its ``approval.requested``), recorded as
   ``approval.requested`` (as the LangChain middleware records a question asked outside the
   call); send the same call again with ``approval: {approved, approver, reason?,
   original_arguments?, responded?}`` and it is decided with that answer.
@@ -430,7 +431,7 @@ def _ask_first(runtime: Runtime, agent_id: str, body: CallRequest) -> None:
     precheck = runtime.precheck(body.session_id, action_id, body.arguments, check_parameters=False)
     if not precheck.needs_approval:
         return
-    runtime.record_approval_request(
+    sequence = runtime.record_approval_request(
         body.session_id, precheck, body.arguments, tool_call_id=body.tool_call_id
     )
     try:
@@ -451,6 +452,7 @@ def _ask_first(runtime: Runtime, agent_id: str, body: CallRequest) -> None:
             "policy_id": precheck.policy_id,
             "reason": reason,
             "tool_call_id": body.tool_call_id,
+            "sequence": sequence,
         },
     )
 
