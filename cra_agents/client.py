@@ -613,7 +613,7 @@ class Client:
         self, agent_id: str, goal: str, *, metadata: dict[str, Any] | None = None
     ) -> Any:
         """A ``with`` / ``async with`` block that is one server session."""
-        return SessionScope(cast("Runtime", self), agent_id, goal, metadata)
+        return SessionScope(lambda: cast("Runtime", self), agent_id, goal, metadata)
 
     # -- CARP -----------------------------------------------------------------------------
 
