@@ -693,6 +693,7 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
     ("delete_repository", {"repo": "acme/app", "confirm_name": "acme/app"}),
     ("read_file_contents", {"repo": "acme/app"}),
     ("merge_pull_request", MERGE),
+    ("merge_pull_request", {"repo": "acme/app", "pr_number": 44}),
     ("merge_pull_request", {**MERGE, "pr_number": 43}),
     ("launch_rockets", {}),
     ("create_issue", {"repo": "acme/app", "title": "Crash"}),

@@ -428,7 +428,9 @@ def _ask_first(runtime: Runtime, agent_id: str, body: CallRequest) -> None:
         action_id = runtime.map_tool(body.tool, action_id=body.action_id, actions=body.actions)
     except CRAError:
         return  # the gate refuses it, recorded
-    precheck = runtime.precheck(body.session_id, action_id, body.arguments, check_parameters=False)
+    # Arguments checked too: a call the gate refuses for its arguments is refused without
+    # asking anyone, as in embedded mode.
+    precheck = runtime.precheck(body.session_id, action_id, body.arguments)
     if not precheck.needs_approval:
         return
     sequence = runtime.record_approval_request(
