@@ -362,14 +362,22 @@ def _owned_session(runtime: Runtime, principal: Principal, session_id: str) -> s
 
 # -- routes -------------------------------------------------------------------------------
 
+#: Errors every call route may answer (the error body of PROTOCOL_NOTES §6).
+_COMMON: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A malformed request"},
+    401: {"description": "UNAUTHORIZED: no valid credential"},
+    403: {"description": "FORBIDDEN: no write scope, or not this agent"},
+}
+
 
 @router.post(
     "/v1/calls",
     response_model=CallAllowed,
     summary="Decide a tool call that runs in the client (extension of HTTP mode)",
     responses={
-        400: {"description": "INVALID_PARAMETERS"},
-        403: {"description": "ACTION_DENIED"},
+        **_COMMON,
+        400: {"description": "INVALID_PARAMETERS, or a malformed request"},
+        403: {"description": "ACTION_DENIED (details: action_id, policy_id, reason) or FORBIDDEN"},
         404: {"description": "SESSION_NOT_FOUND or ACTION_NOT_FOUND"},
         409: {"description": "SESSION_ALREADY_ENDED"},
         423: {"description": "ACTION_REQUIRES_APPROVAL: ask a person, send again with approval"},
@@ -464,6 +472,7 @@ def _ask_first(runtime: Runtime, agent_id: str, body: CallRequest) -> None:
     response_model=OutcomeRecorded,
     summary="Record how a decided call ended (extension of HTTP mode)",
     responses={
+        **_COMMON,
         404: {"description": "CALL_NOT_FOUND: unknown, or its outcome timed out"},
         409: {"description": "OUTCOME_ALREADY_RECORDED"},
     },
@@ -488,6 +497,7 @@ def record_outcome(call_id: str, body: OutcomeRequest, request: Request) -> Outc
     "/v1/calls/precheck",
     response_model=PrecheckAnswer,
     summary="What the gate would decide for a call, recording nothing (extension)",
+    responses={**_COMMON, 404: {"description": "SESSION_NOT_FOUND"}},
 )
 def precheck(body: PrecheckRequest, request: Request) -> PrecheckAnswer:
     """:meth:`Runtime.precheck` for a session of the caller."""

@@ -249,3 +249,6 @@ def serve(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+        table = getattr(app.state, "cra_calls", None)
+        if table is not None:  # calls left pending: recorded failed, the sweeper stopped
+            table.close()
