@@ -37,3 +37,20 @@ def test_the_sweeper_expires_calls_by_itself_and_never_raises() -> None:
     assert table.expire() == 0
     table.close()
     assert call.done
+
+
+def test_the_sweeper_stops_once_every_outcome_is_in() -> None:
+    runtime = Runtime([atlas_path("github-ops")], store="memory://")
+    try:
+        sid = runtime.create_session("triage-bot", "Read").session_id
+        table = PendingCalls(timeout=300)
+        call = runtime.authorize(sid, "github.file.read", READ)
+        table.add(call, "p")
+        sweeper = table._sweeper
+        assert sweeper is not None and sweeper.is_alive()
+        assert table.take(call.execution_id, "p") is call
+        sweeper.join(5)
+        assert not sweeper.is_alive()
+        runtime.record_outcome(call, result="ok")
+    finally:
+        runtime.close()

@@ -252,6 +252,8 @@ class PendingCalls:
             if pending is not None and pending.owner == owner:
                 del self._calls[call_id]
                 self._remember(call_id)
+                if not self._calls:
+                    self._cond.notify_all()  # the sweeper stops: nothing left to expire
                 return pending.call
             reported = call_id in self._done
         if reported and pending is None:
