@@ -103,9 +103,10 @@ class _Discard(SpanExporter):
 
 
 def _configure(store: str, durability: Durability = "async", otel: Any = None) -> cra.Runtime:
-    return cra.configure(
+    runtime: cra.Runtime = cra.configure(
         atlases=[ATLAS], store=store, durability=durability, otel=otel, **WRITER_OPTION
     )
+    return runtime
 
 
 def _guarded() -> Callable[[str, str], str]:

@@ -43,7 +43,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as directory:
         url = f"sqlite://{directory}/t.db" if kind == "sqlite" else f"jsonl://{directory}/j"
         options = {"writer": writer} if writer else {}
-        cra.configure([ATLAS], store=url, **options)  # type: ignore[arg-type]
+        cra.configure([ATLAS], store=url, **options)  # type: ignore[call-overload]
 
         @cra.guarded("github.issue.list")
         def list_issues(repo: str) -> list[str]:

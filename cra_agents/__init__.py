@@ -49,6 +49,7 @@ from cra_agents._version import __version__
 if typing.TYPE_CHECKING:
     from cra_agents._requests import execute_request, resolve_request
     from cra_agents.atlas import Atlas, Finding, ValidationReport, load_atlas, validate_atlas
+    from cra_agents.client import Client
     from cra_agents.guard import (
         configure,
         current_session,
@@ -105,6 +106,7 @@ __all__ = [
     "CRAError",
     "Call",
     "ChainVerification",
+    "Client",
     "ConfigurationError",
     "ConsoleApprover",
     "ExecuteResponse",
@@ -162,6 +164,7 @@ _getattr, __dir__ = _lazy_exports(
             ("Atlas", "Finding", "ValidationReport", "load_atlas", "validate_atlas"),
             "cra_agents.atlas",
         ),
+        "Client": "cra_agents.client",
         **dict.fromkeys(
             (
                 "configure",

@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from cra_agents._exceptions import ConfigurationError, CRAError
 from cra_agents.atlas import AtlasSource
@@ -44,6 +44,9 @@ from cra_agents.runtime import (
     session_for_call,
 )
 from cra_agents.trace import Durability, TraceStore, Writer
+
+if TYPE_CHECKING:
+    from cra_agents.client import Client
 
 __all__ = [
     "ActiveSession",
@@ -66,9 +69,17 @@ _lock = threading.Lock()
 _runtime: Runtime | None = None
 
 
+Mode = Literal["embedded", "http", "auto"]
+
+
+@overload
 def configure(
-    atlases: Iterable[AtlasSource],
+    atlases: Iterable[AtlasSource] = (),
     *,
+    mode: Literal["embedded"] = "embedded",
+    url: str | None = None,
+    api_key: str | None = None,
+    token: str | None = None,
     store: TraceStore | str | os.PathLike[str] | None = None,
     durability: Durability = "async",
     writer: Writer = "auto",
@@ -79,8 +90,60 @@ def configure(
     implicit_sessions: bool = True,
     otel: Any = None,
     observers: Sequence[RuntimeObserver] = (),
-) -> Runtime:
+) -> Runtime: ...
+
+
+@overload
+def configure(
+    atlases: Iterable[AtlasSource] = (),
+    *,
+    mode: Literal["http", "auto"],
+    url: str | None = None,
+    api_key: str | None = None,
+    token: str | None = None,
+    store: TraceStore | str | os.PathLike[str] | None = None,
+    durability: Durability = "async",
+    writer: Writer = "auto",
+    approvals: ApprovalHandler = "auto_deny",
+    approval_timeout: float = 300.0,
+    shadow: bool = False,
+    default_deny: bool = False,
+    implicit_sessions: bool = True,
+    otel: Any = None,
+    observers: Sequence[RuntimeObserver] = (),
+) -> Runtime | Client: ...
+
+
+def configure(
+    atlases: Iterable[AtlasSource] = (),
+    *,
+    mode: Mode = "embedded",
+    url: str | None = None,
+    api_key: str | None = None,
+    token: str | None = None,
+    store: TraceStore | str | os.PathLike[str] | None = None,
+    durability: Durability = "async",
+    writer: Writer = "auto",
+    approvals: ApprovalHandler = "auto_deny",
+    approval_timeout: float = 300.0,
+    shadow: bool = False,
+    default_deny: bool = False,
+    implicit_sessions: bool = True,
+    otel: Any = None,
+    observers: Sequence[RuntimeObserver] = (),
+) -> Runtime | Client:
     """Set up the default runtime used by :func:`guarded` and :func:`session`.
+
+    ``mode``: ``"embedded"`` (default) decides calls in this process with a
+    :class:`~cra_agents.Runtime` over ``atlases``; ``"http"`` has a CRA server decide them,
+    through a :class:`~cra_agents.Client` of ``url`` (default ``$CRA_URL``) with ``api_key``
+    (default ``$CRA_API_KEY``) or ``token``; ``"auto"`` is ``"http"`` when ``url`` is given or
+    ``$CRA_URL`` is set, else ``"embedded"``. In HTTP mode the server owns atlases, store and
+    policy (``atlases`` and the embedded-only options are not used); ``approvals``,
+    ``approval_timeout`` and ``implicit_sessions`` apply here: a call that needs approval is
+    put to ``approvals`` in this process and its answer sent to the server, which decides.
+    ``@cra.guarded``, ``cra.session``, ``cra.propagate`` and the LangChain middleware work
+    unchanged in both modes; :func:`get_runtime` returns the client in HTTP mode.
 
     ``otel`` turns on spans: an OTLP endpoint (``"http://127.0.0.1:4318"``,
     ``"grpc://127.0.0.1:4317"``), ``True`` for the application's global tracer provider, a
@@ -88,23 +151,48 @@ def configure(
     ``observers`` adds your own :class:`~cra_agents.runtime.RuntimeObserver` s.
 
     Replaces (and closes) a previously configured runtime. The runtime is closed at exit.
+
+    Raises:
+        ConfigurationError: an unknown ``mode``, or ``"http"`` without a URL.
     """
     global _runtime
-    runtime = Runtime(
-        atlases,
-        store=store,
-        durability=durability,
-        writer=writer,
-        approval_handler=approvals,
-        approval_timeout=approval_timeout,
-        shadow=shadow,
-        default_deny=default_deny,
-        otel=otel,
-        observers=observers,
-        implicit_sessions=implicit_sessions,
-    )
+    if mode not in ("embedded", "http", "auto"):
+        raise ConfigurationError(
+            f"mode must be 'embedded', 'http' or 'auto', not {mode!r}",
+            details={"reason": "unknown_mode"},
+        )
+    if mode == "auto":
+        mode = "http" if url or os.environ.get("CRA_URL") else "embedded"
+    runtime: Runtime | Client
+    if mode == "http":
+        from cra_agents.client import Client
+
+        runtime = Client(
+            url,
+            api_key=api_key,
+            token=token,
+            approvals=approvals,
+            approval_timeout=approval_timeout,
+            implicit_sessions=implicit_sessions,
+        )
+    else:
+        runtime = Runtime(
+            atlases,
+            store=store,
+            durability=durability,
+            writer=writer,
+            approval_handler=approvals,
+            approval_timeout=approval_timeout,
+            shadow=shadow,
+            default_deny=default_deny,
+            otel=otel,
+            observers=observers,
+            implicit_sessions=implicit_sessions,
+        )
     with _lock:
-        previous, _runtime = _runtime, runtime
+        # A client stands where the runtime stands: it has the methods guard, session and
+        # the adapters call (its calls are decided by the server).
+        previous, _runtime = _runtime, cast("Runtime", runtime)
     if previous is not None:
         try:
             previous.close()
@@ -114,7 +202,7 @@ def configure(
 
 
 def get_runtime() -> Runtime:
-    """The configured runtime.
+    """The configured runtime (in HTTP mode, the :class:`~cra_agents.Client`).
 
     Raises:
         ConfigurationError: :func:`configure` was not called.

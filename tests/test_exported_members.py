@@ -26,6 +26,7 @@ FACADES = (
 )
 #: Topic modules imported by path: they also hold the names they import for their own use.
 TOPIC_MODULES = (
+    "cra_agents.client",
     "cra_agents.examples",
     "cra_agents.guard",
     "cra_agents.notebook",

@@ -7,9 +7,10 @@ The layers (``../shared/DESIGN.md``, "Layout"), lowest first::
                                                     the shipped example atlases
     policy                                          decides (reads atlases)
     runtime                                         the gate, sessions, resolution, observers
-    guard                                           configure / session / @guarded
+    guard, client                                   configure / session / @guarded, and HTTP
+                                                    mode's client (configure(mode="http"))
     otel, tools, replay, report, notebook, cli,     users of the runtime and of the trace fold
-    conformance, server, client
+    conformance, server
 
 Every import statement counts, including those inside functions (a lazy import is still a
 dependency). A module may import its own layer or lower ones; the runtime knows its observers
@@ -43,7 +44,7 @@ LAYER = {
     "cli": 5,
     "conformance": 5,
     "server": 5,
-    "client": 5,
+    "client": 4,
 }
 
 

@@ -11,6 +11,7 @@ from cra_agents.runtime._approvals import (
     ApprovalDecision,
     ApprovalHandler,
     ApprovalRequest,
+    Approvers,
     ConsoleApprover,
     current_user,
 )
@@ -23,6 +24,7 @@ from cra_agents.runtime._sessions import (
     SessionInfo,
     SessionScope,
     current_session,
+    escaped_error,
     propagate,
     session_for_call,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "ApprovalDecision",
     "ApprovalHandler",
     "ApprovalRequest",
+    "Approvers",
     "Authorization",
     "Call",
     "ConsoleApprover",
@@ -46,6 +49,7 @@ __all__ = [
     "ToolMap",
     "current_session",
     "current_user",
+    "escaped_error",
     "propagate",
     "session_for_call",
 ]
