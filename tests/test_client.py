@@ -1,8 +1,7 @@
 """HTTP mode end to end: cra_agents.Client against a real uvicorn server on 127.0.0.1.
 
-The server is a real Runtime over the github-ops atlas behind the real call routes
-(``cra_agents.server._calls``); its other upstream routes are the test double of
-``tests/harness/http_server.py`` until SERVER's app is merged.
+The server is ``cra_agents.server.create_app`` over a real Runtime on the github-ops atlas
+(``tests/harness/http_server.py``: its API keys, request counts and injected faults).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from cra_agents import (
 from cra_agents.client import RemoteCall, error_from_response
 from cra_agents.examples import atlas_path
 from cra_agents.server._calls import PendingCalls
-from tests.harness.http_server import double_app, free_port, serve
+from tests.harness.http_server import free_port, serve, server_app
 
 GITHUB_OPS = atlas_path("github-ops")
 SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
@@ -56,7 +55,7 @@ def runtime() -> Iterator[Runtime]:
 
 @pytest.fixture
 def app(runtime: Runtime) -> Any:
-    return double_app(runtime)
+    return server_app(runtime)
 
 
 @pytest.fixture

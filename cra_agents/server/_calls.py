@@ -56,6 +56,7 @@ from cra_agents._exceptions import (
 )
 from cra_agents.runtime import ApprovalDecision, Call, Runtime
 from cra_agents.server._principal import Principal, owns
+from cra_agents.server._routes import Caller
 
 __all__ = [
     "CallAllowed",
@@ -321,12 +322,6 @@ def _fail(call: Call, why: str) -> None:
 # -- dependencies -------------------------------------------------------------------------
 
 
-def _principal(request: Request) -> Principal:
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    principal: Principal = request.app.state.authenticate(headers)
-    return principal
-
-
 def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -386,10 +381,9 @@ _COMMON: dict[int | str, dict[str, Any]] = {
         503: {"description": "SERVICE_UNAVAILABLE: too many calls wait for their outcome"},
     },
 )
-def decide_call(body: CallRequest, request: Request) -> CallAllowed:
+def decide_call(body: CallRequest, request: Request, principal: Caller) -> CallAllowed:
     """Decide the call through the runtime's gate; an allowed call waits for its outcome."""
     runtime = _runtime(request)
-    principal = _principal(request)
     agent_id = _owned_session(runtime, principal, body.session_id)
     table = pending_calls(request)
     table.check_room()
@@ -479,9 +473,10 @@ def _ask_first(runtime: Runtime, agent_id: str, body: CallRequest) -> None:
         409: {"description": "OUTCOME_ALREADY_RECORDED"},
     },
 )
-def record_outcome(call_id: str, body: OutcomeRequest, request: Request) -> OutcomeRecorded:
+def record_outcome(
+    call_id: str, body: OutcomeRequest, request: Request, principal: Caller
+) -> OutcomeRecorded:
     """Record ``action.executed`` or ``action.failed`` for a pending call."""
-    principal = _principal(request)
     principal.require("write")
     table = pending_calls(request)
     table.expire()
@@ -501,10 +496,10 @@ def record_outcome(call_id: str, body: OutcomeRequest, request: Request) -> Outc
     summary="What the gate would decide for a call, recording nothing (extension)",
     responses={**_COMMON, 404: {"description": "SESSION_NOT_FOUND"}},
 )
-def precheck(body: PrecheckRequest, request: Request) -> PrecheckAnswer:
+def precheck(body: PrecheckRequest, request: Request, principal: Caller) -> PrecheckAnswer:
     """:meth:`Runtime.precheck` for a session of the caller."""
     runtime = _runtime(request)
-    _owned_session(runtime, _principal(request), body.session_id)
+    _owned_session(runtime, principal, body.session_id)
     answer = runtime.precheck(
         body.session_id, body.action_id, body.arguments, check_parameters=body.check_parameters
     )

@@ -58,6 +58,8 @@ class CreateSessionRequest(BaseModel):
     goal: str = Field(min_length=1)
     atlas_id: str | None = None
     metadata: dict[str, Any] | None = None
+    #: Extension: a sub-session of one of the caller's sessions (nested ``cra.session`` blocks).
+    parent_session_id: str | None = None
 
 
 async def authenticated(request: Request) -> Principal:
@@ -192,13 +194,22 @@ async def create_session(
     if body.atlas_id is not None:
         runtime.atlas(body.atlas_id)  # 404 ATLAS_NOT_FOUND unless loaded
         metadata[ATLAS_KEY] = body.atlas_id
+    if body.parent_session_id is not None:  # 404 unless the parent is the caller's too
+        await run_in_threadpool(_owned, runtime, principal, body.parent_session_id)
     metadata[OWNER_KEY] = principal.id
     info_ = current_request()
     if info_ is not None:
         metadata[REQUEST_ID_KEY] = info_.request_id
         if info_.trace_id is not None:
             metadata[TRACE_ID_KEY] = info_.trace_id
-    info = await _call(runtime, runtime.create_session, body.agent_id, body.goal, metadata=metadata)
+    info = await _call(
+        runtime,
+        runtime.create_session,
+        body.agent_id,
+        body.goal,
+        metadata=metadata,
+        parent_session_id=body.parent_session_id,
+    )
     return _json(_session_json(info), 201)
 
 
@@ -240,13 +251,19 @@ async def get_session(request: Request, principal: Caller, session_id: str) -> R
 
 
 @router.delete("/v1/sessions/{session_id}", status_code=204)
-async def end_session(request: Request, principal: Caller, session_id: str) -> Response:
-    """End one of the caller's sessions (204)."""
+async def end_session(
+    request: Request,
+    principal: Caller,
+    session_id: str,
+    reason: Literal["completed", "timeout", "error", "cancelled"] = "completed",
+    error: Annotated[str | None, Query(max_length=4096)] = None,
+) -> Response:
+    """End one of the caller's sessions (204); ``reason`` and ``error`` are extensions."""
     principal.require("write")
     runtime = _runtime(request)
     info = await run_in_threadpool(_owned, runtime, principal, session_id)
     principal.require("write", agent_id=info.agent_id)
-    await _call(runtime, runtime.end_session, session_id)
+    await _call(runtime, runtime.end_session, session_id, reason, error=error)
     return Response(status_code=204)
 
 

@@ -1,9 +1,8 @@
 """CRAMiddleware, unchanged, against a CRA server: ``cra.configure(mode="http")``.
 
 A real ``create_agent`` loop (scripted model) whose tool calls are decided by a real uvicorn
-server on 127.0.0.1 (a Runtime over the github-ops atlas behind the call routes; the other
-upstream routes are the test double of ``tests/harness/http_server.py`` until SERVER's app is
-merged). The same run in embedded mode gives the same tool answers and the same trace.
+server on 127.0.0.1 (``cra_agents.server.create_app`` over a Runtime on the github-ops atlas).
+The same run in embedded mode gives the same tool answers and the same trace.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import cra_agents as cra
 from cra_agents.examples import atlas_path
 from cra_agents_langchain import CRAMiddleware, guard_tool
 from cra_agents_langchain.testing import ScriptedChatModel
-from tests.harness.http_server import double_app, serve
+from tests.harness.http_server import serve, server_app
 
 GITHUB_OPS = atlas_path("github-ops")
 SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
@@ -85,7 +84,7 @@ def _script() -> list[AIMessage]:
 @pytest.fixture
 def server() -> Iterator[tuple[cra.Runtime, str]]:
     runtime = cra.Runtime([GITHUB_OPS], store="memory://")
-    with serve(double_app(runtime)) as url:
+    with serve(server_app(runtime)) as url:
         yield runtime, url
     runtime.close()
 
