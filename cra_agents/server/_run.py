@@ -44,10 +44,11 @@ class GracefulServer(uvicorn.Server):
 
 def serve(runtime: Runtime, config: ServerConfig) -> None:
     """Serve ``runtime`` until SIGTERM / SIGINT, then close it (the trace is flushed)."""
+    app = create_app(runtime, config)
     try:
         server = GracefulServer(
             uvicorn.Config(
-                create_app(runtime, config),
+                app,
                 host=config.host,
                 port=config.port,
                 workers=1,
@@ -59,4 +60,7 @@ def serve(runtime: Runtime, config: ServerConfig) -> None:
         )
         server.run()
     finally:
+        pending = getattr(app.state, "cra_calls", None)
+        if pending is not None:  # HTTP-mode calls whose outcome never came: recorded failed
+            pending.close()
         runtime.close()
