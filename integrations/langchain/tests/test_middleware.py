@@ -209,7 +209,11 @@ def test_approval_interrupt_and_resume(runtime, answer, ran, outcome):
     last_merge = [e for e in events if e.payload.get("action_id") == "github.pr.merge"][-1]
     assert last_merge.event_type == outcome
     if answer == {"decision": "approve", "approver": "alice"}:
-        approved = [e for e in events if e.event_type == "action.approved"][-1]
+        (approved,) = [  # the two calls of the turn run in parallel: pick the merge's
+            e
+            for e in events
+            if e.event_type == "action.approved" and e.payload.get("action_id") == "github.pr.merge"
+        ]
         assert approved.payload["approver"] == "alice"
     assert kinds[-1] == "session.ended"  # the resumed run ended the session it kept
     assert not info.active
