@@ -81,11 +81,11 @@ from cra_agents.runtime import (
     ApprovalRequest,
     Approvers,
     ConsoleApprover,
+    OpenScopes,
     Precheck,
     SessionInfo,
     SessionScope,
     ToolMap,
-    escaped_error,
     session_for_call,
 )
 
@@ -416,8 +416,7 @@ class Client:
         )
         self.implicit_sessions = implicit_sessions
         self._lock = threading.Lock()
-        self._implicit: str | None = None
-        self._scopes: dict[str, int] = {}
+        self._scopes = OpenScopes()
         self._atlas_cache: tuple[float, tuple[Atlas, ...]] | None = None
         self._tools: Any = None
         #: How long the atlases read from the server are reused (seconds).
@@ -558,9 +557,7 @@ class Client:
         if error is not None:
             params["error"] = error[:2000]
         self._request("DELETE", f"/v1/sessions/{session_id}", params=params)
-        with self._lock:
-            if self._implicit == session_id:
-                self._implicit = None
+        self._scopes.forget(session_id)
         return self.session(session_id)
 
     def implicit_session_id(self) -> str:
@@ -570,37 +567,23 @@ class Client:
             InvalidRequestError: a ``cra.session`` of this client is open, so the call escaped
                 it (``session_not_propagated``), or implicit sessions are off (``no_session``).
         """
-        with self._lock:
-            open_scopes = sum(self._scopes.values())
-            current = self._implicit
-        if open_scopes:
-            raise escaped_error(open_scopes)
-        if not self.implicit_sessions:
-            raise InvalidRequestError(
-                "a guarded call outside any cra.session(...) block, and implicit sessions are off",
-                details={"reason": "no_session"},
-            )
-        if current is not None:
-            return current
-        info = self.create_session("cra-implicit", f"implicit session of process {os.getpid()}")
-        with self._lock:
-            if self._implicit is None:
-                self._implicit = info.session_id
-            return self._implicit
+        return self._scopes.implicit(
+            enabled=self.implicit_sessions,
+            create=lambda: (
+                self.create_session(
+                    "cra-implicit", f"implicit session of process {os.getpid()}"
+                ).session_id
+            ),
+            alive=lambda session_id: True,  # forgotten when this client ends it
+        )
 
     def scope_opened(self, session_id: str) -> None:
         """A ``cra.session`` block of this client began."""
-        with self._lock:
-            self._scopes[session_id] = self._scopes.get(session_id, 0) + 1
+        self._scopes.opened(session_id)
 
     def scope_closed(self, session_id: str) -> None:
         """A ``cra.session`` block of this client ended."""
-        with self._lock:
-            left = self._scopes.get(session_id, 0) - 1
-            if left > 0:
-                self._scopes[session_id] = left
-            else:
-                self._scopes.pop(session_id, None)
+        self._scopes.closed(session_id)
 
     def activate_session(self, session_id: str) -> tuple[Any, ...]:
         """Observers run at the server: nothing to activate here."""

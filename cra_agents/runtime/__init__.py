@@ -21,10 +21,10 @@ from cra_agents.runtime._observers import Observer, RuntimeObserver
 from cra_agents.runtime._runtime import DEFAULT_TTL_SECONDS, Runtime
 from cra_agents.runtime._sessions import (
     ActiveSession,
+    OpenScopes,
     SessionInfo,
     SessionScope,
     current_session,
-    escaped_error,
     propagate,
     session_for_call,
 )
@@ -41,6 +41,7 @@ __all__ = [
     "Call",
     "ConsoleApprover",
     "Observer",
+    "OpenScopes",
     "Precheck",
     "Runtime",
     "RuntimeObserver",
@@ -49,7 +50,6 @@ __all__ = [
     "ToolMap",
     "current_session",
     "current_user",
-    "escaped_error",
     "propagate",
     "session_for_call",
 ]

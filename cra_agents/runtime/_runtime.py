@@ -55,6 +55,7 @@ from cra_agents.runtime._mapping import ToolMap
 from cra_agents.runtime._observers import ObserverSet, RuntimeObserver, load_observer
 from cra_agents.runtime._resolve import Resolver
 from cra_agents.runtime._sessions import (
+    OpenScopes,
     SessionState,
     check_recordable,
     is_session_id,
@@ -233,9 +234,8 @@ class Runtime(CarpMixin):
         # Ended sessions, the last ``ended_sessions_kept`` (see SessionsMixin).
         self._ended: OrderedDict[str, SessionState] = OrderedDict()
         self._lock = threading.Lock()
-        self._implicit: str | None = None
-        #: ``cra.session`` blocks open on this runtime, per session (see session_for_call).
-        self._scopes: dict[str, int] = {}
+        #: ``cra.session`` blocks open on this runtime and its implicit session.
+        self._scopes = OpenScopes()
 
     @staticmethod
     def _check_conflicts(atlases: list[Atlas]) -> None:

@@ -244,6 +244,69 @@ def escaped_error(open_sessions: int) -> InvalidRequestError:
     )
 
 
+class OpenScopes:
+    """The ``cra.session`` blocks open on one runtime (or client), and its implicit session.
+
+    The one rule for a call made outside every block: refused while a block is open (the call
+    escaped it, :func:`escaped_error`), else it belongs to one implicit session per runtime,
+    created on first use. Used by :class:`~cra_agents.Runtime` and :class:`~cra_agents.Client`.
+    """
+
+    __slots__ = ("_counts", "_implicit", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._implicit: str | None = None
+
+    def opened(self, session_id: str) -> None:
+        """A ``cra.session`` block of ``session_id`` began."""
+        with self._lock:
+            self._counts[session_id] = self._counts.get(session_id, 0) + 1
+
+    def closed(self, session_id: str) -> None:
+        """A ``cra.session`` block of ``session_id`` ended."""
+        with self._lock:
+            left = self._counts.get(session_id, 0) - 1
+            if left > 0:
+                self._counts[session_id] = left
+            else:
+                self._counts.pop(session_id, None)
+
+    def forget(self, session_id: str) -> None:
+        """``session_id`` ended: if it was the implicit session, the next call opens another."""
+        with self._lock:
+            if self._implicit == session_id:
+                self._implicit = None
+
+    def implicit(
+        self, *, enabled: bool, create: Callable[[], str], alive: Callable[[str], bool]
+    ) -> str:
+        """The session of a call outside every block: the implicit one, created when needed.
+
+        Raises:
+            InvalidRequestError: a block is open, so the call escaped it
+                (``session_not_propagated``), or implicit sessions are off (``no_session``).
+        """
+        with self._lock:
+            open_scopes = sum(self._counts.values())
+            current = self._implicit
+        if open_scopes:
+            raise escaped_error(open_scopes)
+        if not enabled:
+            raise InvalidRequestError(
+                "a guarded call outside any cra.session(...) block, and implicit sessions are off",
+                details={"reason": "no_session"},
+            )
+        if current is not None and alive(current):
+            return current
+        created = create()
+        with self._lock:
+            if self._implicit is None or not alive(self._implicit):
+                self._implicit = created
+            return self._implicit
+
+
 class SessionScope:
     """``with`` / ``async with`` block of one session: it is current inside, ended after.
 
@@ -347,8 +410,7 @@ class SessionsMixin:
     _sessions: dict[str, SessionState]
     _ended: OrderedDict[str, SessionState]
     store: TraceStore
-    _scopes: dict[str, int]
-    _implicit: str | None
+    _scopes: OpenScopes
     observers: ObserverSet
     _observed: bool
     shadow: bool
@@ -502,37 +564,23 @@ class SessionsMixin:
             InvalidRequestError: a ``cra.session`` of this runtime is open, so the call escaped
                 it (``session_not_propagated``), or implicit sessions are off (``no_session``).
         """
-        with self._lock:
-            open_scopes = sum(self._scopes.values())
-        if open_scopes:
-            raise escaped_error(open_scopes)
-        if not self.implicit_sessions:
-            raise InvalidRequestError(
-                "a guarded call outside any cra.session(...) block, and implicit sessions are off",
-                details={"reason": "no_session"},
-            )
-        with self._lock:
-            current = self._implicit
-            if current is not None and current in self._sessions:  # live: not ended
-                return current
-        info = self.create_session("cra-implicit", f"implicit session of process {os.getpid()}")
-        with self._lock:
-            self._implicit = info.session_id
-        return info.session_id
+        return self._scopes.implicit(
+            enabled=self.implicit_sessions,
+            create=lambda: (
+                self.create_session(
+                    "cra-implicit", f"implicit session of process {os.getpid()}"
+                ).session_id
+            ),
+            alive=lambda session_id: session_id in self._sessions,  # live: not ended
+        )
 
     def scope_opened(self, session_id: str) -> None:
         """A ``cra.session`` block of this runtime began (see :func:`session_for_call`)."""
-        with self._lock:
-            self._scopes[session_id] = self._scopes.get(session_id, 0) + 1
+        self._scopes.opened(session_id)
 
     def scope_closed(self, session_id: str) -> None:
         """A ``cra.session`` block of this runtime ended."""
-        with self._lock:
-            left = self._scopes.get(session_id, 0) - 1
-            if left > 0:
-                self._scopes[session_id] = left
-            else:
-                self._scopes.pop(session_id, None)
+        self._scopes.closed(session_id)
 
     def activate_session(self, session_id: str) -> tuple[Any, ...]:
         """Make the session current for observers (a ``cra.session`` block began)."""
