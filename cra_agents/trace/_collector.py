@@ -325,8 +325,18 @@ class TraceCollector:
         return True
 
     def close(self, timeout: float = 10.0) -> None:
-        """Drain, stop the writer (thread and process) and close the store. Idempotent."""
+        """Drain, stop the writer (thread and process) and close the store. Idempotent.
+
+        Called on the writer thread itself (a runtime's finalizer run by garbage collection
+        there, or a commit listener), the close runs on a thread of its own: the writer cannot
+        join itself, nor wait for the write it is in the middle of.
+        """
         if self._closed:
+            return
+        if self._thread is not None and threading.current_thread() is self._thread:
+            threading.Thread(
+                target=self.close, args=(timeout,), name="cra-trace-close", daemon=True
+            ).start()
             return
         try:
             self.flush(timeout)
