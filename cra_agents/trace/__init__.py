@@ -26,6 +26,17 @@ from cra_agents.trace._collector import (
 )
 from cra_agents.trace._feed import CommitFeed, CommitListener
 from cra_agents.trace._hash import compute_event_hash, spec_event_hash
+from cra_agents.trace._ingest import (
+    BATCH_INVALID,
+    MAX_BATCH_EVENTS,
+    IngestResult,
+    IngestStore,
+    StoredEvent,
+    StoredHead,
+    parse_batch,
+    plan_session,
+    split_batch,
+)
 from cra_agents.trace._jsonl import JsonlStore, repair_torn_tail
 from cra_agents.trace._memory import MemoryStore
 from cra_agents.trace._read import TornTail, iter_jsonl, read_events
@@ -40,8 +51,10 @@ from cra_agents.trace._verify import (
 )
 
 __all__ = [
+    "BATCH_INVALID",
     "DURABILITY_MODES",
     "INDEX_MISMATCH",
+    "MAX_BATCH_EVENTS",
     "WRITERS",
     "CallRecord",
     "ChainVerification",
@@ -51,6 +64,8 @@ __all__ = [
     "ContextRecord",
     "Durability",
     "EventLike",
+    "IngestResult",
+    "IngestStore",
     "JsonlStore",
     "MemoryStore",
     "OutcomeKind",
@@ -58,6 +73,8 @@ __all__ = [
     "SessionChain",
     "SessionRecord",
     "SqliteStore",
+    "StoredEvent",
+    "StoredHead",
     "TornTail",
     "TraceCollector",
     "TraceStats",
@@ -75,6 +92,8 @@ __all__ = [
     "load_signing_key",
     "load_verify_key",
     "open_store",
+    "parse_batch",
+    "plan_session",
     "read_checkpoints",
     "read_events",
     "repair_torn_tail",
@@ -82,6 +101,7 @@ __all__ = [
     "save_verify_key",
     "sign_checkpoint",
     "spec_event_hash",
+    "split_batch",
     "verify_chain",
     "verify_logs",
     "verify_store",
