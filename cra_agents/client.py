@@ -44,7 +44,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
@@ -542,6 +542,20 @@ class Client:
         answer = self._request("GET", "/v1/sessions", params=params).json()
         return [_session_info(item) for item in answer.get("items", [])]
 
+    def stored_sessions(
+        self, *, limit: int = 100, offset: int = 0, order: str = "oldest"
+    ) -> list[SessionInfo]:
+        """``GET /v1/stored-sessions``: every session the server stores (``audit`` key).
+
+        ``order``: ``oldest`` or ``newest`` first. Sessions still going have no counts yet;
+        ``event_count`` is what the store holds.
+
+        .. versionadded:: 0.2
+        """
+        params = {"limit": limit, "offset": offset, "order": order}
+        answer = self._request("GET", "/v1/stored-sessions", params=params).json()
+        return [_session_info(item) for item in answer.get("items", [])]
+
     def end_session(
         self,
         session_id: str,
@@ -675,6 +689,38 @@ class Client:
             log_id=session_id,
         )
 
+    def replay(
+        self,
+        session_id: str,
+        atlas: AtlasSource | None = None,
+        *,
+        atlas_ids: Sequence[str] | None = None,
+        default_deny: bool | None = None,
+        changed_only: bool = False,
+    ) -> dict[str, Any]:
+        """``POST /v1/traces/{session_id}/replay``: what a candidate atlas would decide.
+
+        The server re-decides the stored session's decisions against its loaded atlases (or
+        ``atlas_ids`` of them), with ``atlas`` (a manifest, path or :class:`Atlas`) in place
+        of the loaded atlas of its id. Retried: it changes nothing.
+
+        Returns:
+            The report: ``counts`` (decisions, changed, identical, skipped), ``decisions``
+            (each ``before``/``after`` as ``[result, policy_id]``, ``changed``), ``skipped``.
+
+        .. versionadded:: 0.2
+        """
+        body: dict[str, Any] = {"changed_only": changed_only}
+        if atlas is not None:
+            body["atlas"] = _manifest(atlas)
+        if atlas_ids is not None:
+            body["atlas_ids"] = list(atlas_ids)
+        if default_deny is not None:
+            body["default_deny"] = default_deny
+        path = f"/v1/traces/{session_id}/replay"
+        answer: dict[str, Any] = self._request("POST", path, json=body, idempotent=True).json()
+        return answer
+
     # -- atlases --------------------------------------------------------------------------
 
     @property
@@ -699,13 +745,9 @@ class Client:
 
     def load_atlas(self, source: AtlasSource) -> dict[str, Any]:
         """``POST /v1/atlases`` with the manifest of ``source``; the server's summary."""
-        from cra_agents.atlas import load_atlas
-
-        manifest = source if isinstance(source, Mapping) else None
-        if manifest is None:
-            atlas = load_atlas(source)
-            manifest = atlas.manifest.model_dump(mode="json", by_alias=True, exclude_none=True)
-        summary: dict[str, Any] = self._request("POST", "/v1/atlases", json=dict(manifest)).json()
+        summary: dict[str, Any] = self._request(
+            "POST", "/v1/atlases", json=_manifest(source)
+        ).json()
         self._atlas_cache = None
         return summary
 
@@ -962,6 +1004,19 @@ class Client:
             f"recording {event_type!r} events is not supported over HTTP",
             details={"reason": "not_supported_over_http", "event_type": event_type},
         )
+
+
+def _manifest(source: AtlasSource) -> dict[str, Any]:
+    """The manifest JSON of an atlas source, as ``POST /v1/atlases`` takes it."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    from cra_agents.atlas import load_atlas
+
+    atlas = load_atlas(source)
+    manifest: dict[str, Any] = atlas.manifest.model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    return manifest
 
 
 def _wire(request: Any) -> Any:

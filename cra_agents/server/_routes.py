@@ -4,10 +4,19 @@ Every route but health needs a credential (see :mod:`cra_agents.server._auth`); 
 for gets, lists, traces and verification, ``write`` for everything that changes state. A
 session belongs to the principal that created it: any other gets 404 ``SESSION_NOT_FOUND``.
 Runtime work that may wait on the trace store runs off the event loop.
+
+The ``audit`` scope reads every session the trace store holds, whoever wrote it (sessions an
+ingest server received from other processes have no owner here): ``GET /v1/stored-sessions``
+lists them, and ``GET /v1/sessions/{id}``, ``GET /v1/traces/{id}`` and
+``POST /v1/traces/{id}/verify`` fall back to the store for them. A stored session is described
+from two of its events only, whatever its length (:func:`stored_session`). Only the store
+interface is used (``read``, ``last_sequence``, ``sessions``), so any store serves.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
@@ -18,22 +27,40 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from cra_agents._clock import format_timestamp
-from cra_agents._exceptions import InvalidRequestError, SessionNotFoundError
+from cra_agents._exceptions import (
+    InvalidRequestError,
+    SessionNotFoundError,
+    TraceError,
+    TraceUnavailableError,
+)
 from cra_agents._version import __version__
 from cra_agents.atlas import Atlas
-from cra_agents.protocol import CARPRequest
+from cra_agents.protocol import UUID_PATTERN, CARPRequest, TraceEvent
+from cra_agents.protocol import events as ev
 from cra_agents.runtime import Runtime, SessionInfo
 from cra_agents.server._limits import current_request
 from cra_agents.server._principal import OWNER_KEY, Principal, owns
+from cra_agents.trace import (
+    INDEX_MISMATCH,
+    ChainVerification,
+    TraceStore,
+    event_payload,
+    fold_session,
+)
 
 __all__ = [
     "ATLAS_KEY",
     "REQUEST_ID_KEY",
     "TRACE_ID_KEY",
+    "Caller",
     "CreateSessionRequest",
+    "audits",
     "authenticated",
     "health_router",
+    "not_found",
+    "owned",
     "router",
+    "stored_session",
     "wire",
 ]
 
@@ -44,6 +71,8 @@ TRACE_ID_KEY = "cra.trace_id"
 
 T = TypeVar("T")
 _MAX_SEQUENCE = 2**62
+# Stores are asked only about well-formed ids (a JSONL store names a file after the id).
+_SESSION_ID = re.compile(UUID_PATTERN.removeprefix("^").removesuffix("$"))
 
 router = APIRouter()
 health_router = APIRouter()
@@ -172,15 +201,106 @@ def _session_json(info: SessionInfo) -> dict[str, Any]:
     return body
 
 
-def _owned(runtime: Runtime, principal: Principal, session_id: str) -> SessionInfo:
+def not_found(session_id: str) -> SessionNotFoundError:
+    """The 404 of a session the caller may not see: the same whether it exists or not."""
+    return SessionNotFoundError(f"no session {session_id}", details={"session_id": session_id})
+
+
+def owned(runtime: Runtime, principal: Principal, session_id: str) -> SessionInfo:
     """The session, if the caller created it; 404 ``SESSION_NOT_FOUND`` otherwise."""
     try:
         info = runtime.session(session_id)
     except SessionNotFoundError:
         info = None
     if info is None or not owns(principal, info.metadata):
-        raise SessionNotFoundError(f"no session {session_id}", details={"session_id": session_id})
+        raise not_found(session_id)
     return info
+
+
+def audits(principal: Principal) -> bool:
+    """Whether the caller reads every stored session (``audit``); else it must have ``read``.
+
+    Raises:
+        ForbiddenError: it has neither scope.
+    """
+    if "audit" in principal.scopes:
+        return True
+    principal.require("read")
+    return False
+
+
+def _flush(runtime: Runtime) -> None:
+    """Write what the runtime has queued, so its own sessions read as they were decided."""
+    # A failed trace is the health route's news: what is stored can still be read.
+    with contextlib.suppress(TraceUnavailableError):
+        runtime.flush()
+
+
+def stored_session(store: TraceStore, session_id: str) -> dict[str, Any] | None:
+    """A session's Session body from its stored events; None when the store has none.
+
+    Cheap whatever the session's length: three indexed reads (its first event, the sequence
+    of its last, the last event), never the events in between. ``session.started`` gives the
+    agent, goal, metadata and start; the runtime writes ``session.ended`` after every other
+    event of its session, so the last event says whether (and how) it ended. The counts of
+    resolutions and actions come from ``session.ended``: a session still going (e.g. one an
+    ingest server still receives) has none yet; ``event_count`` is always given.
+
+    Raises:
+        TraceError: the store refuses the session (its index disagrees with its events).
+    """
+    if _SESSION_ID.fullmatch(session_id) is None:
+        return None
+    first = store.read(session_id, limit=1)
+    if not first:
+        return None
+    last_sequence = store.last_sequence(session_id)
+    events: list[TraceEvent] = [first[0]]
+    if last_sequence > first[0].sequence:
+        events += store.read(session_id, since_sequence=last_sequence - 1, limit=1)
+    record = fold_session(events)
+    ended = events[-1] if events[-1].event_type == ev.SESSION_ENDED else None
+    body: dict[str, Any] = {
+        "session_id": session_id,
+        "agent_id": record.agent_id or "",
+        "goal": record.goal or "",
+        "status": "active" if ended is None else "ended",
+        "created_at": first[0].timestamp,
+        "trace_id": first[0].trace_id,
+    }
+    metadata = dict(record.metadata or {})
+    atlas_id = metadata.get(ATLAS_KEY)
+    if isinstance(atlas_id, str):
+        body["atlas_id"] = atlas_id
+    if ended is not None:
+        body["ended_at"] = ended.timestamp
+        if record.end_reason is not None:
+            body["end_reason"] = record.end_reason
+        for key in ("resolution_count", "action_count"):
+            if isinstance(ended.payload.get(key), int):
+                body[key] = ended.payload[key]
+    parent = (
+        None if record.started is None else event_payload(record.started).get("parent_session_id")
+    )
+    if isinstance(parent, str):
+        body["parent_session_id"] = parent
+    if metadata:
+        body["metadata"] = metadata
+    body["event_count"] = last_sequence + 1
+    return body
+
+
+def _audited(runtime: Runtime, principal: Principal, session_id: str) -> dict[str, Any]:
+    """Any session, for an ``audit`` caller: as its owner sees it, else from the store."""
+    _flush(runtime)
+    stored = stored_session(runtime.store, session_id)
+    if stored is not None and not owns(principal, stored.get("metadata")):
+        return stored
+    # The caller's own (described as today), or one not in the store yet (just created).
+    try:
+        return _session_json(runtime.session(session_id))
+    except SessionNotFoundError:
+        raise not_found(session_id) from None
 
 
 @router.post("/v1/sessions", status_code=201)
@@ -195,7 +315,7 @@ async def create_session(
         runtime.atlas(body.atlas_id)  # 404 ATLAS_NOT_FOUND unless loaded
         metadata[ATLAS_KEY] = body.atlas_id
     if body.parent_session_id is not None:  # 404 unless the parent is the caller's too
-        await run_in_threadpool(_owned, runtime, principal, body.parent_session_id)
+        await run_in_threadpool(owned, runtime, principal, body.parent_session_id)
     metadata[OWNER_KEY] = principal.id
     info_ = current_request()
     if info_ is not None:
@@ -241,12 +361,61 @@ async def list_sessions(
     )
 
 
+@router.get("/v1/stored-sessions")
+async def list_stored_sessions(
+    request: Request,
+    principal: Caller,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    order: Literal["oldest", "newest"] = "oldest",
+) -> Response:
+    """Every session the trace store holds, whoever wrote it (``audit``; StoredSessionList).
+
+    Extension. The page's sessions are described by :func:`stored_session` (three indexed reads
+    each, whatever their length); the store's session ids are listed once per request. A
+    session the store refuses to read is listed under ``unreadable`` instead of ``items``.
+    """
+    principal.require("audit")
+    runtime = _runtime(request)
+
+    def page() -> dict[str, Any]:
+        _flush(runtime)
+        ids = runtime.store.sessions()
+        if order == "newest":
+            ids.reverse()
+        start = min(offset, len(ids))
+        items: list[dict[str, Any]] = []
+        unreadable: list[dict[str, Any]] = []
+        for session_id in ids[start : start + limit]:
+            try:
+                body = stored_session(runtime.store, session_id)
+            except TraceError as exc:
+                unreadable.append(
+                    {"session_id": session_id, "error": exc.code, "details": str(exc)}
+                )
+                continue
+            if body is not None:
+                items.append(body)
+        answer: dict[str, Any] = {
+            "items": items,
+            "total": len(ids),
+            "limit": limit,
+            "offset": start,
+        }
+        if unreadable:
+            answer["unreadable"] = unreadable
+        return answer
+
+    return _json(await run_in_threadpool(page))
+
+
 @router.get("/v1/sessions/{session_id}")
 async def get_session(request: Request, principal: Caller, session_id: str) -> Response:
-    """One of the caller's sessions (Session)."""
-    principal.require("read")
+    """One of the caller's sessions (Session); for ``audit`` callers, any stored session."""
     runtime = _runtime(request)
-    info = await run_in_threadpool(_owned, runtime, principal, session_id)
+    if audits(principal):
+        return _json(await run_in_threadpool(_audited, runtime, principal, session_id))
+    info = await run_in_threadpool(owned, runtime, principal, session_id)
     return _json(_session_json(info))
 
 
@@ -261,7 +430,7 @@ async def end_session(
     """End one of the caller's sessions (204); ``reason`` and ``error`` are extensions."""
     principal.require("write")
     runtime = _runtime(request)
-    info = await run_in_threadpool(_owned, runtime, principal, session_id)
+    info = await run_in_threadpool(owned, runtime, principal, session_id)
     principal.require("write", agent_id=info.agent_id)
     await _call(runtime, runtime.end_session, session_id, reason, error=error)
     return Response(status_code=204)
@@ -290,7 +459,7 @@ def _carp(body: bytes) -> CARPRequest:
 def _admitted(request: Request, principal: Principal, body: bytes) -> CARPRequest:
     carp = _carp(body)
     principal.require("write", agent_id=carp.requester.agent_id)
-    _owned(_runtime(request), principal, carp.requester.session_id)
+    owned(_runtime(request), principal, carp.requester.session_id)
     return carp
 
 
@@ -315,6 +484,14 @@ async def execute(request: Request, principal: Caller) -> Response:
 # -- traces ---------------------------------------------------------------------------------
 
 
+def _session_events(runtime: Runtime, session_id: str, **filters: Any) -> list[TraceEvent]:
+    """``runtime.trace_events``, with the 404 every route gives."""
+    try:
+        return runtime.trace_events(session_id, **filters)
+    except SessionNotFoundError:
+        raise not_found(session_id) from None
+
+
 def _wants_ndjson(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "application/x-ndjson" in accept
@@ -329,16 +506,21 @@ async def get_traces(
     since_sequence: Annotated[int | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
-    """The session's TRACE events (TraceEventList, or NDJSON by ``Accept``)."""
-    principal.require("read")
+    """The session's TRACE events (TraceEventList, or NDJSON by ``Accept``).
+
+    ``audit`` callers read any stored session. At most ``limit`` events per request: page on
+    with ``since_sequence`` (the answer's ``last_sequence``).
+    """
+    audit = audits(principal)
     runtime = _runtime(request)
     if since_sequence is not None:
         since_sequence = min(since_sequence, _MAX_SEQUENCE)  # stores index 64-bit integers
 
     def read() -> tuple[list[dict[str, Any]], int]:
-        _owned(runtime, principal, session_id)
-        events = runtime.trace_events(
-            session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
+        if not audit:
+            owned(runtime, principal, session_id)
+        events = _session_events(
+            runtime, session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
         )
         total = runtime.store.last_sequence(session_id) + 1
         return [wire(e, nulls=True) for e in events], total
@@ -355,13 +537,28 @@ async def get_traces(
 
 @router.post("/v1/traces/{session_id}/verify")
 async def verify_trace(request: Request, principal: Caller, session_id: str) -> Response:
-    """Verify the session's hash chain as stored (TraceVerification)."""
-    principal.require("read")
+    """Verify the session's hash chain as stored (TraceVerification).
+
+    ``audit`` callers verify any stored session. The runtime's verifier does the work (it
+    streams the session from a store that can). A session whose stored index disagrees with
+    its events is reported invalid (``index_mismatch``), as ``cra trace verify`` reports it.
+    """
+    audit = audits(principal)
     runtime = _runtime(request)
 
-    def check() -> Any:
-        _owned(runtime, principal, session_id)
-        return runtime.verify(session_id)
+    def check() -> ChainVerification:
+        if not audit:
+            owned(runtime, principal, session_id)
+        try:
+            return runtime.verify(session_id)
+        except SessionNotFoundError:
+            raise not_found(session_id) from None
+        except TraceError as exc:
+            if exc.code != INDEX_MISMATCH:
+                raise
+            return ChainVerification(
+                False, 0, 0, "index_mismatch", f"the session cannot be read: {exc}"
+            )
 
     result = await run_in_threadpool(check)
     body: dict[str, Any] = {
