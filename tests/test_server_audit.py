@@ -28,6 +28,8 @@ from cra_agents.server._config import ApiKey
 from cra_agents.server._principal import OWNER_KEY
 from tests.harness.live_server import LiveServer, live_server
 
+STORES = ["memory", "sqlite", "jsonl"]
+
 GITHUB_OPS = atlas_path("github-ops")
 ISSUE = {"repo": "acme/app", "issue_number": 1, "body": "Thanks, looking into it."}
 
@@ -64,29 +66,48 @@ class Recorded:
     active: str
 
 
-def record_sessions(store: str) -> Recorded:
+def record_into(runtime: Runtime, store: str) -> Recorded:
     """An ended session (resolve, two allowed calls, a denied one) and one still going."""
-    with Runtime([GITHUB_OPS], store=store, writer="thread") as runtime:
-        ended = runtime.create_session(
-            "triage-bot", "Triage new bug reports", metadata={"team": "ops"}
-        )
-        resolution = runtime.resolve(resolve_request(ended))
-        calls: list[tuple[str, dict[str, Any]]] = [
-            ("github.issue.list", {"repo": "acme/app"}),
-            ("github.issue.comment", ISSUE),
-        ]
-        for action, parameters in calls:
-            runtime.execute(execute_request(ended, resolution.resolution_id, action, parameters))
-        with pytest.raises(ActionDeniedError):
-            runtime.execute(
-                execute_request(
-                    ended, resolution.resolution_id, "github.repo.delete", {"repo": "acme/app"}
-                )
+    ended = runtime.create_session("triage-bot", "Triage new bug reports", metadata={"team": "ops"})
+    resolution = runtime.resolve(resolve_request(ended))
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("github.issue.list", {"repo": "acme/app"}),
+        ("github.issue.comment", ISSUE),
+    ]
+    for action, parameters in calls:
+        runtime.execute(execute_request(ended, resolution.resolution_id, action, parameters))
+    with pytest.raises(ActionDeniedError):
+        runtime.execute(
+            execute_request(
+                ended, resolution.resolution_id, "github.repo.delete", {"repo": "acme/app"}
             )
-        runtime.end_session(ended.session_id)
-        active = runtime.create_session("release-bot", "Publish the release")
-        runtime.resolve(resolve_request(active))
+        )
+    runtime.end_session(ended.session_id)
+    active = runtime.create_session("release-bot", "Publish the release")
+    runtime.resolve(resolve_request(active))
     return Recorded(store, ended.session_id, active.session_id)
+
+
+def record_sessions(store: str) -> Recorded:
+    """:func:`record_into` a store by a runtime of its own (closed: all of it is stored)."""
+    with Runtime([GITHUB_OPS], store=store, writer="thread") as runtime:
+        return record_into(runtime, store)
+
+
+@contextlib.contextmanager
+def stored_and_served(kind: str, tmp_path: Path) -> Iterator[tuple[Recorded, LiveServer]]:
+    """Sessions in a store of ``kind``, and a server over it; ``memory``: the server's own
+    runtime records them itself (not through the server: nobody owns them)."""
+    if kind == "memory":
+        with Runtime([GITHUB_OPS], store="memory://", writer="thread") as runtime:
+            recorded = record_into(runtime, "memory://")
+            with live_server(runtime, config()) as live:
+                yield recorded, live
+        return
+    url = f"sqlite://{tmp_path / 'traces.db'}" if kind == "sqlite" else f"jsonl://{tmp_path}"
+    recorded = record_sessions(url)
+    with serving(url) as live:
+        yield recorded, live
 
 
 @contextlib.contextmanager
@@ -249,12 +270,23 @@ class TestStoredSession:
     def test_server_sessions_keep_their_owner(self, server: LiveServer) -> None:
         """A session made through the server: its owner sees it as today, audit sees it too."""
         with http(server, BOB) as bob, http(server, AUDITOR) as auditor, http(server, OPS) as ops:
-            created = bob.post("/v1/sessions", json={"agent_id": "bot", "goal": "triage"})
+            parent = bob.post("/v1/sessions", json={"agent_id": "bot", "goal": "triage"}).json()
+            created = bob.post(
+                "/v1/sessions",
+                json={
+                    "agent_id": "bot",
+                    "goal": "label",
+                    "atlas_id": "com.example.github-ops",
+                    "parent_session_id": parent["session_id"],
+                },
+            )
             session_id = created.json()["session_id"]
             seen_by_bob = bob.get(f"/v1/sessions/{session_id}").json()
             audited = auditor.get(f"/v1/sessions/{session_id}").json()
             assert audited["metadata"][OWNER_KEY] == "key:bob"
             assert audited["status"] == "active"
+            assert audited["atlas_id"] == seen_by_bob["atlas_id"] == "com.example.github-ops"
+            assert audited["parent_session_id"] == parent["session_id"]
             assert seen_by_bob["status"] == "active"
             # An audit key that made a session sees it as its owner does (live counts).
             mine = ops.post("/v1/sessions", json={"agent_id": "bot", "goal": "deploy"}).json()
@@ -336,6 +368,19 @@ class TestTampered:
         assert other["valid"] is True
         assert listed["total"] == 2 and len(listed["items"]) == 2
 
+    def test_a_malformed_event_is_reported(self, tmp_path: Path) -> None:
+        """An event that is no longer an event: malformed_event, listed as unreadable."""
+        path = tmp_path / "traces.db"
+        recorded = record_sessions(f"sqlite://{path}")
+        tamper(path, recorded.ended, b'"event_type"', b'"event_kind"')
+        with serving(recorded.store) as live, http(live, AUDITOR) as client:
+            answer = client.post(f"/v1/traces/{recorded.ended}/verify").json()
+            listed = client.get("/v1/stored-sessions").json()
+        assert answer["valid"] is False
+        assert answer["errors"][0]["error"] == "malformed_event"
+        assert [s["session_id"] for s in listed["items"]] == [recorded.active]
+        assert listed["unreadable"][0]["error"] == "MALFORMED_EVENT"
+
     def test_an_index_that_lies_is_reported(self, tmp_path: Path) -> None:
         """A row whose type column disagrees with its event: verify answers index_mismatch,
         the list shows the session as unreadable, the session itself is an error."""
@@ -361,3 +406,25 @@ class TestTampered:
         assert listed["total"] == 2
         assert got.status_code == 400
         assert got.json()["error"]["code"] == "TRACE_INDEX_MISMATCH"
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_every_store_serves_the_audit_routes(kind: str, tmp_path: Path) -> None:
+    """List, get, traces and verify of stored sessions on each store; others still see 404."""
+    with stored_and_served(kind, tmp_path) as (recorded, live):
+        with http(live, AUDITOR) as client:
+            listed = client.get("/v1/stored-sessions").json()
+            ended = client.get(f"/v1/sessions/{recorded.ended}").json()
+            active = client.get(f"/v1/sessions/{recorded.active}").json()
+            events = client.get(f"/v1/traces/{recorded.ended}", params={"limit": 2}).json()
+            verified = client.post(f"/v1/traces/{recorded.ended}/verify").json()
+            missing = client.get(f"/v1/sessions/{UNKNOWN}")
+        with http(live, ALICE) as client:
+            hidden = client.get(f"/v1/sessions/{recorded.ended}")
+    assert [s["session_id"] for s in listed["items"]] == [recorded.ended, recorded.active]
+    assert (ended["status"], active["status"]) == ("ended", "active")
+    assert ended["resolution_count"] == 1
+    assert [e["sequence"] for e in events["events"]] == [0, 1]
+    assert events["total"] == ended["event_count"] == verified["event_count"]
+    assert verified["valid"] is True
+    assert missing.status_code == hidden.status_code == 404

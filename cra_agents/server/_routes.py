@@ -28,9 +28,9 @@ from starlette.concurrency import run_in_threadpool
 
 from cra_agents._clock import format_timestamp
 from cra_agents._exceptions import (
+    CRAError,
     InvalidRequestError,
     SessionNotFoundError,
-    TraceError,
     TraceUnavailableError,
 )
 from cra_agents._version import __version__
@@ -57,6 +57,7 @@ __all__ = [
     "audits",
     "authenticated",
     "health_router",
+    "is_session_id",
     "not_found",
     "owned",
     "router",
@@ -201,6 +202,11 @@ def _session_json(info: SessionInfo) -> dict[str, Any]:
     return body
 
 
+def is_session_id(value: str) -> bool:
+    """Whether ``value`` is a session id a store may be asked about (a UUID)."""
+    return _SESSION_ID.fullmatch(value) is not None
+
+
 def not_found(session_id: str) -> SessionNotFoundError:
     """The 404 of a session the caller may not see: the same whether it exists or not."""
     return SessionNotFoundError(f"no session {session_id}", details={"session_id": session_id})
@@ -236,8 +242,13 @@ def _flush(runtime: Runtime) -> None:
         runtime.flush()
 
 
-def stored_session(store: TraceStore, session_id: str) -> dict[str, Any] | None:
-    """A session's Session body from its stored events; None when the store has none.
+def _code(exc: Exception) -> str:
+    """The code of a failure to read a session: its own, else ``MALFORMED_EVENT``."""
+    return exc.code if isinstance(exc, CRAError) else "MALFORMED_EVENT"
+
+
+def stored_session(store: TraceStore, session_id: str) -> dict[str, Any]:
+    """A session's Session body from its stored events (404 when the store has none).
 
     Cheap whatever the session's length: three indexed reads (its first event, the sequence
     of its last, the last event), never the events in between. ``session.started`` gives the
@@ -247,13 +258,13 @@ def stored_session(store: TraceStore, session_id: str) -> dict[str, Any] | None:
     ingest server still receives) has none yet; ``event_count`` is always given.
 
     Raises:
-        TraceError: the store refuses the session (its index disagrees with its events).
+        SessionNotFoundError: the store has no event of ``session_id``.
+        ValueError: the store cannot read the session: :class:`~cra_agents.TraceError` when its
+            index disagrees with its events, pydantic's ``ValidationError`` for a malformed one.
     """
-    if _SESSION_ID.fullmatch(session_id) is None:
-        return None
-    first = store.read(session_id, limit=1)
+    first = store.read(session_id, limit=1) if is_session_id(session_id) else []
     if not first:
-        return None
+        raise not_found(session_id)
     last_sequence = store.last_sequence(session_id)
     events: list[TraceEvent] = [first[0]]
     if last_sequence > first[0].sequence:
@@ -274,11 +285,9 @@ def stored_session(store: TraceStore, session_id: str) -> dict[str, Any] | None:
         body["atlas_id"] = atlas_id
     if ended is not None:
         body["ended_at"] = ended.timestamp
-        if record.end_reason is not None:
-            body["end_reason"] = record.end_reason
-        for key in ("resolution_count", "action_count"):
-            if isinstance(ended.payload.get(key), int):
-                body[key] = ended.payload[key]
+        body["end_reason"] = record.end_reason
+        body["resolution_count"] = ended.payload.get("resolution_count")
+        body["action_count"] = ended.payload.get("action_count")
     parent = (
         None if record.started is None else event_payload(record.started).get("parent_session_id")
     )
@@ -293,10 +302,13 @@ def stored_session(store: TraceStore, session_id: str) -> dict[str, Any] | None:
 def _audited(runtime: Runtime, principal: Principal, session_id: str) -> dict[str, Any]:
     """Any session, for an ``audit`` caller: as its owner sees it, else from the store."""
     _flush(runtime)
-    stored = stored_session(runtime.store, session_id)
+    try:
+        stored = stored_session(runtime.store, session_id)
+    except SessionNotFoundError:
+        stored = None  # unknown, or not in the store yet (just created, events queued)
     if stored is not None and not owns(principal, stored.get("metadata")):
         return stored
-    # The caller's own (described as today), or one not in the store yet (just created).
+    # The caller's own (described as today), or one the runtime holds and has not stored yet.
     try:
         return _session_json(runtime.session(session_id))
     except SessionNotFoundError:
@@ -388,14 +400,12 @@ async def list_stored_sessions(
         unreadable: list[dict[str, Any]] = []
         for session_id in ids[start : start + limit]:
             try:
-                body = stored_session(runtime.store, session_id)
-            except TraceError as exc:
+                items.append(stored_session(runtime.store, session_id))
+            # One bad session must not hide the others (nor one that vanished meanwhile).
+            except (ValueError, SessionNotFoundError) as exc:
                 unreadable.append(
-                    {"session_id": session_id, "error": exc.code, "details": str(exc)}
+                    {"session_id": session_id, "error": _code(exc), "details": str(exc)[:500]}
                 )
-                continue
-            if body is not None:
-                items.append(body)
         answer: dict[str, Any] = {
             "items": items,
             "total": len(ids),
@@ -541,7 +551,8 @@ async def verify_trace(request: Request, principal: Caller, session_id: str) -> 
 
     ``audit`` callers verify any stored session. The runtime's verifier does the work (it
     streams the session from a store that can). A session whose stored index disagrees with
-    its events is reported invalid (``index_mismatch``), as ``cra trace verify`` reports it.
+    its events, or holds an unreadable event, is reported invalid (``index_mismatch``,
+    ``malformed_event``), as ``cra trace verify`` reports it.
     """
     audit = audits(principal)
     runtime = _runtime(request)
@@ -553,11 +564,13 @@ async def verify_trace(request: Request, principal: Caller, session_id: str) -> 
             return runtime.verify(session_id)
         except SessionNotFoundError:
             raise not_found(session_id) from None
-        except TraceError as exc:
-            if exc.code != INDEX_MISMATCH:
-                raise
+        except ValueError as exc:  # unreadable: reported as verify_logs (cra trace verify) does
             return ChainVerification(
-                False, 0, 0, "index_mismatch", f"the session cannot be read: {exc}"
+                False,
+                0,
+                0,
+                "index_mismatch" if _code(exc) == INDEX_MISMATCH else "malformed_event",
+                f"the session cannot be read: {exc}",
             )
 
     result = await run_in_threadpool(check)
