@@ -27,6 +27,7 @@ from cra_agents.server._config import ServerConfig
 from cra_agents.server._errors import install_error_handlers
 from cra_agents.server._limits import RequestMiddleware, TokenBuckets, current_request
 from cra_agents.server._principal import Authenticator, Principal
+from cra_agents.server._replay import router as replay_router
 from cra_agents.server._routes import health_router, router
 
 __all__ = ["OPTIONAL_ROUTERS", "contract", "create_app"]
@@ -117,6 +118,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(router)
+    app.include_router(replay_router)
     for name in OPTIONAL_ROUTERS:
         if importlib.util.find_spec(name) is not None:
             app.include_router(importlib.import_module(name).router)
