@@ -40,7 +40,8 @@ def contract_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSe
     store = tmp_path_factory.mktemp("contract") / "traces.db"
     with Runtime([atlas_path("github-ops")], store=f"sqlite://{store}", writer="thread") as rt:
         config = ServerConfig(
-            api_keys=(ApiKey.plain("contract", KEY),),
+            # audit too: the audit routes answer what they document, not only 403.
+            api_keys=(ApiKey.plain("contract", KEY, frozenset({"read", "write", "audit"})),),
             rate_limit_per_second=0,
         )
         with live_server(rt, config) as live:
@@ -165,6 +166,9 @@ def test_successful_responses_match_their_schemas(contract_server: LiveServer) -
             check(response, status, "ExecuteResponse" if status == 200 else "Error")
         check(client.get(f"/v1/traces/{sid}"), 200, "TraceEventList")
         check(client.post(f"/v1/traces/{sid}/verify"), 200, "TraceVerification")
+        check(client.get("/v1/stored-sessions"), 200, "StoredSessionList")
+        report = check(client.post(f"/v1/traces/{sid}/replay", json={}), 200, "ReplayReport")
+        assert report["counts"]["decisions"] > 0
         check(client.get("/v1/atlases"), 200, "AtlasList")
         check(client.get("/v1/atlases/com.example.github-ops"), 200, "AtlasManifest")
         check(client.get("/v1/health"), 200, "HealthStatus")
