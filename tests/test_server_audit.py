@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 
+import cra_agents.server._routes as routes
 from cra_agents import ActionDeniedError, Client, Runtime
 from cra_agents._requests import execute_request, resolve_request
 from cra_agents.examples import atlas_path
@@ -326,6 +327,33 @@ class TestStoredTraces:
         assert [e["sequence"] for e in page["events"]] == [3, 4, 5]
         assert page["total"] == len(events)
         assert [e["payload"]["action_id"] for e in decided["events"]] == ["github.repo.delete"]
+
+    @pytest.mark.parametrize("limit", [1, 2, 1000])
+    def test_a_type_filter_reads_a_page_at_a_time(
+        self,
+        server: LiveServer,
+        recorded: Recorded,
+        monkeypatch: pytest.MonkeyPatch,
+        limit: int,
+    ) -> None:
+        """Filtered over pages of a few events: the same events as filtering the whole."""
+        monkeypatch.setattr(routes, "_SCAN_PAGE", 3)
+        path = f"/v1/traces/{recorded.ended}"
+        with http(server, AUDITOR) as client:
+            whole = client.get(path, params={"limit": 1000}).json()["events"]
+            for event_type in (ev.POLICY_EVALUATED, ev.ACTION_REQUESTED, ev.SESSION_ENDED):
+                for since in (None, 4):
+                    params: dict[str, Any] = {"event_type": event_type, "limit": limit}
+                    if since is not None:
+                        params["since_sequence"] = since
+                    got = client.get(path, params=params).json()["events"]
+                    expected = [
+                        e
+                        for e in whole
+                        if e["event_type"] == event_type
+                        and (since is None or e["sequence"] > since)
+                    ]
+                    assert got == expected[:limit], (event_type, since)
 
     def test_audit_reads_ndjson(self, server: LiveServer, recorded: Recorded) -> None:
         """Accept: application/x-ndjson streams the same events a line each."""

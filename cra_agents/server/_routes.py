@@ -72,6 +72,8 @@ TRACE_ID_KEY = "cra.trace_id"
 
 T = TypeVar("T")
 _MAX_SEQUENCE = 2**62
+#: Events read at a time when the traces route filters a session by type.
+_SCAN_PAGE = 1000
 # Stores are asked only about well-formed ids (a JSONL store names a file after the id).
 _SESSION_ID = re.compile(UUID_PATTERN.removeprefix("^").removesuffix("$"))
 
@@ -494,12 +496,32 @@ async def execute(request: Request, principal: Caller) -> Response:
 # -- traces ---------------------------------------------------------------------------------
 
 
-def _session_events(runtime: Runtime, session_id: str, **filters: Any) -> list[TraceEvent]:
-    """``runtime.trace_events``, with the 404 every route gives."""
-    try:
-        return runtime.trace_events(session_id, **filters)
+def _session_events(
+    runtime: Runtime,
+    session_id: str,
+    event_type: str | None,
+    since_sequence: int | None,
+    limit: int,
+) -> list[TraceEvent]:
+    """The first ``limit`` events after ``since_sequence`` (of ``event_type``), or 404.
+
+    A type filter is applied here, over pages of :data:`_SCAN_PAGE` events: a store may read
+    a whole session to filter it by type (the index is not trusted to skip rows), and a long
+    session must not be loaded whole for one request.
+    """
+    page = limit if event_type is None else _SCAN_PAGE
+    try:  # the runtime's read: it flushes what it has queued and knows the 404
+        events = runtime.trace_events(session_id, since_sequence=since_sequence, limit=page)
     except SessionNotFoundError:
         raise not_found(session_id) from None
+    if event_type is None:
+        return events
+    found: list[TraceEvent] = []
+    while True:
+        found += [e for e in events if e.event_type == event_type][: limit - len(found)]
+        if len(found) >= limit or len(events) < page:
+            return found
+        events = runtime.store.read(session_id, since_sequence=events[-1].sequence, limit=page)
 
 
 def _wants_ndjson(request: Request) -> bool:
@@ -529,9 +551,7 @@ async def get_traces(
     def read() -> tuple[list[dict[str, Any]], int]:
         if not audit:
             owned(runtime, principal, session_id)
-        events = _session_events(
-            runtime, session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
-        )
+        events = _session_events(runtime, session_id, event_type, since_sequence, limit)
         total = runtime.store.last_sequence(session_id) + 1
         return [wire(e, nulls=True) for e in events], total
 
