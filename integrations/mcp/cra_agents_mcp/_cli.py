@@ -173,4 +173,3 @@ def _handler(spec: str | None) -> Any:
     if not callable(found):
         raise ConfigurationError(f"--approval-handler {spec}: not callable")
     return found
-

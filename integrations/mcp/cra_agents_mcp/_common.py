@@ -29,8 +29,7 @@ REFUSALS = (ActionDeniedError, ActionNotFoundError, InvalidParametersError)
 
 
 class UpstreamError(CRAError):
-    """The proxy could not get a usable answer from an upstream MCP server (nothing forwarded
-    back but this error).
+    """The proxy could not get a usable answer from an upstream MCP server.
 
     ``code`` says what happened: ``MCP_UPSTREAM_UNAVAILABLE`` (the server crashed, closed or
     never started: later calls to it fail closed), ``MCP_UPSTREAM_TIMEOUT``,

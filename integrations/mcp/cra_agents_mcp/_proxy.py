@@ -177,9 +177,12 @@ class MCPProxy:
         self.runtime = runtime
         self.upstreams = tuple(upstreams)
         self.agent_id = agent_id
-        self.goal = goal or "MCP tool calls through cra-agents (" + ", ".join(
-            u.name for u in self.upstreams
-        ) + ")"
+        self.goal = (
+            goal
+            or "MCP tool calls through cra-agents ("
+            + ", ".join(u.name for u in self.upstreams)
+            + ")"
+        )
         self.actions = dict(actions) if actions else None
         self.hide_denied = hide_denied
         self.max_result_bytes = max_result_bytes
@@ -279,8 +282,8 @@ class _Connection:
             if client is None or isinstance(message, types.ProgressNotification):
                 return  # progress reaches the client through its call's callback
             try:
-                await client.send_notification(message)  # type: ignore[arg-type]
-            except Exception:  # noqa: BLE001 - a notification is best effort
+                await client.send_notification(message)
+            except Exception:
                 logger.debug("forwarding %s failed", type(message).__name__, exc_info=True)
 
         return forward
@@ -513,7 +516,7 @@ class _Connection:
                     details={"upstream": link.spec.name, "tool": tool},
                 ) from exc
             return error_result(f"Failed: upstream error {exc.code}: {exc.message}")
-        except Exception as exc:  # noqa: BLE001 - a malformed answer is the upstream's fault
+        except Exception as exc:
             raise UpstreamError(
                 f"upstream MCP server {link.spec.name!r} answered {tool} with a malformed "
                 f"result ({type(exc).__name__})",

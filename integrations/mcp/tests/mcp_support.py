@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ ATLAS = HERE / "atlas.json"
 NOTES = HERE / "servers" / "notes_server.py"
 MALICIOUS = HERE / "servers" / "malicious_server.py"
 
-Elicit = Callable[[Any, types.ElicitRequestParams], Awaitable[types.ElicitResult | types.ErrorData]]
+Elicit = Any  # an elicitation callback (mcp.client.session.ElicitationFnT)
 
 
 def answer(action: str, content: dict[str, Any] | None = None) -> Elicit:
@@ -37,7 +37,7 @@ def answer(action: str, content: dict[str, Any] | None = None) -> Elicit:
 
     async def elicit(ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
         asked.append(params.message)
-        return types.ElicitResult(action=action, content=content)  # type: ignore[arg-type]
+        return types.ElicitResult(action=action, content=content)
 
     elicit.asked = asked  # type: ignore[attr-defined]
     return elicit
@@ -71,16 +71,17 @@ async def in_process(
     proxy: MCPProxy, elicit: Elicit | None = None, name: str = "test-client"
 ) -> AsyncIterator[ClientSession]:
     """A real ClientSession talking to ``proxy`` over in-memory streams."""
-    async with create_client_server_memory_streams() as (client_streams, server_streams):
-        async with anyio.create_task_group() as group:
-            group.start_soon(proxy.serve, *server_streams)
-            async with client(*client_streams, elicit=elicit, name=name) as session:
-                yield session
-            # Closing the client's side ends the proxy's serve (and its upstreams).
-            await client_streams[1].aclose()
-            with anyio.fail_after(20):
-                await client_streams[0].aclose()
-            group.cancel_scope.deadline = anyio.current_time() + 20
+    async with (
+        create_client_server_memory_streams() as (client_streams, server_streams),
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(proxy.serve, *server_streams)
+        async with client(*client_streams, elicit=elicit, name=name) as session:
+            yield session
+        # Closing the client's side ends the proxy's serve (and its upstreams), within 20 s.
+        await client_streams[1].aclose()
+        await client_streams[0].aclose()
+        group.cancel_scope.deadline = anyio.current_time() + 20
 
 
 @contextlib.asynccontextmanager
@@ -89,10 +90,12 @@ async def over_stdio(
 ) -> AsyncIterator[ClientSession]:
     """A real ClientSession talking to a proxy process started as ``argv``."""
     params = StdioServerParameters(command=argv[0], args=list(argv[1:]))
-    with open(os.devnull, "w") as errlog:  # noqa: PTH123
-        async with stdio_client(params, errlog=errlog) as streams:
-            async with client(*streams, elicit=elicit, name=name) as session:
-                yield session
+    with open(os.devnull, "w") as errlog:  # noqa: ASYNC230 - /dev/null does not block
+        async with (
+            stdio_client(params, errlog=errlog) as streams,
+            client(*streams, elicit=elicit, name=name) as session,
+        ):
+            yield session
 
 
 def texts(result: types.CallToolResult) -> str:

@@ -77,16 +77,20 @@ class TestOverStdio:
                     seen["echo"] = await session.call_tool("echo", {"text": "hi"})
                     seen["delete"] = await session.call_tool("delete_all", {})
                     seen["undeclared"] = await session.call_tool("undeclared", {})
-                    seen["write"] = await session.call_tool("write_note", {"name": "a", "text": "b"})
-                    progress: list[float] = []
+                    seen["write"] = await session.call_tool(
+                        "write_note", {"name": "a", "text": "b"}
+                    )
+                    steps: list[float] = []
 
-                    async def on_progress(p: float, total: float | None, m: str | None) -> None:
-                        progress.append(p)
+                    async def on_progress(
+                        progress: float, total: float | None, message: str | None
+                    ) -> None:
+                        steps.append(progress)
 
                     seen["slow"] = await session.call_tool(
                         "slow", {"steps": 3}, progress_callback=on_progress
                     )
-                    seen["progress"] = progress
+                    seen["progress"] = steps
                     seen["resource"] = await session.read_resource("note://hello")
                     seen["prompt"] = await session.get_prompt("summarise", {"topic": "MCP"})
                     seen["crash"] = await session.call_tool("crash", {})
@@ -100,7 +104,7 @@ class TestOverStdio:
         assert "deny-delete" in texts(seen["delete"]) and "never automated" in texts(seen["delete"])
         assert seen["undeclared"].is_error and "not an action" in texts(seen["undeclared"])
         assert not seen["write"].is_error and texts(seen["write"]) == "wrote a"
-        assert "notes.write" in accept.asked[0] and "approve-writes" in accept.asked[0]  # type: ignore[attr-defined]
+        assert "notes.write" in accept.asked[0] and "approve-writes" in accept.asked[0]
         assert seen["progress"] == [1.0, 2.0, 3.0]
         assert seen["resource"].contents[0].text == "world"
         assert "Summarise MCP" in seen["prompt"].messages[0].content.text
@@ -162,9 +166,12 @@ class TestApprovals:
             with anyio.fail_after(60):
                 async with in_process(proxy, elicit=None) as session:
                     first = await session.call_tool("write_note", {"name": "a", "text": "b"})
-                    runtime.approval_handler = lambda r: asked.append(r) or ApprovalDecision(
-                        True, "ops-bot"
-                    )
+
+                    def handler(request: ApprovalRequest) -> ApprovalDecision:
+                        asked.append(request)
+                        return ApprovalDecision(True, "ops-bot")
+
+                    runtime.approval_handler = handler
                     second = await session.call_tool("write_note", {"name": "a", "text": "c"})
                     return [first, second]
 
