@@ -44,3 +44,18 @@ def test_approval_handler_option() -> None:
     for spec in ("no.such.module:x", "cra_agents:__version__"):
         argv = ["mcp", "proxy", "--atlas", str(ATLAS), "--store", "memory://"]
         assert main([*argv, "--approval-handler", spec, "--", "x"]) == 2
+
+
+def test_the_file_system_example_runs() -> None:
+    """examples/fs_proxy: reads allowed, a write approved, a delete outside scratch refused."""
+    import subprocess
+    import sys
+
+    demo = Path(__file__).parents[1] / "examples" / "fs_proxy" / "fs_proxy_demo.py"
+    done = subprocess.run(  # noqa: S603 - our own example
+        [sys.executable, str(demo)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "[asked] Approval needed: tool write_file" in done.stdout
+    assert "action.denied        files.delete invalid_parameters" in done.stdout
+    assert "chain valid: True" in done.stdout
