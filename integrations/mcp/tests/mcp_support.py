@@ -53,12 +53,17 @@ def malicious_upstream() -> Upstream:
 
 @contextlib.asynccontextmanager
 async def client(
-    read: Any, write: Any, elicit: Elicit | None = None, name: str = "test-client"
+    read: Any,
+    write: Any,
+    elicit: Elicit | None = None,
+    name: str = "test-client",
+    on_message: Any = None,
 ) -> AsyncIterator[ClientSession]:
     async with ClientSession(
         read,
         write,
         elicitation_callback=elicit,
+        message_handler=on_message,
         client_info=types.Implementation(name=name, version="1.0"),
     ) as session:
         with anyio.fail_after(30):
@@ -68,7 +73,7 @@ async def client(
 
 @contextlib.asynccontextmanager
 async def in_process(
-    proxy: MCPProxy, elicit: Elicit | None = None, name: str = "test-client"
+    proxy: MCPProxy, elicit: Elicit | None = None, name: str = "test-client", on_message: Any = None
 ) -> AsyncIterator[ClientSession]:
     """A real ClientSession talking to ``proxy`` over in-memory streams."""
     async with (
@@ -76,7 +81,7 @@ async def in_process(
         anyio.create_task_group() as group,
     ):
         group.start_soon(proxy.serve, *server_streams)
-        async with client(*client_streams, elicit=elicit, name=name) as session:
+        async with client(*client_streams, elicit, name, on_message) as session:
             yield session
         # Closing the client's side ends the proxy's serve (and its upstreams), within 20 s.
         await client_streams[1].aclose()

@@ -292,3 +292,35 @@ class TestUpstreams:
         assert result.is_error
         ((kind, payload),) = outcomes(runtime, only_session(runtime))
         assert kind == "action.failed" and payload["action_id"] == "util.fails"
+
+
+class TestPassThrough:
+    def test_resources_prompts_and_notifications(self, runtime: Runtime) -> None:
+        """Resources and prompts untouched; an upstream's log message reaches the client."""
+        proxy = MCPProxy(runtime, [notes_upstream()])
+        logged: list[str] = []
+
+        async def main() -> dict[str, Any]:
+            with anyio.fail_after(60):
+                async with in_process(proxy, on_message=record) as session:
+                    return {
+                        "resources": await session.list_resources(),
+                        "templates": await session.list_resource_templates(),
+                        "read": await session.read_resource("note://hello"),
+                        "prompts": await session.list_prompts(),
+                        "prompt": await session.get_prompt("summarise", {"topic": "x"}),
+                        "shout": await session.call_tool("shout", {"text": "hey"}),
+                    }
+
+        async def record(message: Any) -> None:
+            if isinstance(message, types.LoggingMessageNotification):
+                logged.append(str(message.params.data))
+
+        seen = anyio.run(main)
+        assert [str(r.uri) for r in seen["resources"].resources] == ["note://hello"]
+        assert seen["templates"].resource_templates == []
+        assert seen["read"].contents[0].text == "world"
+        assert [p.name for p in seen["prompts"].prompts] == ["summarise"]
+        assert "Summarise x" in seen["prompt"].messages[0].content.text
+        assert texts(seen["shout"]) == "HEY"
+        assert any("shouting hey" in line for line in logged)

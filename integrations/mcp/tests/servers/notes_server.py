@@ -67,6 +67,14 @@ async def sleep(seconds: float) -> str:
     return "slept"
 
 
+@server.tool()
+async def shout(text: str, ctx: Context) -> str:
+    """Log a message to the client, then answer."""
+    # Logging is deprecated from protocol 2026-07-28 but still spoken on handshake sessions.
+    await ctx.info(f"shouting {text}")  # type: ignore[deprecated]
+    return text.upper()
+
+
 @server.resource("note://hello")
 def hello_note() -> str:
     """The hello note."""
