@@ -569,9 +569,9 @@ async def get_traces(
 async def verify_trace(request: Request, principal: Caller, session_id: str) -> Response:
     """Verify the session's hash chain as stored (TraceVerification).
 
-    ``audit`` callers verify any stored session. The runtime's verifier does the work (it
-    streams the session from a store that can). A session whose stored index disagrees with
-    its events, or holds an unreadable event, is reported invalid (``index_mismatch``,
+    ``audit`` callers verify any stored session. :meth:`Runtime.verify` does the work (the one
+    verifier; it reads the session whole). A session whose stored index disagrees with its
+    events, or holds an unreadable event, is reported invalid (``index_mismatch``,
     ``malformed_event``), as ``cra trace verify`` reports it.
     """
     audit = audits(principal)
