@@ -79,6 +79,8 @@ class TestDistribution:
             ("otel", "opentelemetry-exporter-otlp-proto-http"),
             ("otel-grpc", "opentelemetry-api"),
             ("otel-grpc", "opentelemetry-exporter-otlp-proto-grpc"),
+            ("server", "zstandard"),
+            ("sink", "zstandard"),
         ],
     )
     def test_each_extra_installs_its_package(self, extra, package):
@@ -101,7 +103,7 @@ class TestDistribution:
                 if r.marker is not None and r.marker.evaluate({"extra": extra})
             }
 
-        others = ("yaml", "signing", "otel", "otel-grpc", "cli", "notebook", "server")
+        others = ("yaml", "signing", "otel", "otel-grpc", "cli", "notebook", "server", "sink")
         assert wanted("all") == wanted(*others)
         assert {"cryptography>=43", "rich>=13.7"} <= wanted("all")
 
