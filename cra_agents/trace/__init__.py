@@ -64,6 +64,7 @@ __all__ = [
     "ContextRecord",
     "Durability",
     "EventLike",
+    "HttpSink",
     "IngestResult",
     "IngestStore",
     "JsonlStore",
@@ -72,6 +73,7 @@ __all__ = [
     "ResolutionRecord",
     "SessionChain",
     "SessionRecord",
+    "SinkStats",
     "SqliteStore",
     "StoredEvent",
     "StoredHead",
@@ -100,6 +102,7 @@ __all__ = [
     "save_signing_key",
     "save_verify_key",
     "sign_checkpoint",
+    "sink_from_url",
     "spec_event_hash",
     "split_batch",
     "verify_chain",
@@ -113,6 +116,7 @@ _CALLS = (
     "CallRecord",
     "ContextRecord",
     "EventLike",
+    "HttpSink",
     "OutcomeKind",
     "ResolutionRecord",
     "SessionRecord",
@@ -134,4 +138,9 @@ if typing.TYPE_CHECKING:
         fold_calls,
         fold_session,
     )
-__getattr__, __dir__ = _lazy_exports(__name__, dict.fromkeys(_CALLS, "cra_agents.trace._calls"))
+    from cra_agents.trace._http import HttpSink, SinkStats, sink_from_url
+# The HTTP sink (httpx, zstandard) loads when a store URL or a caller asks for it.
+_HTTP = ("HttpSink", "SinkStats", "sink_from_url")
+_HOMES = dict.fromkeys(_CALLS, "cra_agents.trace._calls")
+_HOMES.update(dict.fromkeys(_HTTP, "cra_agents.trace._http"))
+__getattr__, __dir__ = _lazy_exports(__name__, _HOMES)

@@ -23,7 +23,7 @@ Writer = Literal["auto", "thread", "process"]
 WRITERS: tuple[Writer, ...] = ("auto", "thread", "process")
 
 _DEFAULT_URL = "sqlite://.cra/traces.db"
-_SCHEMES = "memory://, jsonl://DIR or sqlite://FILE"
+_SCHEMES = "memory://, jsonl://DIR, sqlite://FILE or http(s)://INGEST"
 
 
 @runtime_checkable
@@ -92,7 +92,9 @@ def open_store(
     """A store object from a store or a URL.
 
     ``memory://``; ``jsonl:///absolute/dir`` or ``jsonl://relative/dir``;
-    ``sqlite:///absolute/file.db`` or ``sqlite://relative/file.db``. ``None`` means the
+    ``sqlite:///absolute/file.db`` or ``sqlite://relative/file.db``; ``http://host:port?spool=DIR``
+    or ``https://...``: an ingest server, through a local spool
+    (:func:`~cra_agents.trace.sink_from_url` lists the options). ``None`` means the
     embedded default, SQLite at ``./.cra/traces.db``, unless ``CRA_AGENTS_STORE`` names
     another URL. A store object is returned as it is.
 
@@ -159,6 +161,11 @@ def _open(
             f"cannot open the trace store {url!r} ({exc}); point it at a writable location",
             details={"reason": reason, "cause": repr(exc)},
         ) from exc
+    if scheme in ("http", "https"):
+        # The HTTP sink (httpx, and zstandard when compressing) loads only when asked for.
+        from cra_agents.trace._http import sink_from_url
+
+        return sink_from_url(url, durable=durable)
     if scheme in ("postgresql", "postgres"):
         raise _bad_url(
             "the PostgreSQL store is not available yet; use sqlite:// or jsonl://",
