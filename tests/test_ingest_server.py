@@ -309,3 +309,67 @@ class TestDecompressCapped:
         assert decompress_capped(_zstd(data), 1000) == data
         with pytest.raises(PayloadTooLargeError):
             decompress_capped(_zstd(data), 999)
+
+
+class TestCli:
+    def test_send_files_twice_is_idempotent(
+        self,
+        server: LiveServer,
+        recorded: dict[str, list[TraceEvent]],
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        from cra_agents.cli import main
+
+        monkeypatch.setenv("CRA_INGEST_API_KEY", INGEST_KEY)
+        files = []
+        for index, chain in enumerate(recorded.values()):
+            path = tmp_path / f"{index}.jsonl"
+            path.write_bytes(_batch(chain).rstrip(b"\n") + b"\n\n")
+            files.append(str(path))
+        total = sum(len(chain) for chain in recorded.values())
+        assert main(["ingest", "send", *files, "--url", server.url, "--batch", "3"]) == 0
+        assert f"{total} event(s) inserted, 0 already stored" in capsys.readouterr().out
+        assert main(["ingest", "send", *files, "--url", server.url, "--json"]) == 0
+        answer = orjson.loads(capsys.readouterr().out)
+        assert answer == {"files": 2, "batches": 2, "inserted": 0, "duplicates": total}
+
+    def test_send_reports_a_refused_batch(
+        self,
+        server: LiveServer,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        from cra_agents.cli import main
+
+        monkeypatch.setenv("CRA_INGEST_API_KEY", INGEST_KEY)
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text("{not json\n")
+        assert main(["ingest", "send", str(bad), "--url", server.url]) == 1
+        err = capsys.readouterr().err
+        assert "HTTP 400" in err
+        assert "line 1" in err
+        monkeypatch.delenv("CRA_INGEST_URL", raising=False)
+        assert main(["ingest", "send", str(bad)]) == 2
+        assert main(["ingest", "send", str(tmp_path / "nope"), "--url", server.url]) == 2
+        unreachable = f"http://127.0.0.1:{_free_port()}"
+        monkeypatch.setattr("cra_agents.cli._ingest._RETRIES", 1)
+        assert main(["ingest", "send", str(bad), "--url", unreachable]) == 1
+        assert "ConnectError" in capsys.readouterr().err
+
+    def test_serve_refuses_a_store_that_cannot_ingest(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from cra_agents.cli import main
+
+        code = main(["ingest", "serve", "--store", f"jsonl://{tmp_path / 'j'}", "--port", "0"])
+        assert code == 2
+        assert "cannot ingest" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    from tests.harness.http_server import free_port
+
+    return free_port()

@@ -90,6 +90,7 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``cra`` argument parser (the command modules are imported when one runs)."""
     _atlas, _misc, _trace = _Commands("_atlas"), _Commands("_misc"), _Commands("_trace")
+    _ingest = _Commands("_ingest")
     common = _common()
     parser = _Parser(
         prog="cra",
@@ -271,6 +272,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="server configuration: .toml, .json or .yaml (CRA_CONFIG)"
     )
     _store_option(p)
+
+    # -- ingest --
+    ingest = commands.add_parser(
+        "ingest", help="run an ingest server, or send trace files to one", parents=[common]
+    )
+    ingest.set_defaults(handler=_group_help(ingest))
+    group = ingest.add_subparsers(title="ingest commands", metavar="COMMAND", parser_class=_Parser)
+    p = command(
+        group, "serve", _ingest.serve, "run an ingest server (POST /v1/ingest/batch), no atlas"
+    )
+    p.add_argument("--host", help="interface (default 127.0.0.1, or CRA_HOST / config)")
+    p.add_argument("--port", type=int, help="TCP port (default 8420, or CRA_PORT / config)")
+    p.add_argument(
+        "--config", metavar="FILE", help="server configuration: .toml, .json or .yaml (CRA_CONFIG)"
+    )
+    _store_option(p)
+    p = command(group, "send", _ingest.send, "send JSONL trace files to an ingest server")
+    p.add_argument("files", nargs="+", metavar="FILE", help="JSONL trace files, sent in order")
+    p.add_argument("--url", metavar="URL", help="the ingest server (default CRA_INGEST_URL)")
+    p.add_argument(
+        "--batch", type=int, default=2000, metavar="N", help="events per batch (default 2000)"
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     return parser
 
 
