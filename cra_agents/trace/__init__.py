@@ -54,6 +54,7 @@ __all__ = [
     "JsonlStore",
     "MemoryStore",
     "OutcomeKind",
+    "PostgresStore",
     "ResolutionRecord",
     "SessionChain",
     "SessionRecord",
@@ -114,4 +115,13 @@ if typing.TYPE_CHECKING:
         fold_calls,
         fold_session,
     )
-__getattr__, __dir__ = _lazy_exports(__name__, dict.fromkeys(_CALLS, "cra_agents.trace._calls"))
+
+    # psycopg (the postgres extra) is imported when a PostgresStore is made, not here.
+    from cra_agents.trace._postgres import PostgresStore
+__getattr__, __dir__ = _lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(_CALLS, "cra_agents.trace._calls"),
+        "PostgresStore": "cra_agents.trace._postgres",
+    },
+)

@@ -23,7 +23,7 @@ Writer = Literal["auto", "thread", "process"]
 WRITERS: tuple[Writer, ...] = ("auto", "thread", "process")
 
 _DEFAULT_URL = "sqlite://.cra/traces.db"
-_SCHEMES = "memory://, jsonl://DIR or sqlite://FILE"
+_SCHEMES = "memory://, jsonl://DIR, sqlite://FILE or postgresql://HOST/DATABASE"
 
 
 @runtime_checkable
@@ -34,8 +34,11 @@ class TraceStore(Protocol):
     shutdown; readers (the runtime, the CLI, replay, reports, OTel span checks) call ``read``,
     ``sessions`` and ``last_sequence``, possibly from other threads while the writer runs.
     Implementations must be thread-safe. :class:`~cra_agents.trace.MemoryStore`,
-    :class:`~cra_agents.trace.JsonlStore` and :class:`~cra_agents.trace.SqliteStore` are the
-    stores that ship; :func:`open_store` picks one from a URL.
+    :class:`~cra_agents.trace.JsonlStore`, :class:`~cra_agents.trace.SqliteStore` and
+    :class:`~cra_agents.trace.PostgresStore` are the stores that ship; :func:`open_store` picks
+    one from a URL. A store may also offer ``iter_events(session_id, batch=N)``, the events
+    of a session fetched N at a time: :func:`~cra_agents.trace.verify_store` then streams
+    each session instead of reading it whole.
     """
 
     def append(self, events: Sequence[TraceEvent]) -> None:
@@ -92,7 +95,9 @@ def open_store(
     """A store object from a store or a URL.
 
     ``memory://``; ``jsonl:///absolute/dir`` or ``jsonl://relative/dir``;
-    ``sqlite:///absolute/file.db`` or ``sqlite://relative/file.db``. ``None`` means the
+    ``sqlite:///absolute/file.db`` or ``sqlite://relative/file.db``;
+    ``postgresql://user:password@host:port/database`` (or ``postgres://``; libpq's URL, plus
+    ``?schema=NAME``; needs the ``postgres`` extra). ``None`` means the
     embedded default, SQLite at ``./.cra/traces.db``, unless ``CRA_AGENTS_STORE`` names
     another URL. A store object is returned as it is.
 
@@ -107,7 +112,10 @@ def open_store(
     Raises:
         ConfigurationError: not a URL, a URL without a path, or an unknown scheme (also a
             ``ValueError``); with ``writable``, a store that cannot be written (reason
-            ``store_not_writable``).
+            ``store_not_writable``); a PostgreSQL server that cannot be reached
+            (``store_not_openable``).
+        MissingDependencyError: a ``postgresql://`` URL without psycopg (the ``postgres``
+            extra).
     """
     opened = _open(store, durable, "store_not_writable" if writable else "store_not_openable")
     if writable:
@@ -130,7 +138,7 @@ def open_store(
 
 def _describe(store: object, opened: TraceStore) -> str:
     if isinstance(store, str | os.PathLike):
-        return repr(os.fspath(store))
+        return repr(_redacted(os.fspath(store)))
     return type(opened).__name__
 
 
@@ -160,11 +168,19 @@ def _open(
             details={"reason": reason, "cause": repr(exc)},
         ) from exc
     if scheme in ("postgresql", "postgres"):
-        raise _bad_url(
-            "the PostgreSQL store is not available yet; use sqlite:// or jsonl://",
-            "store_unavailable",
-        )
+        from cra_agents.trace._postgres import PostgresStore  # psycopg: the postgres extra
+
+        return PostgresStore(url, durable=durable)
     raise _bad_url(f"unknown store scheme {scheme!r}; use {_SCHEMES}", "unknown_store_scheme")
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, if it is a PostgreSQL URL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from cra_agents.trace._postgres import redact_url
+
+        return redact_url(url)
+    return url
 
 
 def _bad_url(message: str, reason: str) -> ConfigurationError:
@@ -176,7 +192,9 @@ def writer_url(store: TraceStore, writer: Writer = "auto") -> str | None:
 
     ``auto`` means the ``CRA_AGENTS_WRITER`` environment variable if set, else ``process``
     for the file stores (JSONL and SQLite) and ``thread`` for the others (``memory://``,
-    store objects of your own), which another process cannot open.
+    store objects of your own), which another process cannot open. A ``postgresql://``
+    store is written in a thread too: a writer process would have the URL, password
+    included, on its command line, and the server does the storing work anyway.
 
     Raises:
         ConfigurationError: an unknown ``writer``, or ``process`` asked for a store another
@@ -204,7 +222,8 @@ def writer_url(store: TraceStore, writer: Writer = "auto") -> str | None:
         return f"sqlite://{store.path.resolve()}"
     if explicit:
         raise ConfigurationError(
-            f"the process writer needs a jsonl:// or sqlite:// store, not {type(store).__name__}",
+            f"the process writer needs a jsonl:// or sqlite:// store, not {type(store).__name__}"
+            " (a postgresql:// store is written in a thread: use writer='thread' or 'auto')",
             details={"reason": "writer_needs_file_store"},
         )
     return None
