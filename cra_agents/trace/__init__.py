@@ -30,7 +30,14 @@ from cra_agents.trace._jsonl import JsonlStore, repair_torn_tail
 from cra_agents.trace._memory import MemoryStore
 from cra_agents.trace._read import TornTail, iter_jsonl, read_events
 from cra_agents.trace._sqlite import SqliteStore
-from cra_agents.trace._store import WRITERS, TraceStore, Writer, open_store, writer_url
+from cra_agents.trace._store import (
+    WRITERS,
+    TraceStore,
+    Writer,
+    open_store,
+    redact_store_url,
+    writer_url,
+)
 from cra_agents.trace._verify import (
     INDEX_MISMATCH,
     ChainVerification,
@@ -78,6 +85,7 @@ __all__ = [
     "open_store",
     "read_checkpoints",
     "read_events",
+    "redact_store_url",
     "repair_torn_tail",
     "save_signing_key",
     "save_verify_key",

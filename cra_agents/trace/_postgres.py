@@ -53,6 +53,7 @@ import contextlib
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -61,11 +62,12 @@ from cra_agents._exceptions import ConfigurationError, MissingDependencyError, T
 from cra_agents.protocol import GENESIS_HASH, TraceEvent
 from cra_agents.trace._jsonl import event_line, parse_line
 from cra_agents.trace._read import check_indexed
+from cra_agents.trace._store import redact_store_url as redact_url
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["COPY_FROM", "SCHEMA_VERSION", "PostgresStore", "redact_url"]
+__all__ = ["COPY_FROM", "SCHEMA_VERSION", "PostgresStore"]
 
 #: The layout version this module writes (``cra_schema_migrations.version``).
 SCHEMA_VERSION: Final = 1
@@ -129,24 +131,6 @@ def _psycopg() -> Any:
             "the PostgreSQL trace store (postgresql:// URLs)", package="psycopg", extra="postgres"
         ) from exc
     return psycopg
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(key == "password" for key, _ in query):
-        query = [(k, "***" if k == "password" else v) for k, v in query]
-        parts = parts._replace(query=urlencode(query, safe="*"))
-    if password is None:
-        return urlunsplit(parts)
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 def _split(url: str) -> tuple[dict[str, str], str | None]:
@@ -219,8 +203,10 @@ class PostgresStore:
         self._migrations = f"{prefix}cra_schema_migrations"
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._writer: psycopg.Connection[Any] | None = None
-        self._reader: psycopg.Connection[Any] | None = None
+        # The connections, closed (uncommitted work rolled back) if the store is dropped
+        # without close(), as a dropped SQLite connection is.
+        self._c = _Connections()
+        weakref.finalize(self, self._c.close)
         self._keys: dict[str, int] = {}  # committed session keys (a key never changes)
         self._closed = False
         #: Attempts :meth:`append_next` retried after a conflict (for tests and metrics).
@@ -232,7 +218,7 @@ class PostgresStore:
             except BaseException:
                 conn.close()
                 raise
-            self._writer = conn
+            self._c.writer = conn
 
     # -- connections ---------------------------------------------------------------------
 
@@ -266,24 +252,24 @@ class PostgresStore:
         """The writing connection, reconnected if broken (call under ``_lock``)."""
         if self._closed:
             raise ValueError("store is closed")
-        conn = self._writer
+        conn = self._c.writer
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
                 conn.close()
-            self._writer = None
-            conn = self._writer = self._connect(autocommit=False)
+            self._c.writer = None
+            conn = self._c.writer = self._connect(autocommit=False)
         return conn
 
     def _read_conn(self) -> psycopg.Connection[Any]:
         """The reading connection, reconnected if broken (call under ``_read_lock``)."""
         if self._closed:
             raise ValueError("store is closed")
-        conn = self._reader
+        conn = self._c.reader
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
                 conn.close()
-            self._reader = None
-            conn = self._reader = self._connect(autocommit=True)
+            self._c.reader = None
+            conn = self._c.reader = self._connect(autocommit=True)
         return conn
 
     def _failed(self, conn: psycopg.Connection[Any]) -> None:
@@ -292,20 +278,31 @@ class PostgresStore:
             conn.rollback()
         if conn.broken or conn.closed:
             conn.close()
-            if self._writer is conn:
-                self._writer = None
+            if self._c.writer is conn:
+                self._c.writer = None
 
     # -- migrations ----------------------------------------------------------------------
 
+    def _exists(self, conn: psycopg.Connection[Any], table: str) -> bool:
+        """Whether the store's schema has ``table``.
+
+        Read from the catalog tables with the statement's snapshot, not through ``to_regclass``
+        (the backend's catalog cache, which an advisory lock does not refresh: a process that
+        waited for another's migration would not see its new tables).
+        """
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables "
+            "WHERE schemaname = coalesce(%s, current_schema()) AND tablename = %s)",
+            (self.schema, table),
+        ).fetchone()
+        return bool(row and row[0])
+
     def _version(self, conn: psycopg.Connection[Any]) -> int | None:
         """The schema version recorded (None: no migrations table)."""
-        (exists,) = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (self._migrations,)
-        ).fetchone()  # type: ignore[misc]
-        if not exists:
+        if not self._exists(conn, "cra_schema_migrations"):
             return None
-        (version,) = conn.execute(f"SELECT max(version) FROM {self._migrations}").fetchone()  # type: ignore[misc]  # noqa: S608
-        return int(version or 0)
+        row = conn.execute(f"SELECT max(version) FROM {self._migrations}").fetchone()  # noqa: S608
+        return int(row[0] or 0) if row else 0
 
     def _check_version(self, version: int | None) -> bool:
         if version is not None and version > SCHEMA_VERSION:
@@ -341,7 +338,7 @@ class PostgresStore:
                     )
                 for target in range((version or 0) + 1, SCHEMA_VERSION + 1):
                     for statement in _MIGRATIONS[target]:
-                        conn.execute(statement.format(s=self._prefix))  # type: ignore[arg-type]
+                        conn.execute(statement.format(s=self._prefix))
                     conn.execute(
                         f"INSERT INTO {self._migrations} (version) VALUES (%s)",  # noqa: S608
                         (target,),
@@ -363,11 +360,7 @@ class PostgresStore:
 
     def _check_free(self, conn: psycopg.Connection[Any]) -> None:
         """Refuse a database whose ``cra_events`` / ``cra_sessions`` are someone else's."""
-        taken = [
-            name
-            for name in (self._sessions, self._events)
-            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]  # type: ignore[index]
-        ]
+        taken = [name for name in ("cra_sessions", "cra_events") if self._exists(conn, name)]
         if taken:
             raise ConfigurationError(
                 f"{self.url} has tables {', '.join(taken)} that are not a cra-agents trace "
@@ -514,7 +507,7 @@ class PostgresStore:
             psycopg.Error: the commit failed; nothing of the batch is stored.
         """
         with self._lock:
-            conn = self._writer
+            conn = self._c.writer
             if conn is None or conn.closed:
                 return
             try:
@@ -733,11 +726,24 @@ class PostgresStore:
                 self.sync()
         finally:
             with self._lock, self._read_lock:
-                for conn in (self._writer, self._reader):
-                    if conn is not None:
-                        conn.close()
-                self._writer = self._reader = None
+                self._c.close()
                 self._closed = True
+
+
+class _Connections:
+    """A store's two connections (either None until used)."""
+
+    __slots__ = ("reader", "writer")
+
+    def __init__(self) -> None:
+        self.writer: psycopg.Connection[Any] | None = None
+        self.reader: psycopg.Connection[Any] | None = None
+
+    def close(self) -> None:
+        for conn in (self.writer, self.reader):
+            if conn is not None:
+                conn.close()
+        self.writer = self.reader = None
 
 
 def _conflict(reason: str, event: TraceEvent, what: str, **details: Any) -> TraceError:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
 
 from cra_agents._exceptions import ConfigurationError
 from cra_agents.trace._jsonl import JsonlStore
@@ -16,7 +17,7 @@ from cra_agents.trace._sqlite import SqliteStore
 if TYPE_CHECKING:
     from cra_agents.protocol import TraceEvent
 
-__all__ = ["WRITERS", "TraceStore", "Writer", "open_store", "writer_url"]
+__all__ = ["WRITERS", "TraceStore", "Writer", "open_store", "redact_store_url", "writer_url"]
 
 #: Who hashes and writes events: see :mod:`cra_agents.trace._collector`.
 Writer = Literal["auto", "thread", "process"]
@@ -138,7 +139,7 @@ def open_store(
 
 def _describe(store: object, opened: TraceStore) -> str:
     if isinstance(store, str | os.PathLike):
-        return repr(_redacted(os.fspath(store)))
+        return repr(redact_store_url(os.fspath(store)))
     return type(opened).__name__
 
 
@@ -174,13 +175,28 @@ def _open(
     raise _bad_url(f"unknown store scheme {scheme!r}; use {_SCHEMES}", "unknown_store_scheme")
 
 
-def _redacted(url: str) -> str:
-    """``url`` without its password, if it is a PostgreSQL URL."""
-    if url.startswith(("postgresql://", "postgres://")):
-        from cra_agents.trace._postgres import redact_url
+def redact_store_url(url: str) -> str:
+    """``url`` with its password (user info or ``password=`` parameter) shown as ``***``.
 
-        return redact_url(url)
-    return url
+    For messages and logs: a ``postgresql://`` URL may carry the database password. The rest
+    of the URL is kept as written.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        cut = len(rest)
+        for mark in "/?#":
+            found = rest.find(mark)
+            if found != -1:
+                cut = min(cut, found)
+        authority, tail = rest[:cut], rest[cut:]
+        userinfo, at, host = authority.rpartition("@")
+        if at and ":" in userinfo:
+            authority = f"{userinfo.partition(':')[0]}:***@{host}"
+        url = f"{scheme}://{authority}{tail}"
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*")
 
 
 def _bad_url(message: str, reason: str) -> ConfigurationError:

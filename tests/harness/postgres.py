@@ -132,6 +132,11 @@ class Cluster:
         """Stop the server (``fast``: ends every connection; ``immediate``: as a crash)."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
+    def reload(self) -> None:
+        """Make the server read its configuration files again (``pg_hba.conf``)."""
+        self._run("pg_ctl", "-D", str(self.data), "reload")
+        time.sleep(0.2)  # the postmaster reloads asynchronously
+
     def destroy(self) -> None:
         """Stop the server if it runs and remove its directory."""
         with contextlib.suppress(RuntimeError, TimeoutError):
