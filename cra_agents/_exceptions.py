@@ -45,6 +45,7 @@ __all__ = [
     "AtlasNotFoundError",
     "AuthenticationError",
     "CRAError",
+    "ChainConflictError",
     "ConfigurationError",
     "ForbiddenError",
     "IdempotencyConflictError",
@@ -296,6 +297,20 @@ class TraceError(CRAError, ValueError):
     default_code = "INVALID_TRACE_EVENT"
     status = 400
     category = "validation"
+
+
+class ChainConflictError(TraceError):
+    """Events offered to a store do not continue the chain it holds (ingest).
+
+    ``details["reason"]``: ``gap`` (events missing before them), ``link`` (not linked to the
+    event before), ``fork`` (a different event at a stored sequence: two histories of one
+    session), ``event_id_reused`` (the event id belongs to another stored event). Nothing of
+    the batch was stored; resending the same batch fails the same way.
+    """
+
+    default_code = "TRACE_CHAIN_CONFLICT"
+    status = 409
+    category = "integrity"
 
 
 class TraceUnavailableError(CRAError):

@@ -17,11 +17,9 @@ from typing import Any
 
 from cra_agents._exceptions import AuthenticationError, MissingDependencyError
 from cra_agents.server._config import ServerConfig
-from cra_agents.server._principal import Principal
+from cra_agents.server._principal import SCOPES, Principal
 
 __all__ = ["CredentialAuthenticator"]
-
-_SCOPES = frozenset({"read", "write"})
 
 
 class CredentialAuthenticator:
@@ -119,7 +117,7 @@ class CredentialAuthenticator:
         if isinstance(raw, str):
             raw = raw.split()
         scopes = (
-            frozenset(s for s in raw if isinstance(s, str)) & _SCOPES
+            frozenset(s for s in raw if isinstance(s, str)) & SCOPES
             if isinstance(raw, list)
             else frozenset()
         )

@@ -21,7 +21,8 @@ Precedence, highest first: arguments of ``cra serve`` (``--host``, ``--port``, `
     [[api_keys]]                  # X-API-Key credentials
     name = "ci-bot"               # principal id "key:ci-bot"
     sha256 = "<hex>"              # SHA-256 of the key (or `key = "..."`, hashed when read)
-    scopes = ["read", "write"]    # default both
+    scopes = ["read", "write"]    # the default; also "ingest" (POST /v1/ingest/batch) and
+                                  # "audit" (read, verify, replay every stored session)
     agent_ids = ["triage-bot"]    # agent ids it may act as; absent: any
 
     [jwt]                         # Authorization: Bearer <JWT>
@@ -51,10 +52,10 @@ from pathlib import Path
 from typing import Any
 
 from cra_agents._exceptions import ConfigurationError, MissingDependencyError
+from cra_agents.server._principal import DEFAULT_SCOPES, SCOPES
 
 __all__ = ["ApiKey", "JWTConfig", "ServerConfig", "hash_key"]
 
-_SCOPES = frozenset({"read", "write"})
 _ASYMMETRIC = ("RS", "PS", "ES", "Ed")
 
 
@@ -69,7 +70,7 @@ class ApiKey:
 
     name: str
     sha256: str
-    scopes: frozenset[str] = _SCOPES
+    scopes: frozenset[str] = DEFAULT_SCOPES
     agent_ids: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
@@ -79,7 +80,7 @@ class ApiKey:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigurationError(f"API key {self.name!r}: sha256 must be 64 hex digits")
         object.__setattr__(self, "sha256", digest)
-        unknown = set(self.scopes) - _SCOPES
+        unknown = set(self.scopes) - SCOPES
         if unknown:
             raise ConfigurationError(f"API key {self.name!r}: unknown scopes {sorted(unknown)}")
 
@@ -88,7 +89,7 @@ class ApiKey:
         cls,
         name: str,
         key: str,
-        scopes: frozenset[str] = _SCOPES,
+        scopes: frozenset[str] = DEFAULT_SCOPES,
         agent_ids: frozenset[str] | None = None,
     ) -> ApiKey:
         """An API key given in clear (hashed here, the clear key is not kept)."""
@@ -350,7 +351,7 @@ def _api_key(spec: Any) -> ApiKey:
     if unknown:
         raise ConfigurationError(f"unknown api_keys keys: {sorted(unknown)}")
     name = str(spec.get("name") or "")
-    scopes = _strings(spec["scopes"], "scopes") if "scopes" in spec else _SCOPES
+    scopes = _strings(spec["scopes"], "scopes") if "scopes" in spec else DEFAULT_SCOPES
     agents = _strings(spec["agent_ids"], "agent_ids") if spec.get("agent_ids") else None
     if ("key" in spec) == ("sha256" in spec):
         raise ConfigurationError(f"API key {name!r}: give exactly one of key and sha256")

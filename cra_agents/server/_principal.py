@@ -16,9 +16,13 @@ from typing import Any, Literal
 
 from cra_agents._exceptions import ForbiddenError
 
-__all__ = ["OWNER_KEY", "Authenticator", "Principal", "Scope", "owns"]
+__all__ = ["DEFAULT_SCOPES", "OWNER_KEY", "SCOPES", "Authenticator", "Principal", "Scope", "owns"]
 
-Scope = Literal["read", "write"]
+Scope = Literal["read", "write", "ingest", "audit"]
+#: Every scope a credential may hold.
+SCOPES: frozenset[str] = frozenset({"read", "write", "ingest", "audit"})
+#: The scopes of an API key that names none: an agent's, not an operator's.
+DEFAULT_SCOPES: frozenset[str] = frozenset({"read", "write"})
 #: Session metadata key that holds the id of the principal that created the session.
 OWNER_KEY = "cra.principal"
 
@@ -29,8 +33,11 @@ class Principal:
 
     Attributes:
         id: Stable id, e.g. ``"key:ci-bot"`` for an API key, ``"jwt:<sub>"`` for a token.
-        scopes: What it may do: ``"read"`` (get, list, traces, verify, stream) and/or
-            ``"write"`` (create and end sessions, resolve, execute, calls, atlases).
+        scopes: What it may do: ``"read"`` (get, list, traces, verify, stream of its own
+            sessions), ``"write"`` (create and end sessions, resolve, execute, calls,
+            atlases), ``"ingest"`` (send batches of TRACE events written elsewhere,
+            ``POST /v1/ingest/batch``), ``"audit"`` (read, verify and replay every stored
+            session, whoever wrote it).
         agent_ids: The agent ids it may act as; ``None`` for any.
     """
 

@@ -26,6 +26,17 @@ from cra_agents.trace._collector import (
 )
 from cra_agents.trace._feed import CommitFeed, CommitListener
 from cra_agents.trace._hash import compute_event_hash, spec_event_hash
+from cra_agents.trace._ingest import (
+    BATCH_INVALID,
+    MAX_BATCH_EVENTS,
+    IngestResult,
+    IngestStore,
+    StoredEvent,
+    StoredHead,
+    parse_batch,
+    plan_session,
+    split_batch,
+)
 from cra_agents.trace._jsonl import JsonlStore, repair_torn_tail
 from cra_agents.trace._memory import MemoryStore
 from cra_agents.trace._read import TornTail, iter_jsonl, read_events
@@ -47,8 +58,10 @@ from cra_agents.trace._verify import (
 )
 
 __all__ = [
+    "BATCH_INVALID",
     "DURABILITY_MODES",
     "INDEX_MISMATCH",
+    "MAX_BATCH_EVENTS",
     "WRITERS",
     "CallRecord",
     "ChainVerification",
@@ -58,6 +71,8 @@ __all__ = [
     "ContextRecord",
     "Durability",
     "EventLike",
+    "IngestResult",
+    "IngestStore",
     "JsonlStore",
     "MemoryStore",
     "OutcomeKind",
@@ -66,6 +81,8 @@ __all__ = [
     "SessionChain",
     "SessionRecord",
     "SqliteStore",
+    "StoredEvent",
+    "StoredHead",
     "TornTail",
     "TraceCollector",
     "TraceStats",
@@ -83,6 +100,8 @@ __all__ = [
     "load_signing_key",
     "load_verify_key",
     "open_store",
+    "parse_batch",
+    "plan_session",
     "read_checkpoints",
     "read_events",
     "redact_store_url",
@@ -91,6 +110,7 @@ __all__ = [
     "save_verify_key",
     "sign_checkpoint",
     "spec_event_hash",
+    "split_batch",
     "verify_chain",
     "verify_logs",
     "verify_store",

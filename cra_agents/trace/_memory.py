@@ -7,6 +7,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from cra_agents.protocol import TraceEvent
+from cra_agents.trace._ingest import (
+    IngestResult,
+    head_of,
+    ingest_mapping,
+    split_batch,
+    stored_events_of,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -29,14 +36,38 @@ class MemoryStore:
         if not events:
             return
         with self._lock:
-            session_id = events[0].session_id
-            chain = self._events.get(session_id)
-            if chain is None:
-                chain = self._events[session_id] = []
-                if self._max_sessions is not None:
-                    while len(self._events) > self._max_sessions:
-                        self._events.popitem(last=False)
-            chain.extend(events)
+            self._extend(events)
+
+    def _extend(self, events: Sequence[TraceEvent]) -> None:
+        session_id = events[0].session_id
+        chain = self._events.get(session_id)
+        if chain is None:
+            chain = self._events[session_id] = []
+            if self._max_sessions is not None:
+                while len(self._events) > self._max_sessions:
+                    self._events.popitem(last=False)
+        chain.extend(events)
+
+    def ingest(self, events: Sequence[TraceEvent]) -> IngestResult:
+        """Add a checked batch's events that continue the kept chains, all or none.
+
+        See :mod:`cra_agents.trace._ingest` for the rule.
+
+        Raises:
+            ChainConflictError: a session's part does not continue its chain.
+        """
+        runs = split_batch(events)
+        with self._lock:
+            new, result = ingest_mapping(
+                runs,
+                lambda sid: head_of(self._events.get(sid, ())),
+                lambda sid, lo, hi: stored_events_of(
+                    e for e in self._events.get(sid, ()) if lo <= e.sequence <= hi
+                ),
+            )
+            for run in new.values():
+                self._extend(run)
+        return result
 
     def read(
         self,

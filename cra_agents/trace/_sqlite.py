@@ -37,6 +37,16 @@ from typing import Any, Final
 
 from cra_agents._exceptions import ConfigurationError
 from cra_agents.protocol import TraceEvent
+from cra_agents.trace._ingest import (
+    EMPTY_HEAD,
+    IngestResult,
+    StoredEvent,
+    StoredHead,
+    head_of,
+    ingest_mapping,
+    split_batch,
+    stored_events_of,
+)
 from cra_agents.trace._jsonl import check_unreplaced, event_line, file_identity, parse_line
 from cra_agents.trace._read import check_indexed
 
@@ -118,6 +128,10 @@ _UPDATE_SESSION: Final = (
     "UPDATE sessions SET event_count = event_count + ?, head_hash = ? WHERE session_key = ?"
 )
 _SESSION_KEY: Final = "SELECT session_key FROM sessions WHERE session_id = ?"
+_LAST_EVENT: Final = (
+    "SELECT id, event_type, event FROM events WHERE id BETWEEN ? AND ? ORDER BY id DESC LIMIT 1"
+)
+_RANGE: Final = "SELECT id, event_type, event FROM events WHERE id BETWEEN ? AND ? ORDER BY id"
 _KEYS_CACHED: Final = 4096  # committed session keys kept; more and the cache starts over
 
 
@@ -169,6 +183,9 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._durable = durable
+        self._ingest_lock = threading.Lock()
+        self._ingest_db: sqlite3.Connection | None = None
         # Session keys by session id: committed ones, and those first used in the open
         # transaction (forgotten if it rolls back, since the key may then go to another).
         self._keys: dict[str, int] = {}
@@ -333,9 +350,8 @@ class SqliteStore:
         """
         if not events:
             return
-        first, last = events[0], events[-1]
-        if last.sequence >= _SPAN:
-            raise ValueError(f"sequence {last.sequence} is beyond the SQLite store's {_SPAN - 1}")
+        last = events[-1]
+        _check_span(last)
         with self._lock:
             if self._closed:
                 raise ValueError("store is closed")
@@ -344,27 +360,9 @@ class SqliteStore:
                 db.execute("BEGIN IMMEDIATE")
             try:
                 key = self._key(last.session_id)
+                inserted = _insert_run(db, key, events)
                 if key is None:
-                    key = db.execute(
-                        _INSERT_SESSION,
-                        (
-                            last.session_id,
-                            last.trace_id,
-                            first.timestamp,
-                            len(events),
-                            last.event_hash,
-                        ),
-                    ).lastrowid
-                    if key is None or key > _MAX_SESSION_KEY:
-                        raise ValueError("the SQLite store holds 2**31 sessions already")
-                    self._new_keys[last.session_id] = key
-                else:
-                    db.execute(_UPDATE_SESSION, (len(events), last.event_hash, key))
-                base = key * _SPAN
-                db.executemany(
-                    "INSERT INTO events VALUES (?, ?, ?)",
-                    [(base + e.sequence, e.event_type, event_line(e)[:-1]) for e in events],
-                )
+                    self._new_keys[last.session_id] = inserted
             except BaseException:
                 # SQLite ends the transaction itself after some errors (a full disk): the
                 # original error is what the caller must see, not a failed ROLLBACK, and
@@ -391,6 +389,63 @@ class SqliteStore:
             for session_id, key in new_keys.items():
                 self._remember(session_id, key)
             check_unreplaced(self.path, self._identity, "the trace database")
+
+    def ingest(self, events: Sequence[TraceEvent]) -> IngestResult:
+        """Add a checked batch's events that continue the stored chains, all or none.
+
+        One ``BEGIN IMMEDIATE`` transaction on a connection of its own (the writer's open
+        transaction is never mixed in), so the rule of :mod:`cra_agents.trace._ingest` sees
+        what is stored while no other connection or process can append.
+
+        Raises:
+            ChainConflictError: a session's part does not continue its stored chain.
+            TraceError: a stored row's index disagrees with its event (``TRACE_INDEX_MISMATCH``).
+            ValueError: the store is closed, or a sequence is beyond 2**32 - 1.
+            sqlite3.Error: the database failed; nothing of the batch is stored.
+        """
+        runs = split_batch(events)
+        for run in runs.values():
+            _check_span(run[-1])
+        with self._ingest_lock:
+            if self._closed:
+                raise ValueError("store is closed")
+            db = self._ingest_db
+            if db is None:
+                db = self._ingest_db = sqlite3.connect(
+                    self.path, check_same_thread=False, isolation_level=None, timeout=_OPEN_TIMEOUT
+                )
+                db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
+            keys: dict[str, int] = {}
+
+            def rows(session_id: str, key: int, query: str, lo: int, hi: int) -> list[TraceEvent]:
+                base = key * _SPAN
+                return [
+                    check_indexed(
+                        parse_line(line), session_id, sequence=row_id - base, event_type=column
+                    )
+                    for row_id, column, line in db.execute(query, (base + lo, base + hi))
+                ]
+
+            def head(session_id: str) -> StoredHead:
+                row = db.execute(_SESSION_KEY, (session_id,)).fetchone()
+                if row is None:
+                    return EMPTY_HEAD
+                key = keys[session_id] = int(row[0])
+                return head_of(rows(session_id, key, _LAST_EVENT, 0, _SPAN - 1))
+
+            def stored(session_id: str, lo: int, hi: int) -> list[StoredEvent]:
+                return stored_events_of(rows(session_id, keys[session_id], _RANGE, lo, hi))
+
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                new, result = ingest_mapping(runs, head, stored)
+                for session_id, run in new.items():
+                    _insert_run(db, keys.get(session_id), run)
+                db.execute("COMMIT")
+            except BaseException:
+                db.rollback()
+                raise
+        return result
 
     def read(
         self,
@@ -469,10 +524,37 @@ class SqliteStore:
             if not self._closed:
                 self.sync()
         finally:
-            with self._lock:
+            with self._ingest_lock, self._lock:
                 if not self._closed:
                     self._db.close()
+                    if self._ingest_db is not None:
+                        self._ingest_db.close()
                     self._closed = True
+
+
+def _check_span(last: TraceEvent) -> None:
+    if last.sequence >= _SPAN:
+        raise ValueError(f"sequence {last.sequence} is beyond the SQLite store's {_SPAN - 1}")
+
+
+def _insert_run(db: sqlite3.Connection, key: int | None, events: Sequence[TraceEvent]) -> int:
+    """Insert one session's run in ``db``'s open transaction; the session key (new if None)."""
+    first, last = events[0], events[-1]
+    if key is None:
+        key = db.execute(
+            _INSERT_SESSION,
+            (last.session_id, last.trace_id, first.timestamp, len(events), last.event_hash),
+        ).lastrowid
+        if key is None or key > _MAX_SESSION_KEY:
+            raise ValueError("the SQLite store holds 2**31 sessions already")
+    else:
+        db.execute(_UPDATE_SESSION, (len(events), last.event_hash, key))
+    base = key * _SPAN
+    db.executemany(
+        "INSERT INTO events VALUES (?, ?, ?)",
+        [(base + e.sequence, e.event_type, event_line(e)[:-1]) for e in events],
+    )
+    return key
 
 
 def _utf8(text: str) -> bytes:
