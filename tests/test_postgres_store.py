@@ -25,6 +25,7 @@ from cra_agents.cli import main
 from cra_agents.examples import atlas_path
 from cra_agents.protocol import TraceEvent
 from cra_agents.trace import (
+    IngestResult,
     JsonlStore,
     PostgresStore,
     SessionChain,
@@ -672,3 +673,111 @@ class TestWithoutPsycopg:
         )
         done = run_bounded([sys.executable, "-c", code], timeout=60, cwd=ROOT)
         assert done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict[str, list[TraceEvent]]:
+    """Real events of three sessions, recorded by a runtime."""
+    with cra.Runtime([GITHUB_OPS], store="memory://") as runtime:
+        ids = workload(runtime, 3)
+        return {sid: runtime.trace_events(sid) for sid in ids}
+
+
+class TestIngest:
+    def test_idempotent_and_overlapping(
+        self, store: PostgresStore, recorded: dict[str, list[TraceEvent]]
+    ) -> None:
+        """A batch sent twice is stored once; an overlapping retry adds only the rest."""
+        a, b, c = recorded.values()
+        first = store.ingest([*a, *b[:3]])
+        assert first == IngestResult(len(a) + 3, 0, (a[0].session_id, b[0].session_id))
+        again = store.ingest([*a, *b])
+        assert (again.inserted, again.duplicates) == (len(b) - 3, len(a) + 3)
+        assert store.ingest(c).inserted == len(c)
+        for chain in (a, b, c):
+            assert store.read(chain[0].session_id) == chain
+        assert all(verify_store(store))
+        assert store.sessions() == list(recorded)
+
+    def test_a_conflict_stores_nothing_of_the_batch(
+        self, store: PostgresStore, recorded: dict[str, list[TraceEvent]]
+    ) -> None:
+        """Gap, fork and reused event id: refused, and nothing of the batch is kept."""
+        a, b, c = recorded.values()
+        store.ingest(a[:2])
+        with pytest.raises(cra.ChainConflictError) as caught:
+            store.ingest([*b, *a[3:]])  # b is fine, a skips sequence 2
+        assert caught.value.details["reason"] == "gap"
+        assert store.read(b[0].session_id) == []
+        forked = following(0, a[0].event_hash, 1, a[0].session_id)
+        with pytest.raises(cra.ChainConflictError) as caught:
+            store.ingest([*c, *forked])
+        assert caught.value.details["reason"] == "fork"
+        reused = TraceEvent.model_validate({**c[0].model_dump(), "event_id": a[1].event_id})
+        with pytest.raises(cra.ChainConflictError) as caught:
+            store.ingest([reused])
+        assert caught.value.details["reason"] == "event_id_reused"
+        assert store.sessions() == [a[0].session_id]
+        assert store.read(a[0].session_id) == a[:2]
+
+    def test_concurrent_ingests_and_appenders(
+        self, pg_url: str, recorded: dict[str, list[TraceEvent]]
+    ) -> None:
+        """Eight connections send overlapping slices of two chains: each event stored once."""
+        a, b, _ = recorded.values()
+        stores = [PostgresStore(pg_url) for _ in range(8)]
+        errors: list[BaseException] = []
+        totals: list[IngestResult] = []
+        barrier = threading.Barrier(8)
+
+        def send(index: int, opened: PostgresStore) -> None:
+            barrier.wait()
+            try:
+                for end in range(1 + index % 3, len(a) + 1, 2):
+                    # both sessions in one batch, in an order that differs between threads
+                    runs = [a[:end], b[:end]] if index % 2 else [b[:end], a[:end]]
+                    totals.append(opened.ingest([*runs[0], *runs[1]]))
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=send, args=(i, s)) for i, s in enumerate(stores)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert errors == []
+        stores[0].ingest([*a, *b])  # whatever the slices left out
+        assert stores[0].read(a[0].session_id) == a
+        assert stores[0].read(b[0].session_id) == b
+        assert sum(t.inserted for t in totals) <= len(a) + len(b)
+        for opened in stores:
+            opened.close()
+
+    def test_ingest_beside_the_runtime_writer(self, pg_url: str) -> None:
+        """The runtime records its sessions while another connection ingests others."""
+        with cra.Runtime([GITHUB_OPS], store="memory://") as source:
+            sent = workload(source, 2)
+            batches = [source.trace_events(sid) for sid in sent]
+        with cra.Runtime([GITHUB_OPS], store=pg_url) as runtime:
+            own = runtime.create_session("bot", "Triage").session_id
+            ingesting = PostgresStore(pg_url)
+            for batch in batches:
+                assert ingesting.ingest(batch).duplicates == 0
+            runtime.end_session(own)
+            runtime.flush()
+            assert sorted(runtime.store.sessions()) == sorted([own, *sent])
+            assert all(verify_store(runtime.store))
+            ingesting.close()
+        with pytest.raises(ValueError, match="closed"):
+            ingesting.ingest(batches[0])
+
+    def test_index_mismatch_is_refused(
+        self, store: PostgresStore, pg_url: str, recorded: dict[str, list[TraceEvent]]
+    ) -> None:
+        """A stored row whose columns were changed is not trusted by the rule either."""
+        a = next(iter(recorded.values()))
+        store.ingest(a[:3])
+        sql(pg_url, "UPDATE cra_events SET event_type = 'x.y' WHERE sequence = 2")
+        with pytest.raises(cra.TraceError) as caught:
+            store.ingest(a)
+        assert caught.value.code == "TRACE_INDEX_MISMATCH"

@@ -58,8 +58,22 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from cra_agents._exceptions import ConfigurationError, MissingDependencyError, TraceError
+from cra_agents._exceptions import (
+    ChainConflictError,
+    ConfigurationError,
+    MissingDependencyError,
+    TraceError,
+)
 from cra_agents.protocol import GENESIS_HASH, TraceEvent
+from cra_agents.trace._ingest import (
+    IngestResult,
+    StoredEvent,
+    StoredHead,
+    head_of,
+    ingest_mapping,
+    split_batch,
+    stored_events_of,
+)
 from cra_agents.trace._jsonl import event_line, parse_line
 from cra_agents.trace._read import check_indexed
 from cra_agents.trace._store import redact_store_url as redact_url
@@ -203,6 +217,7 @@ class PostgresStore:
         self._migrations = f"{prefix}cra_schema_migrations"
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._ingest_lock = threading.Lock()
         # The connections, closed (uncommitted work rolled back) if the store is dropped
         # without close(), as a dropped SQLite connection is.
         self._c = _Connections()
@@ -272,14 +287,14 @@ class PostgresStore:
             conn = self._c.reader = self._connect(autocommit=True)
         return conn
 
-    def _failed(self, conn: psycopg.Connection[Any]) -> None:
-        """After an error on the writing connection: roll back, drop it if it broke."""
+    def _failed(self, conn: psycopg.Connection[Any], which: str = "writer") -> None:
+        """After an error on a connection: roll back, and drop the connection if it broke."""
         with contextlib.suppress(self._psycopg.Error):
             conn.rollback()
         if conn.broken or conn.closed:
             conn.close()
-            if self._c.writer is conn:
-                self._c.writer = None
+            if getattr(self._c, which) is conn:
+                setattr(self._c, which, None)
 
     # -- migrations ----------------------------------------------------------------------
 
@@ -446,6 +461,23 @@ class PostgresStore:
                 )
             sequence, previous = event.sequence, event.event_hash
         rows = [(key, e.sequence, e.event_id, e.event_type, event_line(e)[:-1]) for e in events]
+        try:
+            self._send(conn, rows, copy)
+        except self._psycopg.errors.UniqueViolation as exc:
+            constraint = getattr(exc.diag, "constraint_name", None) or ""
+            if "event_id" in constraint:  # a conflict no retry resolves
+                raise self._unique(exc, events) from None
+            raise
+        conn.execute(
+            f"UPDATE {self._sessions} SET event_count = event_count + %s, head_sequence = %s, "  # noqa: S608
+            "head_hash = %s WHERE session_key = %s",
+            (len(rows), sequence, previous, key),
+        )
+
+    def _send(
+        self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], copy: bool | None
+    ) -> None:
+        """Insert event rows: ``COPY`` for large batches, else ``executemany`` (pipelined)."""
         if copy if copy is not None else len(rows) >= COPY_FROM:
             with conn.cursor().copy(
                 f"COPY {self._events} (session_key, sequence, event_id, event_type, event) "
@@ -459,19 +491,23 @@ class PostgresStore:
                 "event) VALUES (%s, %s, %s, %s, %s)",
                 rows,
             )
-        conn.execute(
-            f"UPDATE {self._sessions} SET event_count = event_count + %s, head_sequence = %s, "  # noqa: S608
-            "head_hash = %s WHERE session_key = %s",
-            (len(rows), sequence, previous, key),
-        )
 
-    def _unique(self, exc: Exception, events: Sequence[TraceEvent]) -> TraceError:
-        """A unique violation on insert under the session's lock: an event id already used."""
+    def _unique(self, exc: Exception, events: Sequence[TraceEvent]) -> ChainConflictError:
+        """A unique violation on insert under the session's lock, as a chain conflict.
+
+        The event id belongs to another stored event (``event_id_reused``), or a sequence is
+        stored already: only a writer that does not take the session's lock gets there.
+        """
+        constraint = getattr(getattr(exc, "diag", None), "constraint_name", None)
+        if constraint is not None and "event_id" in constraint:
+            return _conflict(
+                "event_id_reused",
+                events[0],
+                "carries an event id that another stored event has",
+                constraint=constraint,
+            )
         return _conflict(
-            "event_id_reused",
-            events[0],
-            "carries an event id that another stored event has",
-            constraint=getattr(getattr(exc, "diag", None), "constraint_name", None),
+            "fork", events[0], "is at a sequence stored meanwhile", constraint=constraint
         )
 
     def append(self, events: Sequence[TraceEvent]) -> None:
@@ -591,6 +627,106 @@ class PostgresStore:
         if events:
             self._insert(conn, locked[0], (locked[1], locked[2]), events)
         return events
+
+    def ingest(self, events: Sequence[TraceEvent]) -> IngestResult:
+        """Add a checked batch's events that continue the stored chains, all or none.
+
+        One transaction on a connection of its own (the writer's open batch is never mixed
+        in): the rows of the batch's sessions are locked in sorted order (two ingests of
+        overlapping sessions cannot deadlock), then the rule of :mod:`cra_agents.trace._ingest`
+        compares each session's run with what is stored, and the new events are inserted. A
+        serialization failure or deadlock (with the runtime's writer) retries the whole batch.
+
+        Raises:
+            ChainConflictError: a session's part does not continue its stored chain, or an
+                event id belongs to another stored event (reason ``event_id_reused``); nothing
+                of the batch is stored.
+            TraceError: a stored row's columns disagree with its event (``TRACE_INDEX_MISMATCH``).
+            ValueError: the store is closed.
+            psycopg.Error: the server failed or went away; nothing of the batch is stored.
+        """
+        runs = split_batch(events)
+        pg = self._psycopg
+        pause = 0.001
+        for _ in range(_RETRIES):
+            with self._ingest_lock:
+                if self._closed:
+                    raise ValueError("store is closed")
+                conn = self._c.ingest
+                if conn is None or conn.closed or conn.broken:
+                    if conn is not None:
+                        conn.close()
+                    self._c.ingest = None
+                    conn = self._c.ingest = self._connect(autocommit=False)
+                try:
+                    result = self._ingest(conn, runs)
+                    conn.commit()
+                    return result
+                except (pg.errors.SerializationFailure, pg.errors.DeadlockDetected):
+                    self._failed(conn, "ingest")
+                    self.retried += 1
+                except BaseException:
+                    self._failed(conn, "ingest")
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        raise TraceError(
+            f"ingesting a batch conflicted {_RETRIES} times in a row; retry later",
+            details={"reason": "retries_exhausted"},
+        )
+
+    def _ingest(
+        self, conn: psycopg.Connection[Any], runs: dict[str, list[TraceEvent]]
+    ) -> IngestResult:
+        """One attempt of :meth:`ingest`, in the open transaction."""
+        keys: dict[str, int] = {}
+        heads: dict[str, StoredHead] = {}
+        for session_id in sorted(runs):
+            locked = self._lock_head(conn, session_id, runs[session_id][0])
+            assert locked is not None  # noqa: S101 - a first event was given
+            keys[session_id] = locked[0]
+            last = self._rows(conn, session_id, locked[0], None, None, 1)
+            heads[session_id] = head_of(last)
+
+        def stored(session_id: str, lo: int, hi: int) -> list[StoredEvent]:
+            found = self._rows(conn, session_id, keys[session_id], lo, hi, None)
+            return stored_events_of(found)
+
+        new, result = ingest_mapping(runs, heads.__getitem__, stored)
+        for session_id, run in new.items():
+            head = heads[session_id]
+            self._insert(conn, keys[session_id], (head.sequence, head.event_hash), run)
+        return result
+
+    def _rows(
+        self,
+        conn: psycopg.Connection[Any],
+        session_id: str,
+        key: int,
+        lo: int | None,
+        hi: int | None,
+        last: int | None,
+    ) -> list[TraceEvent]:
+        """Stored events of a session, checked against their columns.
+
+        ``lo``..``hi`` (inclusive) in order, or the ``last`` ones (in order too).
+        """
+        if last is not None:
+            rows = conn.execute(
+                f"SELECT sequence, event_type, event FROM {self._events} "  # noqa: S608
+                "WHERE session_key = %s ORDER BY sequence DESC LIMIT %s",
+                (key, last),
+            ).fetchall()[::-1]
+        else:
+            rows = conn.execute(
+                f"SELECT sequence, event_type, event FROM {self._events} "  # noqa: S608
+                "WHERE session_key = %s AND sequence BETWEEN %s AND %s ORDER BY sequence",
+                (key, lo, hi),
+            ).fetchall()
+        return [
+            check_indexed(parse_line(bytes(r[2])), session_id, sequence=int(r[0]), event_type=r[1])
+            for r in rows
+        ]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -725,32 +861,32 @@ class PostgresStore:
             if not self._closed:
                 self.sync()
         finally:
-            with self._lock, self._read_lock:
+            with self._ingest_lock, self._lock, self._read_lock:
                 self._c.close()
                 self._closed = True
 
 
 class _Connections:
-    """A store's two connections (either None until used)."""
+    """A store's connections (each None until used)."""
 
-    __slots__ = ("reader", "writer")
+    __slots__ = ("ingest", "reader", "writer")
 
     def __init__(self) -> None:
         self.writer: psycopg.Connection[Any] | None = None
         self.reader: psycopg.Connection[Any] | None = None
+        self.ingest: psycopg.Connection[Any] | None = None
 
     def close(self) -> None:
-        for conn in (self.writer, self.reader):
+        for conn in (self.writer, self.reader, self.ingest):
             if conn is not None:
                 conn.close()
-        self.writer = self.reader = None
+        self.writer = self.reader = self.ingest = None
 
 
-def _conflict(reason: str, event: TraceEvent, what: str, **details: Any) -> TraceError:
-    return TraceError(
+def _conflict(reason: str, event: TraceEvent, what: str, **details: Any) -> ChainConflictError:
+    return ChainConflictError(
         f"session {event.session_id}: event {event.event_id} at sequence {event.sequence} "
         f"{what}; nothing of the batch was stored",
-        code="TRACE_CHAIN_CONFLICT",
         details={
             "reason": reason,
             "session_id": event.session_id,
