@@ -449,6 +449,44 @@ class TestConcurrentAppenders:
         first.close()
         second.close()
 
+    def test_a_writer_that_skips_the_lock_is_met_by_the_key(
+        self, store: PostgresStore, pg_url: str
+    ) -> None:
+        """A row written behind the store at the next sequence: the primary key refuses the
+        store's own insert; append reports a fork, append_next retries and then gives up."""
+        events = chained(2)
+        store.append(events)
+        store.sync()
+        intruder = following(1, events[-1].event_hash)[0]
+        sql(
+            pg_url,
+            "INSERT INTO cra_events SELECT session_key, 2, 'x', 'policy.evaluated', '{}' "
+            "FROM cra_sessions",
+        )
+        with pytest.raises(cra.ChainConflictError) as caught:
+            store.append([intruder])
+        assert caught.value.details["reason"] == "fork"
+        calls: list[int] = []
+
+        def make(sequence: int, head: str) -> list[Any]:
+            calls.append(sequence)
+            return following(sequence, head)
+
+        with pytest.raises(cra.TraceError) as failed:
+            store.append_next(SESSION, make)
+        assert failed.value.details["reason"] == "retries_exhausted"
+        assert not isinstance(failed.value, psycopg.Error)
+        assert len(calls) == 50  # every attempt retried after its unique violation
+        assert store.retried == 50
+
+    def test_append_next_commits_an_open_batch_first(self, store: PostgresStore) -> None:
+        """What append() left uncommitted is committed before append_next's own transaction."""
+        events = chained(2)
+        store.append(events)
+        (added,) = store.append_next(SESSION, lambda seq, head: following(seq, head))
+        assert added.sequence == 2
+        assert [e.sequence for e in store.read(SESSION)] == [0, 1, 2]
+
     def test_append_next_checks_what_make_returns(self, store: PostgresStore) -> None:
         """make() must build the given session's continuation."""
         store.append_next(SESSION, lambda seq, head: following(seq, head))
