@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -596,6 +599,54 @@ class TestRuntimeAndCli:
         assert done.returncode != 0
         assert "s3cret" not in done.stdout + done.stderr
         assert "cra:***@" in done.stderr
+
+
+class TestServe:
+    def test_cra_serve_records_into_postgres(self, pg_url: str, github_ops: Path) -> None:
+        """``cra serve --store postgresql://...``: sessions made over HTTP are in the database."""
+        import httpx
+
+        key = "serve-key-0123456789abcdef"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "CRA_API_KEYS": f"ops:{key}"}
+        env.pop("CRA_AGENTS_STORE", None)
+        argv = [sys.executable, "-m", "cra_agents.cli", "serve", "--atlas", str(github_ops)]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--store", pg_url]
+        process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "cra serve did not become healthy"
+                try:
+                    if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            made = httpx.post(
+                url + "/v1/sessions",
+                json={"agent_id": "bot", "goal": "over HTTP"},
+                headers={"X-API-Key": key},
+                timeout=10,
+            )
+            assert made.status_code == 201, made.text
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        reader = open_store(pg_url)
+        events = reader.read(made.json()["session_id"])
+        assert [e.event_type for e in events] == ["session.started"]
+        reader.close()
 
 
 class TestServerStopped:
