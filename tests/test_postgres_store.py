@@ -574,6 +574,11 @@ class TestRuntimeAndCli:
         assert main(["doctor", "--store", pg_url, "--json"]) in (0, 1)
         doctor = capsys.readouterr().out
         assert "2 sessions" in doctor
+        unreachable = "postgresql://cra:s3cret@127.0.0.1:1/x?connect_timeout=2"
+        assert main(["doctor", "--store", unreachable, "--json"]) == 1
+        doctor = capsys.readouterr().out
+        assert "cra:***@127.0.0.1:1" in doctor
+        assert "s3cret" not in doctor
         assert main(["trace", "verify", "--all", "--store", pg_url, "--json"]) == 0
         verdicts = json.loads(capsys.readouterr().out)
         assert [v["valid"] for v in verdicts["traces"]] == [True, True]
@@ -841,6 +846,35 @@ class TestIngest:
         assert sum(t.inserted for t in totals) <= len(a) + len(b)
         for opened in stores:
             opened.close()
+
+    def test_a_deadlock_with_the_writer_is_retried(
+        self, pg_url: str, recorded: dict[str, list[TraceEvent]]
+    ) -> None:
+        """The writer holds session 2 and wants 1; ingest holds 1 and wants 2: PostgreSQL
+        aborts the ingest (it waited longest), which retries after the writer commits."""
+        first, second = sorted(list(recorded.values())[:2], key=lambda c: c[0].session_id)
+        writer, ingesting = PostgresStore(pg_url), PostgresStore(pg_url)
+        writer.append(second[:3])  # holds session 2
+        outcome: list[IngestResult | BaseException] = []
+
+        def ingest() -> None:
+            try:
+                outcome.append(ingesting.ingest([*first[:5], *second[:5]]))
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=ingest)
+        thread.start()
+        time.sleep(0.3)  # the ingest holds session 1 and waits for session 2
+        writer.append(first[:3])  # waits for session 1: a deadlock, found after 1 s
+        writer.sync()
+        thread.join(30)
+        assert outcome == [IngestResult(4, 6, (first[0].session_id, second[0].session_id))]
+        assert ingesting.retried >= 1
+        assert writer.read(first[0].session_id) == first[:5]
+        assert writer.read(second[0].session_id) == second[:5]
+        writer.close()
+        ingesting.close()
 
     def test_ingest_beside_the_runtime_writer(self, pg_url: str) -> None:
         """The runtime records its sessions while another connection ingests others."""
