@@ -449,10 +449,17 @@ class Runtime(CarpMixin):
         checkpoints: Checkpoint | Iterable[Checkpoint] | None = None,
         verify_key: Ed25519PublicKey | None = None,
     ) -> ChainVerification:
-        """Verify the session's chain as stored (and its checkpoints, when given)."""
-        return verify_chain(
-            self.trace_events(session_id), checkpoints=checkpoints, verify_key=verify_key
-        )
+        """Verify the session's chain as stored (and its checkpoints, when given).
+
+        A store that streams (``iter_events``, the PostgreSQL store) is read a batch at a time.
+        """
+        stream = getattr(self.store, "iter_events", None)
+        if stream is None:
+            events: Iterable[TraceEvent] = self.trace_events(session_id)
+        else:
+            self.trace_events(session_id, limit=1)  # an unknown session raises; flushes
+            events = stream(session_id)
+        return verify_chain(events, checkpoints=checkpoints, verify_key=verify_key)
 
     def checkpoint(self, session_id: str, signing_key: Ed25519PrivateKey) -> Checkpoint:
         """Sign a checkpoint of the session's chain as stored now.
