@@ -222,9 +222,15 @@ class TestContract:
         with pytest.raises(cra.ConfigurationError, match="plain SQL name") as caught:
             open_store("postgresql://u:s3cret@127.0.0.1/db?schema=x;drop")
         assert "s3cret" not in str(caught.value)
-        with pytest.raises(cra.ConfigurationError, match="not a PostgreSQL URL") as caught:
-            open_store("postgresql://u:s3cret@127.0.0.1/db?nosuchparam=1")
-        assert "s3cret" not in str(caught.value)
+        for bad in (
+            "postgresql://u:s3cret@127.0.0.1/db?nosuchparam=1",
+            "postgresql://u:s3cret@[::1/db",
+            "postgresql://h/db?password=s3cret&nosuchparam=1",
+        ):
+            with pytest.raises(cra.ConfigurationError, match="not a PostgreSQL URL") as caught:
+                open_store(bad)
+            assert caught.value.details["reason"] == "store_url_invalid"
+            assert "s3cret" not in str(caught.value)
         free = with_database(pg_server.dsn, "postgres").rsplit("@", 1)[1].split("/")[0]
         host = free.rsplit(":", 1)[0]
         url = f"postgresql://cra:s3cret@{host}:1/traces?connect_timeout=2"

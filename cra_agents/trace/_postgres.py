@@ -40,9 +40,9 @@ for batches of 8 to 200 events and the same for 1 to 4.
 Connections: one for writing (autocommit off) and one for reading (autocommit), each under its
 own lock; a broken connection (the server restarted, the network failed) fails the call that
 met it (the runtime then fails closed), and the next call connects again. ``connect_timeout``,
-``statement_timeout`` and TCP keepalives (defaults below, unless the URL sets them) bound how
-long a hung server can hold the writer. ``durable=False`` sets ``synchronous_commit=off``.
-Errors and messages never show the URL's password.
+``statement_timeout`` (30 s) and TCP keepalives (set unless the URL sets them) bound how long
+a hung server or a lock held elsewhere can hold the writer. ``durable=False`` sets
+``synchronous_commit=off``. Errors and messages never show the URL's password.
 
 Writer: the runtime writes to this store in a thread (``writer="auto"`` picks ``thread``): a
 writer process would get the URL, password included, on its command line.
@@ -154,7 +154,14 @@ def _split(url: str) -> tuple[dict[str, str], str | None]:
     Raises:
         ConfigurationError: a malformed URL or schema name (reason ``store_url_invalid``).
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"store URL {redact_url(url)!r} is not a PostgreSQL URL: {exc}",
+            details={"reason": "store_url_invalid"},
+        ) from None
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((value for key, value in query if key == "schema"), None)
     rest = [(key, value) for key, value in query if key != "schema"]
@@ -172,8 +179,7 @@ def _split(url: str) -> tuple[dict[str, str], str | None]:
         }
     except pg.Error as exc:
         raise ConfigurationError(
-            f"store URL {redact_url(url)!r} is not a PostgreSQL URL: "
-            f"{_scrub(str(exc), parts.password)}",
+            f"store URL {redact_url(url)!r} is not a PostgreSQL URL: {_scrub(str(exc), password)}",
             details={"reason": "store_url_invalid"},
         ) from None
     for key, value in _DEFAULTS.items():
@@ -209,8 +215,8 @@ class PostgresStore:
     def __init__(self, url: str, *, durable: bool = True) -> None:
         self._psycopg = _psycopg()
         self.url = redact_url(url)
-        self._password = urlsplit(url).password
         self._params, self.schema = _split(url)
+        self._password = self._params.get("password")
         self.durable = durable
         prefix = "" if self.schema is None else f'"{self.schema}".'
         self._sessions = f"{prefix}cra_sessions"
@@ -225,7 +231,8 @@ class PostgresStore:
         weakref.finalize(self, self._c.close)
         self._keys: dict[str, int] = {}  # committed session keys (a key never changes)
         self._closed = False
-        #: Attempts :meth:`append_next` retried after a conflict (for tests and metrics).
+        #: Conflicts absorbed: attempts of :meth:`append_next` and :meth:`ingest` retried, and
+        #: new sessions another writer created first (for tests and metrics).
         self.retried = 0
         with self._lock:
             conn = self._connect(autocommit=False, opening=True)
