@@ -569,8 +569,10 @@ class TestRuntimeAndCli:
         assert isinstance(from_env, PostgresStore)
         from_env.close()
 
-    def test_cli_list_show_verify(self, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-        """cra trace list / show / verify --store postgresql://... read the store."""
+    def test_cli_list_show_verify(
+        self, pg_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        """cra trace list / show / tail / export / verify --store postgresql://... and doctor."""
         with cra.Runtime([GITHUB_OPS], store=pg_url) as runtime:
             ids = workload(runtime, 2)
         assert main(["trace", "list", "--store", pg_url, "--json"]) == 0
@@ -590,6 +592,14 @@ class TestRuntimeAndCli:
         assert [v["valid"] for v in verdicts["traces"]] == [True, True]
         assert main(["trace", "show", ids[0], "--store", pg_url]) == 0
         assert "chain VALID" in capsys.readouterr().out
+        assert main(["trace", "tail", ids[1], "-n", "3", "--store", pg_url, "--json"]) == 0
+        tail = capsys.readouterr().out
+        assert "session.ended" in tail
+        exported = tmp_path / "all.jsonl"
+        assert main(["trace", "export", "--all", "-o", str(exported), "--store", pg_url]) == 0
+        capsys.readouterr()
+        assert main(["trace", "verify", str(exported), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["valid"] is True
         sql(pg_url, "UPDATE cra_events SET event_type = 'session.ended' WHERE sequence = 1")
         assert main(["trace", "verify", "--all", "--store", pg_url, "--json"]) == 1
         verdicts = json.loads(capsys.readouterr().out)
