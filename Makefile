@@ -40,6 +40,7 @@ bench: setup
 	$(PY) benchmarks/cli_start_bench.py
 	$(PY) benchmarks/record_bench.py
 	$(PY) benchmarks/server_bench.py
+	$(PY) benchmarks/mcp_bench.py
 
 # A separate venv for peers we compare against; they are not dependencies of this project.
 PEERS := .venv-peers

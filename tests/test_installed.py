@@ -7,10 +7,11 @@ file, so CI is repeatable), and from a folder outside the repository:
 - the core alone (no extra): ``import cra_agents``, a guarded call, ``cra --help`` and
   ``cra atlas validate`` work, none of the optional packages is installed, and what needs one
   says which extra installs it;
-- everything (``cra-agents[all]``, ``cra-agents-langchain``, and the Jupyter tools a user runs):
-  every Python and shell snippet of README.md and ``integrations/*/README.md`` runs as
-  ``tests/harness/snippets.py`` describes, and the three notebooks run with
-  ``jupyter nbconvert --execute``, ``jupyter execute``, papermill and nbclient.
+- everything (``cra-agents[all]``, ``cra-agents-langchain``, ``cra-agents-mcp`` and the
+  Jupyter tools a user runs): every Python and shell snippet of README.md and
+  ``integrations/*/README.md`` runs as ``tests/harness/snippets.py`` describes, and the three
+  notebooks run with ``jupyter nbconvert --execute``, ``jupyter execute``, papermill and
+  nbclient.
 
 Slow (a few minutes for the first build and install): runs with ``CI=true`` or
 ``CRA_TEST_INSTALLED=1``, else skips. ``CRA_INSTALLED_DIR=DIR`` keeps the venvs in DIR and reuses
@@ -52,6 +53,7 @@ NOT_IN_CORE = {
     "langchain",
     "langchain-core",
     "fastapi",
+    "mcp",
 }
 
 pytestmark = [
@@ -122,6 +124,7 @@ class Build:
 
     core: Path
     langchain: Path
+    mcp: Path
     constraints: Path
     home: Path
 
@@ -163,7 +166,8 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
     )
     core = next(dist.glob("cra_agents-*.whl"))
     langchain = next(dist.glob("cra_agents_langchain-*.whl"))
-    return Build(core=core, langchain=langchain, constraints=constraints, home=home)
+    mcp = next(dist.glob("cra_agents_mcp-*.whl"))
+    return Build(core=core, langchain=langchain, mcp=mcp, constraints=constraints, home=home)
 
 
 def _venv(build: Build, name: str, requirements: list[str]) -> Venv:
@@ -174,6 +178,7 @@ def _venv(build: Build, name: str, requirements: list[str]) -> Venv:
                 *(r.encode() for r in requirements),
                 build.core.read_bytes(),
                 build.langchain.read_bytes(),
+                build.mcp.read_bytes(),
                 build.constraints.read_bytes(),
             ]
         )
@@ -212,11 +217,13 @@ def core(build: Build) -> Venv:
 
 @pytest.fixture(scope="session")
 def full(build: Build) -> Venv:
-    """``pip install "cra-agents[all]" cra-agents-langchain`` and the Jupyter tools."""
+    """``pip install "cra-agents[all]" cra-agents-langchain cra-agents-mcp``, Jupyter tools."""
     extras = build.extras()
     wanted = "all" if "all" in extras else ",".join(extras)
     return _venv(
-        build, "venv-full", [f"{build.core}[{wanted}]", str(build.langchain), *JUPYTER_TOOLS]
+        build,
+        "venv-full",
+        [f"{build.core}[{wanted}]", str(build.langchain), str(build.mcp), *JUPYTER_TOOLS],
     )
 
 

@@ -23,6 +23,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cra_agents._exceptions import CRAError, MissingDependencyError
 from cra_agents._version import __version__
@@ -88,8 +89,49 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole ``cra`` argument parser (the command modules are imported when one runs)."""
+#: The entry point group through which other distributions add ``cra`` commands: each entry
+#: point is named after its command and is a function ``register(commands, command)`` that
+#: adds it (``commands``: the subparsers; ``command(group, name, handler, help)``: the helper
+#: that adds one subcommand with the common options). Loaded only when its command runs.
+PLUGIN_GROUP = "cra_agents.cli"
+#: Commands of distributions we know, and the distribution to install for each.
+_PLUGINS = {"mcp": "cra-agents-mcp"}
+#: Options of ``cra`` itself that take no value (anything else first is the command).
+_GLOBAL_FLAGS = frozenset({"--json", "--no-color", "-v", "--verbose", "-h", "--help", "--version"})
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs (its first word that is not an option of ``cra``)."""
+    for word in argv:
+        if word not in _GLOBAL_FLAGS:
+            return None if word.startswith("-") else word
+    return None
+
+
+def _add_plugin(commands: Any, command: Any, name: str) -> None:
+    """Add the command ``name`` from the distribution that provides it (entry points)."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name == name]
+    if not found:
+        dist = _PLUGINS.get(name)
+        if dist is not None:
+            raise CLIError(
+                "missing_dependency",
+                f"'cra {name}' is a command of the {dist} distribution, which is not installed",
+                f"pip install {dist}",
+            )
+        return  # argparse reports an unknown command
+    register = found[0].load()
+    register(commands, command)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The whole ``cra`` argument parser (the command modules are imported when one runs).
+
+    A command no built-in has (``cra mcp``) is looked up in the ``cra_agents.cli`` entry
+    points of the installed distributions, by the command word of ``argv``.
+    """
     _atlas, _misc, _trace = _Commands("_atlas"), _Commands("_misc"), _Commands("_trace")
     common = _common()
     parser = _Parser(
@@ -272,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="server configuration: .toml, .json or .yaml (CRA_CONFIG)"
     )
     _store_option(p)
+
+    # -- commands of other distributions (cra mcp: cra-agents-mcp) --
+    name = _command_name(argv)
+    if name is not None and name not in commands.choices:
+        _add_plugin(commands, command, name)
     return parser
 
 
@@ -306,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wants_json = "--json" in raw
     out = Output(json_mode=wants_json, color=False if "--no-color" in raw else None)
     try:
-        parser = build_parser()
+        parser = build_parser(raw)
         try:
             args = parser.parse_args(raw)
         except SystemExit as exc:  # --help, --version
