@@ -34,8 +34,8 @@ error, never a fork. :meth:`~PostgresStore.append_next` is the retrying form for
 that build the next events from the head: it retries, in a new transaction, after a unique
 violation, a serialization failure or a deadlock (none reaches its caller). Rows are sent with
 ``COPY`` from :data:`COPY_FROM` events on, with ``executemany`` (pipeline mode) below: measured
-on a 2-core machine, alternating the two on one chain, COPY took 7-30 % less time per commit
-for batches of 8 to 200 events and the same for 1 to 4.
+on a 2-core machine (``benchmarks/postgres_bench.py``, the two alternating on one chain), they
+are even within noise up to about 20 events a commit, and COPY is 5-30 % faster at 64 and 200.
 
 Connections: one for writing (autocommit off) and one for reading (autocommit), each under its
 own lock; a broken connection (the server restarted, the network failed) fails the call that
@@ -89,7 +89,7 @@ SCHEMA_VERSION: Final = 1
 
 #: Batches of at least this many events are inserted with ``COPY``; smaller ones with
 #: ``executemany`` (pipeline mode).
-COPY_FROM: Final = 8
+COPY_FROM: Final = 32
 
 _PAGE: Final = 1000  # rows per query when streaming a session
 _RETRIES: Final = 50  # attempts of append_next before giving up
