@@ -671,10 +671,13 @@ class TestServe:
 
 
 class TestServerStopped:
-    def test_runtime_fails_closed_then_a_new_one_resumes(self, pg_cluster: Cluster) -> None:
+    @pytest.mark.parametrize("durability", ["group", "sync"])
+    def test_runtime_fails_closed_then_a_new_one_resumes(
+        self, pg_cluster: Cluster, durability: str
+    ) -> None:
         """D3: the server stops mid-run: 0 executions while down; after restart, no gaps."""
         url = Server(pg_cluster.dsn).create_database()
-        runtime = cra.Runtime([GITHUB_OPS], store=url, durability="sync")
+        runtime = cra.Runtime([GITHUB_OPS], store=url, durability=durability)  # type: ignore[arg-type]
         session = runtime.create_session("bot", "Triage").session_id
         executed = 0
 
