@@ -28,6 +28,7 @@ from cra_agents.cli import main
 from cra_agents.examples import atlas_path
 from cra_agents.protocol import TraceEvent
 from cra_agents.trace import (
+    Durability,
     IngestResult,
     JsonlStore,
     PostgresStore,
@@ -535,9 +536,9 @@ class TestRuntimeAndCli:
             sink.close()
 
     @pytest.mark.parametrize("durability", ["async", "group", "sync"])
-    def test_runtime_round_trip(self, pg_url: str, durability: str) -> None:
+    def test_runtime_round_trip(self, pg_url: str, durability: Durability) -> None:
         """Runtime(store=postgresql://...) records calls that read back and verify."""
-        with cra.Runtime([GITHUB_OPS], store=pg_url, durability=durability) as runtime:  # type: ignore[arg-type]
+        with cra.Runtime([GITHUB_OPS], store=pg_url, durability=durability) as runtime:
             session = runtime.create_session("bot", "Triage")
             runtime.resolve(cra.resolve_request(session))
             with runtime.call(
@@ -673,11 +674,11 @@ class TestServe:
 class TestServerStopped:
     @pytest.mark.parametrize("durability", ["group", "sync"])
     def test_runtime_fails_closed_then_a_new_one_resumes(
-        self, pg_cluster: Cluster, durability: str
+        self, pg_cluster: Cluster, durability: Durability
     ) -> None:
         """D3: the server stops mid-run: 0 executions while down; after restart, no gaps."""
         url = Server(pg_cluster.dsn).create_database()
-        runtime = cra.Runtime([GITHUB_OPS], store=url, durability=durability)  # type: ignore[arg-type]
+        runtime = cra.Runtime([GITHUB_OPS], store=url, durability=durability)
         session = runtime.create_session("bot", "Triage").session_id
         executed = 0
 
