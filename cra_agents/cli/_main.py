@@ -44,9 +44,10 @@ Handler = Callable[[argparse.Namespace, Output], int]
 _EPILOG = """\
 exit codes: 0 success · 1 check failed (invalid, denied, different) · 2 usage or input error
             3 internal error · 130 interrupted
-stores: --store URL or CRA_AGENTS_STORE (default sqlite://.cra/traces.db); memory:// is not
-        readable from another process. SESSION may be a session id, a unique prefix of one,
-        'last' (the newest session) or a .trace.jsonl file.
+stores: --store URL or CRA_AGENTS_STORE (default sqlite://.cra/traces.db): sqlite://FILE,
+        jsonl://DIR or postgresql://USER:PASSWORD@HOST:PORT/DATABASE (the postgres extra);
+        memory:// is not readable from another process. SESSION may be a session id, a
+        unique prefix of one, 'last' (the newest session) or a .trace.jsonl file.
 docs: README.md, section "The cra command" (the package's description on its index page)
 """
 
@@ -83,8 +84,8 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
         metavar="URL",
-        help="trace store: sqlite://FILE, jsonl://DIR (default: CRA_AGENTS_STORE or "
-        "sqlite://.cra/traces.db)",
+        help="trace store: sqlite://FILE, jsonl://DIR, postgresql://HOST/DATABASE (default: "
+        "CRA_AGENTS_STORE or sqlite://.cra/traces.db)",
     )
 
 
