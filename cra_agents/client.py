@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -76,6 +75,7 @@ from cra_agents._exceptions import (
     TraceError,
     TraceUnavailableError,
 )
+from cra_agents._retry import backoff_delay, retry_after_seconds
 from cra_agents.runtime import (
     ApprovalDecision,
     ApprovalHandler,
@@ -197,11 +197,7 @@ def _rebuild(
 
 
 def _retry_after(response: httpx.Response, details: Mapping[str, Any]) -> float:
-    given = details.get("retry_after", response.headers.get("retry-after"))
-    try:
-        return max(float(given), 0.0)
-    except (TypeError, ValueError):
-        return 1.0
+    return retry_after_seconds(details.get("retry_after", response.headers.get("retry-after")))
 
 
 def _unreachable(exc: Exception) -> ServiceUnavailableError:
@@ -499,7 +495,7 @@ class Client:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _sleep(self, attempt: int, response: httpx.Response | None) -> None:
-        delay = self.backoff * (2**attempt) * (0.5 + random.random())  # noqa: S311 - jitter
+        delay = backoff_delay(attempt, self.backoff, jitter="half")
         if response is not None and response.status_code == 429:
             delay = max(delay, min(_retry_after(response, {}), 30.0))
         time.sleep(delay)

@@ -9,6 +9,7 @@ import pytest
 
 from cra_agents.examples import atlas_path
 from tests.harness.collector import Collector, rotel_binary, start_collector
+from tests.harness.postgres import Cluster, Server, pg_bindir, start_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = atlas_path("github-ops").parent
@@ -78,3 +79,48 @@ def otel_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collect
     running = start_collector(binary, tmp_path_factory.mktemp("rotel") / "rotel.log")
     yield running
     running.stop()
+
+
+def _absent(message: str) -> None:
+    """Skip the test, or fail it on CI (``CI=true``), where the service must be there."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    """A PostgreSQL server: ``CRA_TEST_PG_DSN``, else a throwaway cluster (see harness)."""
+    configured = os.environ.get("CRA_TEST_PG_DSN")
+    if configured:
+        yield Server(configured)
+        return
+    bindir = pg_bindir()
+    if bindir is None:
+        _absent("PostgreSQL is not installed and CRA_TEST_PG_DSN is not set (.ci/postgres)")
+    assert bindir is not None
+    cluster = start_cluster(bindir)
+    try:
+        yield Server(cluster.dsn)
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server: Server) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster of the test's own, which it may stop and start."""
+    bindir = pg_bindir()
+    if bindir is None:
+        _absent("PostgreSQL is not installed (initdb, pg_ctl): .ci/postgres installs it")
+    assert bindir is not None
+    cluster = start_cluster(bindir)
+    yield cluster
+    cluster.destroy()

@@ -34,7 +34,15 @@ from cra_agents.trace import (
 )
 
 #: Distributions the core install must not pull in.
-NOT_IN_CORE = ("cryptography", "rich", "opentelemetry-", "grpcio", "ipywidgets", "ipython")
+NOT_IN_CORE = (
+    "cryptography",
+    "rich",
+    "opentelemetry-",
+    "grpcio",
+    "ipywidgets",
+    "ipython",
+    "psycopg",
+)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -79,6 +87,9 @@ class TestDistribution:
             ("otel", "opentelemetry-exporter-otlp-proto-http"),
             ("otel-grpc", "opentelemetry-api"),
             ("otel-grpc", "opentelemetry-exporter-otlp-proto-grpc"),
+            ("server", "zstandard"),
+            ("sink", "zstandard"),
+            ("postgres", "psycopg"),
         ],
     )
     def test_each_extra_installs_its_package(self, extra, package):
@@ -101,7 +112,17 @@ class TestDistribution:
                 if r.marker is not None and r.marker.evaluate({"extra": extra})
             }
 
-        others = ("yaml", "signing", "otel", "otel-grpc", "cli", "notebook", "server")
+        others = (
+            "yaml",
+            "signing",
+            "otel",
+            "otel-grpc",
+            "cli",
+            "notebook",
+            "server",
+            "sink",
+            "postgres",
+        )
         assert wanted("all") == wanted(*others)
         assert {"cryptography>=43", "rich>=13.7"} <= wanted("all")
 

@@ -20,6 +20,7 @@ HEAVY = (
     "rich",
     "re2",
     "fastjsonschema",
+    "psycopg",
 )
 #: Modules (and everything under them) the core must not import.
 HEAVY_MODULES = (

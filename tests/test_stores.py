@@ -99,7 +99,7 @@ class TestStoreUrls:
             ("nothing", "not a URL"),
             ("ftp://x", "unknown store scheme"),
             ("jsonl://", "names no path"),
-            ("postgresql://db/x", "not available yet"),
+            ("postgresql://u:pw@h/db?schema=a-b", "plain SQL name"),
         ],
     )
     def test_bad_urls(self, url, message):

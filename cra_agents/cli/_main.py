@@ -44,9 +44,10 @@ Handler = Callable[[argparse.Namespace, Output], int]
 _EPILOG = """\
 exit codes: 0 success · 1 check failed (invalid, denied, different) · 2 usage or input error
             3 internal error · 130 interrupted
-stores: --store URL or CRA_AGENTS_STORE (default sqlite://.cra/traces.db); memory:// is not
-        readable from another process. SESSION may be a session id, a unique prefix of one,
-        'last' (the newest session) or a .trace.jsonl file.
+stores: --store URL or CRA_AGENTS_STORE (default sqlite://.cra/traces.db): sqlite://FILE,
+        jsonl://DIR or postgresql://USER:PASSWORD@HOST:PORT/DATABASE (the postgres extra);
+        memory:// is not readable from another process. SESSION may be a session id, a
+        unique prefix of one, 'last' (the newest session) or a .trace.jsonl file.
 docs: README.md, section "The cra command" (the package's description on its index page)
 """
 
@@ -83,8 +84,8 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
         metavar="URL",
-        help="trace store: sqlite://FILE, jsonl://DIR (default: CRA_AGENTS_STORE or "
-        "sqlite://.cra/traces.db)",
+        help="trace store: sqlite://FILE, jsonl://DIR, postgresql://HOST/DATABASE (default: "
+        "CRA_AGENTS_STORE or sqlite://.cra/traces.db)",
     )
 
 
@@ -132,6 +133,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     points of the installed distributions, by the command word of ``argv``.
     """
     _atlas, _misc, _trace = _Commands("_atlas"), _Commands("_misc"), _Commands("_trace")
+    _ingest = _Commands("_ingest")
     common = _common()
     parser = _Parser(
         prog="cra",
@@ -313,6 +315,29 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="server configuration: .toml, .json or .yaml (CRA_CONFIG)"
     )
     _store_option(p)
+
+    # -- ingest --
+    ingest = commands.add_parser(
+        "ingest", help="run an ingest server, or send trace files to one", parents=[common]
+    )
+    ingest.set_defaults(handler=_group_help(ingest))
+    group = ingest.add_subparsers(title="ingest commands", metavar="COMMAND", parser_class=_Parser)
+    p = command(
+        group, "serve", _ingest.serve, "run an ingest server (POST /v1/ingest/batch), no atlas"
+    )
+    p.add_argument("--host", help="interface (default 127.0.0.1, or CRA_HOST / config)")
+    p.add_argument("--port", type=int, help="TCP port (default 8420, or CRA_PORT / config)")
+    p.add_argument(
+        "--config", metavar="FILE", help="server configuration: .toml, .json or .yaml (CRA_CONFIG)"
+    )
+    _store_option(p)
+    p = command(group, "send", _ingest.send, "send JSONL trace files to an ingest server")
+    p.add_argument("files", nargs="+", metavar="FILE", help="JSONL trace files, sent in order")
+    p.add_argument("--url", metavar="URL", help="the ingest server (default CRA_INGEST_URL)")
+    p.add_argument(
+        "--batch", type=int, default=2000, metavar="N", help="events per batch (default 2000)"
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
 
     # -- commands of other distributions (cra mcp: cra-agents-mcp) --
     name = _command_name(argv)

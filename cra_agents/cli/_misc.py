@@ -228,13 +228,29 @@ def _check_store(store: StoreRef) -> tuple[list[Check], str | None]:
     scheme, path = _store_path(url)
     latest: str | None = None
     checks: list[Check] = []
+    if scheme in ("postgresql", "postgres"):
+        try:
+            sessions = store.sessions()
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            return [
+                Check(
+                    "trace store",
+                    "fail",
+                    f"{url}: {type(exc).__name__}: {exc}",
+                    "check that the server runs and the URL's host, database and credentials",
+                )
+            ], None
+        finally:
+            store.close()
+        return [Check("trace store", "pass", f"{url}: {len(sessions)} sessions")], None
     if path is None:
         return [
             Check(
                 "trace store",
                 "fail",
                 f"{url} is not a store this command can read",
-                "use sqlite://FILE or jsonl://DIR in --store or CRA_AGENTS_STORE",
+                "use sqlite://FILE, jsonl://DIR or postgresql://HOST/DATABASE in --store or "
+                "CRA_AGENTS_STORE",
             )
         ], None
     if not path.exists():

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from cra_agents._exceptions import TraceError
 from cra_agents.cli._output import CLIError
-from cra_agents.trace import TraceStore, open_store
+from cra_agents.trace import TraceStore, open_store, redact_store_url
 
 if TYPE_CHECKING:
     from cra_agents.protocol import TraceEvent
@@ -38,9 +38,14 @@ class StoreRef:
     _store: TraceStore | None = field(default=None, init=False, repr=False)
 
     @property
-    def label(self) -> str:
+    def location(self) -> str:
         """The URL the command reads."""
         return self.url or os.environ.get("CRA_AGENTS_STORE") or _DEFAULT
+
+    @property
+    def label(self) -> str:
+        """The URL the command reads, as shown: without its password."""
+        return redact_store_url(self.location)
 
     def open(self) -> TraceStore:
         """The store; it must already exist.
@@ -50,28 +55,30 @@ class StoreRef:
         """
         if self._store is not None:
             return self._store
-        url = self.label
+        url = self.location
         scheme, sep, rest = url.partition("://")
         if sep and scheme in ("sqlite", "jsonl") and rest and not Path(rest).exists():
             raise CLIError(
                 "store_not_found",
                 f"there is no trace store at {url}",
-                "pass --store URL (sqlite://FILE or jsonl://DIR), set CRA_AGENTS_STORE, or run "
+                "pass --store URL (sqlite://FILE, jsonl://DIR or postgresql://HOST/DATABASE), set "
+                "CRA_AGENTS_STORE, or run "
                 "this from the directory whose .cra/ holds the traces",
             )
         if scheme == "memory":
             raise CLIError(
                 "store_not_readable",
                 "memory:// stores live inside one process and cannot be read from here",
-                "configure the runtime with sqlite:// or jsonl:// to inspect its traces",
+                "configure the runtime with sqlite://, jsonl:// or postgresql:// to inspect its "
+                "traces",
             )
         try:
             self._store = open_store(url, durable=False)
         except (ValueError, OSError) as exc:
             raise CLIError(
                 "store_unusable",
-                f"cannot open the trace store {url}: {exc}",
-                "use sqlite://FILE or jsonl://DIR",
+                f"cannot open the trace store {self.label}: {exc}",
+                "use sqlite://FILE, jsonl://DIR or postgresql://HOST/DATABASE",
             ) from exc
         return self._store
 

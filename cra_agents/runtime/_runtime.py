@@ -101,14 +101,15 @@ class Runtime(CarpMixin):
 
     Args:
         atlases: Atlases to load, in order (anything :func:`load_atlas` accepts).
-        store: A store or a store URL: ``memory://``, ``jsonl://DIR``, ``sqlite://FILE``
+        store: A store or a store URL: ``memory://``, ``jsonl://DIR``, ``sqlite://FILE``,
+            ``postgresql://USER:PASSWORD@HOST:PORT/DATABASE`` (the ``postgres`` extra)
             (default: SQLite at ``./.cra/traces.db``, or ``$CRA_AGENTS_STORE``).
         durability: ``async`` (default; the caller never waits for the store), ``group``
             (calls return once their events are synced, sharing syncs) or ``sync``.
         writer: Who hashes and writes events: ``process`` (a writer process: the default for
             ``jsonl://`` and ``sqlite://`` stores, unless ``$CRA_AGENTS_WRITER`` says
-            ``thread``), ``thread`` (a thread of this process: always for ``memory://`` and
-            store objects of your own) or ``auto``.
+            ``thread``), ``thread`` (a thread of this process: always for ``memory://``,
+            ``postgresql://`` and store objects of your own) or ``auto``.
         flush_interval: In ``async`` mode, the longest an event waits for the writer (s).
         max_backlog: Events that may wait for the writer before callers are held back
             (backpressure); a crash in ``async`` mode loses fewer than twice this many.
@@ -449,10 +450,17 @@ class Runtime(CarpMixin):
         checkpoints: Checkpoint | Iterable[Checkpoint] | None = None,
         verify_key: Ed25519PublicKey | None = None,
     ) -> ChainVerification:
-        """Verify the session's chain as stored (and its checkpoints, when given)."""
-        return verify_chain(
-            self.trace_events(session_id), checkpoints=checkpoints, verify_key=verify_key
-        )
+        """Verify the session's chain as stored (and its checkpoints, when given).
+
+        A store that streams (``iter_events``, the PostgreSQL store) is read a batch at a time.
+        """
+        stream = getattr(self.store, "iter_events", None)
+        if stream is None:
+            events: Iterable[TraceEvent] = self.trace_events(session_id)
+        else:
+            self.trace_events(session_id, limit=1)  # an unknown session raises; flushes
+            events = stream(session_id)
+        return verify_chain(events, checkpoints=checkpoints, verify_key=verify_key)
 
     def checkpoint(self, session_id: str, signing_key: Ed25519PrivateKey) -> Checkpoint:
         """Sign a checkpoint of the session's chain as stored now.

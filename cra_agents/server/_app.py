@@ -33,7 +33,11 @@ from cra_agents.server._routes import health_router, router
 __all__ = ["OPTIONAL_ROUTERS", "contract", "create_app"]
 
 #: Routers of other parts of the server, mounted when their module is installed.
-OPTIONAL_ROUTERS = ("cra_agents.server._stream", "cra_agents.server._calls")
+OPTIONAL_ROUTERS = (
+    "cra_agents.server._stream",
+    "cra_agents.server._calls",
+    "cra_agents.server._ingest",
+)
 
 
 @cache

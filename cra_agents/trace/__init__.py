@@ -41,7 +41,14 @@ from cra_agents.trace._jsonl import JsonlStore, repair_torn_tail
 from cra_agents.trace._memory import MemoryStore
 from cra_agents.trace._read import TornTail, iter_jsonl, read_events
 from cra_agents.trace._sqlite import SqliteStore
-from cra_agents.trace._store import WRITERS, TraceStore, Writer, open_store, writer_url
+from cra_agents.trace._store import (
+    WRITERS,
+    TraceStore,
+    Writer,
+    open_store,
+    redact_store_url,
+    writer_url,
+)
 from cra_agents.trace._verify import (
     INDEX_MISMATCH,
     ChainVerification,
@@ -64,14 +71,17 @@ __all__ = [
     "ContextRecord",
     "Durability",
     "EventLike",
+    "HttpSink",
     "IngestResult",
     "IngestStore",
     "JsonlStore",
     "MemoryStore",
     "OutcomeKind",
+    "PostgresStore",
     "ResolutionRecord",
     "SessionChain",
     "SessionRecord",
+    "SinkStats",
     "SqliteStore",
     "StoredEvent",
     "StoredHead",
@@ -96,10 +106,12 @@ __all__ = [
     "plan_session",
     "read_checkpoints",
     "read_events",
+    "redact_store_url",
     "repair_torn_tail",
     "save_signing_key",
     "save_verify_key",
     "sign_checkpoint",
+    "sink_from_url",
     "spec_event_hash",
     "split_batch",
     "verify_chain",
@@ -113,6 +125,7 @@ _CALLS = (
     "CallRecord",
     "ContextRecord",
     "EventLike",
+    "HttpSink",
     "OutcomeKind",
     "ResolutionRecord",
     "SessionRecord",
@@ -134,4 +147,13 @@ if typing.TYPE_CHECKING:
         fold_calls,
         fold_session,
     )
-__getattr__, __dir__ = _lazy_exports(__name__, dict.fromkeys(_CALLS, "cra_agents.trace._calls"))
+    from cra_agents.trace._http import HttpSink, SinkStats, sink_from_url
+
+    # psycopg (the postgres extra) is imported when a PostgresStore is made, not here.
+    from cra_agents.trace._postgres import PostgresStore
+# The HTTP sink (httpx, zstandard) loads when a store URL or a caller asks for it.
+_HTTP = ("HttpSink", "SinkStats", "sink_from_url")
+_HOMES = dict.fromkeys(_CALLS, "cra_agents.trace._calls")
+_HOMES.update(dict.fromkeys(_HTTP, "cra_agents.trace._http"))
+_HOMES["PostgresStore"] = "cra_agents.trace._postgres"
+__getattr__, __dir__ = _lazy_exports(__name__, _HOMES)

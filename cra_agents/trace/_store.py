@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
 
 from cra_agents._exceptions import ConfigurationError
 from cra_agents.trace._jsonl import JsonlStore
@@ -16,14 +17,14 @@ from cra_agents.trace._sqlite import SqliteStore
 if TYPE_CHECKING:
     from cra_agents.protocol import TraceEvent
 
-__all__ = ["WRITERS", "TraceStore", "Writer", "open_store", "writer_url"]
+__all__ = ["WRITERS", "TraceStore", "Writer", "open_store", "redact_store_url", "writer_url"]
 
 #: Who hashes and writes events: see :mod:`cra_agents.trace._collector`.
 Writer = Literal["auto", "thread", "process"]
 WRITERS: tuple[Writer, ...] = ("auto", "thread", "process")
 
 _DEFAULT_URL = "sqlite://.cra/traces.db"
-_SCHEMES = "memory://, jsonl://DIR or sqlite://FILE"
+_SCHEMES = "memory://, jsonl://DIR, sqlite://FILE, postgresql://HOST/DATABASE or http(s)://INGEST"
 
 
 @runtime_checkable
@@ -34,8 +35,11 @@ class TraceStore(Protocol):
     shutdown; readers (the runtime, the CLI, replay, reports, OTel span checks) call ``read``,
     ``sessions`` and ``last_sequence``, possibly from other threads while the writer runs.
     Implementations must be thread-safe. :class:`~cra_agents.trace.MemoryStore`,
-    :class:`~cra_agents.trace.JsonlStore` and :class:`~cra_agents.trace.SqliteStore` are the
-    stores that ship; :func:`open_store` picks one from a URL.
+    :class:`~cra_agents.trace.JsonlStore`, :class:`~cra_agents.trace.SqliteStore` and
+    :class:`~cra_agents.trace.PostgresStore` are the stores that ship; :func:`open_store` picks
+    one from a URL. A store may also offer ``iter_events(session_id, batch=N)``, the events
+    of a session fetched N at a time: :func:`~cra_agents.trace.verify_store` then streams
+    each session instead of reading it whole.
     """
 
     def append(self, events: Sequence[TraceEvent]) -> None:
@@ -92,7 +96,11 @@ def open_store(
     """A store object from a store or a URL.
 
     ``memory://``; ``jsonl:///absolute/dir`` or ``jsonl://relative/dir``;
-    ``sqlite:///absolute/file.db`` or ``sqlite://relative/file.db``. ``None`` means the
+    ``sqlite:///absolute/file.db`` or ``sqlite://relative/file.db``;
+    ``postgresql://user:password@host:port/database`` (or ``postgres://``; libpq's URL, plus
+    ``?schema=NAME``; needs the ``postgres`` extra); ``http://host:port?spool=DIR`` or
+    ``https://...``: an ingest server, through a local spool
+    (:func:`~cra_agents.trace.sink_from_url` lists the options). ``None`` means the
     embedded default, SQLite at ``./.cra/traces.db``, unless ``CRA_AGENTS_STORE`` names
     another URL. A store object is returned as it is.
 
@@ -107,7 +115,10 @@ def open_store(
     Raises:
         ConfigurationError: not a URL, a URL without a path, or an unknown scheme (also a
             ``ValueError``); with ``writable``, a store that cannot be written (reason
-            ``store_not_writable``).
+            ``store_not_writable``); a PostgreSQL server that cannot be reached
+            (``store_not_openable``).
+        MissingDependencyError: a ``postgresql://`` URL without psycopg (the ``postgres``
+            extra).
     """
     opened = _open(store, durable, "store_not_writable" if writable else "store_not_openable")
     if writable:
@@ -130,7 +141,7 @@ def open_store(
 
 def _describe(store: object, opened: TraceStore) -> str:
     if isinstance(store, str | os.PathLike):
-        return repr(os.fspath(store))
+        return repr(redact_store_url(os.fspath(store)))
     return type(opened).__name__
 
 
@@ -159,12 +170,40 @@ def _open(
             f"cannot open the trace store {url!r} ({exc}); point it at a writable location",
             details={"reason": reason, "cause": repr(exc)},
         ) from exc
+    if scheme in ("http", "https"):
+        # The HTTP sink (httpx, and zstandard when compressing) loads only when asked for.
+        from cra_agents.trace._http import sink_from_url
+
+        return sink_from_url(url, durable=durable)
     if scheme in ("postgresql", "postgres"):
-        raise _bad_url(
-            "the PostgreSQL store is not available yet; use sqlite:// or jsonl://",
-            "store_unavailable",
-        )
+        from cra_agents.trace._postgres import PostgresStore  # psycopg: the postgres extra
+
+        return PostgresStore(url, durable=durable)
     raise _bad_url(f"unknown store scheme {scheme!r}; use {_SCHEMES}", "unknown_store_scheme")
+
+
+def redact_store_url(url: str) -> str:
+    """``url`` with its password (user info or ``password=`` parameter) shown as ``***``.
+
+    For messages and logs: a ``postgresql://`` URL may carry the database password. The rest
+    of the URL is kept as written.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        cut = len(rest)
+        for mark in "/?#":
+            found = rest.find(mark)
+            if found != -1:
+                cut = min(cut, found)
+        authority, tail = rest[:cut], rest[cut:]
+        userinfo, at, host = authority.rpartition("@")
+        if at and ":" in userinfo:
+            authority = f"{userinfo.partition(':')[0]}:***@{host}"
+        url = f"{scheme}://{authority}{tail}"
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*")
 
 
 def _bad_url(message: str, reason: str) -> ConfigurationError:
@@ -176,7 +215,9 @@ def writer_url(store: TraceStore, writer: Writer = "auto") -> str | None:
 
     ``auto`` means the ``CRA_AGENTS_WRITER`` environment variable if set, else ``process``
     for the file stores (JSONL and SQLite) and ``thread`` for the others (``memory://``,
-    store objects of your own), which another process cannot open.
+    store objects of your own), which another process cannot open. A ``postgresql://``
+    store is written in a thread too: a writer process would have the URL, password
+    included, on its command line, and the server does the storing work anyway.
 
     Raises:
         ConfigurationError: an unknown ``writer``, or ``process`` asked for a store another
@@ -204,7 +245,8 @@ def writer_url(store: TraceStore, writer: Writer = "auto") -> str | None:
         return f"sqlite://{store.path.resolve()}"
     if explicit:
         raise ConfigurationError(
-            f"the process writer needs a jsonl:// or sqlite:// store, not {type(store).__name__}",
+            f"the process writer needs a jsonl:// or sqlite:// store, not {type(store).__name__}"
+            " (a postgresql:// store is written in a thread: use writer='thread' or 'auto')",
             details={"reason": "writer_needs_file_store"},
         )
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -196,8 +197,7 @@ def verify_chain(
     previous_sequence = -1
     count = 0
     session: str | None = log_id
-    rules: set[str] = set()
-    rule_sets: list[set[str]] = []
+    rules = _Rules()
     torn: TornTail | None = None
 
     def fail(kind: ErrorType, message: str) -> ChainVerification:
@@ -207,6 +207,9 @@ def verify_chain(
         if isinstance(item, TornTail):
             torn = item  # a crash, unless a checkpoint covers what it cut (see below)
             break
+        if isinstance(item, TraceError) and item.code == INDEX_MISMATCH:
+            # A streaming store met a row its index misdescribes (see verify_store).
+            return fail("index_mismatch", f"event {count} cannot be read: {item}")
         if isinstance(item, BaseException):
             return fail("malformed_event", f"event {count} cannot be read: {item}")
         event = _fields(item)
@@ -237,8 +240,7 @@ def verify_chain(
                 return fail("malformed_event", f"event {count} lacks field {exc}")
             if matched is None:
                 return fail("hash_mismatch", f"event {count}'s hash does not match its content")
-            rules |= matched
-            rule_sets.append(matched)
+            rules.add(matched)
         if session is None:
             session = None if carried is None else str(carried)
         elif carried is not None and carried != session:
@@ -257,7 +259,7 @@ def verify_chain(
         count += 1
         if count in wanted:
             hashes_at[count] = stored
-    hash_rule = _hash_rule(rule_sets)
+    hash_rule = rules.verdict()
 
     def verdict(
         valid: bool,
@@ -310,16 +312,31 @@ def verify_chain(
     return verdict(True, size=latest.size)
 
 
-def _hash_rule(rule_sets: list[set[str]]) -> HashRule | None:
-    if not rule_sets:
-        return None
-    if all(len(s) == 2 for s in rule_sets):
-        return "both"
-    if all("normalized" in s for s in rule_sets):
-        return "normalized"
-    if all("as_written" in s for s in rule_sets):
-        return "as_written"
-    return "mixed"
+class _Rules:
+    """Which hash rules every event so far matched (constant memory, however long the log)."""
+
+    __slots__ = ("as_written", "both", "count", "normalized")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.both = self.normalized = self.as_written = True
+
+    def add(self, matched: set[str]) -> None:
+        self.count += 1
+        self.both = self.both and len(matched) == 2
+        self.normalized = self.normalized and "normalized" in matched
+        self.as_written = self.as_written and "as_written" in matched
+
+    def verdict(self) -> HashRule | None:
+        if not self.count:
+            return None
+        if self.both:
+            return "both"
+        if self.normalized:
+            return "normalized"
+        if self.as_written:
+            return "as_written"
+        return "mixed"
 
 
 def _bad_signature(anchor: Checkpoint, log_id: str | None) -> ChainVerification:
@@ -334,9 +351,10 @@ def _bad_signature(anchor: Checkpoint, log_id: str | None) -> ChainVerification:
 
 
 #: One log for :func:`verify_logs`: the id it is stored under (None: whatever its events
-#: say), and its events in stored order, or the error its reading raised.
+#: say), and its events in stored order (a sequence, or an iterable read once: a stream), or
+#: the error its reading raised.
 LogItems = tuple[
-    str | None, Sequence[TraceEvent | Mapping[str, Any] | BaseException] | BaseException
+    str | None, Iterable[TraceEvent | Mapping[str, Any] | BaseException] | BaseException
 ]
 
 
@@ -395,7 +413,17 @@ def verify_logs(
                 )
             )
             continue
-        carried = next((_session_of(e) for e in events if not isinstance(e, BaseException)), None)
+        if isinstance(events, Sequence):
+            carried = next(
+                (_session_of(e) for e in events if not isinstance(e, BaseException)), None
+            )
+        else:  # a stream: look at its first item, then verify it from there
+            stream = iter(events)
+            first = next(stream, None)
+            carried = (
+                None if first is None or isinstance(first, BaseException) else (_session_of(first))
+            )
+            events = stream if first is None else itertools.chain((first,), stream)
         owner = carried or stored_id
         if owner is not None:
             present.add(owner)
@@ -454,14 +482,19 @@ def verify_store(
 
     A session the store refuses to read because its index disagrees with its events (see
     :data:`INDEX_MISMATCH`) is reported ``index_mismatch``; every checkpointed log must be
-    in the store.
+    in the store. A store with an ``iter_events(session_id)`` method (the PostgreSQL store)
+    is streamed: one session at a time, a batch of events at a time, never loaded whole.
 
     Raises:
         ValueError: checkpoints without a ``verify_key``.
     """
+    stream = getattr(store, "iter_events", None)
 
     def logs() -> Iterator[LogItems]:
         for session_id in store.sessions():
+            if stream is not None:
+                yield session_id, _caught(stream(session_id))
+                continue
             try:
                 yield session_id, store.read(session_id)
             except TraceError as exc:  # reported for this session, as verify_logs says
@@ -470,3 +503,11 @@ def verify_store(
     return verify_logs(
         logs(), checkpoints=checkpoints, verify_key=verify_key, check_hashes=check_hashes
     )
+
+
+def _caught(events: Iterable[TraceEvent]) -> Iterator[TraceEvent | BaseException]:
+    """A stream of events that yields the ``TraceError`` reading raised, then ends."""
+    try:
+        yield from events
+    except TraceError as exc:  # e.g. INDEX_MISMATCH: verify_chain reports it at its index
+        yield exc
