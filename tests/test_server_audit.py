@@ -28,8 +28,9 @@ from cra_agents.server import ServerConfig
 from cra_agents.server._config import ApiKey
 from cra_agents.server._principal import OWNER_KEY
 from tests.harness.live_server import LiveServer, live_server
+from tests.harness.postgres import Server
 
-STORES = ["memory", "sqlite", "jsonl"]
+STORES = ["memory", "sqlite", "jsonl", "postgresql"]
 
 GITHUB_OPS = atlas_path("github-ops")
 ISSUE = {"repo": "acme/app", "issue_number": 1, "body": "Thanks, looking into it."}
@@ -95,8 +96,19 @@ def record_sessions(store: str) -> Recorded:
         return record_into(runtime, store)
 
 
+def store_url(kind: str, request: pytest.FixtureRequest) -> str:
+    """A new, empty store of ``kind`` (``postgresql``: a database of its own, see conftest)."""
+    if kind == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    return f"sqlite://{tmp_path / 'traces.db'}" if kind == "sqlite" else f"jsonl://{tmp_path}"
+
+
 @contextlib.contextmanager
-def stored_and_served(kind: str, tmp_path: Path) -> Iterator[tuple[Recorded, LiveServer]]:
+def stored_and_served(
+    kind: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[Recorded, LiveServer]]:
     """Sessions in a store of ``kind``, and a server over it; ``memory``: the server's own
     runtime records them itself (not through the server: nobody owns them)."""
     if kind == "memory":
@@ -105,7 +117,7 @@ def stored_and_served(kind: str, tmp_path: Path) -> Iterator[tuple[Recorded, Liv
             with live_server(runtime, config()) as live:
                 yield recorded, live
         return
-    url = f"sqlite://{tmp_path / 'traces.db'}" if kind == "sqlite" else f"jsonl://{tmp_path}"
+    url = store_url(kind, request)
     recorded = record_sessions(url)
     with serving(url) as live:
         yield recorded, live
@@ -143,10 +155,25 @@ def tamper(path: Path, session_id: str, old: bytes, new: bytes) -> int:
     return int(row_id - (key << 32))
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    store = tmp_path_factory.mktemp("audit") / "traces.db"
-    return record_sessions(f"sqlite://{store}")
+def recorded_in(request: pytest.FixtureRequest) -> Iterator[Recorded]:
+    """Sessions a runtime wrote into a SQLite file, or a PostgreSQL database of their own
+    (``request.param``), for a module's tests (see conftest: no PostgreSQL skips, but fails
+    on CI)."""
+    if request.param == "postgresql":
+        pg: Server = request.getfixturevalue("pg_server")
+        url = pg.create_database()
+        try:
+            yield record_sessions(url)
+        finally:
+            pg.drop_database(url)
+        return
+    factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    yield record_sessions(f"sqlite://{factory.mktemp('audit') / 'traces.db'}")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def recorded(request: pytest.FixtureRequest) -> Iterator[Recorded]:
+    yield from recorded_in(request)
 
 
 @pytest.fixture(scope="module")
@@ -436,10 +463,53 @@ class TestTampered:
         assert got.json()["error"]["code"] == "TRACE_INDEX_MISMATCH"
 
 
+def test_tampering_in_postgresql_is_reported(pg_url: str) -> None:
+    """On PostgreSQL (verified as a stream): a rewritten event is hash_mismatch where it is,
+    a row whose type column lies is index_mismatch; both sessions are still listed."""
+    import psycopg
+
+    recorded = record_sessions(pg_url)
+    with psycopg.connect(pg_url, autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT min(sequence) FROM cra_events WHERE session_key = "
+            "(SELECT session_key FROM cra_sessions WHERE session_id = %(session)s) AND "
+            "position('github.issue.comment' in convert_from(event, 'UTF8')) > 0",
+            {"session": recorded.ended},
+        ).fetchone()
+        assert row is not None
+        sequence = int(row[0])
+        conn.execute(
+            "UPDATE cra_events SET event = convert_to(replace(convert_from(event, 'UTF8'), "
+            "'github.issue.comment', 'github.issue.delete'), 'UTF8') "
+            "WHERE session_key = (SELECT session_key FROM cra_sessions "
+            "WHERE session_id = %(session)s) AND sequence = %(sequence)s",
+            {"session": recorded.ended, "sequence": sequence},
+        )
+        conn.execute(
+            "UPDATE cra_events SET event_type = 'action.approved' "
+            "WHERE session_key = (SELECT session_key FROM cra_sessions "
+            "WHERE session_id = %(session)s) AND sequence = 2",
+            {"session": recorded.active},
+        )
+    with serving(pg_url) as live, http(live, AUDITOR) as client:
+        rewritten = client.post(f"/v1/traces/{recorded.ended}/verify").json()
+        lying = client.post(f"/v1/traces/{recorded.active}/verify").json()
+        listed = client.get("/v1/stored-sessions").json()
+    assert rewritten["valid"] is False
+    assert rewritten["errors"][0] == {
+        "sequence": sequence,
+        "error": "hash_mismatch",
+        "details": rewritten["errors"][0]["details"],
+    }
+    assert lying["valid"] is False
+    assert lying["errors"][0]["error"] == "index_mismatch"
+    assert [s["session_id"] for s in listed["items"]] == [recorded.ended, recorded.active]
+
+
 @pytest.mark.parametrize("kind", STORES)
-def test_every_store_serves_the_audit_routes(kind: str, tmp_path: Path) -> None:
+def test_every_store_serves_the_audit_routes(kind: str, request: pytest.FixtureRequest) -> None:
     """List, get, traces and verify of stored sessions on each store; others still see 404."""
-    with stored_and_served(kind, tmp_path) as (recorded, live):
+    with stored_and_served(kind, request) as (recorded, live):
         with http(live, AUDITOR) as client:
             listed = client.get("/v1/stored-sessions").json()
             ended = client.get(f"/v1/sessions/{recorded.ended}").json()
@@ -456,3 +526,41 @@ def test_every_store_serves_the_audit_routes(kind: str, tmp_path: Path) -> None:
     assert events["total"] == ended["event_count"] == verified["event_count"]
     assert verified["valid"] is True
     assert missing.status_code == hidden.status_code == 404
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_ingested_sessions_are_audited(kind: str, request: pytest.FixtureRequest) -> None:
+    """The central server's case: sessions another process sent to POST /v1/ingest/batch are
+    listed, read, verified and replayed with an audit key, and invisible to the others."""
+    with Runtime([GITHUB_OPS], store="memory://", writer="thread") as elsewhere:
+        recorded = record_into(elsewhere, "memory://")
+        elsewhere.flush()
+        events = [
+            event
+            for session_id in (recorded.ended, recorded.active)
+            for event in elsewhere.store.read(session_id)
+        ]
+    batch = b"".join(orjson.dumps(e.model_dump(mode="json")) + b"\n" for e in events)
+    with serving(store_url(kind, request)) as live:
+        with http(live, SHIPPER) as shipper:
+            sent = shipper.post(
+                "/v1/ingest/batch",
+                content=batch,
+                headers={"content-type": "application/x-ndjson"},
+            )
+            assert sent.status_code == 200, sent.text
+        with http(live, AUDITOR) as client:
+            listed = client.get("/v1/stored-sessions").json()
+            ended = client.get(f"/v1/sessions/{recorded.ended}").json()
+            traces = client.get(f"/v1/traces/{recorded.ended}", params={"limit": 1000}).json()
+            verified = client.post(f"/v1/traces/{recorded.ended}/verify").json()
+            replayed = client.post(f"/v1/traces/{recorded.ended}/replay", json={}).json()
+        with http(live, ALICE) as client:
+            hidden = client.get(f"/v1/traces/{recorded.ended}")
+    assert [s["session_id"] for s in listed["items"]] == [recorded.ended, recorded.active]
+    assert [s["status"] for s in listed["items"]] == ["ended", "active"]
+    assert ended["agent_id"] == "triage-bot" and ended["status"] == "ended"
+    assert len(traces["events"]) == verified["event_count"] == ended["event_count"]
+    assert verified["valid"] is True
+    assert replayed["identical"] is True and replayed["counts"]["decisions"] > 0
+    assert hidden.status_code == 404

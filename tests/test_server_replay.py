@@ -32,6 +32,7 @@ from tests.test_server_audit import (
     Recorded,
     http,
     record_sessions,
+    recorded_in,
     serving,
     stored_and_served,
     tamper,
@@ -66,10 +67,9 @@ def stricter() -> dict[str, Any]:
     return candidate
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    store = tmp_path_factory.mktemp("replay") / "traces.db"
-    return record_sessions(f"sqlite://{store}")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def recorded(request: pytest.FixtureRequest) -> Iterator[Recorded]:
+    yield from recorded_in(request)
 
 
 @pytest.fixture(scope="module")
@@ -292,9 +292,11 @@ class TestReplayErrors:
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_every_store_replays(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_store_replays(
+    kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same replay on each store, read a few events at a time: the same report."""
-    with stored_and_served(kind, tmp_path) as (recorded, live), http(live, AUDITOR) as client:
+    with stored_and_served(kind, request) as (recorded, live), http(live, AUDITOR) as client:
         whole = _replay(client, recorded.ended, atlas=stricter()).json()
         monkeypatch.setattr(replay_route, "_PAGE", 3)
         paged = _replay(client, recorded.ended, atlas=stricter()).json()

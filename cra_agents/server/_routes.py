@@ -570,9 +570,10 @@ async def verify_trace(request: Request, principal: Caller, session_id: str) -> 
     """Verify the session's hash chain as stored (TraceVerification).
 
     ``audit`` callers verify any stored session. :meth:`Runtime.verify` does the work (the one
-    verifier; it reads the session whole). A session whose stored index disagrees with its
-    events, or holds an unreadable event, is reported invalid (``index_mismatch``,
-    ``malformed_event``), as ``cra trace verify`` reports it.
+    verifier; it streams a session from a store that can, e.g. PostgreSQL, and reads it whole
+    from the others). A session whose stored index disagrees with its events, or holds an
+    unreadable event, is reported invalid (``index_mismatch``, ``malformed_event``), as
+    ``cra trace verify`` reports it.
     """
     audit = audits(principal)
     runtime = _runtime(request)
