@@ -41,6 +41,8 @@ bench: setup
 	$(PY) benchmarks/record_bench.py
 	$(PY) benchmarks/server_bench.py
 	$(PY) benchmarks/mcp_bench.py
+	$(PY) benchmarks/postgres_bench.py
+	$(PY) benchmarks/ingest_load.py
 
 # A separate venv for peers we compare against; they are not dependencies of this project.
 PEERS := .venv-peers
