@@ -40,7 +40,7 @@ from cra_agents._exceptions import (
 from cra_agents._ids import new_id
 from cra_agents.protocol import UUID_PATTERN
 from cra_agents.protocol import events as ev
-from cra_agents.trace import SessionChain, TraceCollector, TraceStore
+from cra_agents.trace import SessionChain, TraceCollector, TraceStore, read_session_ends
 
 if TYPE_CHECKING:
     from cra_agents.protocol import ExecuteResponse, TraceEvent
@@ -515,25 +515,26 @@ class SessionsMixin:
         if not is_session_id(session_id):
             return None
         try:
-            first = self.store.read(session_id, limit=1)
-            if not first or first[0].event_type != ev.SESSION_STARTED:
-                return None
-            ended = self.store.read(session_id, event_type=ev.SESSION_ENDED, limit=1)
-            count = self.store.last_sequence(session_id) + 1
+            ends = read_session_ends(self.store, session_id)
         except (ValueError, OSError):  # unreadable: as good as unknown here
             return None
-        started = first[0].payload
-        closing = ended[0].payload if ended else {}
+        if not ends or ends[0].event_type != ev.SESSION_STARTED:
+            return None
+        first, last = ends[0], ends[-1]
+        ended = last if last.event_type == ev.SESSION_ENDED else None
+        count = last.sequence + 1
+        started = first.payload
+        closing = ended.payload if ended is not None else {}
         metadata = started.get("metadata")
         return SessionInfo(
             session_id=session_id,
             agent_id=str(started.get("agent_id", "")),
             goal=str(started.get("goal", "")),
-            trace_id=first[0].trace_id,
+            trace_id=first.trace_id,
             parent_session_id=started.get("parent_session_id"),
-            created_at=first[0].timestamp,
+            created_at=first.timestamp,
             active=False,
-            ended_at=ended[0].timestamp if ended else None,
+            ended_at=ended.timestamp if ended is not None else None,
             resolution_count=int(closing.get("resolution_count", 0)),
             action_count=int(closing.get("action_count", 0)),
             event_count=count,

@@ -46,6 +46,7 @@ from cra_agents.trace import (
     TraceStore,
     event_payload,
     fold_session,
+    read_session_ends,
 )
 
 __all__ = [
@@ -252,8 +253,8 @@ def _code(exc: Exception) -> str:
 def stored_session(store: TraceStore, session_id: str) -> dict[str, Any]:
     """A session's Session body from its stored events (404 when the store has none).
 
-    Cheap whatever the session's length: three indexed reads (its first event, the sequence
-    of its last, the last event), never the events in between. ``session.started`` gives the
+    Cheap whatever the session's length: :func:`~cra_agents.trace.read_session_ends` (three
+    indexed reads), never the events in between. ``session.started`` gives the
     agent, goal, metadata and start; the runtime writes ``session.ended`` after every other
     event of its session, so the last event says whether (and how) it ended. The counts of
     resolutions and actions come from ``session.ended``: a session still going (e.g. one an
@@ -264,13 +265,11 @@ def stored_session(store: TraceStore, session_id: str) -> dict[str, Any]:
         ValueError: the store cannot read the session: :class:`~cra_agents.TraceError` when its
             index disagrees with its events, pydantic's ``ValidationError`` for a malformed one.
     """
-    first = store.read(session_id, limit=1) if is_session_id(session_id) else []
-    if not first:
+    events = read_session_ends(store, session_id) if is_session_id(session_id) else ()
+    if not events:
         raise not_found(session_id)
-    last_sequence = store.last_sequence(session_id)
-    events: list[TraceEvent] = [first[0]]
-    if last_sequence > first[0].sequence:
-        events += store.read(session_id, since_sequence=last_sequence - 1, limit=1)
+    first = events[:1]
+    last_sequence = events[-1].sequence
     record = fold_session(events)
     ended = events[-1] if events[-1].event_type == ev.SESSION_ENDED else None
     body: dict[str, Any] = {

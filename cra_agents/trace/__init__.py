@@ -46,6 +46,7 @@ from cra_agents.trace._store import (
     TraceStore,
     Writer,
     open_store,
+    read_session_ends,
     redact_store_url,
     writer_url,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "plan_session",
     "read_checkpoints",
     "read_events",
+    "read_session_ends",
     "redact_store_url",
     "repair_torn_tail",
     "save_signing_key",

@@ -17,7 +17,15 @@ from cra_agents.trace._sqlite import SqliteStore
 if TYPE_CHECKING:
     from cra_agents.protocol import TraceEvent
 
-__all__ = ["WRITERS", "TraceStore", "Writer", "open_store", "redact_store_url", "writer_url"]
+__all__ = [
+    "WRITERS",
+    "TraceStore",
+    "Writer",
+    "open_store",
+    "read_session_ends",
+    "redact_store_url",
+    "writer_url",
+]
 
 #: Who hashes and writes events: see :mod:`cra_agents.trace._collector`.
 Writer = Literal["auto", "thread", "process"]
@@ -250,3 +258,25 @@ def writer_url(store: TraceStore, writer: Writer = "auto") -> str | None:
             details={"reason": "writer_needs_file_store"},
         )
     return None
+
+
+def read_session_ends(store: TraceStore, session_id: str) -> tuple[TraceEvent, ...]:
+    """A session's first and last stored events (one if it has one, none if unknown).
+
+    Three indexed reads whatever the session's length (its first event, the sequence of its
+    last, that event), never the events between: what the runtime and the server need to
+    describe a session they only have in the store. The runtime writes ``session.ended``
+    after every other event of its session, so the last event says whether it ended.
+
+    Raises:
+        ValueError: the store cannot read the session (a :class:`~cra_agents.TraceError` when
+            its index disagrees with its events).
+    """
+    first = store.read(session_id, limit=1)
+    if not first:
+        return ()
+    last_sequence = store.last_sequence(session_id)
+    if last_sequence <= first[0].sequence:
+        return (first[0],)
+    last = store.read(session_id, since_sequence=last_sequence - 1, limit=1)
+    return (first[0], *last)
