@@ -1,14 +1,20 @@
-"""A hostile MCP server speaking raw JSON-RPC: huge, malformed and non-JSON answers."""
+"""A hostile MCP server speaking raw JSON-RPC: huge, endless, malformed and non-JSON answers.
+
+``enormous`` writes one line of ``ENORMOUS_MIB`` MiB (default 64) in 1 MiB pieces.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
 TOOLS = [
     {"name": name, "description": name, "inputSchema": {"type": "object", "properties": {}}}
-    for name in ("huge", "malformed", "garbage", "echo")
+    for name in ("huge", "enormous", "malformed", "garbage", "stray", "echo")
 ]
+ENORMOUS_MIB = int(os.environ.get("ENORMOUS_MIB", "64"))
 
 
 def send(message: dict[str, object]) -> None:
@@ -35,10 +41,24 @@ for line in sys.stdin:
             result = {"content": [{"type": "text", "text": "x" * (8 * 1024 * 1024)}]}
         elif name == "malformed":
             result = {"content": "not a list", "isError": "maybe"}
+        elif name == "enormous":
+            piece = "x" * (1024 * 1024)
+            head = json.dumps({"jsonrpc": "2.0", "id": ident, "result": {"content": ""}})
+            sys.stdout.write(head[: -len('"}}')])  # the string left open
+            for _ in range(ENORMOUS_MIB):
+                sys.stdout.write(piece)
+            sys.stdout.write('"}}\n')
+            sys.stdout.flush()
+            continue
         elif name == "garbage":
             sys.stdout.write("this is not JSON {{{\n")
             sys.stdout.flush()
             continue  # and never answers
+        elif name == "stray":  # two stray lines (a print() to stdout), then the answer
+            sys.stdout.write("debug: starting\n\nthe second {\n")
+            sys.stdout.flush()
+            time.sleep(1)
+            result = {"content": [{"type": "text", "text": "late"}]}
         else:
             result = {"content": [{"type": "text", "text": "echo"}]}
     else:
