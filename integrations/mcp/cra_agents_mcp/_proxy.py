@@ -211,7 +211,7 @@ class MCPProxy:
 
     async def serve_stdio(self) -> None:
         """Serve one client over this process's stdin/stdout (what an MCP host starts)."""
-        async with stdio_server() as (read_stream, write_stream):
+        async with stdio_server() as (read_stream, write_stream):  # pragma: no cover - a child
             await self.serve(read_stream, write_stream)
 
     async def serve(self, read_stream: Any, write_stream: Any) -> None:
@@ -362,10 +362,15 @@ class _Connection:
     async def _ask(
         self, link: _Link, what: str, request: Callable[[ClientSession], Awaitable[T]]
     ) -> T:
-        """A pass-through request to ``link``, bounded in time; its faults as MCP errors."""
+        """A pass-through request to ``link``, bounded in time; its faults as MCP errors.
+
+        The upstream's own MCP errors pass through as they are.
+        """
         try:
             with anyio.fail_after(self.proxy.call_timeout), self._watch(link, what):
                 return await request(link.usable())
+        except MCPError:
+            raise
         except UpstreamError as error:
             raise MCPError(types.INTERNAL_ERROR, error.message) from error
         except TimeoutError:
@@ -374,6 +379,12 @@ class _Connection:
                 f"upstream MCP server {link.spec.name!r} did not answer {what} within "
                 f"{self.proxy.call_timeout:g} s",
             ) from None
+        except Exception as exc:  # malformed, or a result the proxy cannot relay
+            raise MCPError(
+                types.INTERNAL_ERROR,
+                f"upstream MCP server {link.spec.name!r} answered {what} with a result the "
+                f"proxy cannot pass on ({type(exc).__name__})",
+            ) from exc
 
     def _down(self, link: _Link, exc: BaseException) -> None:
         if link.dead is None:
@@ -579,7 +590,9 @@ class _Connection:
                 details={"upstream": link.spec.name, "tool": tool},
             ) from None
         except MCPError as exc:
-            if exc.code == types.CONNECTION_CLOSED:
+            # The SDK's own word that the transport ended; the same code sent by the server
+            # (-32000 opens JSON-RPC's range of server errors) is the server's error.
+            if exc.code == types.CONNECTION_CLOSED and exc.message == "Connection closed":
                 self._down(link, exc)
                 raise UpstreamError(
                     f"upstream MCP server {link.spec.name!r} went away during {tool} "
@@ -656,10 +669,7 @@ class _Connection:
         link = self.owners.get(f"resource:{params.uri}") or (serving[0] if serving else None)
         if link is None:
             raise MCPError(types.INVALID_PARAMS, f"no upstream serves {params.uri}")
-        result = await self._ask(link, "resources/read", lambda s: s.read_resource(params.uri))
-        if not isinstance(result, types.ReadResourceResult):
-            raise MCPError(types.INTERNAL_ERROR, "the upstream asked for input")
-        return result
+        return await self._ask(link, "resources/read", lambda s: s.read_resource(params.uri))
 
     async def list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -681,12 +691,9 @@ class _Connection:
         link = self.owners.get(f"prompt:{params.name}") or (serving[0] if serving else None)
         if link is None:
             raise MCPError(types.INVALID_PARAMS, f"no upstream serves the prompt {params.name}")
-        result = await self._ask(
+        return await self._ask(
             link, "prompts/get", lambda s: s.get_prompt(params.name, params.arguments)
         )
-        if not isinstance(result, types.GetPromptResult):
-            raise MCPError(types.INTERNAL_ERROR, "the upstream asked for input")
-        return result
 
 
 def _why(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import time
 
 TOOLS = [
     {"name": name, "description": name, "inputSchema": {"type": "object", "properties": {}}}
-    for name in ("huge", "enormous", "malformed", "garbage", "stray", "echo")
+    for name in ("huge", "enormous", "malformed", "garbage", "stray", "echo", "silent", "rpc_error")
 ]
 ENORMOUS_MIB = int(os.environ.get("ENORMOUS_MIB", "64"))
 
@@ -30,11 +30,27 @@ for line in sys.stdin:
     if method == "initialize":
         result: object = {
             "protocolVersion": request["params"]["protocolVersion"],
-            "capabilities": {"tools": {}},
+            "capabilities": {"tools": {}, "resources": {}, "prompts": {}},
             "serverInfo": {"name": "malicious", "version": "6.6.6"},
         }
-    elif method == "tools/list":
-        result = {"tools": TOOLS}
+    elif method == "tools/list" and os.environ.get("MALICIOUS_LIST") == "error":
+        send({"jsonrpc": "2.0", "id": ident, "error": {"code": -32603, "message": "no list"}})
+        continue
+    elif method == "tools/list":  # in two pages
+        if (request.get("params") or {}).get("cursor") == "page-2":
+            result = {"tools": TOOLS[3:]}
+        else:
+            result = {"tools": TOOLS[:3], "nextCursor": "page-2"}
+    elif method == "resources/list":  # a line that is not JSON-RPC, and no answer
+        sys.stdout.write("<html>oops</html>\n")
+        sys.stdout.flush()
+        continue
+    elif method == "resources/templates/list":  # no answer at all
+        continue
+    elif method == "resources/read":  # asks for input (the proxy cannot pass that on)
+        result = {"resultType": "input_required", "requestState": "more"}
+    elif method == "prompts/get":  # malformed
+        result = {"messages": "not a list"}
     elif method == "tools/call":
         name = request["params"]["name"]
         if name == "huge":
@@ -59,6 +75,12 @@ for line in sys.stdin:
             sys.stdout.flush()
             time.sleep(1)
             result = {"content": [{"type": "text", "text": "late"}]}
+        elif name == "silent":
+            continue  # never answers
+        elif name == "rpc_error":
+            error = {"code": -32000, "message": "the backend is down"}
+            send({"jsonrpc": "2.0", "id": ident, "error": error})
+            continue
         else:
             result = {"content": [{"type": "text", "text": "echo"}]}
     else:
