@@ -14,6 +14,7 @@ import mcp.types as types
 import pytest
 from mcp_support import (
     ATLAS,
+    MALICIOUS,
     NOTES,
     answer,
     event_types,
@@ -132,6 +133,60 @@ class TestOverStdio:
         assert [p["action_id"] for p in failed] == ["util.crash", "notes.echo"]
         denied = {e.payload["action_id"] for e in events if e.event_type == "action.denied"}
         assert "notes.delete" in denied
+
+    def test_the_command_line_options_reach_the_proxy(self, tmp_path: Path) -> None:
+        """--map, --hide-denied, --agent, --goal and --max-message-bytes, end to end."""
+        store = tmp_path / "traces.db"
+        tools_map = tmp_path / "tools.json"
+        tools_map.write_text('{"undeclared": "notes.echo"}', encoding="utf-8")
+        argv = [
+            sys.executable,
+            "-m",
+            "cra_agents_mcp",
+            "proxy",
+            "--atlas",
+            str(ATLAS),
+            "--store",
+            f"sqlite://{store}",
+            "--map",
+            str(tools_map),
+            "--hide-denied",
+            "--agent",
+            "ops-agent",
+            "--goal",
+            "Keep notes tidy",
+            "--max-message-bytes",
+            "65536",
+            "--stdio",
+            f"{sys.executable} {MALICIOUS}",
+            "--",
+            sys.executable,
+            str(NOTES),
+        ]
+        seen: dict[str, Any] = {}
+
+        async def main() -> None:
+            with anyio.fail_after(90):
+                async with over_stdio(argv, name="cli-client") as session:
+                    seen["tools"] = {t.name for t in (await session.list_tools()).tools}
+                    seen["mapped"] = await session.call_tool("undeclared", {"text": "m"})
+                    seen["enormous"] = await session.call_tool("enormous", {})
+
+        anyio.run(main)
+        assert "undeclared" in seen["tools"] and "enormous" in seen["tools"]
+        assert "delete_all" not in seen["tools"]  # --hide-denied
+        assert texts(seen["mapped"]) == "ran"  # --map: decided as notes.echo
+        assert "more than 65536 bytes (discarded unread)" in texts(seen["enormous"])
+        read = open_store(f"sqlite://{store}")
+        try:
+            (session_id,) = read.sessions()
+            events = read.read(session_id)
+        finally:
+            read.close()
+        assert events[0].payload["agent_id"] == "ops-agent"
+        assert events[0].payload["goal"] == "Keep notes tidy"
+        executed = [e.payload for e in events if e.event_type == "action.executed"]
+        assert [p["action_id"] for p in executed] == ["notes.echo"]
 
 
 class TestApprovals:
