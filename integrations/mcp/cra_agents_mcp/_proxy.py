@@ -243,12 +243,16 @@ class _Connection:
     # -- upstreams --------------------------------------------------------------------------
 
     async def connect(self, group: anyio.abc.TaskGroup) -> None:
-        """Start every upstream (each in its own task, so one crash stays its own)."""
+        """Start every upstream at once (each in its own task, so one crash stays its own)."""
+        starting: list[tuple[_Link, anyio.Event]] = []
         for link in self.links:
             ready = anyio.Event()
             group.start_soon(self._run_link, link, ready)
-            with anyio.move_on_after(self.proxy.connect_timeout):
+            starting.append((link, ready))
+        with anyio.move_on_after(self.proxy.connect_timeout):
+            for _, ready in starting:
                 await ready.wait()
+        for link, _ in starting:
             if link.session is None and link.dead is None:
                 link.dead = f"did not start within {self.proxy.connect_timeout:g} s"
         for link in self.links:

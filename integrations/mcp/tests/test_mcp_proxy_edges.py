@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import runpy
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,14 +119,19 @@ def test_an_upstream_that_cannot_list_its_tools_is_down(runtime: Runtime) -> Non
 def test_an_upstream_that_never_answers_initialize(runtime: Runtime) -> None:
     """A server that starts but never speaks: given up after connect_timeout, stopped."""
     mute = Upstream.stdio([sys.executable, "-c", "import time; time.sleep(60)"], name="mute")
-    proxy = MCPProxy(runtime, [mute, notes_upstream()], connect_timeout=1)
+    proxy = MCPProxy(runtime, [mute, notes_upstream()], connect_timeout=4)
 
-    async def main() -> list[str]:
+    async def main() -> tuple[list[str], types.CallToolResult, float]:
         with anyio.fail_after(60):
+            started = time.monotonic()
             async with in_process(proxy) as session:
-                return [t.name for t in (await session.list_tools()).tools]
+                took = time.monotonic() - started
+                tools = [t.name for t in (await session.list_tools()).tools]
+                return tools, await session.call_tool("echo", {"text": "x"}), took
 
-    assert "echo" in anyio.run(main)
+    tools, echo, took = anyio.run(main)
+    assert "echo" in tools and texts(echo) == "echo: x"
+    assert 3.5 < took < 20  # the upstreams start together: one connect_timeout, not two
 
 
 def test_a_crashed_upstream_fails_closed(runtime: Runtime) -> None:
