@@ -20,22 +20,17 @@ them between runs when the wheels have not changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.harness.processes import run_bounded
+from tests.harness.installed import ROOT, Build, Venv, make_venv, session_build
 from tests.harness.snippets import RUNNABLE, Snippet, parse_snippets, run_snippet
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "integrations").glob("*/README.md"))]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 #: Installed by a user who runs notebooks headless; not dependencies of ours.
@@ -65,148 +60,14 @@ pytestmark = [
 ]
 
 
-@dataclass(frozen=True)
-class Venv:
-    """A virtual environment outside the repository, with our wheels installed."""
-
-    path: Path
-
-    @property
-    def bin(self) -> Path:
-        return self.path / "bin"
-
-    @property
-    def python(self) -> Path:
-        return self.bin / "python"
-
-    def env(self) -> dict[str, str]:
-        """A user's environment: this venv first on PATH, none of our variables set."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("CRA_", "PYTHON", "VIRTUAL_ENV", "UV_", "JUPYTER", "COV_"))
-        }
-        env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
-        env["VIRTUAL_ENV"] = str(self.path)
-        return env
-
-    def run(self, *argv: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return run_bounded(argv, cwd=cwd, env=self.env(), timeout=timeout)
-
-    def installed(self) -> dict[str, str]:
-        done = self.run(str(self.python), "-m", "pip", "list", "--format", "json", cwd=self.path)
-        assert done.returncode == 0, done.stderr
-        return {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(done.stdout)}
-
-    def site_packages_mib(self) -> float:
-        total = sum(f.stat().st_size for f in (self.path / "lib").rglob("*") if f.is_file())
-        return total / 2**20
-
-
-def _uv() -> list[str]:
-    found = shutil.which("uv")  # .ci/run and the Makefile install it when missing
-    return [found] if found else ["python3", "-m", "uv"]
-
-
-def _check(argv: list[str], cwd: Path, timeout: float = 900) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "CRA_"))}
-    env["UV_PYTHON_DOWNLOADS"] = "never"
-    done = subprocess.run(
-        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert done.returncode == 0, f"{argv} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout
-
-
-@dataclass(frozen=True)
-class Build:
-    """The wheels of the workspace and the constraints that pin their dependencies."""
-
-    core: Path
-    langchain: Path
-    mcp: Path
-    constraints: Path
-    home: Path
-
-    def extras(self) -> list[str]:
-        with zipfile.ZipFile(self.core) as wheel:
-            name = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
-            metadata = wheel.read(name).decode()
-        return [
-            line.split(":", 1)[1].strip()
-            for line in metadata.splitlines()
-            if line.startswith("Provides-Extra:")
-        ]
-
-
 @pytest.fixture(scope="session")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    keep = os.environ.get("CRA_INSTALLED_DIR")
-    home = Path(keep) if keep else tmp_path_factory.mktemp("installed")
-    home.mkdir(parents=True, exist_ok=True)
-    dist = home / "dist"
-    shutil.rmtree(dist, ignore_errors=True)
-    _check([*_uv(), "build", "--all-packages", "--wheel", "-o", str(dist)], cwd=ROOT)
-    constraints = home / "constraints.txt"
-    _check(
-        [
-            *_uv(),
-            "export",
-            "--frozen",
-            "--all-packages",
-            "--all-extras",
-            "--no-hashes",
-            "--no-emit-workspace",
-            "--format",
-            "requirements-txt",
-            "-o",
-            str(constraints),
-        ],
-        cwd=ROOT,
-    )
-    core = next(dist.glob("cra_agents-*.whl"))
-    langchain = next(dist.glob("cra_agents_langchain-*.whl"))
-    mcp = next(dist.glob("cra_agents_mcp-*.whl"))
-    return Build(core=core, langchain=langchain, mcp=mcp, constraints=constraints, home=home)
+    return session_build(tmp_path_factory)
 
 
 def _venv(build: Build, name: str, requirements: list[str]) -> Venv:
     """A fresh venv with ``requirements`` pip-installed (reused when nothing changed)."""
-    stamp = hashlib.sha256(
-        b"\0".join(
-            [
-                *(r.encode() for r in requirements),
-                build.core.read_bytes(),
-                build.langchain.read_bytes(),
-                build.mcp.read_bytes(),
-                build.constraints.read_bytes(),
-            ]
-        )
-    ).hexdigest()
-    venv = Venv(build.home / name)
-    marker = venv.path / ".cra-stamp"
-    if marker.exists() and marker.read_text() == stamp:
-        return venv
-    shutil.rmtree(venv.path, ignore_errors=True)
-    base = getattr(sys, "_base_executable", sys.executable)
-    _check([base, "-m", "venv", str(venv.path)], cwd=build.home)
-    _check(
-        [
-            str(venv.python),
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "-q",
-            "-c",
-            str(build.constraints),
-            *requirements,
-        ],
-        cwd=build.home,
-        timeout=1200,
-    )
-    marker.write_text(stamp)
-    return venv
+    return make_venv(build, name, requirements)
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,27 @@ def _handle(error: ToolException) -> str:
     raise error  # the wrapped tool's own ToolException, as it would have surfaced
 
 
+def _error_handler(tool: BaseTool) -> Any:
+    """The guarded tool's ``handle_tool_error``: a refusal is always the model's to read.
+
+    The wrapped tool's own handler still answers for its own errors. One that re-raises every
+    exception it does not know (langchain-mcp-adapters' does) would otherwise turn a refusal
+    into an exception that ends the agent's run.
+    """
+    own = tool.handle_tool_error
+    if not own:
+        return _handle
+    if own is True:
+        return True  # LangChain answers with the message: the refusal's text
+
+    def handle(error: ToolException) -> Any:
+        if isinstance(error, ToolDeniedError):
+            return str(error)
+        return own(error) if callable(own) else own
+
+    return handle
+
+
 class GuardedTool(BaseTool):
     """A tool whose every call is decided and recorded by cra-agents before it runs.
 
@@ -223,7 +244,7 @@ def guard_tool(
     Calls belong to the active ``cra.session`` (the runtime's one session rule), and get spans
     like every other call when the runtime has ``otel=``.
     """
-    handler = tool.handle_tool_error if tool.handle_tool_error else _handle
+    handler = _error_handler(tool)
     return GuardedTool(
         tool=tool,
         action_id=action_id,

@@ -26,8 +26,10 @@ except ImportError as exc:  # pragma: no cover - mcp is a dependency of cra-agen
 from cra_agents_mcp._common import MCPToolError, UpstreamError
 from cra_agents_mcp._guard import GuardedSession, ToolDeniedError, guard_session
 from cra_agents_mcp._proxy import DEFAULT_MAX_RESULT_BYTES, MCPProxy, Upstream
+from cra_agents_mcp._stdio import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_RESULT_BYTES",
     "GuardedSession",
     "MCPProxy",

@@ -75,6 +75,14 @@ def register(commands: Any, command: Any) -> None:
         help="largest tool result forwarded, as JSON (default 4 MiB)",
     )
     p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="largest message read from a stdio upstream, one line (default 16 MiB); a longer "
+        "one is discarded as it is read and fails the calls in flight",
+    )
+    p.add_argument(
         "--timeout", type=float, default=300.0, metavar="S", help="seconds per upstream call"
     )
     p.add_argument(
@@ -107,6 +115,7 @@ def proxy(args: argparse.Namespace, out: Any) -> int:
 
     from cra_agents import Runtime
     from cra_agents_mcp._proxy import DEFAULT_MAX_RESULT_BYTES, MCPProxy, Upstream
+    from cra_agents_mcp._stdio import DEFAULT_MAX_MESSAGE_BYTES
 
     command = list(args.upstream_command)
     if command and command[0] == "--":
@@ -136,6 +145,7 @@ def proxy(args: argparse.Namespace, out: Any) -> int:
             actions=_tool_map(args.map),
             hide_denied=args.hide_denied,
             max_result_bytes=args.max_result_bytes or DEFAULT_MAX_RESULT_BYTES,
+            max_message_bytes=args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
             call_timeout=args.timeout,
         )
         anyio.run(server.serve_stdio)

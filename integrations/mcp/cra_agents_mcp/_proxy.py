@@ -11,15 +11,15 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import anyio
 import mcp.types as types
 import orjson
 from mcp.client.session import ClientSession, IncomingMessage
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
@@ -37,8 +37,15 @@ from cra_agents_mcp._common import (
     recordable,
     result_text,
 )
+from cra_agents_mcp._stdio import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MessageTooLargeError,
+    bounded_stdio_client,
+)
 
-__all__ = ["DEFAULT_MAX_RESULT_BYTES", "MCPProxy", "Upstream"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_RESULT_BYTES", "MCPProxy", "Upstream"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +116,8 @@ class _Link:
     dead: str | None = None
     tools: dict[str, types.Tool] = field(default_factory=dict)
     capabilities: types.ServerCapabilities | None = None
+    #: Requests in flight to it, and why each was abandoned (None: it was not).
+    inflight: dict[anyio.CancelScope, str | None] = field(default_factory=dict)
 
     def usable(self) -> ClientSession:
         """The session, or :class:`UpstreamError` saying why there is none (fail closed)."""
@@ -139,6 +148,10 @@ class MCPProxy:
     - Results larger than ``max_result_bytes`` (as JSON), malformed ones, timeouts and a
       crashed upstream are recorded as failed calls and answered with a tool error; an
       upstream that crashed or closed is not used again (its later calls fail closed).
+    - A stdio upstream's message (one line) longer than ``max_message_bytes`` is discarded
+      as it is read, never held whole. Such a line, or one that is not JSON-RPC, fails every
+      request in flight to that upstream at once (which one it answered cannot be known):
+      each is recorded failed with a tool error; later calls are forwarded as usual.
     - Resources and prompts pass through; upstream notifications are forwarded; progress
       of a forwarded call reaches the client; a cancelled call is cancelled upstream and
       recorded as failed.
@@ -151,6 +164,7 @@ class MCPProxy:
         actions: Tool name → action id, for tools the one rule does not map.
         hide_denied: Leave tools the atlases deny outright (or do not declare) out of lists.
         max_result_bytes: Largest result forwarded.
+        max_message_bytes: Largest message read from a stdio upstream (one line).
         call_timeout: Seconds an upstream may take for one call.
         connect_timeout: Seconds an upstream may take to start and initialize.
         name: The proxy's server name.
@@ -167,6 +181,7 @@ class MCPProxy:
         actions: Mapping[str, str] | None = None,
         hide_denied: bool = False,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         call_timeout: float = 300.0,
         connect_timeout: float = 30.0,
         name: str = "cra-mcp-proxy",
@@ -186,6 +201,7 @@ class MCPProxy:
         self.actions = dict(actions) if actions else None
         self.hide_denied = hide_denied
         self.max_result_bytes = max_result_bytes
+        self.max_message_bytes = max_message_bytes
         self.call_timeout = call_timeout
         self.connect_timeout = connect_timeout
         self.name = name
@@ -195,7 +211,7 @@ class MCPProxy:
 
     async def serve_stdio(self) -> None:
         """Serve one client over this process's stdin/stdout (what an MCP host starts)."""
-        async with stdio_server() as (read_stream, write_stream):
+        async with stdio_server() as (read_stream, write_stream):  # pragma: no cover - a child
             await self.serve(read_stream, write_stream)
 
     async def serve(self, read_stream: Any, write_stream: Any) -> None:
@@ -227,12 +243,16 @@ class _Connection:
     # -- upstreams --------------------------------------------------------------------------
 
     async def connect(self, group: anyio.abc.TaskGroup) -> None:
-        """Start every upstream (each in its own task, so one crash stays its own)."""
+        """Start every upstream at once (each in its own task, so one crash stays its own)."""
+        starting: list[tuple[_Link, anyio.Event]] = []
         for link in self.links:
             ready = anyio.Event()
             group.start_soon(self._run_link, link, ready)
-            with anyio.move_on_after(self.proxy.connect_timeout):
+            starting.append((link, ready))
+        with anyio.move_on_after(self.proxy.connect_timeout):
+            for _, ready in starting:
                 await ready.wait()
+        for link, _ in starting:
             if link.session is None and link.dead is None:
                 link.dead = f"did not start within {self.proxy.connect_timeout:g} s"
         for link in self.links:
@@ -253,7 +273,9 @@ class _Connection:
                         cwd=spec.cwd,
                     )
                     errlog = self.proxy.errlog or sys.stderr
-                    streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+                    streams = await stack.enter_async_context(
+                        bounded_stdio_client(params, errlog, self.proxy.max_message_bytes)
+                    )
                 session = await stack.enter_async_context(
                     ClientSession(streams[0], streams[1], message_handler=self._forwarder(link))
                 )
@@ -273,8 +295,8 @@ class _Connection:
 
     def _forwarder(self, link: _Link) -> Any:
         async def forward(message: IncomingMessage) -> None:
-            if isinstance(message, Exception):  # a transport fault: the link is suspect
-                logger.warning("upstream %s: %s", link.spec.name, message)
+            if isinstance(message, Exception):  # a line that is no message: abandon requests
+                self._fault(link, message)
                 return
             if isinstance(message, types.ToolListChangedNotification):
                 await self._list_tools(link)
@@ -294,7 +316,7 @@ class _Connection:
             tools: dict[str, types.Tool] = {}
             cursor: str | None = None
             while True:
-                with anyio.fail_after(self.proxy.call_timeout):
+                with anyio.fail_after(self.proxy.call_timeout), self._watch(link, "tools/list"):
                     listed = await session.list_tools(
                         params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
                     )
@@ -305,6 +327,68 @@ class _Connection:
             link.tools = tools
         except Exception as exc:  # noqa: BLE001 - a server that cannot list is down
             self._down(link, exc)
+
+    def _fault(self, link: _Link, exc: Exception) -> None:
+        """The upstream's stream carried a line that is no message: fail what is in flight.
+
+        Which request the line answered cannot be known, so every request in flight to that
+        upstream is abandoned at once (each says why); later requests are sent as usual.
+        """
+        if isinstance(exc, MessageTooLargeError):
+            why = f"sent {exc}"
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            why = f"wrote a line that is not JSON-RPC ({type(exc).__name__}: {first})"
+        logger.warning("upstream MCP server %s %s", link.spec.name, why)
+        for scope in link.inflight:
+            if link.inflight[scope] is None:
+                link.inflight[scope] = why
+                scope.cancel()
+
+    @contextlib.contextmanager
+    def _watch(self, link: _Link, what: str) -> Iterator[None]:
+        """Abandon the request at once, with :class:`UpstreamError`, if the stream breaks."""
+        scope = anyio.CancelScope()
+        link.inflight[scope] = None
+        try:
+            with scope:
+                yield
+        finally:
+            why = link.inflight.pop(scope)
+        if why is not None:
+            raise UpstreamError(
+                f"upstream MCP server {link.spec.name!r} {why} while {what} was in flight; "
+                "the request was abandoned (whether the tool ran is unknown)",
+                code="MCP_UPSTREAM_BROKEN_STREAM",
+                details={"upstream": link.spec.name, "request": what},
+            )
+
+    async def _ask(
+        self, link: _Link, what: str, request: Callable[[ClientSession], Awaitable[T]]
+    ) -> T:
+        """A pass-through request to ``link``, bounded in time; its faults as MCP errors.
+
+        The upstream's own MCP errors pass through as they are.
+        """
+        try:
+            with anyio.fail_after(self.proxy.call_timeout), self._watch(link, what):
+                return await request(link.usable())
+        except MCPError:
+            raise
+        except UpstreamError as error:
+            raise MCPError(types.INTERNAL_ERROR, error.message) from error
+        except TimeoutError:
+            raise MCPError(
+                types.INTERNAL_ERROR,
+                f"upstream MCP server {link.spec.name!r} did not answer {what} within "
+                f"{self.proxy.call_timeout:g} s",
+            ) from None
+        except Exception as exc:  # malformed, or a result the proxy cannot relay
+            raise MCPError(
+                types.INTERNAL_ERROR,
+                f"upstream MCP server {link.spec.name!r} answered {what} with a result the "
+                f"proxy cannot pass on ({type(exc).__name__})",
+            ) from exc
 
     def _down(self, link: _Link, exc: BaseException) -> None:
         if link.dead is None:
@@ -498,8 +582,10 @@ class _Connection:
         session = link.usable()
         progress = _progress_forwarder(ctx)
         try:
-            with anyio.fail_after(self.proxy.call_timeout):
+            with anyio.fail_after(self.proxy.call_timeout), self._watch(link, tool):
                 result = await session.call_tool(tool, arguments, progress_callback=progress)
+        except UpstreamError:
+            raise
         except TimeoutError:
             raise UpstreamError(
                 f"upstream MCP server {link.spec.name!r} did not answer {tool} within "
@@ -508,7 +594,9 @@ class _Connection:
                 details={"upstream": link.spec.name, "tool": tool},
             ) from None
         except MCPError as exc:
-            if exc.code == types.CONNECTION_CLOSED:
+            # The SDK's own word that the transport ended; the same code sent by the server
+            # (-32000 opens JSON-RPC's range of server errors) is the server's error.
+            if exc.code == types.CONNECTION_CLOSED and exc.message == "Connection closed":
                 self._down(link, exc)
                 raise UpstreamError(
                     f"upstream MCP server {link.spec.name!r} went away during {tool} "
@@ -559,7 +647,7 @@ class _Connection:
         self.client = ctx.session
         found: list[types.Resource] = []
         for link in self._serving("resources"):
-            listed = await link.usable().list_resources()
+            listed = await self._ask(link, "resources/list", lambda s: s.list_resources())
             for resource in listed.resources:
                 self.owners.setdefault(f"resource:{resource.uri}", link)
             found.extend(listed.resources)
@@ -571,7 +659,9 @@ class _Connection:
         """The upstreams' resource templates, untouched."""
         found: list[types.ResourceTemplate] = []
         for link in self._serving("resources"):
-            listed = await link.usable().list_resource_templates()
+            listed = await self._ask(
+                link, "resources/templates/list", lambda s: s.list_resource_templates()
+            )
             found.extend(listed.resource_templates)
         return types.ListResourceTemplatesResult(resource_templates=found)
 
@@ -583,10 +673,7 @@ class _Connection:
         link = self.owners.get(f"resource:{params.uri}") or (serving[0] if serving else None)
         if link is None:
             raise MCPError(types.INVALID_PARAMS, f"no upstream serves {params.uri}")
-        result = await link.usable().read_resource(params.uri)
-        if not isinstance(result, types.ReadResourceResult):
-            raise MCPError(types.INTERNAL_ERROR, "the upstream asked for input")
-        return result
+        return await self._ask(link, "resources/read", lambda s: s.read_resource(params.uri))
 
     async def list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -594,7 +681,7 @@ class _Connection:
         """The upstreams' prompts, untouched."""
         found: list[types.Prompt] = []
         for link in self._serving("prompts"):
-            listed = await link.usable().list_prompts()
+            listed = await self._ask(link, "prompts/list", lambda s: s.list_prompts())
             for prompt in listed.prompts:
                 self.owners.setdefault(f"prompt:{prompt.name}", link)
             found.extend(listed.prompts)
@@ -608,10 +695,9 @@ class _Connection:
         link = self.owners.get(f"prompt:{params.name}") or (serving[0] if serving else None)
         if link is None:
             raise MCPError(types.INVALID_PARAMS, f"no upstream serves the prompt {params.name}")
-        result = await link.usable().get_prompt(params.name, params.arguments)
-        if not isinstance(result, types.GetPromptResult):
-            raise MCPError(types.INTERNAL_ERROR, "the upstream asked for input")
-        return result
+        return await self._ask(
+            link, "prompts/get", lambda s: s.get_prompt(params.name, params.arguments)
+        )
 
 
 def _why(exc: BaseException) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import mcp.types as types
 import pytest
 from mcp_support import (
     ATLAS,
+    MALICIOUS,
     NOTES,
     answer,
     event_types,
@@ -131,6 +134,60 @@ class TestOverStdio:
         denied = {e.payload["action_id"] for e in events if e.event_type == "action.denied"}
         assert "notes.delete" in denied
 
+    def test_the_command_line_options_reach_the_proxy(self, tmp_path: Path) -> None:
+        """--map, --hide-denied, --agent, --goal and --max-message-bytes, end to end."""
+        store = tmp_path / "traces.db"
+        tools_map = tmp_path / "tools.json"
+        tools_map.write_text('{"undeclared": "notes.echo"}', encoding="utf-8")
+        argv = [
+            sys.executable,
+            "-m",
+            "cra_agents_mcp",
+            "proxy",
+            "--atlas",
+            str(ATLAS),
+            "--store",
+            f"sqlite://{store}",
+            "--map",
+            str(tools_map),
+            "--hide-denied",
+            "--agent",
+            "ops-agent",
+            "--goal",
+            "Keep notes tidy",
+            "--max-message-bytes",
+            "65536",
+            "--stdio",
+            f"{sys.executable} {MALICIOUS}",
+            "--",
+            sys.executable,
+            str(NOTES),
+        ]
+        seen: dict[str, Any] = {}
+
+        async def main() -> None:
+            with anyio.fail_after(90):
+                async with over_stdio(argv, name="cli-client") as session:
+                    seen["tools"] = {t.name for t in (await session.list_tools()).tools}
+                    seen["mapped"] = await session.call_tool("undeclared", {"text": "m"})
+                    seen["enormous"] = await session.call_tool("enormous", {})
+
+        anyio.run(main)
+        assert "undeclared" in seen["tools"] and "enormous" in seen["tools"]
+        assert "delete_all" not in seen["tools"]  # --hide-denied
+        assert texts(seen["mapped"]) == "ran"  # --map: decided as notes.echo
+        assert "more than 65536 bytes (discarded unread)" in texts(seen["enormous"])
+        read = open_store(f"sqlite://{store}")
+        try:
+            (session_id,) = read.sessions()
+            events = read.read(session_id)
+        finally:
+            read.close()
+        assert events[0].payload["agent_id"] == "ops-agent"
+        assert events[0].payload["goal"] == "Keep notes tidy"
+        executed = [e.payload for e in events if e.event_type == "action.executed"]
+        assert [p["action_id"] for p in executed] == ["notes.echo"]
+
 
 class TestApprovals:
     @pytest.mark.parametrize(
@@ -202,29 +259,70 @@ class TestUpstreams:
         assert kinds == ["action.executed", "action.denied"]
 
     def test_hostile_upstream_is_bounded(self, runtime: Runtime) -> None:
-        """Huge, malformed and non-JSON answers: failed calls, recorded; the proxy serves on."""
+        """Huge, malformed and non-JSON answers: failed at once, recorded; the proxy serves on."""
         proxy = MCPProxy(
-            runtime, [malicious_upstream()], max_result_bytes=1024 * 1024, call_timeout=3
+            runtime, [malicious_upstream()], max_result_bytes=1024 * 1024, call_timeout=60
+        )
+        took: dict[str, float] = {}
+
+        async def main() -> list[types.CallToolResult]:
+            with anyio.fail_after(60):
+                async with in_process(proxy) as session:
+                    found = []
+                    for name in ("huge", "malformed", "garbage", "stray"):
+                        started = time.monotonic()
+                        found.append(await session.call_tool(name, {}))
+                        took[name] = time.monotonic() - started
+                    return [*found, await session.call_tool("echo", {"text": "x"})]
+
+        huge, malformed, garbage, stray, echo = anyio.run(main)
+        assert huge.is_error and "more than the 1048576" in texts(huge)
+        assert malformed.is_error and "malformed" in texts(malformed)
+        # A line that is not JSON-RPC fails the call in flight at once, not at the timeout.
+        assert garbage.is_error and "not JSON-RPC" in texts(garbage)
+        assert "while garbage was in flight" in texts(garbage)
+        assert took["garbage"] < 10
+        # Stray lines before a (late) answer: abandoned too; the late answer is dropped.
+        assert stray.is_error and "not JSON-RPC" in texts(stray) and took["stray"] < 10
+        assert not echo.is_error  # the upstream is still used
+        session_id = only_session(runtime)
+        found = outcomes(runtime, session_id)
+        assert [kind for kind, _ in found] == ["action.failed"] * 4 + ["action.executed"]
+        assert all("not JSON-RPC" in payload["error_message"] for _, payload in found[2:4])
+        assert runtime.verify(session_id).valid
+
+    def test_a_line_longer_than_the_cap_is_never_held(self, runtime: Runtime) -> None:
+        """A 64 MiB line with a 1 MiB cap: discarded as it is read, the call failed at once."""
+        proxy = MCPProxy(
+            runtime,
+            [malicious_upstream()],
+            max_message_bytes=1024 * 1024,
+            call_timeout=60,
         )
 
         async def main() -> list[types.CallToolResult]:
             with anyio.fail_after(60):
                 async with in_process(proxy) as session:
-                    found = [
-                        await session.call_tool(name, {})
-                        for name in ("huge", "malformed", "garbage")
-                    ]
-                    return [*found, await session.call_tool("echo", {"text": "x"})]
+                    tracemalloc.start()  # echo's answer follows the whole line: both count
+                    try:
+                        found = [
+                            await session.call_tool("enormous", {}),
+                            await session.call_tool("echo", {"text": "x"}),
+                        ]
+                        seen["peak"] = tracemalloc.get_traced_memory()[1]
+                    finally:
+                        tracemalloc.stop()
+                    return found
 
-        huge, malformed, garbage, echo = anyio.run(main)
-        assert huge.is_error and "more than the 1048576" in texts(huge)
-        assert malformed.is_error and "malformed" in texts(malformed)
-        assert garbage.is_error and "did not answer" in texts(garbage)
+        seen: dict[str, int] = {}
+        enormous, echo = anyio.run(main)
+        assert enormous.is_error
+        assert "more than 1048576 bytes (discarded unread)" in texts(enormous)
         assert not echo.is_error
-        session_id = only_session(runtime)
-        found = outcomes(runtime, session_id)
-        assert [kind for kind, _ in found] == ["action.failed"] * 3 + ["action.executed"]
-        assert runtime.verify(session_id).valid
+        # The SDK's reader would hold the whole line (64 MiB, and copies of it).
+        assert seen["peak"] < 16 * 2**20, seen
+        found = outcomes(runtime, only_session(runtime))
+        assert "discarded unread" in found[0][1]["error_message"]
 
     def test_an_upstream_that_never_starts_fails_closed(self, runtime: Runtime) -> None:
         """A command that exits at once: its tools are not listed, calls fail, recorded."""

@@ -75,6 +75,14 @@ async def shout(text: str, ctx: Context) -> str:
     return text.upper()
 
 
+@server.tool()
+async def add_tool(ctx: Context) -> str:
+    """Add a tool ``added`` and tell the client the list changed."""
+    server.add_tool(lambda: "added", name="added", description="Added at run time.")
+    await ctx.session.send_tool_list_changed()
+    return "added"
+
+
 @server.resource("note://hello")
 def hello_note() -> str:
     """The hello note."""
