@@ -35,7 +35,9 @@ that build the next events from the head: it retries, in a new transaction, afte
 violation, a serialization failure or a deadlock (none reaches its caller). Rows are sent with
 ``COPY`` from :data:`COPY_FROM` events on, with ``executemany`` (pipeline mode) below: measured
 on a 2-core machine (``benchmarks/postgres_bench.py``, the two alternating on one chain), they
-are even within noise up to about 20 events a commit, and COPY is 5-30 % faster at 64 and 200.
+are even within noise up to about 20 events a commit, and COPY is 5-30 % faster at 64 and 200
+(text COPY; the binary COPY used since then sends an event's bytes as they are, not
+hex-escaped, and costs 2-4 times less per row).
 
 Connections: one for writing (autocommit off) and one for reading (autocommit), each under its
 own lock; a broken connection (the server restarted, the network failed) fails the call that
@@ -683,7 +685,11 @@ class PostgresStore:
     def _ingest(
         self, conn: psycopg.Connection[Any], runs: dict[str, list[TraceEvent]]
     ) -> IngestResult:
-        """One attempt of :meth:`ingest`, in the open transaction, in four round trips at most.
+        """One attempt of :meth:`ingest`, in the open transaction.
+
+        A fixed number of round trips, however many sessions the batch holds (with psycopg's
+        ``BEGIN`` and the ``COMMIT``: 6 for a batch of new events, 4 for one of duplicates
+        only; ``benchmarks/ingest_bench.py`` counts them):
 
         1. Pipelined: lock every session's row in sorted order, inserting the new ones (one
            ``INSERT ... ON CONFLICT DO UPDATE ... WHERE false``, which locks a row it finds
