@@ -112,3 +112,22 @@ class TestHttpModeErrors:
         assert limited.retry_after == 1.5 and limited.details == {"retry_after": 1.5}
         again = pickle.loads(pickle.dumps(limited))
         assert again.retry_after == 1.5 and again.code == "TOO_MANY_REQUESTS"
+
+
+def test_refusal_text_names_action_policy_and_reason() -> None:
+    """One text for every adapter: what to fix, or not to retry."""
+    from cra_agents.runtime import refusal_text
+
+    denied = cra.ActionDeniedError(
+        "denied", action_id="github.repo.delete", policy_id="deny-repo-delete", reason="never"
+    )
+    assert refusal_text(denied) == (
+        "Denied: github.repo.delete is not permitted (policy deny-repo-delete: never). "
+        "Do not retry it; choose another way or ask the user."
+    )
+    invalid = cra.InvalidParametersError("bad repo", details={"action_id": "github.issue.list"})
+    assert refusal_text(invalid).startswith("Refused: the arguments for github.issue.list")
+    unknown = cra.ActionNotFoundError("no action", details={"tool": "rm_rf"})
+    assert refusal_text(unknown).startswith("Denied: rm_rf is not an action any loaded atlas")
+    other = cra.TraceUnavailableError("the store is down")
+    assert refusal_text(other) == "Refused by cra-agents (TRACE_UNAVAILABLE): the store is down"

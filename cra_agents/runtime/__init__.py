@@ -18,6 +18,7 @@ from cra_agents.runtime._approvals import (
 from cra_agents.runtime._gate import Authorization, Call, Precheck
 from cra_agents.runtime._mapping import ToolMap
 from cra_agents.runtime._observers import Observer, RuntimeObserver
+from cra_agents.runtime._refusal import refusal_text
 from cra_agents.runtime._runtime import DEFAULT_TTL_SECONDS, Runtime
 from cra_agents.runtime._sessions import (
     ActiveSession,
@@ -51,5 +52,6 @@ __all__ = [
     "current_session",
     "current_user",
     "propagate",
+    "refusal_text",
     "session_for_call",
 ]

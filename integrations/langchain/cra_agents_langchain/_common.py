@@ -5,14 +5,11 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any
 
 import cra_agents as cra
 from cra_agents import (
     ActionDeniedError,
     ActionNotFoundError,
-    CRAError,
     InvalidParametersError,
     Runtime,
 )
@@ -21,7 +18,6 @@ __all__ = [
     "REFUSALS",
     "THREAD_SESSIONS",
     "SessionRegistry",
-    "denial_text",
     "runtime_or_default",
 ]
 
@@ -32,26 +28,6 @@ REFUSALS = (ActionDeniedError, ActionNotFoundError, InvalidParametersError)
 def runtime_or_default(runtime: Runtime | None) -> Runtime:
     """``runtime``, or the one ``cra.configure`` set up."""
     return runtime if runtime is not None else cra.get_runtime()
-
-
-def denial_text(error: CRAError) -> str:
-    """What the model reads when a call is refused: action, policy and reason."""
-    details: Mapping[str, Any] = error.details or {}
-    action = details.get("action_id", "this action")
-    policy = details.get("policy_id", "carp-runtime")
-    reason = details.get("reason") or error.message
-    if error.code == "INVALID_PARAMETERS":
-        return f"Refused: the arguments for {action} are invalid ({error.message}). Fix them."
-    if error.code == "ACTION_NOT_FOUND":
-        return (
-            f"Denied: {details.get('tool', action)} is not an action any loaded atlas declares "
-            f"(policy {policy}: {error.message}). Do not retry it; choose another way or ask "
-            "the user."
-        )
-    return (
-        f"Denied: {action} is not permitted (policy {policy}: {reason}). "
-        f"Do not retry it; choose another way or ask the user."
-    )
 
 
 class SessionRegistry:

@@ -29,12 +29,11 @@ from langgraph.types import Command, interrupt
 
 import cra_agents as cra
 from cra_agents import ActionNotFoundError, ApprovalDecision, Call, CRAError, Runtime
-from cra_agents.runtime import Precheck
+from cra_agents.runtime import Precheck, refusal_text
 from cra_agents_langchain._callbacks import announce_session
 from cra_agents_langchain._common import (
     REFUSALS,
     THREAD_SESSIONS,
-    denial_text,
     runtime_or_default,
 )
 from cra_agents_langchain._context import AtlasContext
@@ -729,7 +728,7 @@ class CRAMiddleware(AgentMiddleware[CRAState, Any, Any]):
 
     def _refusal(self, request: ToolCallRequest, call: Call, error: CRAError) -> ToolMessage:
         message = ToolMessage(
-            content=denial_text(error),
+            content=refusal_text(error),
             tool_call_id=call.tool_call_id or "",
             name=request.tool_call["name"],
             status="error",

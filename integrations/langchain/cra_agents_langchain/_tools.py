@@ -23,7 +23,8 @@ from pydantic import ConfigDict, PrivateAttr
 
 from cra_agents import Call, CRAError, Runtime
 from cra_agents.guard import call_session
-from cra_agents_langchain._common import REFUSALS, denial_text
+from cra_agents.runtime import refusal_text
+from cra_agents_langchain._common import REFUSALS
 
 __all__ = ["DROPPED_EVENT", "GuardedTool", "ToolDeniedError", "guard_tool", "guard_tools"]
 
@@ -40,7 +41,7 @@ class ToolDeniedError(ToolException):
     """cra-agents refused the call: the tool did not run. The message says why."""
 
     def __init__(self, error: CRAError) -> None:
-        super().__init__(denial_text(error))
+        super().__init__(refusal_text(error))
         self.error = error
 
 

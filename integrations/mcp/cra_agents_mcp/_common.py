@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import mcp.types as types
@@ -18,7 +17,6 @@ __all__ = [
     "REFUSALS",
     "MCPToolError",
     "UpstreamError",
-    "denial_text",
     "error_result",
     "recordable",
     "result_text",
@@ -43,28 +41,6 @@ class UpstreamError(CRAError):
 
 class MCPToolError(Exception):
     """An upstream tool answered with ``is_error``: recorded as the call's failure."""
-
-
-def denial_text(error: CRAError) -> str:
-    """What the model reads when a call is refused: action, policy and reason."""
-    details: Mapping[str, Any] = error.details or {}
-    action = details.get("action_id", "this action")
-    policy = details.get("policy_id", "carp-runtime")
-    reason = details.get("reason") or error.message
-    if error.code == "INVALID_PARAMETERS":
-        return f"Refused: the arguments for {action} are invalid ({error.message}). Fix them."
-    if error.code == "ACTION_NOT_FOUND":
-        return (
-            f"Denied: {details.get('tool', action)} is not an action any loaded atlas declares "
-            f"(policy {policy}: {error.message}). Do not retry it; choose another way or ask "
-            "the user."
-        )
-    if isinstance(error, ActionDeniedError):
-        return (
-            f"Denied: {action} is not permitted (policy {policy}: {reason}). "
-            "Do not retry it; choose another way or ask the user."
-        )
-    return f"Refused by cra-agents ({error.code}): {error.message}"
 
 
 def error_result(text: str) -> types.CallToolResult:

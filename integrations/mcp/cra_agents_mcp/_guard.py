@@ -10,10 +10,10 @@ from mcp.client.session import ClientSession
 
 from cra_agents import CRAError, Runtime
 from cra_agents.guard import call_session
+from cra_agents.runtime import refusal_text
 from cra_agents_mcp._common import (
     REFUSALS,
     MCPToolError,
-    denial_text,
     error_result,
     recordable,
     result_text,
@@ -31,7 +31,7 @@ class ToolDeniedError(CRAError, PermissionError):
     default_code = "ACTION_DENIED"
 
     def __init__(self, error: CRAError) -> None:
-        super().__init__(denial_text(error), code=error.code, details=dict(error.details or {}))
+        super().__init__(refusal_text(error), code=error.code, details=dict(error.details or {}))
         self.error = error
 
 
@@ -80,7 +80,7 @@ class GuardedSession:
         except REFUSALS as error:
             if self._denied == "raise":
                 raise ToolDeniedError(error) from error
-            return error_result(denial_text(error))
+            return error_result(refusal_text(error))
         async with call:
             result = await self.session.call_tool(
                 name,

@@ -28,11 +28,11 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from cra_agents import ActionNotFoundError, ApprovalDecision, CRAError, Precheck, Runtime
+from cra_agents.runtime import refusal_text
 from cra_agents_mcp._common import (
     REFUSALS,
     MCPToolError,
     UpstreamError,
-    denial_text,
     error_result,
     recordable,
     result_text,
@@ -490,9 +490,9 @@ class _Connection:
             )
             await runtime.gate_async(call)
         except REFUSALS as error:
-            return error_result(denial_text(error))
+            return error_result(refusal_text(error))
         except CRAError as error:  # the trace cannot record, the session ended: fail closed
-            return error_result(denial_text(error))
+            return error_result(refusal_text(error))
         async with call:
             try:
                 result = await self._forward(ctx, tool, call.arguments)
