@@ -396,13 +396,14 @@ def test_traces_json_ndjson_filters_and_verify(client, runtime):
 
 def test_verify_reports_a_broken_chain(client, runtime, monkeypatch):
     sid = _session(client)["session_id"]
-    real = runtime.trace_events
+    real = runtime.store.read
 
     def tampered(session_id: str, **kwargs: Any) -> Any:
+        """The store hands back an event whose payload was edited after it was hashed."""
         events = real(session_id, **kwargs)
-        return [events[0].model_copy(update={"payload": {"agent_id": "mallory"}})]
+        return [events[0].model_copy(update={"payload": {"agent_id": "mallory"}}), *events[1:]]
 
-    monkeypatch.setattr(runtime, "trace_events", tampered)
+    monkeypatch.setattr(runtime.store, "read", tampered)
     verified = client.post(f"/v1/traces/{sid}/verify").json()
     assert verified["valid"] is False
     assert verified["errors"][0]["sequence"] == 0

@@ -25,7 +25,7 @@ from cra_agents.cli._sources import (
     resolve_target,
 )
 from cra_agents.protocol import events as ev
-from cra_agents.trace import TornTail
+from cra_agents.trace import TornTail, stored_events
 
 __all__ = [
     "checkpoint",
@@ -56,13 +56,12 @@ def _read_logs(
         items: Any
         if source.items is not None:  # a file: its events name their session themselves
             items = source.items
-        else:
-            try:
-                items = source.events()
-            except TraceError as exc:  # e.g. the store's index disagrees with the events
-                items = exc  # reported for this session; the others are still verified
-            except CLIError as exc:  # unreadable (a malformed id or event): reported, go on
-                items = ValueError(exc.message)
+        elif source.store is not None and source.session_id is not None:
+            # Streamed where the store can; an index that disagrees is reported for this
+            # session, and the others are still verified.
+            items = stored_events(source.store.open(), source.session_id)
+        else:  # pragma: no cover - a source is a file or a stored session
+            items = ValueError(f"{source.label}: nothing to read")
         advance(1)
         yield (source.session_id if source.store is not None else None), items
 

@@ -72,6 +72,7 @@ from cra_agents.trace import (
     Writer,
     open_store,
     sign_checkpoint,
+    stored_events,
     verify_chain,
     writer_url,
 )
@@ -452,15 +453,14 @@ class Runtime(CarpMixin):
     ) -> ChainVerification:
         """Verify the session's chain as stored (and its checkpoints, when given).
 
-        A store that streams (``iter_events``, the PostgreSQL store) is read a batch at a time.
+        Read with :func:`~cra_agents.trace.stored_events`: a store that streams (the
+        PostgreSQL store) a page at a time; a store whose index disagrees with its events is
+        reported ``index_mismatch``, not raised.
         """
-        stream = getattr(self.store, "iter_events", None)
-        if stream is None:
-            events: Iterable[TraceEvent] = self.trace_events(session_id)
-        else:
-            self.trace_events(session_id, limit=1)  # an unknown session raises; flushes
-            events = stream(session_id)
-        return verify_chain(events, checkpoints=checkpoints, verify_key=verify_key)
+        self.trace_events(session_id, limit=1)  # an unknown session raises; flushes
+        return verify_chain(
+            stored_events(self.store, session_id), checkpoints=checkpoints, verify_key=verify_key
+        )
 
     def checkpoint(self, session_id: str, signing_key: Ed25519PrivateKey) -> Checkpoint:
         """Sign a checkpoint of the session's chain as stored now.

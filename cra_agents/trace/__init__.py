@@ -53,6 +53,7 @@ from cra_agents.trace._store import (
 from cra_agents.trace._verify import (
     INDEX_MISMATCH,
     ChainVerification,
+    stored_events,
     verify_chain,
     verify_logs,
     verify_store,
@@ -116,6 +117,7 @@ __all__ = [
     "sink_from_url",
     "spec_event_hash",
     "split_batch",
+    "stored_events",
     "verify_chain",
     "verify_logs",
     "verify_store",

@@ -27,6 +27,7 @@ __all__ = [
     "ChainVerification",
     "ErrorType",
     "HashRule",
+    "stored_events",
     "verify_chain",
     "verify_logs",
     "verify_store",
@@ -488,26 +489,33 @@ def verify_store(
     Raises:
         ValueError: checkpoints without a ``verify_key``.
     """
-    stream = getattr(store, "iter_events", None)
 
     def logs() -> Iterator[LogItems]:
         for session_id in store.sessions():
-            if stream is not None:
-                yield session_id, _caught(stream(session_id))
-                continue
-            try:
-                yield session_id, store.read(session_id)
-            except TraceError as exc:  # reported for this session, as verify_logs says
-                yield session_id, exc
+            yield session_id, stored_events(store, session_id)
 
     return verify_logs(
         logs(), checkpoints=checkpoints, verify_key=verify_key, check_hashes=check_hashes
     )
 
 
-def _caught(events: Iterable[TraceEvent]) -> Iterator[TraceEvent | BaseException]:
-    """A stream of events that yields the ``TraceError`` reading raised, then ends."""
+def stored_events(store: TraceStore, session_id: str) -> Iterator[TraceEvent | ValueError]:
+    """A session's stored events as the verifier takes them: the one way every verifier reads.
+
+    Streams from a store that offers ``iter_events(session_id)`` (the PostgreSQL store: a page
+    at a time, never the whole session in memory), else reads the session with ``read``. An
+    error met while reading is yielded as the last item, so :func:`verify_chain` reports it at
+    its index instead of raising: a :class:`~cra_agents.TraceError` with code
+    :data:`INDEX_MISMATCH` (the store's index disagrees with its events) as
+    ``index_mismatch``, any other ``ValueError`` (a stored event that is not a TRACE event) as
+    ``malformed_event``. Used by :func:`verify_store`,
+    :meth:`Runtime.verify <cra_agents.Runtime.verify>` and ``cra trace verify``.
+    """
+    stream = getattr(store, "iter_events", None)
     try:
-        yield from events
-    except TraceError as exc:  # e.g. INDEX_MISMATCH: verify_chain reports it at its index
+        if stream is not None:
+            yield from stream(session_id)
+        else:
+            yield from store.read(session_id)
+    except ValueError as exc:  # TraceError included
         yield exc
