@@ -14,13 +14,13 @@ ordered batches: events it already has are counted as duplicates, so sending twi
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from cra_agents._retry import backoff_delay
+from cra_agents.cli._misc import run_server, server_config_class
 from cra_agents.cli._output import CLIError, Output
 
 __all__ = ["send", "serve"]
@@ -32,15 +32,7 @@ _RETRIES = 4
 
 def serve(args: argparse.Namespace, out: Output) -> int:
     """Run the ingest server until SIGTERM / SIGINT (see the module docstring)."""
-    try:
-        from cra_agents.server import ServerConfig
-        from cra_agents.server import serve as run
-    except ImportError as exc:
-        raise CLIError(
-            "missing_dependency",
-            f"cra ingest serve needs the server extra ({exc.name} is not installed)",
-            "pip install 'cra-agents[server]'",
-        ) from exc
+    ServerConfig = server_config_class("cra ingest serve")  # noqa: N806 - a class
     from cra_agents import Runtime
     from cra_agents.trace import IngestStore
 
@@ -61,15 +53,7 @@ def serve(args: argparse.Namespace, out: Output) -> int:
             "no API key has the ingest scope: every batch is refused (401/403); add an "
             '[[api_keys]] entry with scopes = ["ingest"] to the configuration file'
         )
-    access = logging.getLogger("cra_agents.server")
-    if not access.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
-        access.setLevel(logging.INFO)
-        access.propagate = False
-    run(runtime, config)
-    return 0
+    return run_server(runtime, config)
 
 
 def send(args: argparse.Namespace, out: Output) -> int:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from cra_agents._version import __version__
@@ -23,7 +23,19 @@ from cra_agents.cli._output import CLIError, Output
 from cra_agents.cli._output import esc as _esc
 from cra_agents.cli._sources import StoreRef
 
-__all__ = ["Check", "conformance", "doctor", "resolve", "serve"]
+if TYPE_CHECKING:
+    from cra_agents import Runtime
+    from cra_agents.server import ServerConfig
+
+__all__ = [
+    "Check",
+    "conformance",
+    "doctor",
+    "resolve",
+    "run_server",
+    "serve",
+    "server_config_class",
+]
 
 
 # -- resolve ------------------------------------------------------------------------------------
@@ -426,15 +438,7 @@ def serve(args: argparse.Namespace, out: Output) -> int:
     (up to ``shutdown_timeout``); then the runtime is closed, which writes every queued event
     to the trace store.
     """
-    try:
-        from cra_agents.server import ServerConfig
-        from cra_agents.server import serve as run
-    except ImportError as exc:
-        raise CLIError(
-            "missing_dependency",
-            f"cra serve needs the server extra ({exc.name} is not installed)",
-            "pip install 'cra-agents[server]'",
-        ) from exc
+    ServerConfig = server_config_class("cra serve")  # noqa: N806 - a class
     from cra_agents import Runtime
 
     config = ServerConfig.load(args.config).with_options(
@@ -448,6 +452,32 @@ def serve(args: argparse.Namespace, out: Output) -> int:
             "no API key or JWT configured: every route but health answers 401 "
             "(set CRA_API_KEYS or a config file)"
         )
+    return run_server(Runtime(config.atlases, store=config.store), config)
+
+
+def server_config_class(command: str) -> type[ServerConfig]:
+    """The server extra's ``ServerConfig``: ``command`` needs the extra.
+
+    The whole extra (uvicorn included) is checked now, before a runtime is built.
+
+    Raises:
+        CLIError: ``missing_dependency``.
+    """
+    try:
+        from cra_agents.server import ServerConfig, serve  # noqa: F401 - uvicorn checked now
+    except ImportError as exc:
+        raise CLIError(
+            "missing_dependency",
+            f"{command} needs the server extra ({exc.name} is not installed)",
+            "pip install 'cra-agents[server]'",
+        ) from exc
+    return ServerConfig
+
+
+def run_server(runtime: Runtime, config: ServerConfig) -> int:
+    """Serve until SIGTERM / SIGINT, one JSON access-log line per request on stderr."""
+    from cra_agents.server import serve as run
+
     access = logging.getLogger("cra_agents.server")
     if not access.handlers:
         handler = logging.StreamHandler()
@@ -455,6 +485,5 @@ def serve(args: argparse.Namespace, out: Output) -> int:
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
-    runtime = Runtime(config.atlases, store=config.store)
     run(runtime, config)
     return 0
