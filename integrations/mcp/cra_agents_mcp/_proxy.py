@@ -665,14 +665,25 @@ class _Connection:
             found.extend(listed.resource_templates)
         return types.ListResourceTemplatesResult(resource_templates=found)
 
+    def _listed_by(self, capability: str, key: str, what: str) -> _Link:
+        """The upstream that listed ``key``, else the first serving ``capability``.
+
+        Raises:
+            MCPError: no upstream serves it (``INVALID_PARAMS``).
+        """
+        link = self.owners.get(key)
+        if link is None:
+            serving = self._serving(capability)
+            if not serving:
+                raise MCPError(types.INVALID_PARAMS, f"no upstream serves {what}")
+            link = serving[0]
+        return link
+
     async def read_resource(
         self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
         """Read a resource from the upstream that listed it (else the first with resources)."""
-        serving = self._serving("resources")
-        link = self.owners.get(f"resource:{params.uri}") or (serving[0] if serving else None)
-        if link is None:
-            raise MCPError(types.INVALID_PARAMS, f"no upstream serves {params.uri}")
+        link = self._listed_by("resources", f"resource:{params.uri}", str(params.uri))
         return await self._ask(link, "resources/read", lambda s: s.read_resource(params.uri))
 
     async def list_prompts(
@@ -691,10 +702,7 @@ class _Connection:
         self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
     ) -> types.GetPromptResult:
         """Get a prompt from the upstream that listed it (else the first with prompts)."""
-        serving = self._serving("prompts")
-        link = self.owners.get(f"prompt:{params.name}") or (serving[0] if serving else None)
-        if link is None:
-            raise MCPError(types.INVALID_PARAMS, f"no upstream serves the prompt {params.name}")
+        link = self._listed_by("prompts", f"prompt:{params.name}", f"the prompt {params.name}")
         return await self._ask(
             link, "prompts/get", lambda s: s.get_prompt(params.name, params.arguments)
         )
